@@ -1,0 +1,28 @@
+//! The contract of comfaas: every message that crosses NATS, the names of
+//! every subject, header, stream and bucket, the function manifest and the
+//! error codes.
+//!
+//! Architecture invariant: this crate knows nothing of NATS, processes or
+//! tokio. It is plain data plus its encoding, so firmware authors and
+//! third-party executors can read it as a specification.
+//!
+//! Internal messages are MessagePack maps with field names
+//! ([`encode`]/[`decode`]): a newer sender may add fields and an older
+//! receiver ignores them; every added field is `#[serde(default)]`.
+
+mod codec;
+mod error;
+mod manifest;
+mod messages;
+pub mod names;
+
+pub use codec::{decode, encode, CodecError};
+pub use error::ErrorCode;
+pub use manifest::{
+    parse_duration, validate_function_name, Manifest, ManifestError, Placement, Runtime,
+    MANIFEST_FILE,
+};
+pub use messages::{
+    now_unix_ms, BundleRef, Deployment, DispatchMetrics, ErrorCount, FunctionState, InstallState,
+    Invocation, NodeLoad, NodeMetrics, PlacementRecord, Tier, SCHEMA_VERSION,
+};

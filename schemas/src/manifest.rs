@@ -1,0 +1,352 @@
+//! The function manifest, `comfaas.toml`, and its validation.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// File name of the manifest at the root of a function folder.
+pub const MANIFEST_FILE: &str = "comfaas.toml";
+
+/// Keys a `comfaas.toml` may contain; anything else is a typo we report.
+const KNOWN_KEYS: &[&str] = &[
+    "name",
+    "version",
+    "runtime",
+    "entry",
+    "description",
+    "requirements",
+    "timeout",
+    "procs",
+    "placement",
+];
+
+/// A function's manifest, as written in `comfaas.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Function name: lowercase letters, digits, `-` and `_`; one subject token.
+    pub name: String,
+    /// Version label chosen by the author (e.g. `1.2.0`).
+    pub version: String,
+    /// How the function is installed and run.
+    pub runtime: Runtime,
+    /// Entry point inside the bundle (a script, source file or executable).
+    pub entry: String,
+    /// One line for humans.
+    #[serde(default)]
+    pub description: String,
+    /// Packages to install into the function's environment (pip syntax for Python).
+    #[serde(default)]
+    pub requirements: Vec<String>,
+    /// Run time limit (`"30s"`, `"500ms"`); the executor's default when absent.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// MPI processes per run (MPI runtimes).
+    #[serde(default)]
+    pub procs: Option<u32>,
+    /// Where to run by default.
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+/// How a function is installed and run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Runtime {
+    /// A Python script in its own venv: input on stdin, output on stdout.
+    Python,
+    /// A Python program under `mpirun`, with `mpi4py` in its venv.
+    PythonMpi,
+    /// A C program compiled once with `cc`.
+    C,
+    /// A C program compiled once with `mpicc`, run under `mpirun`.
+    CMpi,
+    /// A Rust program built once with cargo against the `mpi` crate.
+    RustMpi,
+    /// A Java class compiled once with `javac`.
+    Java,
+    /// Any executable shipped in the bundle.
+    Exec,
+}
+
+impl Runtime {
+    /// The name used in manifests and load messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Python => "python",
+            Self::PythonMpi => "python-mpi",
+            Self::C => "c",
+            Self::CMpi => "c-mpi",
+            Self::RustMpi => "rust-mpi",
+            Self::Java => "java",
+            Self::Exec => "exec",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an invocation should run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Placement {
+    /// The dispatcher decides from live load.
+    #[default]
+    Auto,
+    /// Any edge node.
+    Edge,
+    /// Any cloud node.
+    Cloud,
+    /// This node only.
+    Node(String),
+}
+
+impl std::str::FromStr for Placement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "" | "auto" => Ok(Self::Auto),
+            "edge" => Ok(Self::Edge),
+            "cloud" => Ok(Self::Cloud),
+            other => match other.strip_prefix("node:") {
+                Some(node) if !node.is_empty() => Ok(Self::Node(node.to_owned())),
+                _ => Err(format!(
+                    "placement `{other}` is not one of auto, edge, cloud, node:<id>"
+                )),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for Placement {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Placement> for String {
+    fn from(p: Placement) -> String {
+        p.to_string()
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Edge => f.write_str("edge"),
+            Self::Cloud => f.write_str("cloud"),
+            Self::Node(n) => write!(f, "node:{n}"),
+        }
+    }
+}
+
+/// A manifest that cannot be used, naming the field and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// Not valid TOML, or a field of the wrong type.
+    #[error("comfaas.toml: {0}")]
+    Syntax(String),
+    /// A field is present but its value is not acceptable.
+    #[error("comfaas.toml: field `{field}`: {reason}")]
+    Invalid {
+        /// The offending field.
+        field: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A key the manifest does not know (usually a typo).
+    #[error("comfaas.toml: unknown field `{0}` (known fields: {known})", known = KNOWN_KEYS.join(", "))]
+    UnknownField(String),
+}
+
+impl Manifest {
+    /// Parses and validates the text of a `comfaas.toml`.
+    pub fn from_toml(text: &str) -> Result<Self, ManifestError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ManifestError::Syntax(e.message().to_owned()))?;
+        if let Some(unknown) = table.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
+            return Err(ManifestError::UnknownField(unknown.clone()));
+        }
+        let manifest: Manifest = toml::from_str(text).map_err(|e| {
+            ManifestError::Syntax(e.message().to_owned())
+        })?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// Checks every field's value.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let invalid = |field, reason: String| Err(ManifestError::Invalid { field, reason });
+        if let Err(reason) = validate_function_name(&self.name) {
+            return invalid("name", reason);
+        }
+        if self.version.is_empty()
+            || self.version.len() > 64
+            || !self
+                .version
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
+        {
+            return invalid(
+                "version",
+                format!(
+                    "`{}` must be 1 to 64 letters, digits, `.`, `-`, `_` or `+`",
+                    self.version
+                ),
+            );
+        }
+        let entry = std::path::Path::new(&self.entry);
+        if self.entry.is_empty()
+            || entry.is_absolute()
+            || entry
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return invalid(
+                "entry",
+                format!("`{}` must be a relative path inside the bundle", self.entry),
+            );
+        }
+        if let Some(timeout) = &self.timeout {
+            if let Err(reason) = parse_duration(timeout) {
+                return invalid("timeout", reason);
+            }
+        }
+        if self.procs == Some(0) {
+            return invalid("procs", "must be at least 1".to_owned());
+        }
+        if let Some(bad) = self
+            .requirements
+            .iter()
+            .find(|r| r.trim().is_empty() || r.trim_start().starts_with('-'))
+        {
+            return invalid(
+                "requirements",
+                format!("`{bad}` is not a package requirement (options are not allowed)"),
+            );
+        }
+        Ok(())
+    }
+
+    /// The run time limit, if the manifest sets one.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout.as_deref().and_then(|t| parse_duration(t).ok())
+    }
+}
+
+/// Checks that a function name is one subject token and a valid KV key.
+pub fn validate_function_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a function name: use 1 to 64 lowercase letters, digits, `-` or `_`, starting with a letter or digit"
+        ))
+    }
+}
+
+/// Parses a duration such as `30s`, `500ms` or `2m`; zero is refused.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d.is_zero() => Err(format!("`{text}` must be longer than zero")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("`{text}` is not a duration like 30s or 500ms: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELLO: &str = r#"
+name = "hello"
+version = "1.0.0"
+runtime = "python"
+entry = "main.py"
+"#;
+
+    /// Parses `extra` appended to a valid manifest and compares the outcome
+    /// with `expect`: `"ok"` or a fragment of the error message.
+    fn check(extra: &str, expect: &str) {
+        let text = format!("{HELLO}{extra}");
+        let outcome = match Manifest::from_toml(&text) {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            outcome.contains(expect),
+            "manifest with {extra:?}: expected {expect:?}, got {outcome:?}"
+        );
+    }
+
+    #[test]
+    fn manifests_are_validated_field_by_field() {
+        check("", "ok");
+        check("timeout = \"30s\"\nprocs = 4\nplacement = \"edge\"", "ok");
+        check("placement = \"node:edge-1\"", "ok");
+        check("requirements = [\"numpy==1.26\"]", "ok");
+        check("timout = \"3s\"", "unknown field `timout`");
+        check("timeout = \"soon\"", "field `timeout`");
+        check("timeout = \"0s\"", "longer than zero");
+        check("procs = 0", "field `procs`");
+        check("placement = \"moon\"", "placement `moon`");
+        check("requirements = [\"--index-url=http://evil\"]", "field `requirements`");
+        check("procs = \"four\"", "comfaas.toml: invalid type");
+    }
+
+    #[test]
+    fn names_versions_runtimes_and_entries_are_checked() {
+        let cases = [
+            ("name = \"Hello\"", "field `name`"),
+            ("name = \"a.b\"", "field `name`"),
+            ("name = \"\"", "field `name`"),
+            ("version = \"1 0\"", "field `version`"),
+            ("runtime = \"cobol\"", "unknown variant `cobol`"),
+            ("entry = \"../x.py\"", "field `entry`"),
+            ("entry = \"/bin/sh\"", "field `entry`"),
+        ];
+        for (line, expect) in cases {
+            let key = line.split(' ').next().unwrap_or_default();
+            let text: String = HELLO
+                .lines()
+                .filter(|l| !l.starts_with(key))
+                .chain([line])
+                .collect::<Vec<_>>()
+                .join("\n");
+            let got = Manifest::from_toml(&text).map(|_| ()).unwrap_err().to_string();
+            assert!(got.contains(expect), "{line}: expected {expect:?}, got {got:?}");
+        }
+    }
+
+    #[test]
+    fn missing_required_field_is_named() {
+        let err = Manifest::from_toml("name = \"x\"\nversion = \"1\"\nentry = \"m.py\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `runtime`"), "{err}");
+    }
+
+    #[test]
+    fn placement_round_trips_through_text() {
+        for p in ["auto", "edge", "cloud", "node:n1"] {
+            let parsed: Placement = p.parse().unwrap();
+            assert_eq!(parsed.to_string(), p);
+        }
+        assert!("node:".parse::<Placement>().is_err());
+    }
+}

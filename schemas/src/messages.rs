@@ -1,0 +1,506 @@
+//! Internal messages: what dispatchers, executors and the registry exchange.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorCode, Manifest};
+
+/// Version of the message schemas in this crate. Receivers accept any
+/// version: fields they do not know are ignored, fields they miss default.
+pub const SCHEMA_VERSION: u32 = 1;
+
+fn schema_version() -> u32 {
+    SCHEMA_VERSION
+}
+
+/// Milliseconds since the Unix epoch, the one clock of our messages.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Whether a node is at the edge or in a cloud site.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Close to the devices.
+    #[default]
+    Edge,
+    /// A remote data centre.
+    Cloud,
+}
+
+impl Tier {
+    /// `edge` or `cloud`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Edge => "edge",
+            Self::Cloud => "cloud",
+        }
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Tier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "edge" => Ok(Self::Edge),
+            "cloud" => Ok(Self::Cloud),
+            _ => Err(format!("tier `{s}` is not edge or cloud")),
+        }
+    }
+}
+
+/// One invocation placed on a node: sent by a dispatcher on `<prefix>.work.<node>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invocation {
+    /// Schema version of the sender.
+    #[serde(default = "schema_version")]
+    pub schema: u32,
+    /// Unique id, echoed in `Comfaas-Invocation-Id`.
+    pub id: String,
+    /// Function name.
+    pub function: String,
+    /// Input bytes, passed unchanged to the function.
+    #[serde(with = "serde_bytes", default)]
+    pub input: Vec<u8>,
+    /// Run time limit in milliseconds; the function's own when absent.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// MPI processes; the function's own when absent.
+    #[serde(default)]
+    pub procs: Option<u32>,
+    /// When the dispatcher received it (Unix ms).
+    #[serde(default)]
+    pub received_unix_ms: u64,
+    /// After this instant (Unix ms) nobody waits for the answer: a node that
+    /// has not started the run by then drops it.
+    #[serde(default)]
+    pub deadline_unix_ms: Option<u64>,
+}
+
+/// Installation state of one function on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstallState {
+    /// Being fetched and installed.
+    Installing,
+    /// Ready to run.
+    Ready,
+    /// The install failed; see the reason.
+    Failed,
+}
+
+/// A function as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionState {
+    /// Function name.
+    pub name: String,
+    /// Version label of the deployment this state is about.
+    pub version: String,
+    /// Bundle digest of that deployment.
+    pub digest: String,
+    /// Where the install is.
+    pub state: InstallState,
+    /// Why it failed, when it did.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Version currently served on this node, which may be older than
+    /// `version` while a new one installs or after a failed upgrade.
+    #[serde(default)]
+    pub serving: Option<String>,
+}
+
+/// A node's heartbeat, on `<prefix>.node.<node>.load` every second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    /// Schema version of the sender.
+    #[serde(default = "schema_version")]
+    pub schema: u32,
+    /// Node id (one subject token).
+    pub node: String,
+    /// Edge or cloud.
+    #[serde(default)]
+    pub tier: Tier,
+    /// Site name (e.g. `edge`, `chicago`).
+    #[serde(default)]
+    pub site: String,
+    /// CPU cores of the host.
+    #[serde(default)]
+    pub cores: u32,
+    /// Runs allowed at once.
+    #[serde(default)]
+    pub slots: u32,
+    /// Runs under way.
+    #[serde(default)]
+    pub running: u32,
+    /// Runs waiting for a slot.
+    #[serde(default)]
+    pub queued: u32,
+    /// How many may wait before new work is refused (429).
+    #[serde(default)]
+    pub queue_capacity: u32,
+    /// One-minute load average divided by cores (1.0 = every core busy).
+    #[serde(default)]
+    pub cpu_load: f32,
+    /// Memory of the host, bytes.
+    #[serde(default)]
+    pub memory_total_bytes: u64,
+    /// Memory in use on the host, bytes.
+    #[serde(default)]
+    pub memory_used_bytes: u64,
+    /// Most MPI processes one job may use here.
+    #[serde(default)]
+    pub max_procs: u32,
+    /// Runtimes this node can install.
+    #[serde(default)]
+    pub runtimes: Vec<String>,
+    /// Every deployed function and its state here.
+    #[serde(default)]
+    pub functions: Vec<FunctionState>,
+    /// Heartbeat period, so receivers know when the node is late.
+    #[serde(default)]
+    pub heartbeat_ms: u64,
+    /// When it was sent (Unix ms).
+    #[serde(default)]
+    pub sent_unix_ms: u64,
+}
+
+impl NodeLoad {
+    /// Whether `function` can run here now (some version is installed and served).
+    pub fn serves(&self, function: &str) -> bool {
+        self.functions
+            .iter()
+            .any(|f| f.name == function && f.serving.is_some())
+    }
+}
+
+/// Where a bundle lives in the package store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleRef {
+    /// Object name in `comfaas_packages`.
+    pub object: String,
+    /// `sha256:<hex>` of the bundle bytes.
+    pub digest: String,
+    /// Bundle size in bytes.
+    pub size: u64,
+}
+
+/// A deployed function: the value kept per function in `comfaas_functions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Schema version of the writer.
+    #[serde(default = "schema_version")]
+    pub schema: u32,
+    /// The manifest, validated.
+    pub manifest: Manifest,
+    /// The bundle to install.
+    pub bundle: BundleRef,
+    /// When it was deployed (Unix ms).
+    #[serde(default)]
+    pub deployed_unix_ms: u64,
+}
+
+/// How often one error code was answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorCount {
+    /// The code.
+    pub code: ErrorCode,
+    /// How many times.
+    pub count: u64,
+}
+
+/// A dispatcher's view of one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeMetrics {
+    /// Node id.
+    pub node: String,
+    /// Edge or cloud.
+    #[serde(default)]
+    pub tier: Tier,
+    /// Site name.
+    #[serde(default)]
+    pub site: String,
+    /// Whether the node counts as alive.
+    pub alive: bool,
+    /// Milliseconds since its last heartbeat.
+    pub last_seen_ms: u64,
+    /// Invocations placed there by this dispatcher.
+    pub placed: u64,
+    /// Invocations placed there and not yet answered.
+    pub in_flight: u32,
+}
+
+/// One placement decision, for judging the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlacementRecord {
+    /// Invocation id.
+    pub invocation: String,
+    /// Function name.
+    pub function: String,
+    /// The node chosen.
+    pub node: String,
+    /// Why (the model's own words).
+    pub reason: String,
+    /// What the round trip to the node really took, ms.
+    #[serde(default)]
+    pub took_ms: Option<u64>,
+}
+
+/// A dispatcher's own report, on `<prefix>.dispatch.<id>.metrics` every second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DispatchMetrics {
+    /// Schema version of the sender.
+    #[serde(default = "schema_version")]
+    pub schema: u32,
+    /// Dispatcher id.
+    pub dispatcher: String,
+    /// Seconds since it started.
+    #[serde(default)]
+    pub uptime_s: u64,
+    /// Invocations and events received.
+    #[serde(default)]
+    pub received: u64,
+    /// Answered with `Comfaas-Status: ok`.
+    #[serde(default)]
+    pub succeeded: u64,
+    /// Answered with an error.
+    #[serde(default)]
+    pub failed: u64,
+    /// Received and not yet answered.
+    #[serde(default)]
+    pub in_flight: u32,
+    /// Errors by code.
+    #[serde(default)]
+    pub errors: Vec<ErrorCount>,
+    /// Every node it knows.
+    #[serde(default)]
+    pub nodes: Vec<NodeMetrics>,
+    /// The latest placement decisions, newest last.
+    #[serde(default)]
+    pub recent: Vec<PlacementRecord>,
+    /// When it was sent (Unix ms).
+    #[serde(default)]
+    pub sent_unix_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode, encode, Placement, Runtime};
+
+    fn invocation() -> Invocation {
+        Invocation {
+            schema: SCHEMA_VERSION,
+            id: "inv-1".into(),
+            function: "hello".into(),
+            input: b"{\"name\":\"x\"}\xff\x00".to_vec(),
+            timeout_ms: Some(2500),
+            procs: None,
+            received_unix_ms: 1_700_000_000_000,
+            deadline_unix_ms: Some(1_700_000_030_000),
+        }
+    }
+
+    fn node_load() -> NodeLoad {
+        NodeLoad {
+            schema: SCHEMA_VERSION,
+            node: "edge-1".into(),
+            tier: Tier::Edge,
+            site: "edge".into(),
+            cores: 2,
+            slots: 4,
+            running: 1,
+            queued: 2,
+            queue_capacity: 64,
+            cpu_load: 0.5,
+            memory_total_bytes: 1 << 34,
+            memory_used_bytes: 1 << 30,
+            max_procs: 4,
+            runtimes: vec!["python".into()],
+            functions: vec![FunctionState {
+                name: "hello".into(),
+                version: "2".into(),
+                digest: "sha256:ab".into(),
+                state: InstallState::Installing,
+                reason: None,
+                serving: Some("1".into()),
+            }],
+            heartbeat_ms: 1000,
+            sent_unix_ms: 1_700_000_000_000,
+        }
+    }
+
+    fn deployment() -> Deployment {
+        Deployment {
+            schema: SCHEMA_VERSION,
+            manifest: Manifest {
+                name: "hello".into(),
+                version: "1.0.0".into(),
+                runtime: Runtime::Python,
+                entry: "main.py".into(),
+                description: String::new(),
+                requirements: vec![],
+                timeout: Some("5s".into()),
+                procs: None,
+                placement: Placement::Node("edge-1".into()),
+            },
+            bundle: BundleRef {
+                object: "sha256-ab".into(),
+                digest: "sha256:ab".into(),
+                size: 10,
+            },
+            deployed_unix_ms: 1,
+        }
+    }
+
+    fn metrics() -> DispatchMetrics {
+        DispatchMetrics {
+            schema: SCHEMA_VERSION,
+            dispatcher: "d1".into(),
+            uptime_s: 3,
+            received: 10,
+            succeeded: 8,
+            failed: 2,
+            in_flight: 0,
+            errors: vec![ErrorCount {
+                code: ErrorCode::NotFound,
+                count: 2,
+            }],
+            nodes: vec![NodeMetrics {
+                node: "edge-1".into(),
+                tier: Tier::Edge,
+                site: "edge".into(),
+                alive: true,
+                last_seen_ms: 200,
+                placed: 8,
+                in_flight: 0,
+            }],
+            recent: vec![PlacementRecord {
+                invocation: "inv-1".into(),
+                function: "hello".into(),
+                node: "edge-1".into(),
+                reason: "least loaded".into(),
+                took_ms: Some(3),
+            }],
+            sent_unix_ms: 5,
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let i = invocation();
+        assert_eq!(decode::<Invocation>(&encode(&i).unwrap()).unwrap(), i);
+        let l = node_load();
+        assert_eq!(decode::<NodeLoad>(&encode(&l).unwrap()).unwrap(), l);
+        let d = deployment();
+        assert_eq!(decode::<Deployment>(&encode(&d).unwrap()).unwrap(), d);
+        let m = metrics();
+        assert_eq!(decode::<DispatchMetrics>(&encode(&m).unwrap()).unwrap(), m);
+    }
+
+    /// A message from a newer sender: today's fields plus one we do not know.
+    #[test]
+    fn newer_sender_with_extra_field_decodes() {
+        #[derive(Serialize)]
+        struct NewerInvocation {
+            #[serde(flatten)]
+            today: Invocation,
+            priority: u8,
+            tags: Vec<String>,
+        }
+        let newer = NewerInvocation {
+            today: invocation(),
+            priority: 7,
+            tags: vec!["x".into()],
+        };
+        let bytes = encode(&newer).unwrap();
+        assert_eq!(decode::<Invocation>(&bytes).unwrap(), invocation());
+
+        #[derive(Serialize)]
+        struct NewerLoad {
+            #[serde(flatten)]
+            today: NodeLoad,
+            gpu_count: u32,
+        }
+        let bytes = encode(&NewerLoad {
+            today: node_load(),
+            gpu_count: 2,
+        })
+        .unwrap();
+        assert_eq!(decode::<NodeLoad>(&bytes).unwrap(), node_load());
+    }
+
+    /// An older sender that knew only the required fields.
+    #[test]
+    fn older_sender_without_optional_fields_decodes() {
+        #[derive(Serialize)]
+        struct OldLoad {
+            node: String,
+        }
+        let bytes = encode(&OldLoad {
+            node: "n".into(),
+        })
+        .unwrap();
+        let load: NodeLoad = decode(&bytes).unwrap();
+        assert_eq!(load.node, "n");
+        assert_eq!(load.schema, SCHEMA_VERSION);
+        assert!(load.functions.is_empty());
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let inputs: [&[u8]; 6] = [
+            b"",
+            b"\xc1",
+            b"hello world",
+            b"{\"id\":\"x\"}",
+            &[0x81, 0xa2, b'i', b'd', 0x07],
+            &[0xdf, 0xff, 0xff, 0xff, 0xff],
+        ];
+        for bytes in inputs {
+            assert!(decode::<Invocation>(bytes).is_err(), "{bytes:?}");
+            assert!(decode::<NodeLoad>(bytes).is_err(), "{bytes:?}");
+            assert!(decode::<Deployment>(bytes).is_err(), "{bytes:?}");
+            assert!(decode::<DispatchMetrics>(bytes).is_err(), "{bytes:?}");
+        }
+        // Every truncation of a valid message fails cleanly too.
+        let full = encode(&node_load()).unwrap();
+        for end in 0..full.len() {
+            assert!(decode::<NodeLoad>(&full[..end]).is_err());
+        }
+    }
+
+    #[test]
+    fn messages_are_maps_readable_without_our_types() {
+        let bytes = encode(&invocation()).unwrap();
+        // fixmap marker: field names travel with the values.
+        assert_eq!(bytes[0] & 0xf0, 0x80);
+        // A reader that knows two fields by name, as firmware would.
+        #[derive(Deserialize)]
+        struct Partial {
+            function: String,
+            timeout_ms: u64,
+        }
+        let partial: Partial = decode(&bytes).unwrap();
+        assert_eq!(partial.function, "hello");
+        assert_eq!(partial.timeout_ms, 2500);
+    }
+
+    #[test]
+    fn error_codes_round_trip_and_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_u16()));
+            assert_eq!(ErrorCode::from_u16(code.as_u16()), Some(code));
+        }
+        assert_eq!(ErrorCode::from_u16(418), None);
+    }
+}

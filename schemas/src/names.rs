@@ -1,0 +1,187 @@
+//! The only place where subjects, headers, streams, buckets and queue groups
+//! are spelled. Everything else calls these.
+
+/// The default subject prefix.
+pub const DEFAULT_PREFIX: &str = "comfaas";
+
+/// Queue group shared by all dispatchers on `invoke` subjects.
+pub const DISPATCH_QUEUE_GROUP: &str = "comfaas-dispatch";
+/// Durable consumer shared by all dispatchers on the events stream.
+pub const DISPATCH_EVENTS_CONSUMER: &str = "comfaas-dispatch";
+
+/// Stream holding device events (`<prefix>.event.>`).
+pub const EVENTS_STREAM: &str = "COMFAAS_EVENTS";
+/// Stream keeping results (`<prefix>.result.>`).
+pub const RESULTS_STREAM: &str = "COMFAAS_RESULTS";
+/// Stream of invocations that failed for good.
+pub const DLQ_STREAM: &str = "COMFAAS_DLQ";
+
+/// KV bucket: one [`crate::Deployment`] per function name, with history.
+pub const FUNCTIONS_BUCKET: &str = "comfaas_functions";
+/// Object store of function bundles, named by digest.
+pub const PACKAGES_BUCKET: &str = "comfaas_packages";
+/// Object store of large inputs.
+pub const INPUTS_BUCKET: &str = "comfaas_inputs";
+/// Object store of large outputs.
+pub const OUTPUTS_BUCKET: &str = "comfaas_outputs";
+
+/// Header names of the device-facing format (see `schemas/README.md`).
+pub mod headers {
+    /// Request: an object in `comfaas_inputs` that is the input.
+    pub const INPUT_OBJECT: &str = "Comfaas-Input-Object";
+    /// Request: `auto`, `edge`, `cloud` or `node:<id>`.
+    pub const PLACEMENT: &str = "Comfaas-Placement";
+    /// Request: number of MPI processes.
+    pub const PROCS: &str = "Comfaas-Procs";
+    /// Request: run time limit, e.g. `30s`.
+    pub const TIMEOUT: &str = "Comfaas-Timeout";
+    /// Request: JetStream de-duplication id of an event.
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+
+    /// Reply: `ok` or `error`.
+    pub const STATUS: &str = "Comfaas-Status";
+    /// Reply: the invocation's id.
+    pub const INVOCATION_ID: &str = "Comfaas-Invocation-Id";
+    /// Reply: the node that ran it.
+    pub const NODE: &str = "Comfaas-Node";
+    /// Reply: `edge` or `cloud`.
+    pub const TIER: &str = "Comfaas-Tier";
+    /// Reply: the function's run time in milliseconds.
+    pub const DURATION_MS: &str = "Comfaas-Duration-Ms";
+    /// Reply: the function that ran (set on `result` subjects).
+    pub const FUNCTION: &str = "Comfaas-Function";
+    /// Reply: a large output stored in `comfaas_outputs`.
+    pub const OUTPUT_OBJECT: &str = "Comfaas-Output-Object";
+    /// Reply on error: numeric [`crate::ErrorCode`] (NATS micro convention).
+    pub const ERROR_CODE: &str = "Nats-Service-Error-Code";
+    /// Reply on error: what went wrong, for humans.
+    pub const ERROR: &str = "Nats-Service-Error";
+
+    /// Value of [`STATUS`] on success.
+    pub const STATUS_OK: &str = "ok";
+    /// Value of [`STATUS`] on failure.
+    pub const STATUS_ERROR: &str = "error";
+}
+
+/// Subject names under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Subjects {
+    /// Subjects under `prefix` (one or more subject tokens, e.g. `comfaas`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>.invoke.<fn>`: request/reply invocations.
+    pub fn invoke(&self, function: &str) -> String {
+        format!("{}.invoke.{function}", self.prefix)
+    }
+
+    /// `<prefix>.invoke.>`.
+    pub fn invoke_all(&self) -> String {
+        self.invoke(">")
+    }
+
+    /// `<prefix>.event.<fn>`: fire-and-forget events, kept in [`EVENTS_STREAM`].
+    pub fn event(&self, function: &str) -> String {
+        format!("{}.event.{function}", self.prefix)
+    }
+
+    /// `<prefix>.event.>`.
+    pub fn event_all(&self) -> String {
+        self.event(">")
+    }
+
+    /// `<prefix>.work.<node>`: invocations placed on a node.
+    pub fn work(&self, node: &str) -> String {
+        format!("{}.work.{node}", self.prefix)
+    }
+
+    /// `<prefix>.result.<fn>`: every result.
+    pub fn result(&self, function: &str) -> String {
+        format!("{}.result.{function}", self.prefix)
+    }
+
+    /// `<prefix>.result.>`.
+    pub fn result_all(&self) -> String {
+        self.result(">")
+    }
+
+    /// `<prefix>.node.<node>.load`: a node's [`crate::NodeLoad`].
+    pub fn node_load(&self, node: &str) -> String {
+        format!("{}.node.{node}.load", self.prefix)
+    }
+
+    /// `<prefix>.node.*.load`.
+    pub fn node_load_all(&self) -> String {
+        self.node_load("*")
+    }
+
+    /// `<prefix>.dispatch.<id>.metrics`: a dispatcher's [`crate::DispatchMetrics`].
+    pub fn dispatch_metrics(&self, dispatcher: &str) -> String {
+        format!("{}.dispatch.{dispatcher}.metrics", self.prefix)
+    }
+
+    /// `<prefix>.dispatch.*.metrics`.
+    pub fn dispatch_metrics_all(&self) -> String {
+        self.dispatch_metrics("*")
+    }
+
+    /// `<prefix>.dlq.<fn>`.
+    pub fn dlq(&self, function: &str) -> String {
+        format!("{}.dlq.{function}", self.prefix)
+    }
+
+    /// The function named by the last token of an `invoke` or `event` subject.
+    pub fn function_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let rest = subject.strip_prefix(self.prefix.as_str())?.strip_prefix('.')?;
+        let (kind, function) = rest.split_once('.')?;
+        matches!(kind, "invoke" | "event").then_some(function)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_spelled_under_the_prefix() {
+        let s = Subjects::default();
+        assert_eq!(s.invoke("hello"), "comfaas.invoke.hello");
+        assert_eq!(s.invoke_all(), "comfaas.invoke.>");
+        assert_eq!(s.event_all(), "comfaas.event.>");
+        assert_eq!(s.work("edge-1"), "comfaas.work.edge-1");
+        assert_eq!(s.result("hello"), "comfaas.result.hello");
+        assert_eq!(s.node_load_all(), "comfaas.node.*.load");
+        assert_eq!(s.dispatch_metrics("d1"), "comfaas.dispatch.d1.metrics");
+        let t = Subjects::new("acme.faas");
+        assert_eq!(t.invoke("x"), "acme.faas.invoke.x");
+    }
+
+    #[test]
+    fn function_of_reads_invoke_and_event_subjects_only() {
+        let s = Subjects::default();
+        assert_eq!(s.function_of("comfaas.invoke.hello"), Some("hello"));
+        assert_eq!(s.function_of("comfaas.event.sensor-stats"), Some("sensor-stats"));
+        assert_eq!(s.function_of("comfaas.invoke.a.b"), Some("a.b"));
+        assert_eq!(s.function_of("comfaas.work.hello"), None);
+        assert_eq!(s.function_of("other.invoke.hello"), None);
+        assert_eq!(s.function_of("comfaasx.invoke.hello"), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! The comfaas command-line interface: dev, deploy, invoke, ls, nodes.

@@ -1,0 +1,1 @@
+//! The comfaas dispatcher: places each invocation and event on a live node and relays the result.

@@ -1,0 +1,1 @@
+//! Integration tests and benchmarks of comfaas against real nats-server processes.
