@@ -1,1 +1,36 @@
-//! Shared plumbing of the comfaas services: NATS connection, layered configuration, JetStream resources, the function registry, the embedded nats-server.
+//! Shared plumbing of the comfaas services: how they connect to NATS, read
+//! their layered configuration, create the JetStream resources they share,
+//! read and write the function registry, spell reply headers, and start an
+//! embedded `nats-server`.
+//!
+//! Architecture invariant: nothing here knows how a function runs or where
+//! an invocation is placed. It is the NATS side of the house, reused by the
+//! dispatcher, the executor, the CLI and the tests.
+
+pub mod nats;
+pub mod registry;
+pub mod reply;
+pub mod resources;
+pub mod server;
+pub mod settings;
+
+/// An error from NATS or JetStream, with what we were doing.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct NatsError {
+    /// What was being done (e.g. "open the functions bucket").
+    pub context: String,
+    /// The underlying error.
+    #[source]
+    pub source: async_nats::Error,
+}
+
+impl NatsError {
+    /// Wraps `source` with `context`.
+    pub fn new(context: impl Into<String>, source: impl Into<async_nats::Error>) -> Self {
+        Self {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}

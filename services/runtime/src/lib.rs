@@ -1,1 +1,16 @@
-//! Function runtimes of comfaas: bundle packing and unpacking, installs into isolated environments, and bounded child-process runs.
+//! Function runtimes of comfaas: packing and safely unpacking bundles,
+//! installing a function once into its own environment, and running it as a
+//! bounded child process.
+//!
+//! Architecture invariant: this crate knows nothing of NATS, dispatchers or
+//! placement. It turns a bundle plus a manifest into an [`Installation`] and
+//! an input into a [`RunOutcome`]; the executor is what connects it to the
+//! network.
+
+pub mod bundle;
+pub mod install;
+pub mod process;
+
+pub use bundle::{pack, unpack, Bundle, BundleError, MAX_UNPACKED_BYTES};
+pub use install::{available_runtimes, install, InstallError, Installation, Toolchain};
+pub use process::{run, RunOutcome, RunSpec};

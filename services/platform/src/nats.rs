@@ -1,0 +1,75 @@
+//! Connecting to NATS with the options every service shares.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::NatsError;
+
+/// The default server URL.
+pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+/// Connection options shared by all binaries (`--nats-url`, `--creds`, `--tls-ca`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NatsOptions {
+    /// Server URL(s), comma-separated.
+    pub nats_url: String,
+    /// NATS credentials file (JWT + nkey seed).
+    pub creds_file: Option<PathBuf>,
+    /// CA certificate to trust for TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Subject prefix.
+    pub prefix: String,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        Self {
+            nats_url: DEFAULT_URL.to_owned(),
+            creds_file: None,
+            tls_ca_file: None,
+            prefix: comfaas_schemas::names::DEFAULT_PREFIX.to_owned(),
+        }
+    }
+}
+
+impl NatsOptions {
+    /// Options for `url`, defaults otherwise.
+    pub fn for_url(url: impl Into<String>) -> Self {
+        Self {
+            nats_url: url.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The subjects under this prefix.
+    pub fn subjects(&self) -> comfaas_schemas::names::Subjects {
+        comfaas_schemas::names::Subjects::new(self.prefix.clone())
+    }
+
+    /// Connects, naming the connection `name` so it shows in `nats server report`.
+    ///
+    /// A service keeps retrying after a lost connection; the first connect
+    /// fails fast so that a wrong URL is reported at once.
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, NatsError> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None);
+        if let Some(creds) = &self.creds_file {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|e| NatsError::new(format!("read credentials {}", creds.display()), e))?;
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        options
+            .connect(self.nats_url.as_str())
+            .await
+            .map_err(|e| NatsError::new(format!("connect to NATS at {}", self.nats_url), e))
+    }
+}

@@ -1,0 +1,220 @@
+//! The function registry: manifests in the KV bucket `comfaas_functions`,
+//! bundles in the object store `comfaas_packages`, named by digest so that
+//! the same bundle is stored once.
+
+use async_nats::jetstream::{self, kv, object_store};
+use bytes::Bytes;
+use comfaas_schemas::{decode, encode, now_unix_ms, BundleRef, Deployment, Manifest};
+use futures::{Stream, StreamExt, TryStreamExt};
+use tokio::io::AsyncReadExt;
+
+use crate::{resources, NatsError};
+
+/// Largest bundle accepted, so a hostile or mistaken deploy cannot exhaust
+/// executors' memory or disk.
+pub const MAX_BUNDLE_BYTES: u64 = 64 << 20;
+
+/// A registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// NATS or JetStream failed.
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    /// A stored value is not a valid deployment.
+    #[error("registry entry `{key}` is not a valid deployment: {reason}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The bundle exceeds [`MAX_BUNDLE_BYTES`].
+    #[error("bundle of {size} bytes exceeds the limit of {MAX_BUNDLE_BYTES} bytes")]
+    BundleTooLarge {
+        /// Its size.
+        size: u64,
+    },
+    /// The stored bundle does not match its digest.
+    #[error("bundle {object} does not match its digest {digest}")]
+    DigestMismatch {
+        /// Object name.
+        object: String,
+        /// Expected digest.
+        digest: String,
+    },
+}
+
+/// A change seen by [`Registry::watch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryChange {
+    /// A function was deployed (first time, upgrade or rollback).
+    Deployed(Box<Deployment>),
+    /// A function was removed.
+    Removed(String),
+}
+
+/// Handle on the registry bucket and the package store.
+#[derive(Clone)]
+pub struct Registry {
+    functions: kv::Store,
+    packages: object_store::ObjectStore,
+}
+
+impl Registry {
+    /// Opens the registry, creating its bucket and store when missing.
+    pub async fn open(js: &jetstream::Context) -> Result<Self, RegistryError> {
+        Ok(Self {
+            functions: resources::functions_bucket(js).await?,
+            packages: resources::packages_store(js).await?,
+        })
+    }
+
+    /// Stores a bundle (unless a bundle of that digest is already stored)
+    /// and makes `manifest` the function's current deployment.
+    ///
+    /// `digest` is `sha256:<hex>` of `bundle`, computed by the packer.
+    pub async fn deploy(
+        &self,
+        manifest: Manifest,
+        bundle: Bytes,
+        digest: &str,
+    ) -> Result<Deployment, RegistryError> {
+        let size = bundle.len() as u64;
+        if size > MAX_BUNDLE_BYTES {
+            return Err(RegistryError::BundleTooLarge { size });
+        }
+        let object = digest.replace(':', "-");
+        if self.packages.info(&object).await.is_err() {
+            let mut reader = bundle.as_ref();
+            self.packages
+                .put(object.as_str(), &mut reader)
+                .await
+                .map_err(|e| NatsError::new(format!("upload bundle {object}"), e))?;
+        }
+        let deployment = Deployment {
+            schema: comfaas_schemas::SCHEMA_VERSION,
+            manifest,
+            bundle: BundleRef {
+                object,
+                digest: digest.to_owned(),
+                size,
+            },
+            deployed_unix_ms: now_unix_ms(),
+        };
+        self.put(&deployment).await?;
+        Ok(deployment)
+    }
+
+    /// Makes `deployment` current again (used by rollback).
+    pub async fn put(&self, deployment: &Deployment) -> Result<(), RegistryError> {
+        let name = &deployment.manifest.name;
+        let value = encode(deployment).map_err(|e| RegistryError::Corrupt {
+            key: name.clone(),
+            reason: e.to_string(),
+        })?;
+        self.functions
+            .put(name, value.into())
+            .await
+            .map_err(|e| NatsError::new(format!("store manifest of {name}"), e))?;
+        Ok(())
+    }
+
+    /// The current deployment of `name`.
+    pub async fn get(&self, name: &str) -> Result<Option<Deployment>, RegistryError> {
+        let value = self
+            .functions
+            .get(name)
+            .await
+            .map_err(|e| NatsError::new(format!("read manifest of {name}"), e))?;
+        value.map(|v| decode_deployment(name, &v)).transpose()
+    }
+
+    /// Every current deployment, by name.
+    pub async fn list(&self) -> Result<Vec<Deployment>, RegistryError> {
+        let keys: Vec<String> = self
+            .functions
+            .keys()
+            .await
+            .map_err(|e| NatsError::new("list functions", e))?
+            .try_collect()
+            .await
+            .map_err(|e| NatsError::new("list functions", e))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(d) = self.get(&key).await? {
+                out.push(d);
+            }
+        }
+        out.sort_by(|a, b| a.manifest.name.cmp(&b.manifest.name));
+        Ok(out)
+    }
+
+    /// Removes `name`; `false` when it was not deployed.
+    pub async fn remove(&self, name: &str) -> Result<bool, RegistryError> {
+        if self.get(name).await?.is_none() {
+            return Ok(false);
+        }
+        self.functions
+            .delete(name)
+            .await
+            .map_err(|e| NatsError::new(format!("remove {name}"), e))?;
+        Ok(true)
+    }
+
+    /// Reads a bundle, refusing one larger than announced or than the limit.
+    pub async fn fetch_bundle(&self, bundle: &BundleRef) -> Result<Vec<u8>, RegistryError> {
+        if bundle.size > MAX_BUNDLE_BYTES {
+            return Err(RegistryError::BundleTooLarge { size: bundle.size });
+        }
+        let object = self
+            .packages
+            .get(&bundle.object)
+            .await
+            .map_err(|e| NatsError::new(format!("fetch bundle {}", bundle.object), e))?;
+        let mut data = Vec::with_capacity(bundle.size as usize);
+        object
+            .take(MAX_BUNDLE_BYTES + 1)
+            .read_to_end(&mut data)
+            .await
+            .map_err(|e| NatsError::new(format!("read bundle {}", bundle.object), e))?;
+        if data.len() as u64 != bundle.size {
+            return Err(RegistryError::DigestMismatch {
+                object: bundle.object.clone(),
+                digest: bundle.digest.clone(),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Every current deployment, then every change as it happens.
+    ///
+    /// A corrupt entry is reported as an error item and the stream goes on.
+    pub async fn watch(
+        &self,
+    ) -> Result<impl Stream<Item = Result<RegistryChange, RegistryError>>, RegistryError> {
+        let watch = self
+            .functions
+            .watch_with_history(">")
+            .await
+            .map_err(|e| NatsError::new("watch functions", e))?;
+        Ok(watch.map(|entry| {
+            let entry = entry.map_err(|e| NatsError::new("watch functions", e))?;
+            match entry.operation {
+                kv::Operation::Put => Ok(RegistryChange::Deployed(Box::new(decode_deployment(
+                    &entry.key,
+                    &entry.value,
+                )?))),
+                kv::Operation::Delete | kv::Operation::Purge => {
+                    Ok(RegistryChange::Removed(entry.key))
+                }
+            }
+        }))
+    }
+}
+
+fn decode_deployment(key: &str, value: &[u8]) -> Result<Deployment, RegistryError> {
+    decode(value).map_err(|e| RegistryError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}

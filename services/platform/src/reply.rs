@@ -1,0 +1,152 @@
+//! Reply headers of the device-facing format, written and read in one place.
+
+use async_nats::HeaderMap;
+use comfaas_schemas::{names::headers as h, ErrorCode, Tier};
+
+/// Longest error text put in a header; the rest is cut.
+const MAX_ERROR_TEXT: usize = 2048;
+
+/// Who answered an invocation and how long it ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplyMeta {
+    /// The invocation's id.
+    pub invocation_id: String,
+    /// The node that ran it, when one did.
+    pub node: Option<String>,
+    /// That node's tier.
+    pub tier: Option<Tier>,
+    /// Run time of the function, ms.
+    pub duration_ms: Option<u64>,
+}
+
+/// Headers of a successful reply.
+pub fn ok(meta: &ReplyMeta) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(h::STATUS, h::STATUS_OK);
+    add_meta(&mut headers, meta);
+    headers
+}
+
+/// Headers of an error reply: `Comfaas-Status: error` plus the micro error pair.
+pub fn error(code: ErrorCode, message: &str, meta: &ReplyMeta) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(h::STATUS, h::STATUS_ERROR);
+    headers.insert(h::ERROR_CODE, code.as_u16().to_string().as_str());
+    headers.insert(h::ERROR, header_text(message).as_str());
+    add_meta(&mut headers, meta);
+    headers
+}
+
+fn add_meta(headers: &mut HeaderMap, meta: &ReplyMeta) {
+    if !meta.invocation_id.is_empty() {
+        headers.insert(h::INVOCATION_ID, meta.invocation_id.as_str());
+    }
+    if let Some(node) = &meta.node {
+        headers.insert(h::NODE, node.as_str());
+    }
+    if let Some(tier) = meta.tier {
+        headers.insert(h::TIER, tier.as_str());
+    }
+    if let Some(ms) = meta.duration_ms {
+        headers.insert(h::DURATION_MS, ms.to_string().as_str());
+    }
+}
+
+/// Makes `text` safe for a header value: one line, bounded length.
+pub fn header_text(text: &str) -> String {
+    let mut line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let trimmed = line.trim();
+    if trimmed.len() != line.len() {
+        line = trimmed.to_owned();
+    }
+    if line.len() > MAX_ERROR_TEXT {
+        let mut cut = MAX_ERROR_TEXT;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push('…');
+    }
+    line
+}
+
+/// What a reply says, read back from its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `Comfaas-Status: ok`.
+    Ok,
+    /// `Comfaas-Status: error` with its code and text.
+    Error {
+        /// The code, when it is one of ours.
+        code: Option<ErrorCode>,
+        /// The raw numeric code.
+        raw_code: String,
+        /// The error text.
+        message: String,
+    },
+    /// No `Comfaas-Status` header: not a comfaas reply.
+    Unknown,
+}
+
+/// Reads the outcome of a reply.
+pub fn outcome(headers: Option<&HeaderMap>) -> Outcome {
+    let Some(headers) = headers else {
+        return Outcome::Unknown;
+    };
+    match headers.get(h::STATUS).map(|v| v.as_str()) {
+        Some(h::STATUS_OK) => Outcome::Ok,
+        Some(h::STATUS_ERROR) => {
+            let raw_code = get(headers, h::ERROR_CODE).unwrap_or_default();
+            Outcome::Error {
+                code: raw_code.parse().ok().and_then(ErrorCode::from_u16),
+                raw_code,
+                message: get(headers, h::ERROR).unwrap_or_default(),
+            }
+        }
+        _ => Outcome::Unknown,
+    }
+}
+
+/// A header's value as text.
+pub fn get(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).map(|v| v.as_str().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_headers_read_back() {
+        let meta = ReplyMeta {
+            invocation_id: "i1".into(),
+            node: Some("edge-1".into()),
+            tier: Some(Tier::Edge),
+            duration_ms: Some(12),
+        };
+        let headers = error(ErrorCode::FunctionFailed, "exit 1:\nTraceback\r\n", &meta);
+        assert_eq!(
+            outcome(Some(&headers)),
+            Outcome::Error {
+                code: Some(ErrorCode::FunctionFailed),
+                raw_code: "500".into(),
+                message: "exit 1: Traceback".into(),
+            }
+        );
+        assert_eq!(get(&headers, h::NODE).as_deref(), Some("edge-1"));
+        assert_eq!(get(&headers, h::DURATION_MS).as_deref(), Some("12"));
+        assert_eq!(outcome(Some(&ok(&meta))), Outcome::Ok);
+        assert_eq!(outcome(None), Outcome::Unknown);
+    }
+
+    #[test]
+    fn long_text_is_cut_on_a_char_boundary() {
+        let text = "é".repeat(MAX_ERROR_TEXT);
+        let cut = header_text(&text);
+        assert!(cut.len() <= MAX_ERROR_TEXT + '…'.len_utf8());
+        assert!(cut.ends_with('…'));
+    }
+}

@@ -1,0 +1,92 @@
+//! The JetStream streams and buckets comfaas shares, created when missing.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, object_store, stream};
+use comfaas_schemas::names::{self, Subjects};
+
+use crate::NatsError;
+
+/// How long events are kept for a dispatcher to take them.
+const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Window in which a repeated `Nats-Msg-Id` is dropped.
+const EVENTS_DEDUP_WINDOW: Duration = Duration::from_secs(120);
+/// How long results are kept for late readers.
+const RESULTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Versions of a function kept for rollback.
+const FUNCTION_HISTORY: i64 = 16;
+
+/// Upper bound of one stream's or bucket's disk use, so a flood of events
+/// cannot fill the server's disk.
+const STREAM_MAX_BYTES: i64 = 1 << 30;
+
+/// The events stream: every `<prefix>.event.>` message, kept until old.
+pub async fn events_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<stream::Stream, NatsError> {
+    js.get_or_create_stream(stream::Config {
+        name: names::EVENTS_STREAM.to_owned(),
+        description: Some("comfaas device events, taken by dispatchers".to_owned()),
+        subjects: vec![subjects.event_all()],
+        storage: stream::StorageType::File,
+        max_age: EVENTS_MAX_AGE,
+        max_bytes: STREAM_MAX_BYTES,
+        duplicate_window: EVENTS_DEDUP_WINDOW,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| NatsError::new(format!("create stream {}", names::EVENTS_STREAM), e))
+}
+
+/// The results stream: every `<prefix>.result.>` message, for a day.
+pub async fn results_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<stream::Stream, NatsError> {
+    js.get_or_create_stream(stream::Config {
+        name: names::RESULTS_STREAM.to_owned(),
+        description: Some("comfaas results of every invocation".to_owned()),
+        subjects: vec![subjects.result_all()],
+        storage: stream::StorageType::File,
+        max_age: RESULTS_MAX_AGE,
+        max_bytes: STREAM_MAX_BYTES,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| NatsError::new(format!("create stream {}", names::RESULTS_STREAM), e))
+}
+
+/// The function registry bucket.
+pub async fn functions_bucket(js: &jetstream::Context) -> Result<kv::Store, NatsError> {
+    if let Ok(store) = js.get_key_value(names::FUNCTIONS_BUCKET).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: names::FUNCTIONS_BUCKET.to_owned(),
+        description: "comfaas deployed functions, one manifest per name".to_owned(),
+        history: FUNCTION_HISTORY,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| NatsError::new(format!("create bucket {}", names::FUNCTIONS_BUCKET), e))
+}
+
+/// The package store of function bundles.
+pub async fn packages_store(
+    js: &jetstream::Context,
+) -> Result<object_store::ObjectStore, NatsError> {
+    if let Ok(store) = js.get_object_store(names::PACKAGES_BUCKET).await {
+        return Ok(store);
+    }
+    js.create_object_store(object_store::Config {
+        bucket: names::PACKAGES_BUCKET.to_owned(),
+        description: Some("comfaas function bundles, named by digest".to_owned()),
+        max_bytes: STREAM_MAX_BYTES,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| NatsError::new(format!("create object store {}", names::PACKAGES_BUCKET), e))
+}

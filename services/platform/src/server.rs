@@ -1,0 +1,151 @@
+//! An embedded `nats-server` with JetStream, for `comfaas dev`, tests and
+//! benchmarks. The process is killed when the handle drops.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a starting server may take before we give up.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How to start the server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Client port; `None` lets the server pick a free one.
+    pub port: Option<u16>,
+    /// JetStream store directory; `None` makes a temporary one.
+    pub store_dir: Option<PathBuf>,
+    /// A server configuration file (leaf nodes, domains, accounts…).
+    pub config_file: Option<PathBuf>,
+    /// The `nats-server` binary; `nats-server` on the `PATH` by default.
+    pub binary: Option<PathBuf>,
+}
+
+/// The server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The binary could not be run.
+    #[error("cannot run {binary}: {source} (install it with ./scripts/setup.sh)")]
+    Spawn {
+        /// Binary tried.
+        binary: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It exited or stayed silent; its last log lines are included.
+    #[error("nats-server did not become ready: {0}")]
+    NotReady(String),
+    /// The temporary store directory could not be made.
+    #[error("cannot create a JetStream directory: {0}")]
+    StoreDir(std::io::Error),
+}
+
+/// A running `nats-server`.
+pub struct EmbeddedServer {
+    child: Child,
+    url: String,
+    port: u16,
+    store_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl EmbeddedServer {
+    /// Starts a server with JetStream on loopback and waits until it is ready.
+    pub async fn start(options: ServerOptions) -> Result<Self, ServerError> {
+        let (temp, store_dir) = match &options.store_dir {
+            Some(dir) => (None, dir.clone()),
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("comfaas-nats-")
+                    .tempdir()
+                    .map_err(ServerError::StoreDir)?;
+                let dir = temp.path().to_path_buf();
+                (Some(temp), dir)
+            }
+        };
+        let binary = options
+            .binary
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("nats-server"));
+        let mut command = Command::new(&binary);
+        if let Some(config) = &options.config_file {
+            command.arg("-c").arg(config);
+        }
+        command
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(options.port.map_or("-1".to_owned(), |p| p.to_string()))
+            .arg("-sd")
+            .arg(&store_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|source| ServerError::Spawn {
+            binary: binary.display().to_string(),
+            source,
+        })?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| ServerError::NotReady("no stderr pipe".to_owned()))?;
+        let mut lines = BufReader::new(stderr).lines();
+        let mut port = None;
+        let mut log = Vec::new();
+        let ready = tokio::time::timeout(START_TIMEOUT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
+                    port = addr.trim().rsplit(':').next().and_then(|p| p.parse().ok());
+                }
+                let is_ready = line.contains("Server is ready");
+                log.push(line);
+                if is_ready {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        let Some(port) = port.filter(|_| ready) else {
+            let _ = child.start_kill();
+            let tail = log.iter().rev().take(5).rev().cloned().collect::<Vec<_>>();
+            return Err(ServerError::NotReady(tail.join(" | ")));
+        };
+        // Keep draining its log so the server never blocks on a full pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::trace!(target: "nats-server", "{line}");
+            }
+        });
+        Ok(Self {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            store_dir,
+            _temp: temp,
+        })
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory.
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// Stops the server and waits for it to exit.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}

@@ -1,0 +1,317 @@
+//! One bounded run of a function as a child process: input on stdin, output
+//! on stdout, a private working directory, a scrubbed environment, a time
+//! limit that kills the whole process group, and an output size cap.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+/// Bytes of stderr kept for error messages (the tail, where tracebacks end).
+pub const STDERR_TAIL_BYTES: usize = 2048;
+
+/// What to run and within which bounds.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Working directory (private to this run).
+    pub cwd: PathBuf,
+    /// The complete environment: nothing of the caller's is inherited.
+    pub env: Vec<(OsString, OsString)>,
+    /// Bytes written to stdin, which is then closed.
+    pub input: bytes::Bytes,
+    /// Wall-clock limit.
+    pub timeout: Duration,
+    /// Most bytes of stdout accepted.
+    pub max_output: usize,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Exit status 0.
+    Success,
+    /// Non-zero exit status or killed by a signal.
+    Failed {
+        /// Exit code, when it exited.
+        code: Option<i32>,
+        /// Signal, when one killed it.
+        signal: Option<i32>,
+    },
+    /// Ran past the timeout; its process group was killed.
+    TimedOut,
+    /// Wrote more than `max_output` bytes; its process group was killed.
+    OutputTooLarge,
+    /// Could not be started.
+    SpawnFailed(String),
+}
+
+/// The result of [`run`].
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// How it ended.
+    pub exit: Exit,
+    /// Everything it wrote to stdout (at most `max_output` bytes).
+    pub stdout: Vec<u8>,
+    /// The last [`STDERR_TAIL_BYTES`] of stderr, lossily decoded.
+    pub stderr_tail: String,
+    /// Wall-clock time from start to end.
+    pub duration: Duration,
+}
+
+impl RunOutcome {
+    /// A one-line description of a failure, with the stderr tail.
+    pub fn describe_failure(&self, timeout: Duration) -> String {
+        let what = match &self.exit {
+            Exit::Success => return String::new(),
+            Exit::Failed {
+                code: Some(code), ..
+            } => format!("function exited with status {code}"),
+            Exit::Failed {
+                signal: Some(sig), ..
+            } => format!("function was killed by signal {sig}"),
+            Exit::Failed { .. } => "function failed".to_owned(),
+            Exit::TimedOut => format!(
+                "function exceeded its timeout of {} and was killed",
+                humantime_ms(timeout)
+            ),
+            Exit::OutputTooLarge => "function output exceeds the size limit".to_owned(),
+            Exit::SpawnFailed(e) => format!("function could not be started: {e}"),
+        };
+        let tail = self.stderr_tail.trim();
+        if tail.is_empty() {
+            what
+        } else {
+            format!("{what}; stderr: {tail}")
+        }
+    }
+}
+
+fn humantime_ms(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Runs `spec` to completion, never longer than its timeout.
+pub async fn run(spec: RunSpec) -> RunOutcome {
+    let started = Instant::now();
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a timeout kills everything it started.
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return RunOutcome {
+                exit: Exit::SpawnFailed(format!("{}: {e}", spec.program.display())),
+                stdout: Vec::new(),
+                stderr_tail: String::new(),
+                duration: started.elapsed(),
+            }
+        }
+    };
+    let group = child.id().map(|id| Pid::from_raw(id as i32));
+    let (Some(mut stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        kill_group(group);
+        return RunOutcome {
+            exit: Exit::SpawnFailed("no pipes to the child".to_owned()),
+            stdout: Vec::new(),
+            stderr_tail: String::new(),
+            duration: started.elapsed(),
+        };
+    };
+    let input = spec.input.clone();
+    let feed = async move {
+        // A function that does not read its input closes the pipe: not an error.
+        let _ = stdin.write_all(&input).await;
+        drop(stdin);
+    };
+    let collect = async {
+        let ((), out, err, status) = tokio::join!(
+            feed,
+            read_capped(stdout, spec.max_output),
+            read_tail(stderr),
+            child.wait()
+        );
+        (out, err, status)
+    };
+    let result = tokio::time::timeout(spec.timeout, collect).await;
+    // Whatever happened, nothing the function started outlives the run.
+    kill_group(group);
+    let duration = started.elapsed();
+    match result {
+        Err(_) => {
+            let _ = child.wait().await;
+            RunOutcome {
+                exit: Exit::TimedOut,
+                stdout: Vec::new(),
+                stderr_tail: String::new(),
+                duration,
+            }
+        }
+        Ok((out, stderr_tail, status)) => {
+            let exit = match (&out, status) {
+                (None, _) => Exit::OutputTooLarge,
+                (Some(_), Ok(status)) if status.success() => Exit::Success,
+                (Some(_), Ok(status)) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    Exit::Failed {
+                        code: status.code(),
+                        signal: status.signal(),
+                    }
+                }
+                (Some(_), Err(e)) => Exit::SpawnFailed(format!("wait: {e}")),
+            };
+            RunOutcome {
+                exit,
+                stdout: out.unwrap_or_default(),
+                stderr_tail,
+                duration,
+            }
+        }
+    }
+}
+
+fn kill_group(group: Option<Pid>) {
+    if let Some(group) = group {
+        // ESRCH (group already gone) is the normal case after a clean exit.
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+}
+
+/// Reads all of `reader`, or `None` as soon as it exceeds `cap` bytes.
+async fn read_capped(mut reader: impl AsyncRead + Unpin, cap: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return Some(out),
+            Ok(n) => {
+                if out.len() + n > cap {
+                    return None;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+}
+
+/// Reads all of `reader`, keeping the last [`STDERR_TAIL_BYTES`].
+async fn read_tail(mut reader: impl AsyncRead + Unpin) -> String {
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 8 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > 2 * STDERR_TAIL_BYTES {
+                    tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+                }
+            }
+        }
+    }
+    if tail.len() > STDERR_TAIL_BYTES {
+        tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+    }
+    String::from_utf8_lossy(&tail).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, input: &str, timeout_ms: u64) -> RunSpec {
+        RunSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: std::env::temp_dir(),
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            input: bytes::Bytes::from(input.to_owned()),
+            timeout: Duration::from_millis(timeout_ms),
+            max_output: 1024,
+        }
+    }
+
+    #[tokio::test]
+    async fn input_reaches_stdin_and_output_comes_back() {
+        let out = run(sh("tr a-z A-Z", "hello", 5000)).await;
+        assert_eq!(out.exit, Exit::Success);
+        assert_eq!(out.stdout, b"HELLO");
+    }
+
+    #[tokio::test]
+    async fn non_zero_exit_keeps_the_stderr_tail() {
+        let out = run(sh("echo boom >&2; exit 3", "", 5000)).await;
+        assert_eq!(
+            out.exit,
+            Exit::Failed {
+                code: Some(3),
+                signal: None
+            }
+        );
+        assert_eq!(out.stderr_tail.trim(), "boom");
+        assert!(out
+            .describe_failure(Duration::from_secs(1))
+            .contains("status 3; stderr: boom"));
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("grandchild-survived");
+        // The grandchild would write the marker after 1.5 s if it survived.
+        let script = format!("(sleep 1.5; touch {}) & sleep 30", marker.display());
+        let started = Instant::now();
+        let out = run(sh(&script, "", 300)).await;
+        assert_eq!(out.exit, Exit::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+        assert!(!marker.exists(), "a process of the timed-out run survived");
+    }
+
+    #[tokio::test]
+    async fn output_over_the_cap_is_refused() {
+        let out = run(sh("head -c 100000 /dev/zero", "", 5000)).await;
+        assert_eq!(out.exit, Exit::OutputTooLarge);
+        assert!(out.stdout.is_empty());
+    }
+
+    #[tokio::test]
+    async fn environment_is_scrubbed() {
+        std::env::set_var("COMFAAS_TEST_SECRET", "hunter2");
+        let out = run(sh("env", "", 5000)).await;
+        let env = String::from_utf8_lossy(&out.stdout);
+        assert!(!env.contains("hunter2"), "{env}");
+        assert!(env.contains("PATH=/usr/bin:/bin"));
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_spawn_failure() {
+        let mut spec = sh("", "", 1000);
+        spec.program = "/nonexistent/python".into();
+        let out = run(spec).await;
+        assert!(matches!(out.exit, Exit::SpawnFailed(ref e) if e.contains("/nonexistent/python")));
+    }
+}
