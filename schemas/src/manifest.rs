@@ -173,9 +173,8 @@ impl Manifest {
         if let Some(unknown) = table.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
             return Err(ManifestError::UnknownField(unknown.clone()));
         }
-        let manifest: Manifest = toml::from_str(text).map_err(|e| {
-            ManifestError::Syntax(e.message().to_owned())
-        })?;
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|e| ManifestError::Syntax(e.message().to_owned()))?;
         manifest.validate()?;
         Ok(manifest)
     }
@@ -305,7 +304,10 @@ entry = "main.py"
         check("timeout = \"0s\"", "longer than zero");
         check("procs = 0", "field `procs`");
         check("placement = \"moon\"", "placement `moon`");
-        check("requirements = [\"--index-url=http://evil\"]", "field `requirements`");
+        check(
+            "requirements = [\"--index-url=http://evil\"]",
+            "field `requirements`",
+        );
         check("procs = \"four\"", "comfaas.toml: invalid type");
     }
 
@@ -328,8 +330,14 @@ entry = "main.py"
                 .chain([line])
                 .collect::<Vec<_>>()
                 .join("\n");
-            let got = Manifest::from_toml(&text).map(|_| ()).unwrap_err().to_string();
-            assert!(got.contains(expect), "{line}: expected {expect:?}, got {got:?}");
+            let got = Manifest::from_toml(&text)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                got.contains(expect),
+                "{line}: expected {expect:?}, got {got:?}"
+            );
         }
     }
 

@@ -171,6 +171,9 @@ pub struct NodeLoad {
     /// When it was sent (Unix ms).
     #[serde(default)]
     pub sent_unix_ms: u64,
+    /// The node is shutting down: take it out of the table at once.
+    #[serde(default)]
+    pub leaving: bool,
 }
 
 impl NodeLoad {
@@ -335,6 +338,7 @@ mod tests {
             }],
             heartbeat_ms: 1000,
             sent_unix_ms: 1_700_000_000_000,
+            leaving: false,
         }
     }
 
@@ -445,10 +449,7 @@ mod tests {
         struct OldLoad {
             node: String,
         }
-        let bytes = encode(&OldLoad {
-            node: "n".into(),
-        })
-        .unwrap();
+        let bytes = encode(&OldLoad { node: "n".into() }).unwrap();
         let load: NodeLoad = decode(&bytes).unwrap();
         assert_eq!(load.node, "n");
         assert_eq!(load.schema, SCHEMA_VERSION);

@@ -150,7 +150,9 @@ impl Subjects {
 
     /// The function named by the last token of an `invoke` or `event` subject.
     pub fn function_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
-        let rest = subject.strip_prefix(self.prefix.as_str())?.strip_prefix('.')?;
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')?;
         let (kind, function) = rest.split_once('.')?;
         matches!(kind, "invoke" | "event").then_some(function)
     }
@@ -178,7 +180,10 @@ mod tests {
     fn function_of_reads_invoke_and_event_subjects_only() {
         let s = Subjects::default();
         assert_eq!(s.function_of("comfaas.invoke.hello"), Some("hello"));
-        assert_eq!(s.function_of("comfaas.event.sensor-stats"), Some("sensor-stats"));
+        assert_eq!(
+            s.function_of("comfaas.event.sensor-stats"),
+            Some("sensor-stats")
+        );
         assert_eq!(s.function_of("comfaas.invoke.a.b"), Some("a.b"));
         assert_eq!(s.function_of("comfaas.work.hello"), None);
         assert_eq!(s.function_of("other.invoke.hello"), None);

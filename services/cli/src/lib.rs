@@ -1,1 +1,14 @@
-//! The comfaas command-line interface: dev, deploy, invoke, ls, nodes.
+//! The `comfaas` command-line interface: operators' and developers' entry
+//! to the platform (`dev`, `deploy`, `invoke`, `ls`, `rm`, `nodes`,
+//! `iot-sim`). The functions behind each command are public so tests and
+//! the embedded default reuse them.
+//!
+//! Architecture invariant: the CLI speaks only the public contract
+//! (subjects, headers, the registry); it has no back door into services,
+//! except `dev`, which hosts them in-process.
+
+pub mod deploy;
+pub mod dev;
+pub mod inspect;
+pub mod invoke;
+pub mod iot;

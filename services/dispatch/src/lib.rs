@@ -1,1 +1,273 @@
-//! The comfaas dispatcher: places each invocation and event on a live node and relays the result.
+//! The comfaas dispatcher: the entry point of every invocation.
+//!
+//! It takes requests on `<prefix>.invoke.>` (queue group shared by all
+//! dispatchers) and events from the JetStream stream `COMFAAS_EVENTS`
+//! (durable consumer shared by all dispatchers), places each on a live node
+//! through [`comfaas_placement::choose`], sends it as an `Invocation` on the
+//! node's work subject, relays the answer to the requester and publishes
+//! every result on `<prefix>.result.<fn>`.
+//!
+//! Architecture invariant: the dispatcher never runs functions and never
+//! reads their input or output; it moves bytes and headers.
+
+mod config;
+mod events;
+mod nodes;
+mod place;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use comfaas_platform::registry::{Registry, RegistryChange};
+use comfaas_schemas::{
+    decode, encode, now_unix_ms, Deployment, DispatchMetrics, ErrorCode, ErrorCount, NodeLoad,
+    PlacementRecord, SCHEMA_VERSION,
+};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{DispatchConfig, DispatchFlags};
+use nodes::NodeTable;
+
+/// Placement decisions kept for the metrics report.
+const RECENT_DECISIONS: usize = 32;
+
+/// A configured dispatcher, ready to [`run`](Dispatcher::run).
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+}
+
+/// State shared by the dispatcher's tasks.
+struct Shared {
+    config: DispatchConfig,
+    client: async_nats::Client,
+    subjects: comfaas_schemas::names::Subjects,
+    registry: Registry,
+    nodes: Mutex<NodeTable>,
+    functions: Mutex<HashMap<String, Deployment>>,
+    stats: Mutex<Stats>,
+    permits: Arc<Semaphore>,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct Stats {
+    received: u64,
+    succeeded: u64,
+    failed: u64,
+    in_flight: u32,
+    errors: BTreeMap<u16, u64>,
+    recent: VecDeque<PlacementRecord>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain data behind the lock: a panicked holder leaves nothing half-done
+    // that matters more than staying up.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Dispatcher {
+    /// Connects to NATS and opens the registry and streams.
+    pub async fn connect(config: DispatchConfig) -> anyhow::Result<Self> {
+        let config = config.validate()?;
+        let client = config
+            .nats
+            .connect(&format!("comfaas-dispatch {}", config.id))
+            .await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let registry = Registry::open(&js).await?;
+        let subjects = config.nats.subjects();
+        comfaas_platform::resources::results_stream(&js, &subjects).await?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                nodes: Mutex::new(NodeTable::new(config.dead_after_heartbeats)),
+                permits: Arc::new(Semaphore::new(config.max_concurrent)),
+                config,
+                client,
+                subjects,
+                registry,
+                functions: Mutex::default(),
+                stats: Mutex::default(),
+                started: Instant::now(),
+            }),
+        })
+    }
+
+    /// This dispatcher's id.
+    pub fn id(&self) -> &str {
+        &self.shared.config.id
+    }
+
+    /// Serves until `shutdown` is cancelled, then finishes what it took.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let shared = self.shared;
+        let client = shared.client.clone();
+        let loads = client
+            .subscribe(shared.subjects.node_load_all())
+            .await
+            .context("subscribe to node loads")?;
+        let invokes = client
+            .queue_subscribe(
+                shared.subjects.invoke_all(),
+                comfaas_schemas::names::DISPATCH_QUEUE_GROUP.to_owned(),
+            )
+            .await
+            .context("subscribe to invocations")?;
+        let changes = shared.registry.watch().await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let events = events::consumer(&js, &shared).await?;
+        tracing::info!(id = %shared.config.id, "dispatcher serving {}", shared.subjects.invoke_all());
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(track_nodes(shared.clone(), loads, shutdown.clone()));
+        tasks.spawn(track_functions(
+            shared.clone(),
+            changes.boxed(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(publish_metrics(shared.clone(), shutdown.clone()));
+        tasks.spawn(events::serve(shared.clone(), events, shutdown.clone()));
+        serve_invokes(shared.clone(), invokes, shutdown.clone()).await;
+        while let Some(result) = tasks.join_next().await {
+            if let Err(e) = result {
+                tracing::warn!("dispatcher task ended abnormally: {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn serve_invokes(
+    shared: Arc<Shared>,
+    mut invokes: async_nats::Subscriber,
+    shutdown: CancellationToken,
+) {
+    let mut running = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            message = invokes.next() => {
+                let Some(message) = message else { break };
+                let Ok(permit) = shared.permits.clone().acquire_owned().await else { break };
+                let shared = shared.clone();
+                running.spawn(async move {
+                    let answer = place::execute(&shared, &message.subject, message.headers.as_ref(), message.payload.clone()).await;
+                    if let Some(reply_to) = &message.reply {
+                        if let Err(e) = shared.client
+                            .publish_with_headers(reply_to.clone(), answer.headers.clone(), answer.body.clone())
+                            .await
+                        {
+                            tracing::warn!("cannot reply: {e}");
+                        }
+                    }
+                    place::publish_result(&shared, &answer).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    let _ = invokes.unsubscribe().await;
+    while running.join_next().await.is_some() {}
+}
+
+async fn track_nodes(
+    shared: Arc<Shared>,
+    mut loads: async_nats::Subscriber,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            message = loads.next() => message,
+        };
+        let Some(message) = message else { return };
+        match decode::<NodeLoad>(&message.payload) {
+            Ok(load) => lock(&shared.nodes).heard(load, Instant::now()),
+            Err(e) => tracing::warn!(subject = %message.subject, "ignoring invalid node load: {e}"),
+        }
+    }
+}
+
+async fn track_functions(
+    shared: Arc<Shared>,
+    mut changes: futures::stream::BoxStream<
+        'static,
+        Result<RegistryChange, comfaas_platform::registry::RegistryError>,
+    >,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let change = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            change = changes.next() => change,
+        };
+        match change {
+            None => {
+                tracing::error!("registry watch ended; new deployments are read on demand");
+                return;
+            }
+            Some(Err(e)) => tracing::warn!("registry: {e}"),
+            Some(Ok(RegistryChange::Deployed(d))) => {
+                lock(&shared.functions).insert(d.manifest.name.clone(), *d);
+            }
+            Some(Ok(RegistryChange::Removed(name))) => {
+                lock(&shared.functions).remove(&name);
+            }
+        }
+    }
+}
+
+async fn publish_metrics(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let subject = shared.subjects.dispatch_metrics(&shared.config.id);
+    let mut ticker = tokio::time::interval(shared.config.metrics_period());
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = Instant::now();
+        let nodes = {
+            let mut table = lock(&shared.nodes);
+            table.prune(now);
+            table.metrics(now)
+        };
+        let metrics = {
+            let stats = lock(&shared.stats);
+            DispatchMetrics {
+                schema: SCHEMA_VERSION,
+                dispatcher: shared.config.id.clone(),
+                uptime_s: shared.started.elapsed().as_secs(),
+                received: stats.received,
+                succeeded: stats.succeeded,
+                failed: stats.failed,
+                in_flight: stats.in_flight,
+                errors: stats
+                    .errors
+                    .iter()
+                    .filter_map(|(code, count)| {
+                        ErrorCode::from_u16(*code).map(|code| ErrorCount {
+                            code,
+                            count: *count,
+                        })
+                    })
+                    .collect(),
+                nodes,
+                recent: stats.recent.iter().cloned().collect(),
+                sent_unix_ms: now_unix_ms(),
+            }
+        };
+        match encode(&metrics) {
+            Ok(bytes) => {
+                if let Err(e) = shared.client.publish(subject.clone(), bytes.into()).await {
+                    tracing::warn!("cannot publish metrics: {e}");
+                }
+            }
+            Err(e) => tracing::error!("cannot encode metrics: {e}"),
+        }
+    }
+}

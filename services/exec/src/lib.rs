@@ -1,1 +1,125 @@
-//! The comfaas executor: installs deployed functions and runs invocations from its work subject.
+//! The comfaas executor: one per edge or cloud host.
+//!
+//! It watches the function registry and installs every deployed function
+//! into an environment of its own ([`functions`]), consumes invocations from
+//! `<prefix>.work.<node>` and runs them as bounded child processes with at
+//! most `slots` at once and a bounded queue beyond ([`work`]), and publishes
+//! its [`comfaas_schemas::NodeLoad`] every heartbeat ([`load`]).
+//!
+//! Architecture invariant: the executor never chooses where work runs and
+//! never talks to devices; it answers whoever sent the invocation.
+
+mod config;
+mod functions;
+mod load;
+mod work;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use comfaas_runtime::Toolchain;
+use futures::StreamExt;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ExecConfig, ExecFlags};
+use functions::FunctionTable;
+use work::Admission;
+
+/// A configured executor, ready to [`run`](Executor::run).
+pub struct Executor {
+    config: Arc<ExecConfig>,
+    client: async_nats::Client,
+    toolchain: Toolchain,
+}
+
+impl Executor {
+    /// Connects to NATS and prepares the data directory.
+    pub async fn connect(config: ExecConfig) -> anyhow::Result<Self> {
+        let data_dir = config.data_dir();
+        std::fs::create_dir_all(data_dir.join("runs"))
+            .with_context(|| format!("create data directory {}", data_dir.display()))?;
+        let toolchain = Toolchain::detect(Some(data_dir.join("uv-cache")));
+        let toolchain = if config.use_uv {
+            toolchain
+        } else {
+            toolchain.without_uv()
+        };
+        let client = config
+            .nats
+            .connect(&format!("comfaas-exec {}", config.node))
+            .await?;
+        Ok(Self {
+            config: Arc::new(config),
+            client,
+            toolchain,
+        })
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops taking work, lets
+    /// runs under way finish (up to their timeout) and says it is leaving.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let config = self.config;
+        let subjects = config.nats.subjects();
+        let js = async_nats::jetstream::new(self.client.clone());
+        let registry = comfaas_platform::registry::Registry::open(&js).await?;
+        let table = FunctionTable::new(config.data_dir().join("functions"));
+        let admission = Admission::new(config.slots(), config.queue);
+        let max_output = config.max_output(self.client.max_payload());
+
+        // Subscribe before the first heartbeat, so no dispatcher sees this
+        // node alive before it can take work.
+        let work_subject = subjects.work(&config.node);
+        let work_sub = self
+            .client
+            .subscribe(work_subject.clone())
+            .await
+            .with_context(|| format!("subscribe to {work_subject}"))?;
+        let changes = registry.watch().await?;
+        tracing::info!(node = %config.node, tier = %config.tier, site = %config.site,
+            slots = config.slots(), queue = config.queue, "executor serving {work_subject}");
+
+        let mut tasks = JoinSet::new();
+        let stop_heartbeat = CancellationToken::new();
+        tasks.spawn(load::heartbeat(
+            self.client.clone(),
+            config.clone(),
+            table.clone(),
+            admission.clone(),
+            available(&self.toolchain),
+            stop_heartbeat.clone(),
+        ));
+        let stop_installs = shutdown.child_token();
+        tasks.spawn(functions::install_loop(
+            changes.boxed(),
+            registry,
+            table.clone(),
+            self.toolchain.clone(),
+            stop_installs,
+        ));
+        let worker = work::Worker {
+            client: self.client.clone(),
+            config: config.clone(),
+            table,
+            admission,
+            max_output,
+        };
+        worker.serve(work_sub, shutdown.clone()).await;
+
+        stop_heartbeat.cancel();
+        while let Some(result) = tasks.join_next().await {
+            if let Err(e) = result {
+                tracing::warn!("executor task ended abnormally: {e}");
+            }
+        }
+        load::say_leaving(&self.client, &config).await;
+        Ok(())
+    }
+}
+
+fn available(toolchain: &Toolchain) -> Vec<String> {
+    comfaas_runtime::available_runtimes(toolchain)
+        .into_iter()
+        .map(|r| r.as_str().to_owned())
+        .collect()
+}

@@ -13,10 +13,11 @@ pub mod reply;
 pub mod resources;
 pub mod server;
 pub mod settings;
+pub mod signals;
 
 /// An error from NATS or JetStream, with what we were doing.
 #[derive(Debug, thiserror::Error)]
-#[error("{context}: {source}")]
+#[error("{context}")]
 pub struct NatsError {
     /// What was being done (e.g. "open the functions bucket").
     pub context: String,

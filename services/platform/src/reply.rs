@@ -39,10 +39,10 @@ pub fn error(code: ErrorCode, message: &str, meta: &ReplyMeta) -> HeaderMap {
 
 fn add_meta(headers: &mut HeaderMap, meta: &ReplyMeta) {
     if !meta.invocation_id.is_empty() {
-        headers.insert(h::INVOCATION_ID, meta.invocation_id.as_str());
+        headers.insert(h::INVOCATION_ID, header_text(&meta.invocation_id).as_str());
     }
     if let Some(node) = &meta.node {
-        headers.insert(h::NODE, node.as_str());
+        headers.insert(h::NODE, header_text(node).as_str());
     }
     if let Some(tier) = meta.tier {
         headers.insert(h::TIER, tier.as_str());

@@ -58,19 +58,35 @@ pub async fn results_stream(
 }
 
 /// The function registry bucket.
+///
+/// Created as its backing stream (what `create_key_value` would make):
+/// async-nats's `create_key_value` first reads account info in a shape that
+/// nats-server 2.9 (Debian 12's) does not send, while the bucket itself
+/// works on 2.9 unchanged.
 pub async fn functions_bucket(js: &jetstream::Context) -> Result<kv::Store, NatsError> {
-    if let Ok(store) = js.get_key_value(names::FUNCTIONS_BUCKET).await {
+    let bucket = names::FUNCTIONS_BUCKET;
+    if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }
-    js.create_key_value(kv::Config {
-        bucket: names::FUNCTIONS_BUCKET.to_owned(),
-        description: "comfaas deployed functions, one manifest per name".to_owned(),
-        history: FUNCTION_HISTORY,
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some("comfaas deployed functions, one manifest per name".to_owned()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: FUNCTION_HISTORY,
         storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 1,
         ..Default::default()
     })
     .await
-    .map_err(|e| NatsError::new(format!("create bucket {}", names::FUNCTIONS_BUCKET), e))
+    .map_err(|e| NatsError::new(format!("create bucket {bucket}"), e))?;
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| NatsError::new(format!("open bucket {bucket}"), e))
 }
 
 /// The package store of function bundles.

@@ -11,7 +11,14 @@ pub const MAX_UNPACKED_BYTES: u64 = 256 << 20;
 /// Most entries in a bundle.
 const MAX_ENTRIES: usize = 10_000;
 /// Folders never packed: build output and local environments.
-const SKIPPED_DIRS: &[&str] = &[".git", ".venv", "venv", "__pycache__", "target", "node_modules"];
+const SKIPPED_DIRS: &[&str] = &[
+    ".git",
+    ".venv",
+    "venv",
+    "__pycache__",
+    "target",
+    "node_modules",
+];
 
 /// A packed function folder.
 #[derive(Debug, Clone)]
@@ -37,7 +44,9 @@ pub enum BundleError {
     #[error("bundle entry `{0}` escapes the bundle root")]
     EscapingPath(String),
     /// Links, devices and other special files are not allowed.
-    #[error("bundle entry `{0}` is not a regular file or folder (links and special files are refused)")]
+    #[error(
+        "bundle entry `{0}` is not a regular file or folder (links and special files are refused)"
+    )]
     SpecialFile(String),
     /// Over a size or count limit.
     #[error("bundle is too large: {0}")]
@@ -167,7 +176,10 @@ fn unpack_checked(bytes: &[u8], dest: &Path) -> Result<(), BundleError> {
             )));
         }
         let mut entry = entry.map_err(io("read bundle entry"))?;
-        let path = entry.path().map_err(io("read bundle entry name"))?.into_owned();
+        let path = entry
+            .path()
+            .map_err(io("read bundle entry name"))?
+            .into_owned();
         let name = path.display().to_string();
         if path.is_absolute()
             || path
@@ -182,7 +194,10 @@ fn unpack_checked(bytes: &[u8], dest: &Path) -> Result<(), BundleError> {
                 std::fs::create_dir_all(&target).map_err(io(format!("create {name}")))?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let size = entry.header().size().map_err(io(format!("size of {name}")))?;
+                let size = entry
+                    .header()
+                    .size()
+                    .map_err(io(format!("size of {name}")))?;
                 total = total.saturating_add(size);
                 if total > MAX_UNPACKED_BYTES {
                     return Err(BundleError::TooLarge(format!(
@@ -192,7 +207,11 @@ fn unpack_checked(bytes: &[u8], dest: &Path) -> Result<(), BundleError> {
                 if let Some(parent) = target.parent() {
                     std::fs::create_dir_all(parent).map_err(io(format!("create {name}")))?;
                 }
-                let executable = entry.header().mode().map(|m| m & 0o111 != 0).unwrap_or(false);
+                let executable = entry
+                    .header()
+                    .mode()
+                    .map(|m| m & 0o111 != 0)
+                    .unwrap_or(false);
                 let mut file =
                     std::fs::File::create(&target).map_err(io(format!("write {name}")))?;
                 // Copy at most the announced size: a lying header cannot grow the file.
@@ -236,7 +255,10 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         let dest = out.path().join("b");
         unpack(&a.bytes, &a.digest, &dest).unwrap();
-        assert_eq!(std::fs::read_to_string(dest.join("lib/util.py")).unwrap(), "X = 1\n");
+        assert_eq!(
+            std::fs::read_to_string(dest.join("lib/util.py")).unwrap(),
+            "X = 1\n"
+        );
         assert!(!dest.join("__pycache__").exists());
     }
 
@@ -259,7 +281,11 @@ mod tests {
         ));
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(kind);
-        header.set_size(if kind == tar::EntryType::Regular { 3 } else { 0 });
+        header.set_size(if kind == tar::EntryType::Regular {
+            3
+        } else {
+            0
+        });
         header.set_mode(0o644);
         // Write the raw name so the tar crate's own checks do not stop us.
         let name = header.as_old_mut().name.as_mut();
@@ -268,7 +294,11 @@ mod tests {
             header.set_link_name(link).unwrap();
         }
         header.set_cksum();
-        let data: &[u8] = if kind == tar::EntryType::Regular { b"abc" } else { b"" };
+        let data: &[u8] = if kind == tar::EntryType::Regular {
+            b"abc"
+        } else {
+            b""
+        };
         builder.append(&header, data).unwrap();
         builder.into_inner().unwrap().finish().unwrap()
     }
@@ -276,18 +306,35 @@ mod tests {
     #[test]
     fn hostile_bundles_are_refused_and_leave_nothing() {
         let cases = [
-            (hostile("../evil.py", tar::EntryType::Regular, None), "escapes"),
-            (hostile("/etc/evil", tar::EntryType::Regular, None), "escapes"),
-            (hostile("a/../../evil", tar::EntryType::Regular, None), "escapes"),
-            (hostile("link", tar::EntryType::Symlink, Some("/etc/passwd")), "not a regular"),
-            (hostile("hard", tar::EntryType::Link, Some("/etc/passwd")), "not a regular"),
+            (
+                hostile("../evil.py", tar::EntryType::Regular, None),
+                "escapes",
+            ),
+            (
+                hostile("/etc/evil", tar::EntryType::Regular, None),
+                "escapes",
+            ),
+            (
+                hostile("a/../../evil", tar::EntryType::Regular, None),
+                "escapes",
+            ),
+            (
+                hostile("link", tar::EntryType::Symlink, Some("/etc/passwd")),
+                "not a regular",
+            ),
+            (
+                hostile("hard", tar::EntryType::Link, Some("/etc/passwd")),
+                "not a regular",
+            ),
             (hostile("fifo", tar::EntryType::Fifo, None), "not a regular"),
             (b"not a tarball at all".to_vec(), "read bundle"),
         ];
         for (bytes, expect) in cases {
             let out = tempfile::tempdir().unwrap();
             let dest = out.path().join("b");
-            let err = unpack(&bytes, &digest_of(&bytes), &dest).unwrap_err().to_string();
+            let err = unpack(&bytes, &digest_of(&bytes), &dest)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(expect), "expected {expect:?}, got {err:?}");
             assert!(!dest.exists(), "{expect}: something was left behind");
             assert!(!out.path().join("evil.py").exists());

@@ -122,11 +122,8 @@ async fn install_python(
     toolchain: &Toolchain,
 ) -> Result<Installation, InstallError> {
     let python = env_dir.join("bin").join("python");
-    let mut requirements: Vec<OsString> = manifest
-        .requirements
-        .iter()
-        .map(OsString::from)
-        .collect();
+    let mut requirements: Vec<OsString> =
+        manifest.requirements.iter().map(OsString::from).collect();
     let requirements_file = bundle_dir.join("requirements.txt");
     if requirements.is_empty() && requirements_file.is_file() {
         requirements = vec!["-r".into(), requirements_file.into_os_string()];

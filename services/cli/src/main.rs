@@ -1,0 +1,230 @@
+//! `comfaas`: the command-line interface. Parses flags and calls the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use comfaas::{deploy, dev, inspect, invoke, iot};
+use comfaas_platform::nats::NatsOptions;
+use comfaas_platform::registry::Registry;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// comfaas: functions on the IoT → edge → cloud continuum, over NATS.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// NATS server URL [env: COMFAAS_NATS_URL] [default: nats://127.0.0.1:4222]
+    #[arg(long, global = true)]
+    nats_url: Option<String>,
+    /// NATS credentials file
+    #[arg(long = "creds", global = true)]
+    creds_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the embedded default: nats-server, a dispatcher, an edge and a
+    /// cloud executor, with every function under --functions deployed
+    Dev {
+        /// Port of the embedded nats-server
+        #[arg(long, default_value_t = 4222)]
+        port: u16,
+        /// Folder of functions to deploy
+        #[arg(long, default_value = "functions")]
+        functions: PathBuf,
+        /// Cloud executors to start
+        #[arg(long, default_value_t = 1)]
+        clouds: u32,
+        /// Slots per executor [default: one per core]
+        #[arg(long, default_value_t = 0)]
+        slots: u32,
+    },
+    /// Validate, pack and deploy the function in DIR
+    Deploy {
+        /// Function folder holding comfaas.toml
+        dir: PathBuf,
+        /// Seconds to wait for executors to install it (0: do not wait)
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+    },
+    /// Invoke a function and print its output
+    Invoke {
+        /// Function name
+        function: String,
+        /// Input: TEXT, @FILE, or @- for stdin
+        #[arg(long, short)]
+        data: Option<String>,
+        /// Print the reply headers on stderr
+        #[arg(long, short)]
+        verbose: bool,
+        /// Run time limit, e.g. 30s
+        #[arg(long)]
+        timeout: Option<String>,
+        /// auto, edge, cloud or node:<id>
+        #[arg(long)]
+        placement: Option<String>,
+        /// MPI processes
+        #[arg(long)]
+        procs: Option<u32>,
+        /// Seconds to wait for the answer
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+    },
+    /// List deployed functions and their state on each node
+    Ls,
+    /// Remove a function
+    Rm {
+        /// Function name
+        function: String,
+    },
+    /// Show the live node table
+    Nodes,
+    /// Simulate devices publishing sensor events and print the results
+    IotSim {
+        /// Function the events go to
+        #[arg(long, default_value = "sensor-stats")]
+        function: String,
+        /// Simulated devices
+        #[arg(long, default_value_t = 3)]
+        devices: usize,
+        /// Events per device
+        #[arg(long, default_value_t = 2)]
+        events: usize,
+        /// Seconds to wait for all results
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+}
+
+#[derive(Serialize)]
+struct Flags<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    creds_file: Option<&'a PathBuf>,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("comfaas: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let nats: NatsOptions = comfaas_platform::settings::load(
+        &NatsOptions::default(),
+        cli.config.as_deref(),
+        &Flags {
+            nats_url: cli.nats_url.as_deref(),
+            creds_file: cli.creds_file.as_ref(),
+        },
+    )?;
+    let subjects = nats.subjects();
+    if let Command::Dev {
+        port,
+        functions,
+        clouds,
+        slots,
+    } = cli.command
+    {
+        let shutdown = CancellationToken::new();
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            comfaas_platform::signals::terminated().await;
+            on_signal.cancel();
+        });
+        return dev::run(
+            dev::DevOptions {
+                port,
+                functions,
+                clouds,
+                slots,
+            },
+            shutdown,
+        )
+        .await;
+    }
+    let client = nats.connect("comfaas cli").await?;
+    let registry = || async {
+        Registry::open(&async_nats::jetstream::new(client.clone()))
+            .await
+            .context("open the registry (is JetStream enabled?)")
+    };
+    match cli.command {
+        Command::Dev { .. } => unreachable!("handled above"),
+        Command::Deploy { dir, wait } => {
+            let deployment = deploy::deploy_dir(&registry().await?, &dir).await?;
+            let installs = if wait == 0 {
+                Default::default()
+            } else {
+                deploy::wait_installed(&client, &subjects, &deployment, Duration::from_secs(wait))
+                    .await?
+            };
+            if !deploy::report(&deployment, &installs) {
+                anyhow::bail!("no node could install {}", deployment.manifest.name);
+            }
+        }
+        Command::Invoke {
+            function,
+            data,
+            verbose,
+            timeout,
+            placement,
+            procs,
+            wait,
+        } => {
+            let input = invoke::read_data(data.as_deref())?;
+            let options = invoke::InvokeOptions {
+                timeout,
+                placement,
+                procs,
+                wait: Duration::from_secs(wait),
+            };
+            let reply = invoke::invoke(&client, &subjects, &function, input, &options).await?;
+            invoke::print_reply(&reply, verbose)?;
+        }
+        Command::Ls => inspect::ls(&registry().await?, &client, &subjects).await?,
+        Command::Rm { function } => inspect::rm(&registry().await?, &function).await?,
+        Command::Nodes => inspect::nodes(&client, &subjects).await?,
+        Command::IotSim {
+            function,
+            devices,
+            events,
+            wait,
+        } => {
+            let ok = iot::run(
+                &client,
+                &subjects,
+                &function,
+                devices,
+                events,
+                Duration::from_secs(wait),
+            )
+            .await?;
+            if ok < devices * events {
+                anyhow::bail!(
+                    "{} of {} events failed",
+                    devices * events - ok,
+                    devices * events
+                );
+            }
+        }
+    }
+    client.flush().await.ok();
+    Ok(())
+}

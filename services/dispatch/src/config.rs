@@ -1,0 +1,96 @@
+//! The dispatcher's configuration and its command-line flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use comfaas_platform::nats::NatsOptions;
+use serde::{Deserialize, Serialize};
+
+/// Dispatcher settings, read in layers (see `comfaas_platform::settings`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DispatchConfig {
+    /// How to reach NATS.
+    #[serde(flatten)]
+    pub nats: NatsOptions,
+    /// Dispatcher id (one subject token); random when empty.
+    pub id: String,
+    /// Period of the metrics report, ms.
+    pub metrics_ms: u64,
+    /// Heartbeats a node may miss before it counts as dead.
+    pub dead_after_heartbeats: u32,
+    /// Run time limit when neither the request nor the manifest sets one.
+    pub default_timeout_ms: u64,
+    /// Largest run time limit a request may ask for.
+    pub max_timeout_ms: u64,
+    /// Time an invocation may wait in a node's queue on top of its run time.
+    pub queue_wait_ms: u64,
+    /// Invocations and events handled at once by this dispatcher.
+    pub max_concurrent: usize,
+    /// Deliveries of one event before it is given up with an error result.
+    pub max_event_deliveries: i64,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            nats: NatsOptions::default(),
+            id: String::new(),
+            metrics_ms: 1000,
+            dead_after_heartbeats: 3,
+            default_timeout_ms: 30_000,
+            max_timeout_ms: 15 * 60_000,
+            queue_wait_ms: 30_000,
+            max_concurrent: 4096,
+            max_event_deliveries: 5,
+        }
+    }
+}
+
+impl DispatchConfig {
+    /// Fills in the id and checks values.
+    pub fn validate(mut self) -> anyhow::Result<Self> {
+        if self.id.is_empty() {
+            self.id = format!(
+                "dispatch-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            );
+        }
+        if !self
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            anyhow::bail!("dispatcher id `{}` must be one subject token", self.id);
+        }
+        if self.max_concurrent == 0 || self.metrics_ms == 0 || self.dead_after_heartbeats == 0 {
+            anyhow::bail!(
+                "max_concurrent, metrics_ms and dead_after_heartbeats must be above zero"
+            );
+        }
+        Ok(self)
+    }
+
+    /// Metrics period.
+    pub fn metrics_period(&self) -> Duration {
+        Duration::from_millis(self.metrics_ms)
+    }
+}
+
+/// Command-line flags of `comfaas-dispatch`; each overrides its config key.
+#[derive(Debug, Clone, Default, Args, Serialize)]
+pub struct DispatchFlags {
+    /// NATS server URL [env: COMFAAS_NATS_URL]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+    /// NATS credentials file
+    #[arg(long = "creds")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creds_file: Option<PathBuf>,
+    /// Dispatcher id [default: random]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}

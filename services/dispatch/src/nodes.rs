@@ -1,0 +1,193 @@
+//! The live node table, fed by `NodeLoad` heartbeats and by what the
+//! dispatcher itself sees when it sends work.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use comfaas_placement::NodeView;
+use comfaas_schemas::{NodeLoad, NodeMetrics};
+
+struct Node {
+    load: NodeLoad,
+    last_seen: Instant,
+    /// A request found nobody listening on its work subject; cleared by the
+    /// next heartbeat.
+    unreachable: bool,
+    placed: u64,
+    in_flight: u32,
+}
+
+/// Every node heard from, alive or not.
+#[derive(Default)]
+pub struct NodeTable {
+    nodes: HashMap<String, Node>,
+    dead_after: u32,
+}
+
+impl NodeTable {
+    /// A table where a node missing `dead_after` heartbeats is dead.
+    pub fn new(dead_after: u32) -> Self {
+        Self {
+            nodes: HashMap::new(),
+            dead_after,
+        }
+    }
+
+    /// Records a heartbeat.
+    pub fn heard(&mut self, load: NodeLoad, now: Instant) {
+        if load.leaving {
+            self.nodes.remove(&load.node);
+            return;
+        }
+        match self.nodes.get_mut(&load.node) {
+            Some(node) => {
+                node.load = load;
+                node.last_seen = now;
+                node.unreachable = false;
+            }
+            None => {
+                self.nodes.insert(
+                    load.node.clone(),
+                    Node {
+                        load,
+                        last_seen: now,
+                        unreachable: false,
+                        placed: 0,
+                        in_flight: 0,
+                    },
+                );
+            }
+        }
+    }
+
+    fn alive(&self, node: &Node, now: Instant) -> bool {
+        let period = Duration::from_millis(node.load.heartbeat_ms.max(1));
+        !node.unreachable && now.duration_since(node.last_seen) <= period * self.dead_after
+    }
+
+    /// The snapshot the placement model decides on, for `function`.
+    pub fn views(&self, function: &str, now: Instant) -> Vec<NodeView> {
+        self.nodes
+            .values()
+            .map(|n| NodeView {
+                node: n.load.node.clone(),
+                tier: n.load.tier,
+                alive: self.alive(n, now),
+                serves: n.load.serves(function),
+                slots: n.load.slots,
+                running: n.load.running,
+                queued: n.load.queued,
+                queue_capacity: n.load.queue_capacity,
+                in_flight: n.in_flight,
+                cpu_load: n.load.cpu_load,
+                max_procs: n.load.max_procs,
+            })
+            .collect()
+    }
+
+    /// Work was sent to `node`.
+    pub fn sent(&mut self, node: &str) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.placed += 1;
+            n.in_flight += 1;
+        }
+    }
+
+    /// Work sent to `node` was answered (or given up).
+    pub fn answered(&mut self, node: &str) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.in_flight = n.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Nobody listens on `node`'s work subject: stop choosing it until it
+    /// is heard from again.
+    pub fn unreachable(&mut self, node: &str) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.unreachable = true;
+        }
+    }
+
+    /// Forgets nodes silent for a long time (a hundred heartbeats).
+    pub fn prune(&mut self, now: Instant) {
+        self.nodes.retain(|_, n| {
+            now.duration_since(n.last_seen)
+                < Duration::from_millis(n.load.heartbeat_ms.max(1)) * 100
+        });
+    }
+
+    /// Per-node metrics for the dispatcher's report.
+    pub fn metrics(&self, now: Instant) -> Vec<NodeMetrics> {
+        let mut out: Vec<NodeMetrics> = self
+            .nodes
+            .values()
+            .map(|n| NodeMetrics {
+                node: n.load.node.clone(),
+                tier: n.load.tier,
+                site: n.load.site.clone(),
+                alive: self.alive(n, now),
+                last_seen_ms: now.duration_since(n.last_seen).as_millis() as u64,
+                placed: n.placed,
+                in_flight: n.in_flight,
+            })
+            .collect();
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(node: &str) -> NodeLoad {
+        NodeLoad {
+            schema: 1,
+            node: node.into(),
+            tier: Default::default(),
+            site: String::new(),
+            cores: 1,
+            slots: 1,
+            running: 0,
+            queued: 0,
+            queue_capacity: 1,
+            cpu_load: 0.0,
+            memory_total_bytes: 0,
+            memory_used_bytes: 0,
+            max_procs: 1,
+            runtimes: vec![],
+            functions: vec![],
+            heartbeat_ms: 1000,
+            sent_unix_ms: 0,
+            leaving: false,
+        }
+    }
+
+    #[test]
+    fn a_node_dies_after_missing_its_heartbeats() {
+        let mut table = NodeTable::new(3);
+        let t0 = Instant::now();
+        table.heard(load("a"), t0);
+        assert!(table.views("f", t0 + Duration::from_millis(2900))[0].alive);
+        assert!(!table.views("f", t0 + Duration::from_millis(3100))[0].alive);
+    }
+
+    #[test]
+    fn unreachable_until_heard_again_and_leaving_removes() {
+        let mut table = NodeTable::new(3);
+        let t0 = Instant::now();
+        table.heard(load("a"), t0);
+        table.unreachable("a");
+        assert!(!table.views("f", t0)[0].alive);
+        table.heard(load("a"), t0);
+        assert!(table.views("f", t0)[0].alive);
+        table.heard(
+            NodeLoad {
+                leaving: true,
+                ..load("a")
+            },
+            t0,
+        );
+        assert!(table.views("f", t0).is_empty());
+    }
+}

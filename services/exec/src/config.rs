@@ -1,0 +1,185 @@
+//! The executor's configuration and its command-line flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use comfaas_platform::nats::NatsOptions;
+use comfaas_schemas::Tier;
+use serde::{Deserialize, Serialize};
+
+/// Headroom left under the server's max payload for reply headers.
+const HEADER_HEADROOM: usize = 16 * 1024;
+
+/// Executor settings, read in layers (see `comfaas_platform::settings`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecConfig {
+    /// How to reach NATS.
+    #[serde(flatten)]
+    pub nats: NatsOptions,
+    /// Node id, one subject token; the host name by default.
+    pub node: String,
+    /// Edge or cloud.
+    pub tier: Tier,
+    /// Site name.
+    pub site: String,
+    /// Runs at once; 0 means one per core.
+    pub slots: u32,
+    /// Invocations that may wait for a slot before new ones get 429.
+    pub queue: u32,
+    /// Most MPI processes per job; 0 means one per core.
+    pub max_procs: u32,
+    /// Where functions are installed and runs get their directories;
+    /// empty means `<tmp>/comfaas-exec/<node>`.
+    pub data_dir: PathBuf,
+    /// Heartbeat period in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Run time limit when neither the request nor the manifest sets one.
+    pub default_timeout_ms: u64,
+    /// Largest run time limit a request may ask for.
+    pub max_timeout_ms: u64,
+    /// Largest output accepted in a reply; 0 means the server's max payload
+    /// less room for headers.
+    pub max_output_bytes: usize,
+    /// Use `uv` for venvs when it is installed.
+    pub use_uv: bool,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        Self {
+            nats: NatsOptions::default(),
+            node: sysinfo::System::host_name()
+                .map(|h| sanitize_token(&h))
+                .unwrap_or_else(|| "node".to_owned()),
+            tier: Tier::Edge,
+            site: "local".to_owned(),
+            slots: 0,
+            queue: 64,
+            max_procs: 0,
+            data_dir: PathBuf::new(),
+            heartbeat_ms: 1000,
+            default_timeout_ms: 30_000,
+            max_timeout_ms: 15 * 60_000,
+            max_output_bytes: 0,
+            use_uv: true,
+        }
+    }
+}
+
+fn cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Replaces characters that may not appear in a subject token.
+fn sanitize_token(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+impl ExecConfig {
+    /// Checks values that would make the executor misbehave.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.node.is_empty() || sanitize_token(&self.node) != self.node {
+            anyhow::bail!(
+                "node id `{}` must be one subject token (letters, digits, `-`, `_`)",
+                self.node
+            );
+        }
+        if self.heartbeat_ms == 0 {
+            anyhow::bail!("heartbeat_ms must be above zero");
+        }
+        Ok(())
+    }
+
+    /// Runs at once.
+    pub fn slots(&self) -> u32 {
+        if self.slots == 0 {
+            cores()
+        } else {
+            self.slots
+        }
+    }
+
+    /// Most MPI processes per job.
+    pub fn max_procs(&self) -> u32 {
+        if self.max_procs == 0 {
+            cores()
+        } else {
+            self.max_procs
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        if self.data_dir.as_os_str().is_empty() {
+            std::env::temp_dir().join("comfaas-exec").join(&self.node)
+        } else {
+            self.data_dir.clone()
+        }
+    }
+
+    /// Heartbeat period.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// Output cap for a server whose max payload is `max_payload`.
+    pub fn max_output(&self, max_payload: usize) -> usize {
+        let server_cap = max_payload.saturating_sub(HEADER_HEADROOM);
+        if self.max_output_bytes == 0 {
+            server_cap
+        } else {
+            self.max_output_bytes.min(server_cap)
+        }
+    }
+}
+
+/// Command-line flags of `comfaas-exec`; each overrides its config key.
+#[derive(Debug, Clone, Default, Args, Serialize)]
+pub struct ExecFlags {
+    /// NATS server URL [env: COMFAAS_NATS_URL]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+    /// NATS credentials file
+    #[arg(long = "creds")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creds_file: Option<PathBuf>,
+    /// Node id (one subject token) [default: host name]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Tier of this node
+    #[arg(long, value_parser = ["edge", "cloud"])]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// Site name
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Runs at once [default: one per core]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
+    /// Invocations that may wait for a slot
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<u32>,
+    /// Most MPI processes per job [default: one per core]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_procs: Option<u32>,
+    /// Data directory for installs and runs
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}

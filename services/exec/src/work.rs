@@ -1,0 +1,264 @@
+//! Taking invocations from the work subject: admission (slots plus a
+//! bounded queue, 429 beyond), the run itself, and the reply.
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use comfaas_platform::reply::{self, ReplyMeta};
+use comfaas_runtime::process::Exit;
+use comfaas_runtime::RunSpec;
+use comfaas_schemas::{decode, now_unix_ms, validate_function_name, ErrorCode, Invocation};
+use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::functions::{FunctionTable, Lookup};
+use crate::ExecConfig;
+
+/// The `PATH` functions see: system tools only, nothing of the executor's.
+const RUN_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Slots plus a bounded waiting room.
+#[derive(Clone)]
+pub struct Admission {
+    admitted: Arc<Semaphore>,
+    slots: Arc<Semaphore>,
+    slot_count: u32,
+    capacity: u32,
+}
+
+/// An admitted invocation, waiting for or holding a slot.
+pub struct Ticket {
+    _admitted: OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
+}
+
+impl Admission {
+    /// `slots` runs at once and `queue` more waiting.
+    pub fn new(slots: u32, queue: u32) -> Self {
+        let slots = slots.max(1);
+        Self {
+            admitted: Arc::new(Semaphore::new((slots + queue) as usize)),
+            slots: Arc::new(Semaphore::new(slots as usize)),
+            slot_count: slots,
+            capacity: slots + queue,
+        }
+    }
+
+    /// Admits one invocation, or `None` when slots and queue are full.
+    pub fn try_admit(&self) -> Option<Ticket> {
+        let admitted = self.admitted.clone().try_acquire_owned().ok()?;
+        Some(Ticket {
+            _admitted: admitted,
+            slots: self.slots.clone(),
+        })
+    }
+
+    /// (running, queued) now.
+    pub fn counts(&self) -> (u32, u32) {
+        let running = self.slot_count - self.slots.available_permits() as u32;
+        let admitted = self.capacity - self.admitted.available_permits() as u32;
+        (running, admitted.saturating_sub(running))
+    }
+}
+
+impl Ticket {
+    /// Waits for a free slot; the ticket (and its queue place) is held until
+    /// the returned guard drops.
+    async fn slot(self) -> (Ticket, Option<OwnedSemaphorePermit>) {
+        let permit = self.slots.clone().acquire_owned().await.ok();
+        (self, permit)
+    }
+}
+
+/// Serves the work subject.
+pub struct Worker {
+    pub(crate) client: async_nats::Client,
+    pub(crate) config: Arc<ExecConfig>,
+    pub(crate) table: FunctionTable,
+    pub(crate) admission: Admission,
+    pub(crate) max_output: usize,
+}
+
+impl Worker {
+    /// Answers every invocation until `shutdown`, then waits for runs under way.
+    pub async fn serve(self, mut work: async_nats::Subscriber, shutdown: CancellationToken) {
+        let worker = Arc::new(self);
+        let mut runs = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(done) = runs.join_next(), if !runs.is_empty() => {
+                    if let Err(e) = done {
+                        tracing::error!("invocation task failed: {e}");
+                    }
+                }
+                message = work.next() => match message {
+                    Some(message) => {
+                        runs.spawn(worker.clone().handle(message));
+                    }
+                    None => break,
+                },
+            }
+        }
+        let _ = work.unsubscribe().await;
+        while runs.join_next().await.is_some() {}
+    }
+
+    async fn handle(self: Arc<Self>, message: async_nats::Message) {
+        let Some(reply_to) = message.reply.clone() else {
+            tracing::warn!(subject = %message.subject, "work message without a reply subject dropped");
+            return;
+        };
+        let (headers, body) = self.answer(&message.payload).await;
+        if let Err(e) = self
+            .client
+            .publish_with_headers(reply_to, headers, body)
+            .await
+        {
+            tracing::warn!("cannot publish reply: {e}");
+        }
+    }
+
+    fn meta(&self, invocation_id: &str) -> ReplyMeta {
+        ReplyMeta {
+            invocation_id: invocation_id.to_owned(),
+            node: Some(self.config.node.clone()),
+            tier: Some(self.config.tier),
+            duration_ms: None,
+        }
+    }
+
+    fn error(&self, id: &str, code: ErrorCode, message: &str) -> (HeaderMap, Bytes) {
+        if code != ErrorCode::FunctionFailed && code != ErrorCode::FunctionTimeout {
+            tracing::info!(invocation = id, code = code.as_u16(), "{message}");
+        }
+        (reply::error(code, message, &self.meta(id)), Bytes::new())
+    }
+
+    /// The reply to one work message.
+    async fn answer(&self, payload: &[u8]) -> (HeaderMap, Bytes) {
+        let node = &self.config.node;
+        let invocation: Invocation = match decode(payload) {
+            Ok(inv) => inv,
+            Err(e) => {
+                return self.error(
+                    "",
+                    ErrorCode::BadRequest,
+                    &format!("node {node} got an invalid invocation: {e}"),
+                )
+            }
+        };
+        let id = invocation.id.as_str();
+        let function = invocation.function.as_str();
+        if let Err(reason) = validate_function_name(function) {
+            return self.error(id, ErrorCode::BadRequest, &reason);
+        }
+        let served = match self.table.lookup(function) {
+            Lookup::Ready(served) => served,
+            Lookup::NotReady(why) => {
+                return self.error(
+                    id,
+                    ErrorCode::Unavailable,
+                    &format!("function `{function}` cannot run on node {node}: {why}"),
+                )
+            }
+            Lookup::Unknown => {
+                return self.error(
+                    id,
+                    ErrorCode::NotFound,
+                    &format!("function `{function}` is not deployed on node {node}"),
+                )
+            }
+        };
+        let Some(ticket) = self.admission.try_admit() else {
+            let (running, queued) = self.admission.counts();
+            return self.error(
+                id,
+                ErrorCode::TooManyRequests,
+                &format!("node {node} is full: {running} running and {queued} queued"),
+            );
+        };
+        let wait = invocation
+            .deadline_unix_ms
+            .map(|d| Duration::from_millis(d.saturating_sub(now_unix_ms())));
+        let slot = match wait {
+            Some(wait) => tokio::time::timeout(wait, ticket.slot()).await.ok(),
+            None => Some(ticket.slot().await),
+        };
+        let Some((_ticket, Some(_slot))) = slot else {
+            return self.error(
+                id,
+                ErrorCode::NodeTimeout,
+                &format!("invocation waited in the queue of node {node} past its deadline"),
+            );
+        };
+
+        let timeout = invocation
+            .timeout_ms
+            .map(Duration::from_millis)
+            .or(served.timeout)
+            .unwrap_or(Duration::from_millis(self.config.default_timeout_ms))
+            .min(Duration::from_millis(self.config.max_timeout_ms));
+        let run_dir = self
+            .config
+            .data_dir()
+            .join("runs")
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        if let Err(e) = tokio::fs::create_dir_all(&run_dir).await {
+            return self.error(
+                id,
+                ErrorCode::FunctionFailed,
+                &format!("node {node} cannot create a run directory: {e}"),
+            );
+        }
+        let installation = &served.installation;
+        let env: Vec<(OsString, OsString)> = vec![
+            ("PATH".into(), RUN_PATH.into()),
+            ("HOME".into(), run_dir.clone().into()),
+            ("TMPDIR".into(), run_dir.clone().into()),
+            ("LANG".into(), "C.UTF-8".into()),
+            ("COMFAAS_FUNCTION".into(), function.into()),
+            ("COMFAAS_INVOCATION_ID".into(), id.into()),
+            ("COMFAAS_NODE".into(), node.into()),
+            (
+                "COMFAAS_BUNDLE_DIR".into(),
+                installation.bundle_dir.clone().into(),
+            ),
+        ];
+        let outcome = comfaas_runtime::run(RunSpec {
+            program: installation.program.clone(),
+            args: installation.args.clone(),
+            cwd: run_dir.clone(),
+            env,
+            input: Bytes::copy_from_slice(&invocation.input),
+            timeout,
+            max_output: self.max_output,
+        })
+        .await;
+        if let Err(e) = tokio::fs::remove_dir_all(&run_dir).await {
+            tracing::warn!("cannot remove run directory {}: {e}", run_dir.display());
+        }
+        let mut meta = self.meta(id);
+        meta.duration_ms = Some(outcome.duration.as_millis() as u64);
+        let code = match outcome.exit {
+            Exit::Success => {
+                return (reply::ok(&meta), Bytes::from(outcome.stdout));
+            }
+            Exit::TimedOut => ErrorCode::FunctionTimeout,
+            Exit::OutputTooLarge => ErrorCode::TooLarge,
+            Exit::Failed { .. } | Exit::SpawnFailed(_) => ErrorCode::FunctionFailed,
+        };
+        let message = format!(
+            "{} (function `{function}` {} on node {node})",
+            outcome.describe_failure(timeout),
+            served.version
+        );
+        tracing::info!(invocation = id, code = code.as_u16(), "{message}");
+        (reply::error(code, &message, &meta), Bytes::new())
+    }
+}
