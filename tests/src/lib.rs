@@ -1,1 +1,371 @@
-//! Integration tests and benchmarks of comfaas against real nats-server processes.
+//! The test harness of comfaas: real `nats-server` processes on free ports
+//! with temporary JetStream directories (stopped on drop), the real
+//! dispatcher and executors in-process or as their binaries, and helpers to
+//! write function folders, deploy them and invoke them.
+//!
+//! Integration tests live in `tests/tests/`; the benchmark program in
+//! `src/bin/comfaas-bench.rs`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use comfaas_dispatch::{DispatchConfig, Dispatcher};
+use comfaas_exec::{ExecConfig, Executor};
+use comfaas_platform::nats::NatsOptions;
+use comfaas_platform::registry::Registry;
+use comfaas_platform::server::{EmbeddedServer, ServerOptions};
+use comfaas_schemas::names::Subjects;
+use comfaas_schemas::{decode, Deployment, DispatchMetrics, InstallState, NodeLoad, Tier};
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The repository root (where `functions/` lives).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// A workspace binary (`comfaas`, `comfaas-exec`, `comfaas-dispatch`),
+/// built by `cargo build --bins` next to the test executables.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (cargo build --bins; scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A running `nats-server` with JetStream, stopped on drop.
+pub struct TestNats {
+    server: EmbeddedServer,
+}
+
+impl TestNats {
+    /// Starts a server on a free loopback port with a temporary store.
+    pub async fn start() -> Self {
+        let server = EmbeddedServer::start(ServerOptions::default())
+            .await
+            .expect("start nats-server (run scripts/setup.sh to install it)");
+        Self { server }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> &str {
+        self.server.url()
+    }
+
+    /// Connection options for services.
+    pub fn options(&self) -> NatsOptions {
+        NatsOptions::for_url(self.url())
+    }
+
+    /// A new client.
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.expect("connect")
+    }
+}
+
+/// A service started by [`Platform`]: it runs until [`Service::stop`] or
+/// the end of the test (dropping the handle does not stop it).
+pub struct Service {
+    /// Cancel to stop it gracefully.
+    pub shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    /// Stops the service and waits until it has.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.handle).await;
+    }
+}
+
+/// A NATS server plus whatever services a test starts on it.
+pub struct Platform {
+    /// The server.
+    pub nats: TestNats,
+    /// A client for the test's own requests.
+    pub client: async_nats::Client,
+    /// The registry.
+    pub registry: Registry,
+    /// Subject names.
+    pub subjects: Subjects,
+    /// Temporary folder for data dirs and function folders.
+    pub scratch: tempfile::TempDir,
+}
+
+/// Options of an in-process executor.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Node id.
+    pub node: String,
+    /// Tier.
+    pub tier: Tier,
+    /// Slots.
+    pub slots: u32,
+    /// Queue.
+    pub queue: u32,
+}
+
+impl NodeSpec {
+    /// An edge node with 2 slots and a queue of 16.
+    pub fn edge(node: &str) -> Self {
+        Self {
+            node: node.to_owned(),
+            tier: Tier::Edge,
+            slots: 2,
+            queue: 16,
+        }
+    }
+
+    /// A cloud node with 2 slots and a queue of 16.
+    pub fn cloud(node: &str) -> Self {
+        Self {
+            tier: Tier::Cloud,
+            ..Self::edge(node)
+        }
+    }
+}
+
+impl Platform {
+    /// A fresh server, no services yet.
+    pub async fn start() -> Self {
+        let nats = TestNats::start().await;
+        let client = nats.client().await;
+        let registry = Registry::open(&async_nats::jetstream::new(client.clone()))
+            .await
+            .expect("open registry");
+        Self {
+            subjects: nats.options().subjects(),
+            nats,
+            client,
+            registry,
+            scratch: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// A server with one dispatcher, one edge and one cloud executor.
+    pub async fn with_edge_and_cloud() -> Self {
+        let p = Self::start().await;
+        drop(p.dispatcher().await);
+        drop(p.executor(NodeSpec::edge("edge-1")).await);
+        drop(p.executor(NodeSpec::cloud("cloud-1")).await);
+        p
+    }
+
+    /// Starts a dispatcher. It runs until stopped or the test ends.
+    pub async fn dispatcher(&self) -> Service {
+        self.dispatcher_with(DispatchConfig::default()).await
+    }
+
+    /// Starts a dispatcher with `config` (its NATS options are replaced).
+    pub async fn dispatcher_with(&self, config: DispatchConfig) -> Service {
+        let dispatcher = Dispatcher::connect(DispatchConfig {
+            nats: self.nats.options(),
+            ..config
+        })
+        .await
+        .expect("start dispatcher");
+        self.spawn(|token| dispatcher.run(token))
+    }
+
+    /// Starts an in-process executor. It runs until stopped or the test ends.
+    pub async fn executor(&self, spec: NodeSpec) -> Service {
+        let config = ExecConfig {
+            nats: self.nats.options(),
+            data_dir: self.scratch.path().join("nodes").join(&spec.node),
+            node: spec.node,
+            tier: spec.tier,
+            site: spec.tier.as_str().to_owned(),
+            slots: spec.slots,
+            queue: spec.queue,
+            ..ExecConfig::default()
+        };
+        let executor = Executor::connect(config).await.expect("start executor");
+        self.spawn(|token| executor.run(token))
+    }
+
+    fn spawn<F, Fut>(&self, run: F) -> Service
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(run(shutdown.clone()));
+        Service { shutdown, handle }
+    }
+
+    /// Writes a function folder under the scratch dir and returns its path.
+    pub fn function(&self, name: &str, manifest_extra: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.scratch.path().join("src").join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let manifest = format!(
+            "name = \"{name}\"\nversion = \"1.0.0\"\nruntime = \"python\"\nentry = \"main.py\"\n{manifest_extra}\n"
+        );
+        std::fs::write(dir.join("comfaas.toml"), manifest).expect("write manifest");
+        for (path, text) in files {
+            let file = dir.join(path);
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent).expect("mkdir");
+            }
+            std::fs::write(file, text).expect("write file");
+        }
+        dir
+    }
+
+    /// Deploys `dir` and waits until every node in `nodes` serves it.
+    pub async fn deploy(&self, dir: &Path, nodes: &[&str]) -> Deployment {
+        let deployment = comfaas::deploy::deploy_dir(&self.registry, dir)
+            .await
+            .expect("deploy");
+        self.wait_state(&deployment, nodes, InstallState::Ready)
+            .await;
+        deployment
+    }
+
+    /// Waits until every node in `nodes` reports `state` for `deployment`
+    /// (and, for `Ready`, until dispatchers have heard it too).
+    pub async fn wait_state(&self, deployment: &Deployment, nodes: &[&str], state: InstallState) {
+        let mut loads = self
+            .client
+            .subscribe(self.subjects.node_load_all())
+            .await
+            .expect("subscribe");
+        let mut pending: Vec<&str> = nodes.to_vec();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !pending.is_empty() {
+            let message = tokio::time::timeout_at(deadline.into(), loads.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "nodes {pending:?} did not reach {state:?} for {}",
+                        deployment.manifest.name
+                    )
+                })
+                .expect("load stream");
+            let load: NodeLoad = decode(&message.payload).expect("node load");
+            let reached = load.functions.iter().any(|f| {
+                f.name == deployment.manifest.name
+                    && f.digest == deployment.bundle.digest
+                    && f.state == state
+            });
+            if reached {
+                pending.retain(|n| *n != load.node);
+            }
+        }
+    }
+
+    /// Sends a request on `<prefix>.invoke.<function>`.
+    pub async fn invoke(&self, function: &str, input: &str) -> async_nats::Message {
+        self.invoke_with(function, input, HeaderMap::new()).await
+    }
+
+    /// Sends a request with headers.
+    pub async fn invoke_with(
+        &self,
+        function: &str,
+        input: &str,
+        headers: HeaderMap,
+    ) -> async_nats::Message {
+        request(
+            &self.client,
+            &self.subjects.invoke(function),
+            headers,
+            Bytes::copy_from_slice(input.as_bytes()),
+        )
+        .await
+    }
+
+    /// The next `DispatchMetrics` published by any dispatcher.
+    pub async fn next_metrics(&self) -> DispatchMetrics {
+        let mut sub = self
+            .client
+            .subscribe(self.subjects.dispatch_metrics_all())
+            .await
+            .expect("subscribe");
+        let message = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("metrics within 10 s")
+            .expect("metrics stream");
+        decode(&message.payload).expect("metrics")
+    }
+}
+
+/// A request with a 60 s limit, panicking on transport errors.
+pub async fn request(
+    client: &async_nats::Client,
+    subject: &str,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> async_nats::Message {
+    client
+        .send_request(
+            subject.to_owned(),
+            async_nats::Request::new()
+                .headers(headers)
+                .payload(payload)
+                .timeout(Some(Duration::from_secs(60))),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("request on {subject}: {e}"))
+}
+
+/// A header of a reply, or "".
+pub fn header(message: &async_nats::Message, name: &str) -> String {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+/// A spawned binary, killed on drop.
+pub struct Process {
+    /// The child.
+    pub child: tokio::process::Child,
+}
+
+impl Process {
+    /// Starts a workspace binary with `args`, its output discarded unless
+    /// `COMFAAS_TEST_LOG` is set.
+    pub fn spawn(name: &str, args: &[&str]) -> Self {
+        let quiet = std::env::var_os("COMFAAS_TEST_LOG").is_none();
+        let child = tokio::process::Command::new(binary(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(if quiet {
+                Stdio::null()
+            } else {
+                Stdio::inherit()
+            })
+            .stderr(if quiet {
+                Stdio::null()
+            } else {
+                Stdio::inherit()
+            })
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Self { child }
+    }
+
+    /// SIGKILL, no goodbye.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}

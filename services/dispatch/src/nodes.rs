@@ -85,6 +85,25 @@ impl NodeTable {
             .collect()
     }
 
+    /// Why `function` is not servable on live nodes that know it:
+    /// `node: install failed: …` or `node: installing`.
+    pub fn install_report(&self, function: &str, now: Instant) -> Vec<String> {
+        let mut report: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| self.alive(n, now) && !n.load.serves(function))
+            .filter_map(|n| {
+                let f = n.load.functions.iter().find(|f| f.name == function)?;
+                Some(match &f.reason {
+                    Some(reason) => format!("{}: install failed: {reason}", n.load.node),
+                    None => format!("{}: installing", n.load.node),
+                })
+            })
+            .collect();
+        report.sort();
+        report
+    }
+
     /// Work was sent to `node`.
     pub fn sent(&mut self, node: &str) {
         if let Some(n) = self.nodes.get_mut(node) {

@@ -214,7 +214,14 @@ async fn execute_inner(
         let decision = match decision {
             Ok(d) => d,
             Err(e) => {
-                return last_refusal.unwrap_or_else(|| fail(e.code, &e.message));
+                if let Some(refusal) = last_refusal {
+                    return refusal;
+                }
+                let report = lock(&shared.nodes).install_report(function, Instant::now());
+                if report.is_empty() {
+                    return fail(e.code, &e.message);
+                }
+                return fail(e.code, &format!("{} ({})", e.message, report.join("; ")));
             }
         };
         let node = decision.node.clone();

@@ -14,6 +14,8 @@ use tokio::process::Command;
 
 /// Bytes of stderr kept for error messages (the tail, where tracebacks end).
 pub const STDERR_TAIL_BYTES: usize = 2048;
+/// Bytes of stderr quoted in a failure description.
+const ERROR_TAIL_BYTES: usize = 1024;
 
 /// What to run and within which bounds.
 #[derive(Debug, Clone)]
@@ -86,7 +88,16 @@ impl RunOutcome {
             Exit::OutputTooLarge => "function output exceeds the size limit".to_owned(),
             Exit::SpawnFailed(e) => format!("function could not be started: {e}"),
         };
-        let tail = self.stderr_tail.trim();
+        // The end of stderr is where the reason usually is; keep it short
+        // enough to fit a header.
+        let mut tail = self.stderr_tail.trim();
+        if tail.len() > ERROR_TAIL_BYTES {
+            let mut start = tail.len() - ERROR_TAIL_BYTES;
+            while !tail.is_char_boundary(start) {
+                start += 1;
+            }
+            tail = &tail[start..];
+        }
         if tail.is_empty() {
             what
         } else {

@@ -1,0 +1,359 @@
+//! Deploy then invoke through the real dispatcher and executors, and every
+//! way an invocation can go wrong answering a clear error.
+
+use async_nats::HeaderMap;
+use comfaas_schemas::names::headers as h;
+use comfaas_schemas::{encode, Invocation, SCHEMA_VERSION};
+use comfaas_tests::{header, repo_root, request, NodeSpec, Platform};
+
+fn error_of(reply: &async_nats::Message) -> (String, String) {
+    assert_eq!(header(reply, h::STATUS), "error", "expected an error reply");
+    (header(reply, h::ERROR_CODE), header(reply, h::ERROR))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_then_invoke_hello() {
+    let p = Platform::with_edge_and_cloud().await;
+    p.deploy(&repo_root().join("functions/hello"), &["edge-1", "cloud-1"])
+        .await;
+
+    let reply = p.invoke("hello", r#"{"name":"ada"}"#).await;
+    assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    let output: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(output["greeting"], "hello, ada");
+    let node = header(&reply, h::NODE);
+    assert!(node == "edge-1" || node == "cloud-1", "node {node}");
+    assert_eq!(
+        output["node"],
+        node.as_str(),
+        "the node that ran it says so"
+    );
+    let tier = header(&reply, h::TIER);
+    assert_eq!(tier, if node == "edge-1" { "edge" } else { "cloud" });
+    assert_eq!(header(&reply, h::INVOCATION_ID).len(), 32);
+    assert!(header(&reply, h::DURATION_MS).parse::<u64>().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensor_stats_flags_the_spike() {
+    let p = Platform::with_edge_and_cloud().await;
+    p.deploy(
+        &repo_root().join("functions/sensor-stats"),
+        &["edge-1", "cloud-1"],
+    )
+    .await;
+    let batch = r#"{"device":"d1","readings":[{"t":0,"value":21.0},{"t":1,"value":21.2},
+        {"t":2,"value":20.9},{"t":3,"value":35.5},{"t":4,"value":21.1}]}"#;
+    let reply = p.invoke("sensor-stats", batch).await;
+    assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    let stats: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(stats["count"], 5);
+    assert_eq!(stats["max"], 35.5);
+    assert_eq!(stats["anomalies"].as_array().unwrap().len(), 1);
+    assert_eq!(stats["anomalies"][0]["t"], 3);
+
+    let reply = p
+        .invoke("sensor-stats", r#"{"readings":[{"value":"hot"}]}"#)
+        .await;
+    let (code, message) = error_of(&reply);
+    assert_eq!(code, "500");
+    assert!(
+        message.contains("reading 0 has no numeric value"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_function_is_404_and_bad_requests_are_400() {
+    let p = Platform::with_edge_and_cloud().await;
+    let reply = p.invoke("nope", "{}").await;
+    assert_eq!(
+        error_of(&reply),
+        ("404".into(), "function `nope` is not deployed".into())
+    );
+
+    let reply = request(
+        &p.client,
+        "comfaas.invoke.Not_A_Name",
+        HeaderMap::new(),
+        "x".into(),
+    )
+    .await;
+    let (code, message) = error_of(&reply);
+    assert_eq!(code, "400");
+    assert!(message.contains("is not a function name"), "{message}");
+
+    p.deploy(&repo_root().join("functions/hello"), &["edge-1", "cloud-1"])
+        .await;
+    let cases = [
+        (h::TIMEOUT, "soon", "header Comfaas-Timeout"),
+        (h::PROCS, "0", "header Comfaas-Procs"),
+        (h::PLACEMENT, "moon", "header Comfaas-Placement"),
+    ];
+    for (name, value, expect) in cases {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, value);
+        let reply = p.invoke_with("hello", "{}", headers).await;
+        let (code, message) = error_of(&reply);
+        assert_eq!(code, "400", "{name}: {value}");
+        assert!(message.contains(expect), "{message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_placement_is_honoured_or_refused() {
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    p.deploy(&repo_root().join("functions/hello"), &["edge-1"])
+        .await;
+    for placement in ["edge", "node:edge-1", "auto"] {
+        let mut headers = HeaderMap::new();
+        headers.insert(h::PLACEMENT, placement);
+        let reply = p.invoke_with("hello", "{}", headers).await;
+        assert_eq!(header(&reply, h::NODE), "edge-1", "{placement}");
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(h::PLACEMENT, "cloud");
+    let reply = p.invoke_with("hello", "{}", headers).await;
+    let (code, message) = error_of(&reply);
+    assert_eq!(code, "503");
+    assert!(message.contains("placement `cloud`"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_function_answers_its_stderr_tail() {
+    let p = Platform::with_edge_and_cloud().await;
+    let dir = p.function(
+        "fails",
+        "",
+        &[(
+            "main.py",
+            "import sys\nprint('lots of noise\\n' * 500, file=sys.stderr)\nprint('sensor offline: bus 3', file=sys.stderr)\nsys.exit(3)\n",
+        )],
+    );
+    p.deploy(&dir, &["edge-1", "cloud-1"]).await;
+    let reply = p.invoke("fails", "").await;
+    let (code, message) = error_of(&reply);
+    assert_eq!(code, "500");
+    assert!(message.contains("exited with status 3"), "{message}");
+    assert!(message.contains("sensor offline: bus 3"), "{message}");
+    assert!(!header(&reply, h::NODE).is_empty());
+}
+
+/// Every process whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_function_is_killed_and_the_node_keeps_serving() {
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    let marker = format!("hang-{}", uuid::Uuid::new_v4().simple());
+    let script = format!(
+        "import subprocess, sys, time\n\
+         subprocess.Popen(['sleep', '300', '{marker}'])\n\
+         time.sleep(300)\n"
+    );
+    let dir = p.function("hangs", "timeout = \"1s\"", &[("main.py", &script)]);
+    p.deploy(&dir, &["edge-1"]).await;
+    p.deploy(&repo_root().join("functions/hello"), &["edge-1"])
+        .await;
+
+    let reply = p.invoke("hangs", "").await;
+    let (code, message) = error_of(&reply);
+    assert_eq!(code, "408");
+    assert!(message.contains("exceeded its timeout of 1s"), "{message}");
+    // The child it started died with it.
+    assert_eq!(processes_mentioning(&marker), Vec::<String>::new());
+
+    // A request may shorten the limit too.
+    let mut headers = HeaderMap::new();
+    headers.insert(h::TIMEOUT, "300ms");
+    let reply = p.invoke_with("hangs", "", headers).await;
+    assert_eq!(error_of(&reply).0, "408");
+
+    let reply = p.invoke("hello", r#"{"name":"still here"}"#).await;
+    assert_eq!(header(&reply, h::STATUS), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_over_the_limit_is_413() {
+    let p = Platform::with_edge_and_cloud().await;
+    let dir = p.function(
+        "floods",
+        "",
+        &[("main.py", "import sys\nsys.stdout.write('x' * 4_000_000)\n")],
+    );
+    p.deploy(&dir, &["edge-1", "cloud-1"]).await;
+    let reply = p.invoke("floods", "").await;
+    let (code, message) = error_of(&reply);
+    assert_eq!(code, "413");
+    assert!(message.contains("output exceeds"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_at_once() {
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    drop(
+        p.executor(NodeSpec {
+            slots: 1,
+            queue: 1,
+            ..NodeSpec::edge("edge-1")
+        })
+        .await,
+    );
+    let dir = p.function(
+        "slow",
+        "",
+        &[("main.py", "import time\ntime.sleep(3)\nprint('done')\n")],
+    );
+    let deployment = p.deploy(&dir, &["edge-1"]).await;
+    assert_eq!(deployment.manifest.name, "slow");
+
+    // Straight to the node's work subject: one runs, one waits, the third is refused.
+    let work = p.subjects.work("edge-1");
+    let invocation = |id: &str| Invocation {
+        schema: SCHEMA_VERSION,
+        id: id.into(),
+        function: "slow".into(),
+        input: vec![],
+        timeout_ms: Some(10_000),
+        procs: None,
+        received_unix_ms: 0,
+        deadline_unix_ms: None,
+    };
+    let mut running = Vec::new();
+    for id in ["a", "b"] {
+        let client = p.client.clone();
+        let work = work.clone();
+        let payload = encode(&invocation(id)).unwrap();
+        running.push(tokio::spawn(async move {
+            request(&client, &work, HeaderMap::new(), payload.into()).await
+        }));
+        // Let the node admit it before the next one.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let refused = request(
+        &p.client,
+        &work,
+        HeaderMap::new(),
+        encode(&invocation("c")).unwrap().into(),
+    )
+    .await;
+    let (code, message) = error_of(&refused);
+    assert_eq!(code, "429");
+    assert!(
+        message.contains("node edge-1 is full: 1 running and 1 queued"),
+        "{message}"
+    );
+    for r in running {
+        let reply = r.await.unwrap();
+        assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_work_subject_is_400_and_the_node_survives() {
+    let p = Platform::with_edge_and_cloud().await;
+    p.deploy(&repo_root().join("functions/hello"), &["edge-1", "cloud-1"])
+        .await;
+    for garbage in [
+        &b"not messagepack"[..],
+        b"",
+        b"\x81\xa2id\x07",
+        b"\xdf\xff\xff\xff\xff",
+    ] {
+        let reply = request(
+            &p.client,
+            &p.subjects.work("edge-1"),
+            HeaderMap::new(),
+            garbage.to_vec().into(),
+        )
+        .await;
+        let (code, message) = error_of(&reply);
+        assert_eq!(code, "400");
+        assert!(
+            message.contains("node edge-1 got an invalid invocation"),
+            "{message}"
+        );
+    }
+    // A well-formed invocation of a function the node does not have.
+    let unknown = Invocation {
+        schema: SCHEMA_VERSION,
+        id: "x".into(),
+        function: "ghost".into(),
+        input: vec![],
+        timeout_ms: None,
+        procs: None,
+        received_unix_ms: 0,
+        deadline_unix_ms: None,
+    };
+    let reply = request(
+        &p.client,
+        &p.subjects.work("edge-1"),
+        HeaderMap::new(),
+        encode(&unknown).unwrap().into(),
+    )
+    .await;
+    assert_eq!(error_of(&reply).0, "404");
+    // Garbage heartbeats do not disturb the dispatcher either.
+    p.client
+        .publish(p.subjects.node_load("edge-1"), "junk".into())
+        .await
+        .unwrap();
+    p.client
+        .publish(p.subjects.node_load("bogus"), "\u{1}".into())
+        .await
+        .unwrap();
+
+    let mut headers = HeaderMap::new();
+    headers.insert(h::PLACEMENT, "node:edge-1");
+    let reply = p.invoke_with("hello", r#"{"name":"after"}"#, headers).await;
+    assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    assert_eq!(header(&reply, h::NODE), "edge-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_install_is_reported_and_answers_503() {
+    let p = Platform::with_edge_and_cloud().await;
+    // Valid manifest, but its entry point is not in the bundle.
+    let dir = p.function("broken", "", &[("other.py", "print(1)\n")]);
+    std::fs::write(
+        dir.join("comfaas.toml"),
+        "name = \"broken\"\nversion = \"1\"\nruntime = \"python\"\nentry = \"main.py\"\n",
+    )
+    .unwrap();
+    let deployment = comfaas::deploy::deploy_dir(&p.registry, &dir)
+        .await
+        .unwrap();
+    p.wait_state(
+        &deployment,
+        &["edge-1", "cloud-1"],
+        comfaas_schemas::InstallState::Failed,
+    )
+    .await;
+    let reply = p.invoke("broken", "").await;
+    let (code, message) = error_of(&reply);
+    assert_eq!(code, "503");
+    assert!(
+        message.contains("no live node has function `broken` installed"),
+        "{message}"
+    );
+    assert!(
+        message.contains("edge-1: install failed: entry `main.py` is not a file in the bundle"),
+        "{message}"
+    );
+}
