@@ -1,6 +1,8 @@
 //! Deploy then invoke through the real dispatcher and executors, and every
 //! way an invocation can go wrong answering a clear error.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use async_nats::HeaderMap;
 use comfaas_schemas::names::headers as h;
 use comfaas_schemas::{encode, Invocation, SCHEMA_VERSION};

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs what comfaas needs and is missing; safe to run again.
+#   nats-server >= 2.9, Python 3 with venv support, uv, OpenMPI with headers,
+#   libclang (for the MPI work), and cargo-nextest when absent.
+set -euo pipefail
+
+say() { printf '[setup] %s\n' "$*"; }
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
+
+if command -v nats-server >/dev/null 2>&1; then
+  v=$(nats-server --version | sed 's/.*v//')
+  version_ge "$v" "2.9.0" || missing+=(nats-server)
+else
+  missing+=(nats-server)
+fi
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v mpirun >/dev/null 2>&1 || missing+=(openmpi-bin)
+have_pkg libopenmpi-dev || missing+=(libopenmpi-dev)
+have_pkg libclang-dev || missing+=(libclang-dev)
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  say "Debian packages: all present"
+fi
+
+if ! command -v uv >/dev/null 2>&1; then
+  say "installing uv from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check uv 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages uv
+  hash -r
+fi
+command -v uv >/dev/null 2>&1 && say "uv: $(uv --version)"
+
+if ! command -v cargo >/dev/null 2>&1; then
+  say "cargo is missing: install Rust (rustup) first"; exit 1
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  say "installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+say "nats-server: $(nats-server --version)"

@@ -1,0 +1,302 @@
+//! `comfaas-bench`: the dispatch path against plain NATS, in one run.
+//!
+//! (a) plain NATS request/reply to an echo responder;
+//! (b) the same payload through the dispatcher to a node that answers at once
+//!     (a responder on its work subject that heartbeats like an executor);
+//! (c) the full path to a real executor running a trivial Python function.
+//! Each at 1 and at 64 requests in flight; latency p50/p99 and throughput.
+//!
+//! Run: `cargo run --release -p comfaas-tests --bin comfaas-bench`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use comfaas_platform::reply::{self, ReplyMeta};
+use comfaas_schemas::{
+    decode, encode, now_unix_ms, FunctionState, InstallState, Invocation, NodeLoad, Tier,
+    SCHEMA_VERSION,
+};
+use comfaas_tests::{header, NodeSpec, Platform};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+
+#[derive(Parser)]
+struct Args {
+    /// Requests per run at 1 in flight, for (a) and (b)
+    #[arg(long, default_value_t = 5000)]
+    requests: usize,
+    /// Requests per run at 64 in flight, for (a) and (b)
+    #[arg(long, default_value_t = 20000)]
+    requests_parallel: usize,
+    /// Requests per run for (c), which spawns a Python process per call
+    #[arg(long, default_value_t = 300)]
+    requests_exec: usize,
+}
+
+const PAYLOAD: &[u8] = br#"{"name":"bench","readings":[21.0,21.2,20.9,21.1]}"#;
+
+struct Figures {
+    p50_us: u64,
+    p99_us: u64,
+    per_s: f64,
+}
+
+/// Sends `total` requests on `subject`, `in_flight` at a time.
+async fn measure(
+    client: &async_nats::Client,
+    subject: &str,
+    in_flight: usize,
+    total: usize,
+) -> Figures {
+    let hist = Arc::new(std::sync::Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+    ));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..in_flight {
+        let client = client.clone();
+        let subject = subject.to_owned();
+        let hist = hist.clone();
+        let next = next.clone();
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                let t = Instant::now();
+                let reply = client
+                    .request(subject.clone(), Bytes::from_static(PAYLOAD))
+                    .await
+                    .expect("request");
+                let us = t.elapsed().as_micros() as u64;
+                let status = header(&reply, comfaas_schemas::names::headers::STATUS);
+                assert!(
+                    status.is_empty() || status == "ok",
+                    "error reply: {:?}",
+                    reply.headers
+                );
+                hist.lock()
+                    .expect("lock")
+                    .record(us.max(1))
+                    .expect("record");
+            }
+        }));
+    }
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let wall = started.elapsed();
+    let hist = hist.lock().expect("lock");
+    Figures {
+        p50_us: hist.value_at_quantile(0.50),
+        p99_us: hist.value_at_quantile(0.99),
+        per_s: total as f64 / wall.as_secs_f64(),
+    }
+}
+
+/// An echo responder on `subject`.
+async fn echo(client: async_nats::Client, subject: &str) {
+    let mut sub = client
+        .subscribe(subject.to_owned())
+        .await
+        .expect("subscribe");
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = client.publish(reply, m.payload).await;
+            }
+        }
+    });
+}
+
+/// A node that answers every invocation at once with its input, and
+/// heartbeats like an executor serving `function`.
+async fn instant_node(
+    client: async_nats::Client,
+    p: &Platform,
+    node: &str,
+    function: &str,
+    digest: &str,
+) {
+    let mut work = client
+        .subscribe(p.subjects.work(node))
+        .await
+        .expect("subscribe");
+    let answer = client.clone();
+    let node_id = node.to_owned();
+    tokio::spawn(async move {
+        while let Some(m) = work.next().await {
+            let Some(reply_to) = m.reply else { continue };
+            let Ok(inv) = decode::<Invocation>(&m.payload) else {
+                continue;
+            };
+            let meta = ReplyMeta {
+                invocation_id: inv.id,
+                node: Some(node_id.clone()),
+                tier: Some(Tier::Edge),
+                duration_ms: Some(0),
+            };
+            let _ = answer
+                .publish_with_headers(reply_to, reply::ok(&meta), inv.input.into())
+                .await;
+        }
+    });
+    let load = NodeLoad {
+        schema: SCHEMA_VERSION,
+        node: node.to_owned(),
+        tier: Tier::Edge,
+        site: "bench".to_owned(),
+        cores: 2,
+        slots: 1024,
+        running: 0,
+        queued: 0,
+        queue_capacity: 1024,
+        cpu_load: 0.0,
+        memory_total_bytes: 0,
+        memory_used_bytes: 0,
+        max_procs: 1,
+        runtimes: vec!["python".to_owned()],
+        functions: vec![FunctionState {
+            name: function.to_owned(),
+            version: "1".to_owned(),
+            digest: digest.to_owned(),
+            state: InstallState::Ready,
+            reason: None,
+            serving: Some("1".to_owned()),
+        }],
+        heartbeat_ms: 1000,
+        sent_unix_ms: now_unix_ms(),
+        leaving: false,
+    };
+    let subject = p.subjects.node_load(node);
+    tokio::spawn(async move {
+        loop {
+            let bytes = encode(&NodeLoad {
+                sent_unix_ms: now_unix_ms(),
+                ..load.clone()
+            })
+            .expect("encode");
+            let _ = client.publish(subject.clone(), bytes.into()).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    drop(
+        p.executor(NodeSpec {
+            slots: 2,
+            queue: 128,
+            ..NodeSpec::edge("exec-1")
+        })
+        .await,
+    );
+
+    let instant_fn = p.function(
+        "instant",
+        "placement = \"node:instant-1\"",
+        &[(
+            "main.py",
+            "import sys\nsys.stdout.write(sys.stdin.read())\n",
+        )],
+    );
+    let instant = comfaas::deploy::deploy_dir(&p.registry, &instant_fn)
+        .await
+        .expect("deploy");
+    let echo_fn = p.function(
+        "echo",
+        "placement = \"node:exec-1\"",
+        &[(
+            "main.py",
+            "import sys\nsys.stdout.write(sys.stdin.read())\n",
+        )],
+    );
+    p.deploy(&echo_fn, &["exec-1"]).await;
+
+    // Separate connections for each side, as separate processes would have.
+    let responder = p.nats.client().await;
+    echo(responder.clone(), "bench.echo").await;
+    instant_node(
+        responder,
+        &p,
+        "instant-1",
+        "instant",
+        &instant.bundle.digest,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // heartbeats reach the dispatcher
+    let client = p.nats.client().await;
+
+    let runs: [(&str, String, usize, usize); 6] = [
+        ("(a) plain NATS echo", "bench.echo".into(), 1, args.requests),
+        (
+            "(a) plain NATS echo",
+            "bench.echo".into(),
+            64,
+            args.requests_parallel,
+        ),
+        (
+            "(b) dispatcher → instant node",
+            p.subjects.invoke("instant"),
+            1,
+            args.requests,
+        ),
+        (
+            "(b) dispatcher → instant node",
+            p.subjects.invoke("instant"),
+            64,
+            args.requests_parallel,
+        ),
+        (
+            "(c) dispatcher → executor (python)",
+            p.subjects.invoke("echo"),
+            1,
+            args.requests_exec,
+        ),
+        (
+            "(c) dispatcher → executor (python)",
+            p.subjects.invoke("echo"),
+            64,
+            args.requests_exec,
+        ),
+    ];
+    // Warm up every path once.
+    for (_, subject, _, _) in &runs {
+        let _ = measure(&client, subject, 4, 50.min(args.requests_exec)).await;
+    }
+    let mut results = Vec::new();
+    for (name, subject, in_flight, total) in &runs {
+        let f = measure(&client, subject, *in_flight, *total).await;
+        eprintln!(
+            "{name:<38} in flight {in_flight:>2}: p50 {:>6} µs p99 {:>6} µs {:>9.0} req/s",
+            f.p50_us, f.p99_us, f.per_s
+        );
+        results.push((name, *in_flight, *total, f));
+    }
+    let base = |in_flight: usize| {
+        results
+            .iter()
+            .find(|(n, c, _, _)| n.starts_with("(a)") && *c == in_flight)
+            .map(|(_, _, _, f)| (f.p50_us, f.p99_us, f.per_s))
+            .expect("baseline")
+    };
+    println!("| path | in flight | requests | p50 µs | p99 µs | req/s | p50 ÷ (a) | p99 ÷ (a) | req/s ÷ (a) | p50 added vs (a) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, in_flight, total, f) in &results {
+        let (b50, b99, bps) = base(*in_flight);
+        println!(
+            "| {name} | {in_flight} | {total} | {} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {} µs |",
+            f.p50_us,
+            f.p99_us,
+            f.per_s,
+            f.p50_us as f64 / b50 as f64,
+            f.p99_us as f64 / b99 as f64,
+            f.per_s / bps,
+            f.p50_us as i64 - b50 as i64
+        );
+    }
+}

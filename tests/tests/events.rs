@@ -1,0 +1,122 @@
+//! Fire-and-forget device events: kept in COMFAAS_EVENTS, run, and their
+//! results published on `comfaas.result.<fn>`, even across a dispatcher restart.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use comfaas_schemas::names::headers as h;
+use comfaas_tests::{header, repo_root, NodeSpec, Platform};
+use futures::StreamExt;
+
+async fn publish_event(p: &Platform, function: &str, msg_id: &str, body: &str) {
+    let js = async_nats::jetstream::new(p.client.clone());
+    let mut headers = HeaderMap::new();
+    headers.insert(h::MSG_ID, msg_id);
+    js.publish_with_headers(p.subjects.event(function), headers, body.to_owned().into())
+        .await
+        .expect("publish event")
+        .await
+        .expect("event stored");
+}
+
+async fn next_result(results: &mut async_nats::Subscriber) -> async_nats::Message {
+    tokio::time::timeout(Duration::from_secs(60), results.next())
+        .await
+        .expect("a result within 60 s")
+        .expect("result stream")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_without_reply_reaches_the_result_subject() {
+    let p = Platform::with_edge_and_cloud().await;
+    p.deploy(&repo_root().join("functions/hello"), &["edge-1", "cloud-1"])
+        .await;
+    let mut results = p
+        .client
+        .subscribe(p.subjects.result("hello"))
+        .await
+        .unwrap();
+
+    publish_event(&p, "hello", "dev-7-1", r#"{"name":"device 7"}"#).await;
+    let result = next_result(&mut results).await;
+    assert_eq!(header(&result, h::STATUS), "ok", "{:?}", result.headers);
+    assert_eq!(header(&result, h::MSG_ID), "dev-7-1");
+    assert_eq!(header(&result, h::FUNCTION), "hello");
+    let output: serde_json::Value = serde_json::from_slice(&result.payload).unwrap();
+    assert_eq!(output["greeting"], "hello, device 7");
+
+    // An event for a function that does not exist gets an error result, not silence.
+    let mut ghost_results = p
+        .client
+        .subscribe(p.subjects.result("ghost"))
+        .await
+        .unwrap();
+    publish_event(&p, "ghost", "dev-7-2", "{}").await;
+    let result = next_result(&mut ghost_results).await;
+    assert_eq!(header(&result, h::STATUS), "error");
+    assert_eq!(header(&result, h::ERROR_CODE), "404");
+    assert_eq!(header(&result, h::MSG_ID), "dev-7-2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_survive_a_dispatcher_restart() {
+    let p = Platform::start().await;
+    let dispatcher = p.dispatcher().await;
+    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    p.deploy(&repo_root().join("functions/hello"), &["edge-1"])
+        .await;
+    let mut results = p
+        .client
+        .subscribe(p.subjects.result("hello"))
+        .await
+        .unwrap();
+
+    dispatcher.stop().await;
+    for i in 0..3 {
+        publish_event(
+            &p,
+            "hello",
+            &format!("while-down-{i}"),
+            &format!(r#"{{"name":"{i}"}}"#),
+        )
+        .await;
+    }
+    // Same id again within the dedup window: stored once, run once.
+    publish_event(&p, "hello", "while-down-0", r#"{"name":"dup"}"#).await;
+
+    drop(p.dispatcher().await);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let result = next_result(&mut results).await;
+        assert_eq!(header(&result, h::STATUS), "ok", "{:?}", result.headers);
+        seen.push(header(&result, h::MSG_ID));
+    }
+    seen.sort();
+    assert_eq!(seen, ["while-down-0", "while-down-1", "while-down-2"]);
+    // No fourth result: the duplicate was dropped by the stream.
+    let extra = tokio::time::timeout(Duration::from_secs(2), results.next()).await;
+    assert!(extra.is_err(), "duplicate event ran: {extra:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_with_no_node_yet_waits_for_one() {
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    let mut results = p
+        .client
+        .subscribe(p.subjects.result("hello"))
+        .await
+        .unwrap();
+    // Deployed, but no executor runs: the event is retried, not lost.
+    comfaas::deploy::deploy_dir(&p.registry, &repo_root().join("functions/hello"))
+        .await
+        .unwrap();
+    publish_event(&p, "hello", "early", r#"{"name":"early"}"#).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    let result = next_result(&mut results).await;
+    assert_eq!(header(&result, h::STATUS), "ok", "{:?}", result.headers);
+    assert_eq!(header(&result, h::MSG_ID), "early");
+}
