@@ -84,6 +84,13 @@ pub struct Invocation {
     /// has not started the run by then drops it.
     #[serde(default)]
     pub deadline_unix_ms: Option<u64>,
+    /// The requester's reply subject. When set, the node sends the outcome
+    /// of the run straight there (saving the dispatcher a relay) and answers
+    /// the work request itself with headers only, marked `Comfaas-Replied`.
+    /// Refusals (full, not installed here) still go to the work request's
+    /// reply subject only, so the dispatcher can try another node.
+    #[serde(default)]
+    pub reply_to: Option<String>,
 }
 
 /// Installation state of one function on one node.
@@ -295,11 +302,11 @@ pub struct DispatchMetrics {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
-    use crate::{decode, encode, Placement, Runtime};
+    use crate::{Placement, Runtime};
 
-    fn invocation() -> Invocation {
+    pub fn invocation() -> Invocation {
         Invocation {
             schema: SCHEMA_VERSION,
             id: "inv-1".into(),
@@ -309,10 +316,11 @@ mod tests {
             procs: None,
             received_unix_ms: 1_700_000_000_000,
             deadline_unix_ms: Some(1_700_000_030_000),
+            reply_to: Some("_INBOX.abc.1".into()),
         }
     }
 
-    fn node_load() -> NodeLoad {
+    pub fn node_load() -> NodeLoad {
         NodeLoad {
             schema: SCHEMA_VERSION,
             node: "edge-1".into(),
@@ -342,7 +350,7 @@ mod tests {
         }
     }
 
-    fn deployment() -> Deployment {
+    pub fn deployment() -> Deployment {
         Deployment {
             schema: SCHEMA_VERSION,
             manifest: Manifest {
@@ -365,7 +373,7 @@ mod tests {
         }
     }
 
-    fn metrics() -> DispatchMetrics {
+    pub fn metrics() -> DispatchMetrics {
         DispatchMetrics {
             schema: SCHEMA_VERSION,
             dispatcher: "d1".into(),
@@ -397,6 +405,13 @@ mod tests {
             sent_unix_ms: 5,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::{decode, encode};
 
     #[test]
     fn every_message_round_trips() {
@@ -503,5 +518,54 @@ mod tests {
             assert_eq!(ErrorCode::from_u16(code.as_u16()), Some(code));
         }
         assert_eq!(ErrorCode::from_u16(418), None);
+    }
+}
+
+#[cfg(test)]
+mod readme {
+    use super::tests_support::*;
+    use crate::encode;
+
+    /// The field names of a message, read back from its MessagePack map.
+    fn fields<T: serde::Serialize>(message: &T) -> Vec<String> {
+        #[derive(serde::Deserialize)]
+        #[serde(transparent)]
+        struct Keys(std::collections::BTreeMap<String, serde::de::IgnoredAny>);
+        let bytes = encode(message).unwrap();
+        let keys: Keys = crate::decode(&bytes).unwrap();
+        keys.0.into_keys().collect()
+    }
+
+    /// Every field of every message has a row in its README table.
+    #[test]
+    fn readme_documents_every_field() {
+        let readme = include_str!("../README.md");
+        let load = node_load();
+        let metrics = metrics();
+        let deployment = deployment();
+        let messages: Vec<(&str, Vec<String>)> = vec![
+            ("Invocation", fields(&invocation())),
+            ("NodeLoad", fields(&load)),
+            ("FunctionState", fields(&load.functions[0])),
+            ("Deployment", fields(&deployment)),
+            ("BundleRef", fields(&deployment.bundle)),
+            ("DispatchMetrics", fields(&metrics)),
+            ("ErrorCount", fields(&metrics.errors[0])),
+            ("NodeMetrics", fields(&metrics.nodes[0])),
+            ("PlacementRecord", fields(&metrics.recent[0])),
+        ];
+        for (name, fields) in messages {
+            let start = readme
+                .find(&format!("### {name}\n"))
+                .unwrap_or_else(|| panic!("README has no section for {name}"));
+            let section = &readme[start + 4..];
+            let section = &section[..section.find("\n### ").unwrap_or(section.len())];
+            for field in fields {
+                assert!(
+                    section.contains(&format!("| `{field}` |")),
+                    "README section {name} does not document `{field}`"
+                );
+            }
+        }
     }
 }

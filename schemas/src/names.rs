@@ -52,6 +52,9 @@ pub mod headers {
     pub const FUNCTION: &str = "Comfaas-Function";
     /// Reply: a large output stored in `comfaas_outputs`.
     pub const OUTPUT_OBJECT: &str = "Comfaas-Output-Object";
+    /// Work reply (node to dispatcher): the outcome already went to the
+    /// invocation's `reply_to` and to the result subject; value `true`.
+    pub const REPLIED: &str = "Comfaas-Replied";
     /// Reply on error: numeric [`crate::ErrorCode`] (NATS micro convention).
     pub const ERROR_CODE: &str = "Nats-Service-Error-Code";
     /// Reply on error: what went wrong, for humans.

@@ -119,6 +119,8 @@ pub struct NodeSpec {
     pub slots: u32,
     /// Queue.
     pub queue: u32,
+    /// Make venvs with uv (else `python3 -m venv` + pip).
+    pub use_uv: bool,
 }
 
 impl NodeSpec {
@@ -129,6 +131,7 @@ impl NodeSpec {
             tier: Tier::Edge,
             slots: 2,
             queue: 16,
+            use_uv: true,
         }
     }
 
@@ -193,6 +196,7 @@ impl Platform {
             site: spec.tier.as_str().to_owned(),
             slots: spec.slots,
             queue: spec.queue,
+            use_uv: spec.use_uv,
             ..ExecConfig::default()
         };
         let executor = Executor::connect(config).await.expect("start executor");

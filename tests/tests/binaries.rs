@@ -230,3 +230,48 @@ async fn metrics_tier_ok(p: &Platform) -> bool {
         .iter()
         .any(|n| n.node == "survivor" && n.alive && n.tier == Tier::Cloud)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_answer_gives_504() {
+    let p = Platform::start().await;
+    drop(
+        p.dispatcher_with(comfaas_dispatch::DispatchConfig {
+            queue_wait_ms: 500,
+            ..Default::default()
+        })
+        .await,
+    );
+    let url = p.nats.url().to_owned();
+    let data_dir = p
+        .scratch
+        .path()
+        .join("frozen")
+        .to_string_lossy()
+        .into_owned();
+    let frozen = Process::spawn(
+        "comfaas-exec",
+        &[
+            "--nats-url",
+            &url,
+            "--node",
+            "frozen",
+            "--data-dir",
+            &data_dir,
+        ],
+    );
+    p.deploy(&repo_root().join("functions/hello"), &["frozen"])
+        .await;
+    let pid = nix::unistd::Pid::from_raw(frozen.child.id().expect("pid") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(h::TIMEOUT, "1s");
+    let reply = p.invoke_with("hello", "{}", headers).await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(header(&reply, h::STATUS), "error");
+    assert_eq!(header(&reply, h::ERROR_CODE), "504");
+    assert!(
+        header(&reply, h::ERROR).contains("node frozen did not answer"),
+        "{:?}",
+        reply.headers
+    );
+}

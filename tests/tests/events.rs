@@ -120,3 +120,27 @@ async fn an_event_with_no_node_yet_waits_for_one() {
     assert_eq!(header(&result, h::STATUS), "ok", "{:?}", result.headers);
     assert_eq!(header(&result, h::MSG_ID), "early");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_answered_by_the_node_is_published_once() {
+    let p = Platform::with_edge_and_cloud().await;
+    p.deploy(&repo_root().join("functions/hello"), &["edge-1", "cloud-1"])
+        .await;
+    let mut results = p
+        .client
+        .subscribe(p.subjects.result("hello"))
+        .await
+        .unwrap();
+    let reply = p.invoke("hello", r#"{"name":"once"}"#).await;
+    assert_eq!(header(&reply, h::STATUS), "ok");
+    let result = next_result(&mut results).await;
+    assert_eq!(
+        header(&result, h::INVOCATION_ID),
+        header(&reply, h::INVOCATION_ID)
+    );
+    assert_eq!(result.payload, reply.payload);
+    // The internal completion notice never reaches the requester.
+    assert_eq!(header(&reply, h::REPLIED), "");
+    let extra = tokio::time::timeout(Duration::from_secs(1), results.next()).await;
+    assert!(extra.is_err(), "result published twice: {extra:?}");
+}

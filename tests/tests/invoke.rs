@@ -236,6 +236,7 @@ async fn a_full_queue_answers_429_at_once() {
         procs: None,
         received_unix_ms: 0,
         deadline_unix_ms: None,
+        reply_to: None,
     };
     let mut running = Vec::new();
     for id in ["a", "b"] {
@@ -302,6 +303,7 @@ async fn garbage_on_the_work_subject_is_400_and_the_node_survives() {
         procs: None,
         received_unix_ms: 0,
         deadline_unix_ms: None,
+        reply_to: None,
     };
     let reply = request(
         &p.client,
@@ -357,5 +359,75 @@ async fn a_broken_install_is_reported_and_answers_503() {
     assert!(
         message.contains("edge-1: install failed: entry `main.py` is not a file in the bundle"),
         "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_uv_the_venv_comes_from_python3_m_venv() {
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    drop(
+        p.executor(NodeSpec {
+            use_uv: false,
+            ..NodeSpec::edge("plain-1")
+        })
+        .await,
+    );
+    let dir = p.function(
+        "whichenv",
+        "",
+        &[("main.py", "import sys, os\nprint(os.path.exists(os.path.join(sys.prefix, 'bin', 'pip')), sys.prefix != sys.base_prefix)\n")],
+    );
+    p.deploy(&dir, &["plain-1"]).await;
+    let reply = p.invoke("whichenv", "").await;
+    assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    // A venv of its own, made by the standard library (which seeds pip; uv does not).
+    assert_eq!(String::from_utf8_lossy(&reply.payload).trim(), "True True");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_node_is_full_the_dispatcher_answers_429() {
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    for node in ["edge-1", "edge-2"] {
+        drop(
+            p.executor(NodeSpec {
+                slots: 1,
+                queue: 0,
+                ..NodeSpec::edge(node)
+            })
+            .await,
+        );
+    }
+    let dir = p.function(
+        "slow",
+        "",
+        &[("main.py", "import time\ntime.sleep(2)\nprint('done')\n")],
+    );
+    p.deploy(&dir, &["edge-1", "edge-2"]).await;
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        let client = p.client.clone();
+        let subject = p.subjects.invoke("slow");
+        running.push(tokio::spawn(async move {
+            request(&client, &subject, HeaderMap::new(), "".into()).await
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let reply = p.invoke("slow", "").await;
+    let (code, message) = error_of(&reply);
+    assert_eq!(code, "429");
+    assert!(message.contains("full"), "{message}");
+    let mut nodes = Vec::new();
+    for r in running {
+        let reply = r.await.unwrap();
+        assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+        nodes.push(header(&reply, h::NODE));
+    }
+    nodes.sort();
+    assert_eq!(
+        nodes,
+        ["edge-1", "edge-2"],
+        "the two runs went to different nodes"
     );
 }

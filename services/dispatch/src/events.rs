@@ -89,6 +89,7 @@ async fn handle(
         &message.subject,
         message.headers.as_ref(),
         message.payload.clone(),
+        None,
     );
     tokio::pin!(work);
     let mut progress = tokio::time::interval(ACK_WAIT / 3);

@@ -48,7 +48,7 @@ struct Shared {
     subjects: comfaas_schemas::names::Subjects,
     registry: Registry,
     nodes: Mutex<NodeTable>,
-    functions: Mutex<HashMap<String, Deployment>>,
+    functions: Mutex<HashMap<String, Arc<Deployment>>>,
     stats: Mutex<Stats>,
     permits: Arc<Semaphore>,
     started: Instant,
@@ -156,8 +156,9 @@ async fn serve_invokes(
                 let Ok(permit) = shared.permits.clone().acquire_owned().await else { break };
                 let shared = shared.clone();
                 running.spawn(async move {
-                    let answer = place::execute(&shared, &message.subject, message.headers.as_ref(), message.payload.clone()).await;
-                    if let Some(reply_to) = &message.reply {
+                    let reply_to = message.reply.as_deref();
+                    let answer = place::execute(&shared, &message.subject, message.headers.as_ref(), message.payload.clone(), reply_to).await;
+                    if let (Some(reply_to), false) = (&message.reply, answer.delivered) {
                         if let Err(e) = shared.client
                             .publish_with_headers(reply_to.clone(), answer.headers.clone(), answer.body.clone())
                             .await
@@ -213,7 +214,7 @@ async fn track_functions(
             }
             Some(Err(e)) => tracing::warn!("registry: {e}"),
             Some(Ok(RegistryChange::Deployed(d))) => {
-                lock(&shared.functions).insert(d.manifest.name.clone(), *d);
+                lock(&shared.functions).insert(d.manifest.name.clone(), Arc::new(*d));
             }
             Some(Ok(RegistryChange::Removed(name))) => {
                 lock(&shared.functions).remove(&name);

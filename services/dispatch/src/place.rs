@@ -2,6 +2,7 @@
 //! function, place it, send it to the node, and bring the node's answer
 //! back (or an error that says why there is none).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::client::RequestErrorKind;
@@ -31,6 +32,8 @@ pub struct Answer {
     pub body: Bytes,
     /// The error, when there is one.
     pub error: Option<ErrorCode>,
+    /// The node already answered the requester and published the result.
+    pub delivered: bool,
 }
 
 impl Answer {
@@ -44,6 +47,7 @@ impl Answer {
             headers: reply::error(code, message, &meta),
             body: Bytes::new(),
             error: Some(code),
+            delivered: false,
         }
     }
 
@@ -103,15 +107,21 @@ fn request_options(headers: Option<&HeaderMap>) -> Result<RequestOptions, String
 }
 
 /// Handles one request or event on `subject` and returns its answer.
+/// `reply_to` is the requester's reply subject, which the node answers
+/// directly when the function runs.
 pub async fn execute(
     shared: &Shared,
     subject: &str,
     headers: Option<&HeaderMap>,
     input: Bytes,
+    reply_to: Option<&str>,
 ) -> Answer {
-    lock(&shared.stats).received += 1;
-    lock(&shared.stats).in_flight += 1;
-    let mut answer = execute_inner(shared, subject, headers, input).await;
+    {
+        let mut stats = lock(&shared.stats);
+        stats.received += 1;
+        stats.in_flight += 1;
+    }
+    let mut answer = execute_inner(shared, subject, headers, input, reply_to).await;
     // Devices correlate results of their events by the id they gave them.
     if let Some(msg_id) = headers.and_then(|hm| reply::get(hm, h::MSG_ID)) {
         answer
@@ -135,6 +145,7 @@ async fn execute_inner(
     subject: &str,
     headers: Option<&HeaderMap>,
     input: Bytes,
+    reply_to: Option<&str>,
 ) -> Answer {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let Some(function) = shared.subjects.function_of(subject) else {
@@ -185,6 +196,7 @@ async fn execute_inner(
         procs: options.procs.or(manifest.procs),
         received_unix_ms: received,
         deadline_unix_ms: Some(received + wait.as_millis() as u64),
+        reply_to: reply_to.map(str::to_owned),
     };
     let payload: Bytes = match encode(&invocation) {
         Ok(bytes) => bytes.into(),
@@ -244,6 +256,7 @@ async fn execute_inner(
         match result {
             Ok(message) => {
                 let headers = message.headers.unwrap_or_default();
+                let delivered = headers.get(h::REPLIED).is_some();
                 match reply::outcome(Some(&headers)) {
                     Outcome::Ok => {
                         return Answer {
@@ -251,6 +264,7 @@ async fn execute_inner(
                             headers,
                             body: message.payload,
                             error: None,
+                            delivered,
                         }
                     }
                     Outcome::Error { code, .. } => {
@@ -259,7 +273,11 @@ async fn execute_inner(
                             headers,
                             body: message.payload,
                             error: Some(code.unwrap_or(ErrorCode::FunctionFailed)),
+                            delivered,
                         };
+                        if delivered {
+                            return answer;
+                        }
                         // Refusals that are about this node, not the function.
                         if matches!(
                             code,
@@ -316,12 +334,12 @@ async fn execute_inner(
 
 /// The function's deployment: from the watched registry, or read on demand
 /// when the watch has not caught up with a fresh deploy.
-async fn deployment(shared: &Shared, function: &str) -> Result<Option<Deployment>, String> {
+async fn deployment(shared: &Shared, function: &str) -> Result<Option<Arc<Deployment>>, String> {
     if let Some(d) = lock(&shared.functions).get(function) {
         return Ok(Some(d.clone()));
     }
     match shared.registry.get(function).await {
-        Ok(found) => Ok(found),
+        Ok(found) => Ok(found.map(Arc::new)),
         Err(e) => Err(format!("cannot read the registry: {e}")),
     }
 }
@@ -340,9 +358,10 @@ fn record(shared: &Shared, id: &str, function: &str, node: &str, reason: &str, t
     });
 }
 
-/// Publishes `answer` on `<prefix>.result.<fn>` (kept in `COMFAAS_RESULTS`).
+/// Publishes `answer` on `<prefix>.result.<fn>` (kept in `COMFAAS_RESULTS`)
+/// unless the node that delivered it already did.
 pub async fn publish_result(shared: &Shared, answer: &Answer) {
-    let Some(function) = &answer.function else {
+    let Some(function) = answer.function.as_ref().filter(|_| !answer.delivered) else {
         return;
     };
     let mut headers = answer.headers.clone();

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use comfaas_platform::reply::{self, ReplyMeta};
 use comfaas_runtime::process::Exit;
 use comfaas_runtime::RunSpec;
+use comfaas_schemas::names::headers as h;
 use comfaas_schemas::{decode, now_unix_ms, validate_function_name, ErrorCode, Invocation};
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -110,18 +111,33 @@ impl Worker {
     }
 
     async fn handle(self: Arc<Self>, message: async_nats::Message) {
-        let Some(reply_to) = message.reply.clone() else {
+        let Some(work_reply) = message.reply.clone() else {
             tracing::warn!(subject = %message.subject, "work message without a reply subject dropped");
             return;
         };
-        let (headers, body) = self.answer(&message.payload).await;
-        if let Err(e) = self
-            .client
-            .publish_with_headers(reply_to, headers, body)
-            .await
-        {
-            tracing::warn!("cannot publish reply: {e}");
-        }
+        let reply = self.answer(&message.payload).await;
+        let client = &self.client;
+        // A refusal, or no requester to answer directly: the work request's
+        // sender gets the reply (and may try another node after a refusal).
+        let Some(Ran { function, reply_to }) = reply.ran else {
+            publish(client, work_reply, reply.headers, reply.body).await;
+            return;
+        };
+        let Some(reply_to) = reply_to else {
+            publish(client, work_reply, reply.headers, reply.body).await;
+            return;
+        };
+        // The outcome of a run goes straight to the requester, saving the
+        // dispatcher a relay; then to the result subject; then a headers-only
+        // notice tells the dispatcher it is done.
+        let mut result_headers = reply.headers.clone();
+        result_headers.insert(h::FUNCTION, function.as_str());
+        let mut notice = reply.headers.clone();
+        notice.insert(h::REPLIED, "true");
+        publish(client, reply_to.into(), reply.headers, reply.body.clone()).await;
+        let result = self.config.nats.subjects().result(&function);
+        publish(client, result.into(), result_headers, reply.body).await;
+        publish(client, work_reply, notice, Bytes::new()).await;
     }
 
     fn meta(&self, invocation_id: &str) -> ReplyMeta {
@@ -133,15 +149,18 @@ impl Worker {
         }
     }
 
-    fn error(&self, id: &str, code: ErrorCode, message: &str) -> (HeaderMap, Bytes) {
-        if code != ErrorCode::FunctionFailed && code != ErrorCode::FunctionTimeout {
-            tracing::info!(invocation = id, code = code.as_u16(), "{message}");
+    /// A refusal before any run: for the dispatcher only.
+    fn error(&self, id: &str, code: ErrorCode, message: &str) -> Reply {
+        tracing::info!(invocation = id, code = code.as_u16(), "{message}");
+        Reply {
+            headers: reply::error(code, message, &self.meta(id)),
+            body: Bytes::new(),
+            ran: None,
         }
-        (reply::error(code, message, &self.meta(id)), Bytes::new())
     }
 
     /// The reply to one work message.
-    async fn answer(&self, payload: &[u8]) -> (HeaderMap, Bytes) {
+    async fn answer(&self, payload: &[u8]) -> Reply {
         let node = &self.config.node;
         let invocation: Invocation = match decode(payload) {
             Ok(inv) => inv,
@@ -245,9 +264,17 @@ impl Worker {
         }
         let mut meta = self.meta(id);
         meta.duration_ms = Some(outcome.duration.as_millis() as u64);
+        let ran = Some(Ran {
+            function: function.to_owned(),
+            reply_to: invocation.reply_to.clone(),
+        });
         let code = match outcome.exit {
             Exit::Success => {
-                return (reply::ok(&meta), Bytes::from(outcome.stdout));
+                return Reply {
+                    headers: reply::ok(&meta),
+                    body: Bytes::from(outcome.stdout),
+                    ran,
+                };
             }
             Exit::TimedOut => ErrorCode::FunctionTimeout,
             Exit::OutputTooLarge => ErrorCode::TooLarge,
@@ -259,6 +286,37 @@ impl Worker {
             served.version
         );
         tracing::info!(invocation = id, code = code.as_u16(), "{message}");
-        (reply::error(code, &message, &meta), Bytes::new())
+        Reply {
+            headers: reply::error(code, &message, &meta),
+            body: Bytes::new(),
+            ran,
+        }
+    }
+}
+
+/// What a work message gets back.
+struct Reply {
+    headers: HeaderMap,
+    body: Bytes,
+    /// Set when the function ran (successfully or not): where its outcome goes.
+    ran: Option<Ran>,
+}
+
+struct Ran {
+    function: String,
+    reply_to: Option<String>,
+}
+
+async fn publish(
+    client: &async_nats::Client,
+    subject: async_nats::Subject,
+    headers: HeaderMap,
+    body: Bytes,
+) {
+    if let Err(e) = client
+        .publish_with_headers(subject.clone(), headers, body)
+        .await
+    {
+        tracing::warn!("cannot publish to {subject}: {e}");
     }
 }

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Parser;
 use comfaas_platform::reply::{self, ReplyMeta};
+use comfaas_schemas::names::headers as h;
 use comfaas_schemas::{
     decode, encode, now_unix_ms, FunctionState, InstallState, Invocation, NodeLoad, Tier,
     SCHEMA_VERSION,
 };
-use comfaas_tests::{header, NodeSpec, Platform};
+use comfaas_tests::{header, Platform, Process};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 
@@ -124,6 +125,7 @@ async fn instant_node(
         .expect("subscribe");
     let answer = client.clone();
     let node_id = node.to_owned();
+    let result_subject = p.subjects.result(function);
     tokio::spawn(async move {
         while let Some(m) = work.next().await {
             let Some(reply_to) = m.reply else { continue };
@@ -136,9 +138,27 @@ async fn instant_node(
                 tier: Some(Tier::Edge),
                 duration_ms: Some(0),
             };
-            let _ = answer
-                .publish_with_headers(reply_to, reply::ok(&meta), inv.input.into())
-                .await;
+            // As an executor does: the outcome straight to the requester,
+            // then the result subject, then a notice to the dispatcher.
+            let headers = reply::ok(&meta);
+            let input = Bytes::from(inv.input);
+            if let Some(requester) = inv.reply_to {
+                let _ = answer
+                    .publish_with_headers(requester, headers.clone(), input.clone())
+                    .await;
+                let mut result = headers.clone();
+                result.insert(h::FUNCTION, inv.function.as_str());
+                let _ = answer
+                    .publish_with_headers(result_subject.clone(), result, input)
+                    .await;
+                let mut notice = headers;
+                notice.insert(h::REPLIED, "true");
+                let _ = answer
+                    .publish_with_headers(reply_to, notice, Bytes::new())
+                    .await;
+            } else {
+                let _ = answer.publish_with_headers(reply_to, headers, input).await;
+            }
         }
     });
     let load = NodeLoad {
@@ -182,42 +202,95 @@ async fn instant_node(
     });
 }
 
+/// One measured configuration.
+struct Run {
+    name: &'static str,
+    subject: String,
+    in_flight: usize,
+    total: usize,
+}
+
+/// Measures `runs`, prints a table with ratios to the (a) row of the same
+/// in-flight count, and returns nothing: the table is the output.
+async fn table(client: &async_nats::Client, title: &str, runs: &[Run], warmup: usize) {
+    for run in runs {
+        let _ = measure(client, &run.subject, 4, warmup).await;
+    }
+    let mut results = Vec::new();
+    for run in runs {
+        let f = measure(client, &run.subject, run.in_flight, run.total).await;
+        eprintln!(
+            "{:<40} in flight {:>2}: p50 {:>7} µs p99 {:>7} µs {:>9.0} req/s",
+            run.name, run.in_flight, f.p50_us, f.p99_us, f.per_s
+        );
+        results.push((run, f));
+    }
+    println!("\n{title}\n");
+    println!("| path | in flight | requests | p50 µs | p99 µs | req/s | p50 ÷ (a) | p99 ÷ (a) | req/s ÷ (a) | p50 added to (a) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (run, f) in &results {
+        let Some((_, base)) = results
+            .iter()
+            .find(|(r, _)| r.name.starts_with("(a)") && r.in_flight == run.in_flight)
+        else {
+            continue;
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {} µs |",
+            run.name,
+            run.in_flight,
+            run.total,
+            f.p50_us,
+            f.p99_us,
+            f.per_s,
+            f.p50_us as f64 / base.p50_us as f64,
+            f.p99_us as f64 / base.p99_us as f64,
+            f.per_s / base.per_s,
+            f.p50_us as i64 - base.p50_us as i64
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
     let p = Platform::start().await;
-    drop(p.dispatcher().await);
-    drop(
-        p.executor(NodeSpec {
-            slots: 2,
-            queue: 128,
-            ..NodeSpec::edge("exec-1")
-        })
-        .await,
+    let url = p.nats.url().to_owned();
+    let data_dir = p
+        .scratch
+        .path()
+        .join("exec-1")
+        .to_string_lossy()
+        .into_owned();
+    // Deployed shape first: every service a process of its own.
+    let mut dispatcher = Process::spawn("comfaas-dispatch", &["--nats-url", &url]);
+    let _executor = Process::spawn(
+        "comfaas-exec",
+        &[
+            "--nats-url",
+            &url,
+            "--node",
+            "exec-1",
+            "--slots",
+            "2",
+            "--queue",
+            "128",
+            "--data-dir",
+            &data_dir,
+        ],
     );
-
-    let instant_fn = p.function(
-        "instant",
-        "placement = \"node:instant-1\"",
-        &[(
-            "main.py",
-            "import sys\nsys.stdout.write(sys.stdin.read())\n",
-        )],
-    );
+    let echo_script = [(
+        "main.py",
+        "import sys\nsys.stdout.write(sys.stdin.read())\n",
+    )];
+    let instant_fn = p.function("instant", "placement = \"node:instant-1\"", &echo_script);
     let instant = comfaas::deploy::deploy_dir(&p.registry, &instant_fn)
         .await
         .expect("deploy");
-    let echo_fn = p.function(
-        "echo",
-        "placement = \"node:exec-1\"",
-        &[(
-            "main.py",
-            "import sys\nsys.stdout.write(sys.stdin.read())\n",
-        )],
-    );
+    let echo_fn = p.function("echo", "placement = \"node:exec-1\"", &echo_script);
     p.deploy(&echo_fn, &["exec-1"]).await;
 
-    // Separate connections for each side, as separate processes would have.
+    // The responders get a connection of their own, as separate processes would.
     let responder = p.nats.client().await;
     echo(responder.clone(), "bench.echo").await;
     instant_node(
@@ -231,72 +304,85 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(1500)).await; // heartbeats reach the dispatcher
     let client = p.nats.client().await;
 
-    let runs: [(&str, String, usize, usize); 6] = [
-        ("(a) plain NATS echo", "bench.echo".into(), 1, args.requests),
-        (
-            "(a) plain NATS echo",
-            "bench.echo".into(),
-            64,
-            args.requests_parallel,
-        ),
-        (
-            "(b) dispatcher → instant node",
-            p.subjects.invoke("instant"),
-            1,
-            args.requests,
-        ),
-        (
-            "(b) dispatcher → instant node",
-            p.subjects.invoke("instant"),
-            64,
-            args.requests_parallel,
-        ),
-        (
-            "(c) dispatcher → executor (python)",
-            p.subjects.invoke("echo"),
-            1,
-            args.requests_exec,
-        ),
-        (
-            "(c) dispatcher → executor (python)",
-            p.subjects.invoke("echo"),
-            64,
-            args.requests_exec,
-        ),
-    ];
-    // Warm up every path once.
-    for (_, subject, _, _) in &runs {
-        let _ = measure(&client, subject, 4, 50.min(args.requests_exec)).await;
-    }
-    let mut results = Vec::new();
-    for (name, subject, in_flight, total) in &runs {
-        let f = measure(&client, subject, *in_flight, *total).await;
-        eprintln!(
-            "{name:<38} in flight {in_flight:>2}: p50 {:>6} µs p99 {:>6} µs {:>9.0} req/s",
-            f.p50_us, f.p99_us, f.per_s
-        );
-        results.push((name, *in_flight, *total, f));
-    }
-    let base = |in_flight: usize| {
-        results
-            .iter()
-            .find(|(n, c, _, _)| n.starts_with("(a)") && *c == in_flight)
-            .map(|(_, _, _, f)| (f.p50_us, f.p99_us, f.per_s))
-            .expect("baseline")
+    let echo_subject = "bench.echo".to_owned();
+    let run = |name, subject: &String, in_flight, total| Run {
+        name,
+        subject: subject.clone(),
+        in_flight,
+        total,
     };
-    println!("| path | in flight | requests | p50 µs | p99 µs | req/s | p50 ÷ (a) | p99 ÷ (a) | req/s ÷ (a) | p50 added vs (a) |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, in_flight, total, f) in &results {
-        let (b50, b99, bps) = base(*in_flight);
-        println!(
-            "| {name} | {in_flight} | {total} | {} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {} µs |",
-            f.p50_us,
-            f.p99_us,
-            f.per_s,
-            f.p50_us as f64 / b50 as f64,
-            f.p99_us as f64 / b99 as f64,
-            f.per_s / bps,
-            f.p50_us as i64 - b50 as i64
-        );
-    }
+    let instant_subject = p.subjects.invoke("instant");
+    let exec_subject = p.subjects.invoke("echo");
+    let warmup = 50.min(args.requests_exec);
+    table(
+        &client,
+        "Dispatcher and executor as separate processes (`comfaas-dispatch`, `comfaas-exec`):",
+        &[
+            run("(a) plain NATS echo", &echo_subject, 1, args.requests),
+            run(
+                "(b) dispatcher → instant node",
+                &instant_subject,
+                1,
+                args.requests,
+            ),
+            run(
+                "(c) dispatcher → executor (python)",
+                &exec_subject,
+                1,
+                args.requests_exec,
+            ),
+            run(
+                "(a) plain NATS echo",
+                &echo_subject,
+                64,
+                args.requests_parallel,
+            ),
+            run(
+                "(b) dispatcher → instant node",
+                &instant_subject,
+                64,
+                args.requests_parallel,
+            ),
+            run(
+                "(c) dispatcher → executor (python)",
+                &exec_subject,
+                64,
+                args.requests_exec,
+            ),
+        ],
+        warmup,
+    )
+    .await;
+
+    // The embedded shape of `comfaas dev`: the dispatcher in this process.
+    dispatcher.kill().await;
+    drop(p.dispatcher().await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    table(
+        &client,
+        "Dispatcher in-process, as `comfaas dev` runs it:",
+        &[
+            run("(a) plain NATS echo", &echo_subject, 1, args.requests),
+            run(
+                "(b) dispatcher → instant node",
+                &instant_subject,
+                1,
+                args.requests,
+            ),
+            run(
+                "(a) plain NATS echo",
+                &echo_subject,
+                64,
+                args.requests_parallel,
+            ),
+            run(
+                "(b) dispatcher → instant node",
+                &instant_subject,
+                64,
+                args.requests_parallel,
+            ),
+        ],
+        warmup,
+    )
+    .await;
 }
