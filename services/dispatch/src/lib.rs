@@ -3,9 +3,10 @@
 //! It takes requests on `<prefix>.invoke.>` (queue group shared by all
 //! dispatchers) and events from the JetStream stream `COMFAAS_EVENTS`
 //! (durable consumer shared by all dispatchers), places each on a live node
-//! through [`comfaas_placement::choose`], sends it as an `Invocation` on the
-//! node's work subject, relays the answer to the requester and publishes
-//! every result on `<prefix>.result.<fn>`.
+//! through [`comfaas_placement::choose`], and sends it as an `Invocation` on
+//! the node's work subject. The node answers the requester directly and
+//! publishes the result; the dispatcher answers (and publishes) only what no
+//! node ran: its own errors, refusals it could not place elsewhere, events.
 //!
 //! Architecture invariant: the dispatcher never runs functions and never
 //! reads their input or output; it moves bytes and headers.

@@ -110,6 +110,23 @@ async fn echo(client: async_nats::Client, subject: &str) {
     });
 }
 
+/// A forwarder: republishes every message on `from` to `to`, keeping the
+/// reply subject. The cheapest possible dispatcher: one extra NATS hop and
+/// no logic, to tell the hop's cost from the dispatcher's.
+async fn forward(client: async_nats::Client, from: &str, to: &str) {
+    let mut sub = client.subscribe(from.to_owned()).await.expect("subscribe");
+    let to = to.to_owned();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = client
+                    .publish_with_reply(to.clone(), reply, m.payload)
+                    .await;
+            }
+        }
+    });
+}
+
 /// A node that answers every invocation at once with its input, and
 /// heartbeats like an executor serving `function`.
 async fn instant_node(
@@ -293,6 +310,7 @@ async fn main() {
     // The responders get a connection of their own, as separate processes would.
     let responder = p.nats.client().await;
     echo(responder.clone(), "bench.echo").await;
+    forward(p.nats.client().await, "bench.forward", "bench.echo").await;
     instant_node(
         responder,
         &p,
@@ -305,6 +323,7 @@ async fn main() {
     let client = p.nats.client().await;
 
     let echo_subject = "bench.echo".to_owned();
+    let forward_subject = "bench.forward".to_owned();
     let run = |name, subject: &String, in_flight, total| Run {
         name,
         subject: subject.clone(),
@@ -320,6 +339,12 @@ async fn main() {
         &[
             run("(a) plain NATS echo", &echo_subject, 1, args.requests),
             run(
+                "(a+hop) echo behind a bare forwarder",
+                &forward_subject,
+                1,
+                args.requests,
+            ),
+            run(
                 "(b) dispatcher → instant node",
                 &instant_subject,
                 1,
@@ -334,6 +359,12 @@ async fn main() {
             run(
                 "(a) plain NATS echo",
                 &echo_subject,
+                64,
+                args.requests_parallel,
+            ),
+            run(
+                "(a+hop) echo behind a bare forwarder",
+                &forward_subject,
                 64,
                 args.requests_parallel,
             ),
@@ -364,6 +395,12 @@ async fn main() {
         &[
             run("(a) plain NATS echo", &echo_subject, 1, args.requests),
             run(
+                "(a+hop) echo behind a bare forwarder",
+                &forward_subject,
+                1,
+                args.requests,
+            ),
+            run(
                 "(b) dispatcher → instant node",
                 &instant_subject,
                 1,
@@ -372,6 +409,12 @@ async fn main() {
             run(
                 "(a) plain NATS echo",
                 &echo_subject,
+                64,
+                args.requests_parallel,
+            ),
+            run(
+                "(a+hop) echo behind a bare forwarder",
+                &forward_subject,
                 64,
                 args.requests_parallel,
             ),
