@@ -6,10 +6,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use comfaas::{deploy, dev, inspect, invoke, iot};
-use comfaas_platform::nats::NatsOptions;
+use comfaas_platform::nats::{NatsFlags, NatsOptions};
 use comfaas_platform::registry::Registry;
-use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 /// comfaas: functions on the IoT → edge → cloud continuum, over NATS.
 #[derive(Parser)]
@@ -18,12 +16,8 @@ struct Cli {
     /// TOML configuration file
     #[arg(long, global = true)]
     config: Option<PathBuf>,
-    /// NATS server URL [env: COMFAAS_NATS_URL] [default: nats://127.0.0.1:4222]
-    #[arg(long, global = true)]
-    nats_url: Option<String>,
-    /// NATS credentials file
-    #[arg(long = "creds", global = true)]
-    creds_file: Option<PathBuf>,
+    #[command(flatten)]
+    nats: NatsFlags,
     #[command(subcommand)]
     command: Command,
 }
@@ -103,22 +97,9 @@ enum Command {
     },
 }
 
-#[derive(Serialize)]
-struct Flags<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    nats_url: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    creds_file: Option<&'a PathBuf>,
-}
-
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    comfaas_platform::signals::init_logging("warn");
     if let Err(e) = run(Cli::parse()).await {
         eprintln!("comfaas: {e:#}");
         std::process::exit(1);
@@ -129,10 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let nats: NatsOptions = comfaas_platform::settings::load(
         &NatsOptions::default(),
         cli.config.as_deref(),
-        &Flags {
-            nats_url: cli.nats_url.as_deref(),
-            creds_file: cli.creds_file.as_ref(),
-        },
+        &cli.nats,
     )?;
     let subjects = nats.subjects();
     if let Command::Dev {
@@ -142,12 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         slots,
     } = cli.command
     {
-        let shutdown = CancellationToken::new();
-        let on_signal = shutdown.clone();
-        tokio::spawn(async move {
-            comfaas_platform::signals::terminated().await;
-            on_signal.cancel();
-        });
+        let shutdown = comfaas_platform::signals::shutdown_on_signal();
         return dev::run(
             dev::DevOptions {
                 port,

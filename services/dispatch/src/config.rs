@@ -1,10 +1,9 @@
 //! The dispatcher's configuration and its command-line flags.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use comfaas_platform::nats::NatsOptions;
+use comfaas_platform::nats::{NatsFlags, NatsOptions};
 use serde::{Deserialize, Serialize};
 
 /// Dispatcher settings, read in layers (see `comfaas_platform::settings`).
@@ -81,14 +80,10 @@ impl DispatchConfig {
 /// Command-line flags of `comfaas-dispatch`; each overrides its config key.
 #[derive(Debug, Clone, Default, Args, Serialize)]
 pub struct DispatchFlags {
-    /// NATS server URL [env: COMFAAS_NATS_URL]
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nats_url: Option<String>,
-    /// NATS credentials file
-    #[arg(long = "creds")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub creds_file: Option<PathBuf>,
+    /// How to reach NATS.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub nats: NatsFlags,
     /// Dispatcher id [default: random]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use comfaas_platform::nats::NatsOptions;
+use comfaas_platform::nats::{NatsFlags, NatsOptions};
 use comfaas_schemas::Tier;
 use serde::{Deserialize, Serialize};
 
@@ -146,14 +146,10 @@ impl ExecConfig {
 /// Command-line flags of `comfaas-exec`; each overrides its config key.
 #[derive(Debug, Clone, Default, Args, Serialize)]
 pub struct ExecFlags {
-    /// NATS server URL [env: COMFAAS_NATS_URL]
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nats_url: Option<String>,
-    /// NATS credentials file
-    #[arg(long = "creds")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub creds_file: Option<PathBuf>,
+    /// How to reach NATS.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub nats: NatsFlags,
     /// Node id (one subject token) [default: host name]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -35,6 +35,19 @@ impl Default for NatsOptions {
     }
 }
 
+/// The connection flags every binary takes; each overrides its config key.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+pub struct NatsFlags {
+    /// NATS server URL [env: COMFAAS_NATS_URL] [default: nats://127.0.0.1:4222]
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+    /// NATS credentials file
+    #[arg(long = "creds", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creds_file: Option<PathBuf>,
+}
+
 impl NatsOptions {
     /// Options for `url`, defaults otherwise.
     pub fn for_url(url: impl Into<String>) -> Self {

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use comfaas_dispatch::{DispatchConfig, DispatchFlags, Dispatcher};
-use tokio_util::sync::CancellationToken;
 
 /// Places comfaas invocations and events on live nodes.
 #[derive(Parser)]
@@ -19,11 +18,7 @@ struct Cli {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    comfaas_platform::signals::init_logging("info");
     let cli = Cli::parse();
     let config: DispatchConfig = comfaas_platform::settings::load(
         &DispatchConfig::default(),
@@ -31,11 +26,6 @@ async fn main() -> anyhow::Result<()> {
         &cli.flags,
     )?;
     let dispatcher = Dispatcher::connect(config).await?;
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        comfaas_platform::signals::terminated().await;
-        on_signal.cancel();
-    });
+    let shutdown = comfaas_platform::signals::shutdown_on_signal();
     dispatcher.run(shutdown).await
 }

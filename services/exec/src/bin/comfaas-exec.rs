@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use comfaas_exec::{ExecConfig, ExecFlags, Executor};
-use tokio_util::sync::CancellationToken;
 
 /// Runs comfaas functions on this host.
 #[derive(Parser)]
@@ -19,11 +18,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    comfaas_platform::signals::init_logging("info");
     let cli = Cli::parse();
     let config: ExecConfig = comfaas_platform::settings::load(
         &ExecConfig::default(),
@@ -32,11 +27,6 @@ async fn main() -> anyhow::Result<()> {
     )?;
     config.validate()?;
     let executor = Executor::connect(config).await?;
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        comfaas_platform::signals::terminated().await;
-        on_signal.cancel();
-    });
+    let shutdown = comfaas_platform::signals::shutdown_on_signal();
     executor.run(shutdown).await
 }
