@@ -37,6 +37,8 @@ if ! command -v uv >/dev/null 2>&1; then
   say "installing uv from PyPI"
   python3 -m pip install --quiet --disable-pip-version-check uv 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages uv
+  # pyenv only sees new console scripts after a rehash.
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
   hash -r
 fi
 command -v uv >/dev/null 2>&1 && say "uv: $(uv --version)"
