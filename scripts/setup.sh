@@ -24,6 +24,8 @@ command -v mpirun >/dev/null 2>&1 || missing+=(openmpi-bin)
 have_pkg libopenmpi-dev || missing+=(libopenmpi-dev)
 have_pkg libclang-dev || missing+=(libclang-dev)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
+command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
 
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
@@ -49,5 +51,18 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "installing cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+# Tests install Python packages and build Rust functions offline: fetch
+# what the example functions need once, here.
+WHEELHOUSE="${COMFAAS_WHEELHOUSE:-$HOME/.cache/comfaas/wheels}"
+mkdir -p "$WHEELHOUSE"
+if ! ls "$WHEELHOUSE"/mpi4py-*.whl >/dev/null 2>&1; then
+  say "fetching the mpi4py wheel into $WHEELHOUSE"
+  python3 -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+    --dest "$WHEELHOUSE" mpi4py
+fi
+here="$(cd "$(dirname "$0")/.." && pwd)"
+if [ -f "$here/functions/pi-mpi-rs/Cargo.toml" ]; then
+  cargo fetch --quiet --locked --manifest-path "$here/functions/pi-mpi-rs/Cargo.toml"
 fi
 say "nats-server: $(nats-server --version)"

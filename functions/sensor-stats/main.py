@@ -1,5 +1,8 @@
 """sensor-stats: summary statistics and anomalies of a batch of readings.
 
+Runs in handler mode: warm workers keep this module loaded and call
+`handle(data)` per invocation.
+
 Input (JSON): {"device": "...", "sensor": "...", "readings": [{"t": 0, "value": 21.3}, ...]}
 or a bare list of numbers. Output (JSON): count, min, max, mean, stdev,
 median, and the readings further than `z` standard deviations from the
@@ -24,16 +27,15 @@ def values_of(batch):
     return out
 
 
-def main() -> int:
+def handle(data: bytes) -> dict:
+    """Handler mode: called by a warm worker for each invocation."""
     try:
-        batch = json.load(sys.stdin)
+        batch = json.loads(data)
         points = values_of(batch)
     except (json.JSONDecodeError, ValueError, AttributeError) as e:
-        print(f"invalid batch: {e}", file=sys.stderr)
-        return 2
+        raise ValueError(f"invalid batch: {e}") from None
     if not points:
-        print("invalid batch: no readings", file=sys.stderr)
-        return 2
+        raise ValueError("invalid batch: no readings")
     values = [v for _, v in points]
     median = statistics.median(values)
     mad = statistics.median([abs(v - median) for v in values])
@@ -53,9 +55,13 @@ def main() -> int:
         "median": median,
         "anomalies": anomalies,
     }
-    json.dump(result, sys.stdout)
-    return 0
+    return result
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Script mode, for trying it by hand: stdin in, stdout out.
+    try:
+        json.dump(handle(sys.stdin.buffer.read()), sys.stdout)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)

@@ -19,7 +19,7 @@ pub mod names;
 pub use codec::{decode, encode, CodecError};
 pub use error::ErrorCode;
 pub use manifest::{
-    parse_duration, validate_function_name, Manifest, ManifestError, Placement, Runtime,
+    parse_duration, validate_function_name, Manifest, ManifestError, Mode, Placement, Runtime,
     MANIFEST_FILE,
 };
 pub use messages::{

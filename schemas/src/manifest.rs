@@ -18,6 +18,8 @@ const KNOWN_KEYS: &[&str] = &[
     "timeout",
     "procs",
     "placement",
+    "mode",
+    "workers",
 ];
 
 /// A function's manifest, as written in `comfaas.toml`.
@@ -46,6 +48,25 @@ pub struct Manifest {
     /// Where to run by default.
     #[serde(default)]
     pub placement: Placement,
+    /// How a Python function is called: a process per invocation, or warm
+    /// workers calling `handle(data)`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Warm workers per node in handler mode (default 1).
+    #[serde(default)]
+    pub workers: Option<u32>,
+}
+
+/// How a Python function is called.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A new process per invocation: input on stdin, output on stdout.
+    #[default]
+    Script,
+    /// Warm worker processes keep the module loaded; each invocation calls
+    /// its `handle(data: bytes)`, whose return value (bytes or str) is the output.
+    Handler,
 }
 
 /// How a function is installed and run.
@@ -69,6 +90,22 @@ pub enum Runtime {
 }
 
 impl Runtime {
+    /// Every runtime.
+    pub const ALL: [Runtime; 7] = [
+        Self::Python,
+        Self::PythonMpi,
+        Self::C,
+        Self::CMpi,
+        Self::RustMpi,
+        Self::Java,
+        Self::Exec,
+    ];
+
+    /// Whether it runs under `mpirun`.
+    pub fn is_mpi(self) -> bool {
+        matches!(self, Self::PythonMpi | Self::CMpi | Self::RustMpi)
+    }
+
     /// The name used in manifests and load messages.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -220,6 +257,32 @@ impl Manifest {
         if self.procs == Some(0) {
             return invalid("procs", "must be at least 1".to_owned());
         }
+        if self.procs.is_some_and(|p| p > 1) && !self.runtime.is_mpi() {
+            return invalid(
+                "procs",
+                format!(
+                    "runtime `{}` runs one process; only MPI runtimes take procs",
+                    self.runtime
+                ),
+            );
+        }
+        if self.mode == Mode::Handler && self.runtime != Runtime::Python {
+            return invalid(
+                "mode",
+                format!(
+                    "handler mode is for runtime `python`, not `{}`",
+                    self.runtime
+                ),
+            );
+        }
+        if let Some(workers) = self.workers {
+            if workers == 0 || workers > 64 {
+                return invalid("workers", format!("{workers} is not between 1 and 64"));
+            }
+            if self.mode != Mode::Handler {
+                return invalid("workers", "only handler mode has workers".to_owned());
+            }
+        }
         if let Some(bad) = self
             .requirements
             .iter()
@@ -296,9 +359,14 @@ entry = "main.py"
     #[test]
     fn manifests_are_validated_field_by_field() {
         check("", "ok");
-        check("timeout = \"30s\"\nprocs = 4\nplacement = \"edge\"", "ok");
+        check("timeout = \"30s\"\nplacement = \"edge\"", "ok");
+        check("procs = 4", "only MPI runtimes take procs");
         check("placement = \"node:edge-1\"", "ok");
         check("requirements = [\"numpy==1.26\"]", "ok");
+        check("mode = \"handler\"\nworkers = 4", "ok");
+        check("mode = \"daemon\"", "unknown variant `daemon`");
+        check("workers = 2", "only handler mode has workers");
+        check("mode = \"handler\"\nworkers = 0", "field `workers`");
         check("timout = \"3s\"", "unknown field `timout`");
         check("timeout = \"soon\"", "field `timeout`");
         check("timeout = \"0s\"", "longer than zero");

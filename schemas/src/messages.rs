@@ -363,6 +363,8 @@ mod tests_support {
                 timeout: Some("5s".into()),
                 procs: None,
                 placement: Placement::Node("edge-1".into()),
+                mode: Default::default(),
+                workers: None,
             },
             bundle: BundleRef {
                 object: "sha256-ab".into(),

@@ -31,6 +31,46 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// The folder of wheels tests install from (`COMFAAS_WHEELHOUSE`, else
+/// `~/.cache/comfaas/wheels`), filled by `scripts/setup.sh`.
+pub fn wheelhouse() -> PathBuf {
+    std::env::var_os("COMFAAS_WHEELHOUSE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/comfaas/wheels")
+        })
+}
+
+/// `n` points (little-endian u32 pairs) from a fixed-seed generator.
+pub fn points(n: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut out = Vec::with_capacity(n * 8);
+    for _ in 0..n * 2 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        out.extend_from_slice(&((state >> 32) as u32).to_le_bytes());
+    }
+    out
+}
+
+/// Pi from `points`, computed here the way the functions do.
+pub fn local_pi(points: &[u8]) -> f64 {
+    let scale = 4_294_967_296.0;
+    let mut inside = 0u64;
+    for p in points.chunks_exact(8) {
+        let x = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as f64 / scale;
+        let y = u32::from_le_bytes([p[4], p[5], p[6], p[7]]) as f64 / scale;
+        if x * x + y * y < 1.0 {
+            inside += 1;
+        }
+    }
+    4.0 * inside as f64 / (points.len() / 8) as f64
+}
+
 /// A workspace binary (`comfaas`, `comfaas-exec`, `comfaas-dispatch`),
 /// built by `cargo build --bins` next to the test executables.
 pub fn binary(name: &str) -> PathBuf {
@@ -121,6 +161,8 @@ pub struct NodeSpec {
     pub queue: u32,
     /// Make venvs with uv (else `python3 -m venv` + pip).
     pub use_uv: bool,
+    /// Most MPI processes per job.
+    pub max_procs: u32,
 }
 
 impl NodeSpec {
@@ -132,6 +174,7 @@ impl NodeSpec {
             slots: 2,
             queue: 16,
             use_uv: true,
+            max_procs: 4,
         }
     }
 
@@ -197,6 +240,13 @@ impl Platform {
             slots: spec.slots,
             queue: spec.queue,
             use_uv: spec.use_uv,
+            max_procs: spec.max_procs,
+            // Tests reach no package index: wheels come from the wheelhouse
+            // scripts/setup.sh fills, crates from cargo's local registry.
+            find_links: vec![wheelhouse()],
+            no_index: true,
+            cargo_offline: true,
+            cargo_target_dir: repo_root().join("target").join("comfaas-functions"),
             ..ExecConfig::default()
         };
         let executor = Executor::connect(config).await.expect("start executor");
@@ -262,6 +312,17 @@ impl Platform {
                 })
                 .expect("load stream");
             let load: NodeLoad = decode(&message.payload).expect("node load");
+            if let Some(failed) = load.functions.iter().find(|f| {
+                f.name == deployment.manifest.name
+                    && f.digest == deployment.bundle.digest
+                    && f.state == InstallState::Failed
+                    && state != InstallState::Failed
+            }) {
+                panic!(
+                    "{} failed to install on {}: {:?}",
+                    failed.name, load.node, failed.reason
+                );
+            }
             let reached = load.functions.iter().any(|f| {
                 f.name == deployment.manifest.name
                     && f.digest == deployment.bundle.digest
@@ -276,6 +337,22 @@ impl Platform {
     /// Sends a request on `<prefix>.invoke.<function>`.
     pub async fn invoke(&self, function: &str, input: &str) -> async_nats::Message {
         self.invoke_with(function, input, HeaderMap::new()).await
+    }
+
+    /// Sends a request with raw bytes and headers.
+    pub async fn invoke_bytes(
+        &self,
+        function: &str,
+        input: Vec<u8>,
+        headers: HeaderMap,
+    ) -> async_nats::Message {
+        request(
+            &self.client,
+            &self.subjects.invoke(function),
+            headers,
+            input.into(),
+        )
+        .await
     }
 
     /// Sends a request with headers.

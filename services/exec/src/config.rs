@@ -44,6 +44,15 @@ pub struct ExecConfig {
     pub max_output_bytes: usize,
     /// Use `uv` for venvs when it is installed.
     pub use_uv: bool,
+    /// Folders of wheels Python installs may use (`--find-links`).
+    pub find_links: Vec<PathBuf>,
+    /// Install Python packages from `find_links` only, never from an index.
+    pub no_index: bool,
+    /// Build Rust functions offline (their crates fetched beforehand).
+    pub cargo_offline: bool,
+    /// Cargo target folder shared by Rust function builds; empty means
+    /// `<data_dir>/cargo-target`.
+    pub cargo_target_dir: PathBuf,
 }
 
 impl Default for ExecConfig {
@@ -64,6 +73,10 @@ impl Default for ExecConfig {
             max_timeout_ms: 15 * 60_000,
             max_output_bytes: 0,
             use_uv: true,
+            find_links: Vec::new(),
+            no_index: false,
+            cargo_offline: false,
+            cargo_target_dir: PathBuf::new(),
         }
     }
 }

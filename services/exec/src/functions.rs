@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use comfaas_platform::registry::{Registry, RegistryChange, RegistryError};
-use comfaas_runtime::{Installation, Toolchain};
-use comfaas_schemas::{Deployment, FunctionState, InstallState};
+use comfaas_runtime::{HandlerPool, Installation, Toolchain, WorkerSpec};
+use comfaas_schemas::{Deployment, FunctionState, InstallState, Mode};
+
+use crate::work::run_env;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio::task::JoinSet;
@@ -26,6 +28,10 @@ pub struct Served {
     pub installation: Installation,
     /// The manifest's run time limit.
     pub timeout: Option<Duration>,
+    /// The manifest's MPI process count.
+    pub procs: Option<u32>,
+    /// Warm workers, in handler mode.
+    pub pool: Option<Arc<HandlerPool>>,
     root: PathBuf,
 }
 
@@ -185,6 +191,7 @@ pub async fn install_loop(
     registry: Registry,
     table: FunctionTable,
     toolchain: Toolchain,
+    node: String,
     shutdown: CancellationToken,
 ) {
     let mut installs = JoinSet::new();
@@ -216,6 +223,7 @@ pub async fn install_loop(
                         registry.clone(),
                         table.clone(),
                         toolchain.clone(),
+                        node.clone(),
                     ));
                 }
             }
@@ -229,12 +237,13 @@ async fn install_one(
     registry: Registry,
     table: FunctionTable,
     toolchain: Toolchain,
+    node: String,
 ) {
     let manifest = &deployment.manifest;
     tracing::info!(function = %manifest.name, version = %manifest.version,
         digest = %deployment.bundle.digest, "installing");
     let started = std::time::Instant::now();
-    let result = install_files(&deployment, &registry, &table.root, &toolchain).await;
+    let result = install_files(&deployment, &registry, &table.root, &toolchain, &node).await;
     match &result {
         Ok(_) => tracing::info!(function = %manifest.name, version = %manifest.version,
             ms = started.elapsed().as_millis() as u64, "ready"),
@@ -249,6 +258,7 @@ async fn install_files(
     registry: &Registry,
     root: &std::path::Path,
     toolchain: &Toolchain,
+    node: &str,
 ) -> Result<Served, String> {
     let manifest = &deployment.manifest;
     let bytes = registry
@@ -281,11 +291,29 @@ async fn install_files(
             .map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };
+    let result = match result {
+        Ok(installation) if manifest.mode == Mode::Handler => {
+            let spec = WorkerSpec {
+                program: installation.program.clone(),
+                args: installation.args.clone(),
+                env: run_env(&installation, &manifest.name, node),
+                work_root: dir.join("workers"),
+            };
+            let workers = manifest.workers.unwrap_or(1);
+            HandlerPool::start(spec, workers)
+                .await
+                .map(|pool| (installation, Some(pool)))
+        }
+        Ok(installation) => Ok((installation, None)),
+        Err(e) => Err(e),
+    };
     match result {
-        Ok(installation) => Ok(Served {
+        Ok((installation, pool)) => Ok(Served {
             version: manifest.version.clone(),
             installation,
             timeout: manifest.timeout(),
+            procs: manifest.procs,
+            pool,
             root: dir,
         }),
         Err(e) => {

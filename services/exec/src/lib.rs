@@ -39,12 +39,21 @@ impl Executor {
         let data_dir = config.data_dir();
         std::fs::create_dir_all(data_dir.join("runs"))
             .with_context(|| format!("create data directory {}", data_dir.display()))?;
-        let toolchain = Toolchain::detect(Some(data_dir.join("uv-cache")));
-        let toolchain = if config.use_uv {
-            toolchain
-        } else {
-            toolchain.without_uv()
-        };
+        let mut toolchain = Toolchain::detect(&data_dir);
+        if !config.use_uv {
+            toolchain = toolchain.without_uv();
+        }
+        toolchain.find_links = config.find_links.clone();
+        toolchain.no_index = config.no_index;
+        toolchain.cargo_offline = config.cargo_offline;
+        if !config.cargo_target_dir.as_os_str().is_empty() {
+            toolchain.cargo_target = Some(config.cargo_target_dir.clone());
+        }
+        for runtime in comfaas_schemas::Runtime::ALL {
+            if let Some(missing) = toolchain.missing(runtime) {
+                tracing::warn!("runtime {runtime} unavailable on this node: {missing} is missing");
+            }
+        }
         let client = config
             .nats
             .connect(&format!("comfaas-exec {}", config.node))
@@ -95,6 +104,7 @@ impl Executor {
             registry,
             table.clone(),
             self.toolchain.clone(),
+            config.node.clone(),
             stop_installs,
         ));
         let worker = work::Worker {
@@ -103,6 +113,7 @@ impl Executor {
             table,
             admission,
             max_output,
+            mpi: self.toolchain.mpi.clone(),
         };
         worker.serve(work_sub, shutdown.clone()).await;
 

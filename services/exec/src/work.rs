@@ -83,6 +83,7 @@ pub struct Worker {
     pub(crate) table: FunctionTable,
     pub(crate) admission: Admission,
     pub(crate) max_output: usize,
+    pub(crate) mpi: Option<comfaas_runtime::MpiLauncher>,
 }
 
 impl Worker {
@@ -194,6 +195,17 @@ impl Worker {
                 )
             }
         };
+        let procs = invocation.procs.or(served.procs).unwrap_or(1);
+        if procs > self.config.max_procs() {
+            return self.error(
+                id,
+                ErrorCode::Unavailable,
+                &format!(
+                    "node {node} allows at most {} processes per job, {procs} asked",
+                    self.config.max_procs()
+                ),
+            );
+        }
         let Some(ticket) = self.admission.try_admit() else {
             let (running, queued) = self.admission.counts();
             return self.error(
@@ -223,45 +235,24 @@ impl Worker {
             .or(served.timeout)
             .unwrap_or(Duration::from_millis(self.config.default_timeout_ms))
             .min(Duration::from_millis(self.config.max_timeout_ms));
-        let run_dir = self
-            .config
-            .data_dir()
-            .join("runs")
-            .join(uuid::Uuid::new_v4().simple().to_string());
-        if let Err(e) = tokio::fs::create_dir_all(&run_dir).await {
-            return self.error(
-                id,
-                ErrorCode::FunctionFailed,
-                &format!("node {node} cannot create a run directory: {e}"),
-            );
-        }
-        let installation = &served.installation;
-        let env: Vec<(OsString, OsString)> = vec![
-            ("PATH".into(), RUN_PATH.into()),
-            ("HOME".into(), run_dir.clone().into()),
-            ("TMPDIR".into(), run_dir.clone().into()),
-            ("LANG".into(), "C.UTF-8".into()),
-            ("COMFAAS_FUNCTION".into(), function.into()),
-            ("COMFAAS_INVOCATION_ID".into(), id.into()),
-            ("COMFAAS_NODE".into(), node.into()),
-            (
-                "COMFAAS_BUNDLE_DIR".into(),
-                installation.bundle_dir.clone().into(),
-            ),
-        ];
-        let outcome = comfaas_runtime::run(RunSpec {
-            program: installation.program.clone(),
-            args: installation.args.clone(),
-            cwd: run_dir.clone(),
-            env,
-            input: Bytes::copy_from_slice(&invocation.input),
-            timeout,
-            max_output: self.max_output,
-        })
-        .await;
-        if let Err(e) = tokio::fs::remove_dir_all(&run_dir).await {
-            tracing::warn!("cannot remove run directory {}: {e}", run_dir.display());
-        }
+        let input = Bytes::copy_from_slice(&invocation.input);
+        let outcome = match &served.pool {
+            Some(pool) => pool.call(input, timeout, self.max_output).await,
+            None => {
+                let run = RunRequest {
+                    id,
+                    function,
+                    installation: &served.installation,
+                    procs,
+                    input,
+                    timeout,
+                };
+                match self.run_process(run).await {
+                    Ok(outcome) => outcome,
+                    Err(message) => return self.error(id, ErrorCode::FunctionFailed, &message),
+                }
+            }
+        };
         let mut meta = self.meta(id);
         meta.duration_ms = Some(outcome.duration.as_millis() as u64);
         let ran = Some(Ran {
@@ -278,7 +269,7 @@ impl Worker {
             }
             Exit::TimedOut => ErrorCode::FunctionTimeout,
             Exit::OutputTooLarge => ErrorCode::TooLarge,
-            Exit::Failed { .. } | Exit::SpawnFailed(_) => ErrorCode::FunctionFailed,
+            Exit::Failed { .. } | Exit::SpawnFailed(_) | Exit::Raised => ErrorCode::FunctionFailed,
         };
         let message = format!(
             "{} (function `{function}` {} on node {node})",
@@ -292,6 +283,86 @@ impl Worker {
             ran,
         }
     }
+}
+
+/// One run as a child process.
+struct RunRequest<'a> {
+    id: &'a str,
+    function: &'a str,
+    installation: &'a comfaas_runtime::Installation,
+    procs: u32,
+    input: Bytes,
+    timeout: Duration,
+}
+
+impl Worker {
+    /// Runs in a private directory removed afterwards. MPI jobs also get
+    /// the input as a file (`COMFAAS_INPUT_FILE`), since only rank 0 has stdin.
+    async fn run_process(
+        &self,
+        run: RunRequest<'_>,
+    ) -> Result<comfaas_runtime::RunOutcome, String> {
+        let node = &self.config.node;
+        let run_dir = self
+            .config
+            .data_dir()
+            .join("runs")
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        tokio::fs::create_dir_all(&run_dir)
+            .await
+            .map_err(|e| format!("node {node} cannot create a run directory: {e}"))?;
+        let mut env = run_env(run.installation, run.function, node);
+        env.extend([
+            ("HOME".into(), run_dir.clone().into()),
+            ("TMPDIR".into(), run_dir.clone().into()),
+            ("COMFAAS_INVOCATION_ID".into(), run.id.into()),
+        ]);
+        if run.installation.runtime.is_mpi() {
+            let input_file = run_dir.join("input");
+            if let Err(e) = tokio::fs::write(&input_file, &run.input).await {
+                let _ = tokio::fs::remove_dir_all(&run_dir).await;
+                return Err(format!("node {node} cannot write the input file: {e}"));
+            }
+            env.push(("COMFAAS_INPUT_FILE".into(), input_file.into()));
+        }
+        let (program, args) = run.installation.command(run.procs, self.mpi.as_ref());
+        let outcome = comfaas_runtime::run(RunSpec {
+            program,
+            args,
+            cwd: run_dir.clone(),
+            env,
+            input: run.input,
+            timeout: run.timeout,
+            max_output: self.max_output,
+        })
+        .await;
+        if let Err(e) = tokio::fs::remove_dir_all(&run_dir).await {
+            tracing::warn!("cannot remove run directory {}: {e}", run_dir.display());
+        }
+        Ok(outcome)
+    }
+}
+
+/// The environment every run of `installation` starts from: nothing of the
+/// executor's own (no credentials leak), only what the function needs.
+pub fn run_env(
+    installation: &comfaas_runtime::Installation,
+    function: &str,
+    node: &str,
+) -> Vec<(OsString, OsString)> {
+    let mut path: Vec<std::path::PathBuf> = installation.path.clone();
+    path.extend(std::env::split_paths(RUN_PATH));
+    let path = std::env::join_paths(path).unwrap_or_else(|_| RUN_PATH.into());
+    vec![
+        ("PATH".into(), path),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("COMFAAS_FUNCTION".into(), function.into()),
+        ("COMFAAS_NODE".into(), node.into()),
+        (
+            "COMFAAS_BUNDLE_DIR".into(),
+            installation.bundle_dir.clone().into(),
+        ),
+    ]
 }
 
 /// What a work message gets back.

@@ -23,16 +23,105 @@ pub struct Toolchain {
     pub uv: Option<PathBuf>,
     /// uv's cache, kept beside the venvs so installs can hard-link from it.
     pub uv_cache: Option<PathBuf>,
+    /// Extra folders of wheels to install from (`--find-links`).
+    pub find_links: Vec<PathBuf>,
+    /// Install Python packages only from `find_links`, never from an index.
+    pub no_index: bool,
+    /// `cc` for the `c` runtime.
+    pub cc: Option<PathBuf>,
+    /// `mpicc` for the `c-mpi` runtime.
+    pub mpicc: Option<PathBuf>,
+    /// `javac` and `java` for the `java` runtime.
+    pub java: Option<(PathBuf, PathBuf)>,
+    /// `cargo` for the `rust-mpi` runtime.
+    pub cargo: Option<PathBuf>,
+    /// Shared cargo target folder, so the `mpi` crate is built once per node.
+    pub cargo_target: Option<PathBuf>,
+    /// Build Rust functions with `--offline` (crates must be fetched already).
+    pub cargo_offline: bool,
+    /// `mpirun` and its flavour, for the MPI runtimes.
+    pub mpi: Option<MpiLauncher>,
+}
+
+/// Which MPI implementation `mpirun` belongs to: their flags differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MpiFlavor {
+    /// Open MPI: refuses root without a switch, refuses more processes than
+    /// cores without `--oversubscribe`.
+    OpenMpi,
+    /// MPICH (Hydra): oversubscribes by default.
+    Mpich,
+}
+
+/// The `mpirun` of this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MpiLauncher {
+    /// Its path.
+    pub program: PathBuf,
+    /// Its implementation.
+    pub flavor: MpiFlavor,
+}
+
+impl MpiLauncher {
+    /// Finds `mpirun` (or `mpiexec`) and asks it what it is.
+    pub fn detect() -> Option<Self> {
+        let program = find_on_path("mpirun").or_else(|| find_on_path("mpiexec"))?;
+        let output = std::process::Command::new(&program)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&output.stdout).to_lowercase()
+            + &String::from_utf8_lossy(&output.stderr).to_lowercase();
+        let flavor = if text.contains("open mpi") || text.contains("open-mpi") {
+            MpiFlavor::OpenMpi
+        } else if text.contains("hydra") || text.contains("mpich") {
+            MpiFlavor::Mpich
+        } else {
+            return None;
+        };
+        Some(Self { program, flavor })
+    }
+
+    /// Arguments before the program for a job of `procs` processes.
+    pub fn args(&self, procs: u32) -> Vec<OsString> {
+        match self.flavor {
+            MpiFlavor::OpenMpi => {
+                let mut args: Vec<OsString> = vec!["--oversubscribe".into()];
+                if nix::unistd::geteuid().is_root() {
+                    args.push("--allow-run-as-root".into());
+                }
+                // Containers often forbid the cross-memory-attach syscalls
+                // Open MPI's shared-memory transport tries first.
+                args.extend(
+                    ["--mca", "btl_vader_single_copy_mechanism", "none"].map(OsString::from),
+                );
+                args.extend(["-np".into(), procs.to_string().into()]);
+                args
+            }
+            MpiFlavor::Mpich => vec!["-n".into(), procs.to_string().into()],
+        }
+    }
 }
 
 impl Toolchain {
-    /// Finds `python3` and `uv` on the `PATH`; `uv_cache` is where uv keeps
-    /// its cache.
-    pub fn detect(uv_cache: Option<PathBuf>) -> Self {
+    /// Finds every tool on the `PATH`; `data_dir` holds uv's cache and the
+    /// shared cargo target folder.
+    pub fn detect(data_dir: &Path) -> Self {
+        let java = find_on_path("javac").zip(find_on_path("java"));
         Self {
             python: find_on_path("python3").unwrap_or_else(|| PathBuf::from("python3")),
             uv: find_on_path("uv"),
-            uv_cache,
+            uv_cache: Some(data_dir.join("uv-cache")),
+            find_links: Vec::new(),
+            no_index: false,
+            cc: find_on_path("cc").or_else(|| find_on_path("gcc")),
+            mpicc: find_on_path("mpicc"),
+            java,
+            cargo: find_on_path("cargo"),
+            cargo_target: Some(data_dir.join("cargo-target")),
+            cargo_offline: false,
+            mpi: MpiLauncher::detect(),
         }
     }
 
@@ -40,6 +129,21 @@ impl Toolchain {
     pub fn without_uv(mut self) -> Self {
         self.uv = None;
         self
+    }
+
+    /// What is missing on this host for `runtime`, or `None` when it can install it.
+    pub fn missing(&self, runtime: Runtime) -> Option<&'static str> {
+        let python = self.python.is_file();
+        match runtime {
+            Runtime::Python if !python => Some("python3"),
+            Runtime::PythonMpi if !python => Some("python3"),
+            Runtime::C if self.cc.is_none() => Some("cc"),
+            Runtime::CMpi if self.mpicc.is_none() => Some("mpicc"),
+            Runtime::RustMpi if self.cargo.is_none() => Some("cargo"),
+            Runtime::Java if self.java.is_none() => Some("javac and java"),
+            r if r.is_mpi() && self.mpi.is_none() => Some("mpirun (Open MPI or MPICH)"),
+            _ => None,
+        }
     }
 }
 
@@ -53,11 +157,10 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
 
 /// Runtimes this host can install now.
 pub fn available_runtimes(toolchain: &Toolchain) -> Vec<Runtime> {
-    let mut runtimes = Vec::new();
-    if toolchain.python.is_file() {
-        runtimes.push(Runtime::Python);
-    }
-    runtimes
+    Runtime::ALL
+        .into_iter()
+        .filter(|r| toolchain.missing(*r).is_none())
+        .collect()
 }
 
 /// An installed function: how to run it.
@@ -67,21 +170,46 @@ pub struct Installation {
     pub runtime: Runtime,
     /// The unpacked bundle.
     pub bundle_dir: PathBuf,
-    /// The program to start.
+    /// The program to start (under `mpirun` for MPI runtimes).
     pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<OsString>,
+    /// Folders the program needs on its `PATH` (the venv's `bin`).
+    pub path: Vec<PathBuf>,
+}
+
+impl Installation {
+    /// Program and arguments of one run with `procs` processes.
+    pub fn command(&self, procs: u32, mpi: Option<&MpiLauncher>) -> (PathBuf, Vec<OsString>) {
+        match mpi.filter(|_| self.runtime.is_mpi()) {
+            Some(launcher) => {
+                let mut args = launcher.args(procs);
+                args.push(self.program.clone().into_os_string());
+                args.extend(self.args.iter().cloned());
+                (launcher.program.clone(), args)
+            }
+            None => (self.program.clone(), self.args.clone()),
+        }
+    }
 }
 
 /// An install that did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     /// This node cannot install that runtime.
-    #[error("runtime `{0}` is not available on this node")]
-    UnsupportedRuntime(Runtime),
+    #[error("runtime `{0}` is not available on this node: {1} is missing")]
+    UnsupportedRuntime(Runtime, &'static str),
     /// The manifest's entry point is not in the bundle.
     #[error("entry `{0}` is not a file in the bundle")]
     MissingEntry(String),
+    /// The entry is not usable for the runtime.
+    #[error("entry `{entry}`: {reason}")]
+    BadEntry {
+        /// The entry.
+        entry: String,
+        /// Why.
+        reason: String,
+    },
     /// A tool failed; its output tail is included.
     #[error("{step} failed: {detail}")]
     Step {
@@ -100,13 +228,23 @@ pub async fn install(
     env_dir: &Path,
     toolchain: &Toolchain,
 ) -> Result<Installation, InstallError> {
+    if let Some(missing) = toolchain.missing(manifest.runtime) {
+        return Err(InstallError::UnsupportedRuntime(manifest.runtime, missing));
+    }
     let entry = bundle_dir.join(&manifest.entry);
     if !entry.is_file() {
         return Err(InstallError::MissingEntry(manifest.entry.clone()));
     }
     let result = match manifest.runtime {
-        Runtime::Python => install_python(manifest, bundle_dir, &entry, env_dir, toolchain).await,
-        other => Err(InstallError::UnsupportedRuntime(other)),
+        Runtime::Python | Runtime::PythonMpi => {
+            install_python(manifest, bundle_dir, &entry, env_dir, toolchain).await
+        }
+        Runtime::C | Runtime::CMpi => {
+            install_c(manifest, bundle_dir, &entry, env_dir, toolchain).await
+        }
+        Runtime::Java => install_java(manifest, bundle_dir, &entry, env_dir, toolchain).await,
+        Runtime::RustMpi => install_rust(manifest, bundle_dir, env_dir, toolchain).await,
+        Runtime::Exec => install_exec(manifest, bundle_dir, &entry),
     };
     if result.is_err() {
         let _ = tokio::fs::remove_dir_all(env_dir).await;
@@ -128,6 +266,17 @@ async fn install_python(
     if requirements.is_empty() && requirements_file.is_file() {
         requirements = vec!["-r".into(), requirements_file.into_os_string()];
     }
+    if manifest.runtime == Runtime::PythonMpi {
+        requirements.push("mpi4py".into());
+    }
+    let mut sources: Vec<OsString> = Vec::new();
+    for dir in &toolchain.find_links {
+        sources.push("--find-links".into());
+        sources.push(dir.clone().into_os_string());
+    }
+    if toolchain.no_index {
+        sources.push("--no-index".into());
+    }
     match &toolchain.uv {
         Some(uv) => {
             let mut venv = Command::new(uv);
@@ -141,6 +290,7 @@ async fn install_python(
                 let mut pip = Command::new(uv);
                 pip.args(["pip", "install", "--quiet", "--python"])
                     .arg(&python)
+                    .args(&sources)
                     .args(&requirements);
                 step("uv pip install", pip, toolchain).await?;
             }
@@ -152,19 +302,200 @@ async fn install_python(
             if !requirements.is_empty() {
                 let mut pip = Command::new(env_dir.join("bin").join("pip"));
                 pip.args(["install", "--quiet", "--disable-pip-version-check"])
+                    .args(&sources)
                     .args(&requirements);
                 step("pip install", pip, toolchain).await?;
             }
         }
     }
+    // -s: no user site-packages; -E: ignore PYTHON* variables; -B: do not
+    // write bytecode into the shared bundle.
+    let mut args: Vec<OsString> = vec!["-s".into(), "-E".into(), "-B".into()];
+    if manifest.mode == comfaas_schemas::Mode::Handler {
+        let worker = env_dir.join(crate::handler::WORKER_FILE);
+        tokio::fs::write(&worker, crate::handler::WORKER_SOURCE)
+            .await
+            .map_err(|e| InstallError::Step {
+                step: "write the handler worker".to_owned(),
+                detail: e.to_string(),
+            })?;
+        args.push(worker.into());
+    }
+    args.push(entry.into());
     Ok(Installation {
-        runtime: Runtime::Python,
+        runtime: manifest.runtime,
         bundle_dir: bundle_dir.to_path_buf(),
         program: python,
-        // -s: no user site-packages; -E: ignore PYTHON* variables; -B: do not
-        // write bytecode into the shared bundle.
-        args: vec!["-s".into(), "-E".into(), "-B".into(), entry.into()],
+        args,
+        path: vec![env_dir.join("bin")],
     })
+}
+
+async fn install_c(
+    manifest: &Manifest,
+    bundle_dir: &Path,
+    entry: &Path,
+    env_dir: &Path,
+    toolchain: &Toolchain,
+) -> Result<Installation, InstallError> {
+    let (compiler, name) = match manifest.runtime {
+        Runtime::CMpi => (toolchain.mpicc.clone(), "mpicc"),
+        _ => (toolchain.cc.clone(), "cc"),
+    };
+    let compiler = compiler.ok_or(InstallError::UnsupportedRuntime(
+        manifest.runtime,
+        "a C compiler",
+    ))?;
+    let bin = env_dir.join("bin");
+    create_dir(&bin).await?;
+    let program = bin.join(&manifest.name);
+    let mut cc = Command::new(compiler);
+    cc.args(["-O2", "-std=c11", "-Wall", "-o"])
+        .arg(&program)
+        .arg(entry)
+        .arg("-lm")
+        .current_dir(bundle_dir);
+    step(name, cc, toolchain).await?;
+    Ok(Installation {
+        runtime: manifest.runtime,
+        bundle_dir: bundle_dir.to_path_buf(),
+        program,
+        args: Vec::new(),
+        path: Vec::new(),
+    })
+}
+
+async fn install_java(
+    manifest: &Manifest,
+    bundle_dir: &Path,
+    entry: &Path,
+    env_dir: &Path,
+    toolchain: &Toolchain,
+) -> Result<Installation, InstallError> {
+    let (javac, java) = toolchain
+        .java
+        .clone()
+        .ok_or(InstallError::UnsupportedRuntime(
+            Runtime::Java,
+            "javac and java",
+        ))?;
+    let class = entry
+        .file_stem()
+        .filter(|_| entry.extension().is_some_and(|e| e == "java"))
+        .map(|s| s.to_string_lossy().into_owned())
+        .ok_or_else(|| InstallError::BadEntry {
+            entry: manifest.entry.clone(),
+            reason: "must be a .java file whose class has a main method".to_owned(),
+        })?;
+    let classes = env_dir.join("classes");
+    create_dir(&classes).await?;
+    let mut compile = Command::new(javac);
+    compile
+        .arg("-d")
+        .arg(&classes)
+        .arg(entry)
+        .current_dir(bundle_dir);
+    step("javac", compile, toolchain).await?;
+    Ok(Installation {
+        runtime: Runtime::Java,
+        bundle_dir: bundle_dir.to_path_buf(),
+        program: java,
+        // Small heaps and one GC thread: functions are short and many.
+        args: vec![
+            "-Xshare:auto".into(),
+            "-XX:+UseSerialGC".into(),
+            "-XX:TieredStopAtLevel=1".into(),
+            "-cp".into(),
+            classes.into(),
+            class.into(),
+        ],
+        path: Vec::new(),
+    })
+}
+
+async fn install_rust(
+    manifest: &Manifest,
+    bundle_dir: &Path,
+    env_dir: &Path,
+    toolchain: &Toolchain,
+) -> Result<Installation, InstallError> {
+    let cargo = toolchain
+        .cargo
+        .clone()
+        .ok_or(InstallError::UnsupportedRuntime(Runtime::RustMpi, "cargo"))?;
+    if !bundle_dir.join("Cargo.toml").is_file() {
+        return Err(InstallError::BadEntry {
+            entry: manifest.entry.clone(),
+            reason: "a rust-mpi bundle is a cargo package: Cargo.toml is missing".to_owned(),
+        });
+    }
+    let target = toolchain
+        .cargo_target
+        .clone()
+        .unwrap_or_else(|| env_dir.join("target"));
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--release", "--quiet", "--bin", &manifest.name])
+        .arg("--manifest-path")
+        .arg(bundle_dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target);
+    if toolchain.cargo_offline {
+        build.arg("--offline");
+    }
+    if bundle_dir.join("Cargo.lock").is_file() {
+        build.arg("--locked");
+    }
+    step("cargo build", build, toolchain).await?;
+    let bin = env_dir.join("bin");
+    create_dir(&bin).await?;
+    let program = bin.join(&manifest.name);
+    // Copied out: the shared target folder is rebuilt by other functions.
+    tokio::fs::copy(target.join("release").join(&manifest.name), &program)
+        .await
+        .map_err(|e| InstallError::Step {
+            step: "copy the built binary".to_owned(),
+            detail: format!("{e} (is the package's binary named `{}`?)", manifest.name),
+        })?;
+    Ok(Installation {
+        runtime: Runtime::RustMpi,
+        bundle_dir: bundle_dir.to_path_buf(),
+        program,
+        args: Vec::new(),
+        path: Vec::new(),
+    })
+}
+
+fn install_exec(
+    manifest: &Manifest,
+    bundle_dir: &Path,
+    entry: &Path,
+) -> Result<Installation, InstallError> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = std::fs::metadata(entry)
+        .map(|m| m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false);
+    if !executable {
+        return Err(InstallError::BadEntry {
+            entry: manifest.entry.clone(),
+            reason: "is not executable (chmod +x it before deploying)".to_owned(),
+        });
+    }
+    Ok(Installation {
+        runtime: Runtime::Exec,
+        bundle_dir: bundle_dir.to_path_buf(),
+        program: entry.to_path_buf(),
+        args: Vec::new(),
+        path: Vec::new(),
+    })
+}
+
+async fn create_dir(dir: &Path) -> Result<(), InstallError> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| InstallError::Step {
+            step: format!("create {}", dir.display()),
+            detail: e.to_string(),
+        })
 }
 
 /// Runs one install step, turning failure into an error with the output tail.

@@ -8,9 +8,13 @@
 //! network.
 
 pub mod bundle;
+pub mod handler;
 pub mod install;
 pub mod process;
 
 pub use bundle::{pack, unpack, Bundle, BundleError, MAX_UNPACKED_BYTES};
-pub use install::{available_runtimes, install, InstallError, Installation, Toolchain};
+pub use handler::{HandlerPool, WorkerSpec};
+pub use install::{
+    available_runtimes, install, InstallError, Installation, MpiFlavor, MpiLauncher, Toolchain,
+};
 pub use process::{run, RunOutcome, RunSpec};

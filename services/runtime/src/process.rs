@@ -54,6 +54,8 @@ pub enum Exit {
     OutputTooLarge,
     /// Could not be started.
     SpawnFailed(String),
+    /// A handler-mode function raised; the traceback is the stderr tail.
+    Raised,
 }
 
 /// The result of [`run`].
@@ -87,10 +89,15 @@ impl RunOutcome {
             ),
             Exit::OutputTooLarge => "function output exceeds the size limit".to_owned(),
             Exit::SpawnFailed(e) => format!("function could not be started: {e}"),
+            Exit::Raised => "handler raised an exception".to_owned(),
         };
         // The end of stderr is where the reason usually is; keep it short
         // enough to fit a header.
         let mut tail = self.stderr_tail.trim();
+        if self.exit == Exit::Raised {
+            // The last line of a traceback names the exception.
+            return format!("{what}: {}", tail.lines().last().unwrap_or_default());
+        }
         if tail.len() > ERROR_TAIL_BYTES {
             let mut start = tail.len() - ERROR_TAIL_BYTES;
             while !tail.is_char_boundary(start) {
