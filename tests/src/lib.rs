@@ -42,6 +42,34 @@ pub fn wheelhouse() -> PathBuf {
         })
 }
 
+/// Writes a minimal pure-Python wheel of package `name` (module
+/// `import_name`) at `version` into `dir`, whose module says its version.
+/// Tests install from such wheels instead of a package index.
+pub fn write_wheel(dir: &Path, name: &str, import_name: &str, version: &str) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let dist = name.replace('-', "_");
+    let script = format!(
+        r#"
+import zipfile
+files = {{
+    "{import_name}/__init__.py": "VERSION = '{version}'\n",
+    "{dist}-{version}.dist-info/METADATA": "Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+    "{dist}-{version}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: comfaas-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}}
+files["{dist}-{version}.dist-info/RECORD"] = "".join(f"{{p}},,\n" for p in list(files) + ["{dist}-{version}.dist-info/RECORD"])
+with zipfile.ZipFile("{dist}-{version}-py3-none-any.whl", "w") as z:
+    for path, text in files.items():
+        z.writestr(path, text)
+"#
+    );
+    let status = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .current_dir(dir)
+        .status()
+        .expect("run python3");
+    assert!(status.success(), "writing the wheel failed");
+}
+
 /// `n` points (little-endian u32 pairs) from a fixed-seed generator.
 pub fn points(n: usize, seed: u64) -> Vec<u8> {
     let mut state = seed
@@ -163,6 +191,8 @@ pub struct NodeSpec {
     pub use_uv: bool,
     /// Most MPI processes per job.
     pub max_procs: u32,
+    /// More folders of wheels, besides the wheelhouse.
+    pub extra_wheels: Vec<PathBuf>,
 }
 
 impl NodeSpec {
@@ -175,6 +205,7 @@ impl NodeSpec {
             queue: 16,
             use_uv: true,
             max_procs: 4,
+            extra_wheels: Vec::new(),
         }
     }
 
@@ -243,7 +274,7 @@ impl Platform {
             max_procs: spec.max_procs,
             // Tests reach no package index: wheels come from the wheelhouse
             // scripts/setup.sh fills, crates from cargo's local registry.
-            find_links: vec![wheelhouse()],
+            find_links: [vec![wheelhouse()], spec.extra_wheels].concat(),
             no_index: true,
             cargo_offline: true,
             cargo_target_dir: repo_root().join("target").join("comfaas-functions"),

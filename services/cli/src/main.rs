@@ -71,6 +71,17 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         wait: u64,
     },
+    /// Go back to an earlier version of a function
+    Rollback {
+        /// Function name
+        function: String,
+        /// The version to go back to [default: the one before the current]
+        #[arg(long)]
+        to: Option<String>,
+        /// Seconds to wait for executors to install it (0: do not wait)
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+    },
     /// List deployed functions and their state on each node
     Ls,
     /// Remove a function
@@ -170,6 +181,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let reply = invoke::invoke(&client, &subjects, &function, input, &options).await?;
             invoke::print_reply(&reply, verbose)?;
+        }
+        Command::Rollback { function, to, wait } => {
+            let deployment = registry().await?.rollback(&function, to.as_deref()).await?;
+            println!("rolled back {function} to {}", deployment.manifest.version);
+            let installs = if wait == 0 {
+                Default::default()
+            } else {
+                deploy::wait_installed(&client, &subjects, &deployment, Duration::from_secs(wait))
+                    .await?
+            };
+            if !deploy::report(&deployment, &installs) {
+                anyhow::bail!(
+                    "no node could install {function} {}",
+                    deployment.manifest.version
+                );
+            }
         }
         Command::Ls => inspect::ls(&registry().await?, &client, &subjects).await?,
         Command::Rm { function } => inspect::rm(&registry().await?, &function).await?,

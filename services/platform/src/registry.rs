@@ -34,6 +34,16 @@ pub enum RegistryError {
         /// Its size.
         size: u64,
     },
+    /// A rollback found nothing to go back to.
+    #[error("no {wanted} of `{name}` in its history (versions kept: {kept})")]
+    NoSuchVersion {
+        /// The function.
+        name: String,
+        /// What was asked for.
+        wanted: String,
+        /// Versions in the history.
+        kept: String,
+    },
     /// The stored bundle does not match its digest.
     #[error("bundle {object} does not match its digest {digest}")]
     DigestMismatch {
@@ -159,6 +169,64 @@ impl Registry {
             .await
             .map_err(|e| NatsError::new(format!("remove {name}"), e))?;
         Ok(true)
+    }
+
+    /// Every deployment of `name` still in the bucket's history, oldest first.
+    pub async fn history(&self, name: &str) -> Result<Vec<Deployment>, RegistryError> {
+        let mut entries = match self.functions.history(name).await {
+            Ok(entries) => entries,
+            // No key at all: no history.
+            Err(_) => return Ok(Vec::new()),
+        };
+        let mut out = Vec::new();
+        while let Some(entry) = entries.next().await {
+            let entry = entry.map_err(|e| NatsError::new(format!("history of {name}"), e))?;
+            if entry.operation == kv::Operation::Put {
+                out.push(decode_deployment(name, &entry.value)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes an earlier deployment of `name` current again: the one of
+    /// version `to`, or else the newest whose bundle differs from the
+    /// current one. Returns what is now deployed.
+    pub async fn rollback(
+        &self,
+        name: &str,
+        to: Option<&str>,
+    ) -> Result<Deployment, RegistryError> {
+        let current = self.get(name).await?;
+        let history = self.history(name).await?;
+        let current_digest = current.as_ref().map(|d| d.bundle.digest.clone());
+        let target = history.iter().rev().find(|d| match to {
+            Some(version) => d.manifest.version == version,
+            None => Some(&d.bundle.digest) != current_digest.as_ref(),
+        });
+        let Some(target) = target else {
+            let kept: Vec<&str> = history
+                .iter()
+                .map(|d| d.manifest.version.as_str())
+                .collect();
+            return Err(RegistryError::NoSuchVersion {
+                name: name.to_owned(),
+                wanted: to.map_or_else(
+                    || "an earlier version".to_owned(),
+                    |v| format!("version `{v}`"),
+                ),
+                kept: if kept.is_empty() {
+                    "none".to_owned()
+                } else {
+                    kept.join(", ")
+                },
+            });
+        };
+        let deployment = Deployment {
+            deployed_unix_ms: now_unix_ms(),
+            ..target.clone()
+        };
+        self.put(&deployment).await?;
+        Ok(deployment)
     }
 
     /// Reads a bundle, refusing one larger than announced or than the limit.
