@@ -47,7 +47,7 @@ int main(int argc, char **argv) {
         }
         for (size_t i = 0; i < want; i += POINT) {
             double x = le32(buf + i) / 4294967296.0, y = le32(buf + i + 4) / 4294967296.0;
-            if (x * x + y * y < 1.0) local++;
+            local += (x * x + y * y < 1.0); /* branchless: the test is a coin flip */
         }
         left -= want;
     }

@@ -221,7 +221,15 @@ impl NodeSpec {
 impl Platform {
     /// A fresh server, no services yet.
     pub async fn start() -> Self {
-        let nats = TestNats::start().await;
+        Self::on_nats(TestNats::start().await).await
+    }
+
+    /// The platform on an already started server.
+    pub async fn on(server: EmbeddedServer) -> Self {
+        Self::on_nats(TestNats { server }).await
+    }
+
+    async fn on_nats(nats: TestNats) -> Self {
         let client = nats.client().await;
         let registry = Registry::open(&async_nats::jetstream::new(client.clone()))
             .await

@@ -73,6 +73,7 @@ pub enum Lookup {
 pub struct FunctionTable {
     entries: Arc<Mutex<HashMap<String, Entry>>>,
     root: PathBuf,
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl FunctionTable {
@@ -81,7 +82,14 @@ impl FunctionTable {
         Self {
             entries: Arc::default(),
             root,
+            changed: Arc::default(),
         }
+    }
+
+    /// Resolves when an install starts, ends or a function is removed, so
+    /// the heartbeat tells dispatchers at once instead of up to a period later.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
@@ -178,10 +186,12 @@ impl FunctionTable {
                 entry.reason = Some(reason);
             }
         }
+        self.changed.notify_one();
     }
 
     fn remove(&self, name: &str) {
         self.lock().remove(name);
+        self.changed.notify_one();
     }
 }
 

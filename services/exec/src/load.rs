@@ -26,6 +26,7 @@ pub async fn heartbeat(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
+            _ = table.changed() => {}
         }
         system.refresh_memory();
         let mut load = snapshot(&config, &admission, &runtimes, table.states());
