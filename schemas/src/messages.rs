@@ -80,8 +80,8 @@ pub struct Invocation {
     /// When the dispatcher received it (Unix ms).
     #[serde(default)]
     pub received_unix_ms: u64,
-    /// After this instant (Unix ms) nobody waits for the answer: a node that
-    /// has not started the run by then drops it.
+    /// After this instant (Unix ms) nobody waits for the answer: a node
+    /// starts the run only while its timeout still fits before it.
     #[serde(default)]
     pub deadline_unix_ms: Option<u64>,
     /// The requester's reply subject. When set, the node sends the outcome

@@ -151,6 +151,14 @@ impl Subjects {
         format!("{}.dlq.{function}", self.prefix)
     }
 
+    /// The node named by a `node.<node>.load` subject.
+    pub fn node_of_load<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".node.")?;
+        rest.strip_suffix(".load").filter(|n| !n.contains('.'))
+    }
+
     /// The function named by the last token of an `invoke` or `event` subject.
     pub fn function_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
         let rest = subject
@@ -191,5 +199,7 @@ mod tests {
         assert_eq!(s.function_of("comfaas.work.hello"), None);
         assert_eq!(s.function_of("other.invoke.hello"), None);
         assert_eq!(s.function_of("comfaasx.invoke.hello"), None);
+        assert_eq!(s.node_of_load("comfaas.node.edge-1.load"), Some("edge-1"));
+        assert_eq!(s.node_of_load("comfaas.node.a.b.load"), None);
     }
 }

@@ -431,3 +431,14 @@ async fn when_every_node_is_full_the_dispatcher_answers_429() {
         "the two runs went to different nodes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_right_after_deploy_waits_for_the_install() {
+    let p = Platform::with_edge_and_cloud().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await; // nodes known
+    comfaas::deploy::deploy_dir(&p.registry, &repo_root().join("functions/hello"))
+        .await
+        .unwrap();
+    let reply = p.invoke("hello", r#"{"name":"eager"}"#).await;
+    assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+}

@@ -78,7 +78,10 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     println!();
     println!("comfaas is up. Try:");
     println!("  comfaas invoke hello --data '{{\"name\":\"x\"}}' -v");
-    println!("  nats -s {url} req comfaas.invoke.hello '{{\"name\":\"x\"}}'");
+    println!(
+        "  nats -s {url} req {} '{{\"name\":\"x\"}}'",
+        nats.subjects().invoke("hello")
+    );
     println!("  COMFAAS_NATS_URL={url} comfaas nodes");
     println!("Ctrl-C stops everything.");
 

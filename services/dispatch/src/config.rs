@@ -27,7 +27,8 @@ pub struct DispatchConfig {
     pub queue_wait_ms: u64,
     /// Invocations and events handled at once by this dispatcher.
     pub max_concurrent: usize,
-    /// Deliveries of one event before it is given up with an error result.
+    /// Deliveries of one event before it is given up with an error result
+    /// (retries wait 2, 4, 8, 16, then 30 s: 20 deliveries ≈ 8 minutes).
     pub max_event_deliveries: i64,
 }
 
@@ -42,7 +43,7 @@ impl Default for DispatchConfig {
             max_timeout_ms: 15 * 60_000,
             queue_wait_ms: 30_000,
             max_concurrent: 4096,
-            max_event_deliveries: 5,
+            max_event_deliveries: 20,
         }
     }
 }

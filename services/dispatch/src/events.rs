@@ -2,7 +2,9 @@
 //! consumer shared by all dispatchers, so an event published while no
 //! dispatcher runs is handled when one starts. Each event is acknowledged
 //! once its result is published; a transient failure (no node, node
-//! silent) is retried with a growing delay up to `max_event_deliveries`.
+//! silent, every node full) is retried with a growing delay (2 s doubling
+//! to 30 s) up to `max_event_deliveries` (default 20, about 8 minutes),
+//! then answered with an error result.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,8 @@ use crate::{place, Shared};
 /// How long the server waits for an ack before redelivering. Long runs
 /// keep their event with progress acks every third of this.
 const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Longest wait between two tries of an event no node could take.
+const MAX_RETRY_DELAY_S: u64 = 30;
 
 /// Creates (or opens) the stream and the shared durable consumer.
 pub async fn consumer(
@@ -104,7 +108,7 @@ async fn handle(
     };
     let last_try = delivered >= shared.config.max_event_deliveries;
     if answer.is_transient() && !last_try {
-        let delay = Duration::from_secs(1 << delivered.clamp(0, 5));
+        let delay = Duration::from_secs((1u64 << delivered.clamp(1, 5)).min(MAX_RETRY_DELAY_S));
         tracing::info!(subject = %message.subject, delivered, "event will be retried in {delay:?}");
         if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
             tracing::warn!("cannot nak event: {e}");

@@ -189,7 +189,14 @@ async fn track_nodes(
         };
         let Some(message) = message else { return };
         match decode::<NodeLoad>(&message.payload) {
-            Ok(load) => lock(&shared.nodes).heard(load, Instant::now()),
+            // A node speaks only for itself: the id must match the subject.
+            Ok(load)
+                if shared.subjects.node_of_load(&message.subject) == Some(load.node.as_str()) =>
+            {
+                lock(&shared.nodes).heard(load, Instant::now())
+            }
+            Ok(load) => tracing::warn!(subject = %message.subject, node = %load.node,
+                "ignoring a node load whose node id does not match its subject"),
             Err(e) => tracing::warn!(subject = %message.subject, "ignoring invalid node load: {e}"),
         }
     }

@@ -104,6 +104,19 @@ impl NodeTable {
         report
     }
 
+    /// Whether `function` (bundle `digest`) is on its way to some live node
+    /// and none serves it yet: a node is installing it, or, when `fresh`
+    /// (deployed moments ago), no live node has reported that bundle yet.
+    pub fn coming(&self, function: &str, digest: &str, fresh: bool, now: Instant) -> bool {
+        let live = || self.nodes.values().filter(|n| self.alive(n, now));
+        if live().any(|n| n.load.serves(function)) {
+            return false;
+        }
+        let states = || live().flat_map(|n| n.load.functions.iter().filter(|f| f.name == function));
+        states().any(|f| f.state == comfaas_schemas::InstallState::Installing)
+            || (fresh && live().next().is_some() && !states().any(|f| f.digest == digest))
+    }
+
     /// Work was sent to `node`.
     pub fn sent(&mut self, node: &str) {
         if let Some(n) = self.nodes.get_mut(node) {

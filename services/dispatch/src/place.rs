@@ -21,6 +21,10 @@ use crate::{lock, Shared, RECENT_DECISIONS};
 /// Time allowed beyond the invocation's own deadline for the node's answer
 /// to travel back.
 const ANSWER_GRACE: Duration = Duration::from_secs(2);
+/// A deploy younger than this may not have reached the nodes yet.
+const FRESH_DEPLOY_MS: u64 = 10_000;
+/// How often a request for a function still installing looks again.
+const INSTALL_POLL: Duration = Duration::from_millis(50);
 
 /// What goes back to the requester and onto the result subject.
 pub struct Answer {
@@ -211,6 +215,9 @@ async fn execute_inner(
     // Try nodes until one answers; a node that is gone, full, or does not
     // have the function after all is skipped for the next best.
     let mut tried: Vec<String> = Vec::new();
+    let install_wait_until = Instant::now() + wait;
+    // Nodes hear of a deploy within moments; until then, wait for them.
+    let fresh = now_unix_ms().saturating_sub(deployment.deployed_unix_ms) < FRESH_DEPLOY_MS;
     let mut last_refusal: Option<Answer> = None;
     loop {
         let decision = {
@@ -225,6 +232,21 @@ async fn execute_inner(
         };
         let decision = match decision {
             Ok(d) => d,
+            // Deployed a moment ago: wait for the install rather than fail.
+            Err(e)
+                if e.code == ErrorCode::Unavailable
+                    && last_refusal.is_none()
+                    && Instant::now() < install_wait_until
+                    && lock(&shared.nodes).coming(
+                        function,
+                        &deployment.bundle.digest,
+                        fresh,
+                        Instant::now(),
+                    ) =>
+            {
+                tokio::time::sleep(INSTALL_POLL).await;
+                continue;
+            }
             Err(e) => {
                 if let Some(refusal) = last_refusal {
                     return refusal;

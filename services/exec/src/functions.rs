@@ -149,9 +149,11 @@ impl FunctionTable {
                 e.wanted = deployment.clone();
                 e.state = InstallState::Installing;
                 e.reason = None;
+                self.changed.notify_one();
                 true
             }
             None => {
+                self.changed.notify_one();
                 entries.insert(
                     name,
                     Entry {
@@ -183,7 +185,8 @@ impl FunctionTable {
             }
             Err(reason) => {
                 entry.state = InstallState::Failed;
-                entry.reason = Some(reason);
+                // Bounded: it travels in every heartbeat.
+                entry.reason = Some(comfaas_platform::reply::header_text(&reason));
             }
         }
         self.changed.notify_one();

@@ -37,9 +37,24 @@ impl Executor {
     /// Connects to NATS and prepares the data directory.
     pub async fn connect(config: ExecConfig) -> anyhow::Result<Self> {
         let data_dir = config.data_dir();
-        std::fs::create_dir_all(data_dir.join("runs"))
+        // Nothing is served yet: what a previous run of this node left
+        // (installs, run directories after a crash) is stale.
+        for stale in ["runs", "functions"] {
+            let dir = data_dir.join(stale);
+            if dir.exists() {
+                tokio::fs::remove_dir_all(&dir)
+                    .await
+                    .with_context(|| format!("clean {}", dir.display()))?;
+            }
+        }
+        tokio::fs::create_dir_all(data_dir.join("runs"))
+            .await
             .with_context(|| format!("create data directory {}", data_dir.display()))?;
-        let mut toolchain = Toolchain::detect(&data_dir);
+        // Probing tools runs `mpirun --version` and friends: not on a worker thread.
+        let probe_dir = data_dir.clone();
+        let mut toolchain = tokio::task::spawn_blocking(move || Toolchain::detect(&probe_dir))
+            .await
+            .context("probe the toolchain")?;
         if !config.use_uv {
             toolchain = toolchain.without_uv();
         }
@@ -90,6 +105,18 @@ impl Executor {
 
         let mut tasks = JoinSet::new();
         let stop_heartbeat = CancellationToken::new();
+        // On shutdown, first tell dispatchers this node is leaving, so they
+        // stop sending work while runs under way finish.
+        let leaving = {
+            let (client, config, stop) =
+                (self.client.clone(), config.clone(), stop_heartbeat.clone());
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                stop.cancel();
+                load::say_leaving(&client, &config).await;
+            })
+        };
         tasks.spawn(load::heartbeat(
             self.client.clone(),
             config.clone(),
@@ -123,7 +150,9 @@ impl Executor {
                 tracing::warn!("executor task ended abnormally: {e}");
             }
         }
-        load::say_leaving(&self.client, &config).await;
+        if leaving.await.is_err() {
+            load::say_leaving(&self.client, &config).await;
+        }
         Ok(())
     }
 }

@@ -107,7 +107,21 @@ impl Worker {
                 },
             }
         }
+        // Work already delivered to us is refused, so dispatchers place it
+        // elsewhere instead of waiting for a node that is going.
         let _ = work.unsubscribe().await;
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(200), work.next()).await
+        {
+            if let Some(reply_to) = message.reply {
+                let refusal = worker.error(
+                    "",
+                    ErrorCode::Unavailable,
+                    &format!("node {} is shutting down", worker.config.node),
+                );
+                publish(&worker.client, reply_to, refusal.headers, refusal.body).await;
+            }
+        }
         while runs.join_next().await.is_some() {}
     }
 
@@ -214,9 +228,17 @@ impl Worker {
                 &format!("node {node} is full: {running} running and {queued} queued"),
             );
         };
-        let wait = invocation
-            .deadline_unix_ms
-            .map(|d| Duration::from_millis(d.saturating_sub(now_unix_ms())));
+        let timeout = invocation
+            .timeout_ms
+            .map(Duration::from_millis)
+            .or(served.timeout)
+            .unwrap_or(Duration::from_millis(self.config.default_timeout_ms))
+            .min(Duration::from_millis(self.config.max_timeout_ms));
+        // Start only while a full run still ends before the deadline: past
+        // it the dispatcher has answered 504 and nobody wants this result.
+        let wait = invocation.deadline_unix_ms.map(|d| {
+            Duration::from_millis(d.saturating_sub(now_unix_ms())).saturating_sub(timeout)
+        });
         let slot = match wait {
             Some(wait) => tokio::time::timeout(wait, ticket.slot()).await.ok(),
             None => Some(ticket.slot().await),
@@ -225,16 +247,12 @@ impl Worker {
             return self.error(
                 id,
                 ErrorCode::NodeTimeout,
-                &format!("invocation waited in the queue of node {node} past its deadline"),
+                &format!(
+                    "invocation could not start on node {node} in time to finish before its deadline"
+                ),
             );
         };
 
-        let timeout = invocation
-            .timeout_ms
-            .map(Duration::from_millis)
-            .or(served.timeout)
-            .unwrap_or(Duration::from_millis(self.config.default_timeout_ms))
-            .min(Duration::from_millis(self.config.max_timeout_ms));
         let input = Bytes::copy_from_slice(&invocation.input);
         let outcome = match &served.pool {
             Some(pool) => pool.call(input, timeout, self.max_output).await,

@@ -42,11 +42,11 @@ impl NodeView {
     /// Work at the node as best known: its report or our own count, whichever is larger
     /// (a report is up to a heartbeat old; our count is current but only ours).
     fn backlog(&self) -> u32 {
-        (self.running + self.queued).max(self.in_flight)
+        self.running.saturating_add(self.queued).max(self.in_flight)
     }
 
     fn has_room(&self) -> bool {
-        self.backlog() < self.slots + self.queue_capacity
+        self.backlog() < self.slots.saturating_add(self.queue_capacity)
     }
 
     /// Backlog per slot: 0 idle, 1 every slot busy, above 1 queueing.

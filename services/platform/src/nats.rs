@@ -10,7 +10,7 @@ use crate::NatsError;
 /// The default server URL.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
-/// Connection options shared by all binaries (`--nats-url`, `--creds`, `--tls-ca`).
+/// Connection options shared by all binaries (`--nats-url`, `--creds`; a CA file via config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NatsOptions {

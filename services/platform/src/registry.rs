@@ -44,13 +44,15 @@ pub enum RegistryError {
         /// Versions in the history.
         kept: String,
     },
-    /// The stored bundle does not match its digest.
-    #[error("bundle {object} does not match its digest {digest}")]
-    DigestMismatch {
+    /// The stored bundle is not the size its deployment says.
+    #[error("bundle {object} has {actual} bytes, its deployment says {expected}")]
+    SizeMismatch {
         /// Object name.
         object: String,
-        /// Expected digest.
-        digest: String,
+        /// Announced size.
+        expected: u64,
+        /// Stored size.
+        actual: u64,
     },
 }
 
@@ -246,9 +248,10 @@ impl Registry {
             .await
             .map_err(|e| NatsError::new(format!("read bundle {}", bundle.object), e))?;
         if data.len() as u64 != bundle.size {
-            return Err(RegistryError::DigestMismatch {
+            return Err(RegistryError::SizeMismatch {
                 object: bundle.object.clone(),
-                digest: bundle.digest.clone(),
+                expected: bundle.size,
+                actual: data.len() as u64,
             });
         }
         Ok(data)
@@ -280,9 +283,34 @@ impl Registry {
     }
 }
 
+/// Decodes and checks a stored deployment: anyone who can write the bucket
+/// could have put anything there.
 fn decode_deployment(key: &str, value: &[u8]) -> Result<Deployment, RegistryError> {
-    decode(value).map_err(|e| RegistryError::Corrupt {
+    let corrupt = |reason: String| RegistryError::Corrupt {
         key: key.to_owned(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let deployment: Deployment = decode(value).map_err(|e| corrupt(e.to_string()))?;
+    deployment
+        .manifest
+        .validate()
+        .map_err(|e| corrupt(e.to_string()))?;
+    if deployment.manifest.name != key {
+        return Err(corrupt(format!(
+            "it names function `{}`",
+            deployment.manifest.name
+        )));
+    }
+    let hex = deployment
+        .bundle
+        .digest
+        .strip_prefix("sha256:")
+        .unwrap_or_default();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(corrupt(format!(
+            "bundle digest `{}` is not sha256:<hex>",
+            deployment.bundle.digest
+        )));
+    }
+    Ok(deployment)
 }

@@ -164,9 +164,43 @@ pub fn unpack(bytes: &[u8], digest: &str, dest: &Path) -> Result<(), BundleError
     result
 }
 
+/// Stops a decompressing reader after `left` bytes: bounds what the tar
+/// reader may pull into memory (long names, PAX headers) or onto disk.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other(format!(
+                "more than {MAX_UNPACKED_BYTES} bytes once decompressed"
+            )));
+        }
+        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// At most 200 characters of an entry name, for error messages.
+fn short(name: &str) -> String {
+    match name.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}…", &name[..cut]),
+        None => name.to_owned(),
+    }
+}
+
 fn unpack_checked(bytes: &[u8], dest: &Path) -> Result<(), BundleError> {
     std::fs::create_dir_all(dest).map_err(io(format!("create {}", dest.display())))?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    // Headers add a little to the files' own bytes; a few MiB of slack.
+    let stream = Capped {
+        inner: flate2::read::GzDecoder::new(bytes),
+        left: MAX_UNPACKED_BYTES + (4 << 20),
+    };
+    let mut archive = tar::Archive::new(stream);
     let mut total = 0u64;
     let entries = archive.entries().map_err(io("read bundle"))?;
     for (index, entry) in entries.enumerate() {
@@ -180,7 +214,7 @@ fn unpack_checked(bytes: &[u8], dest: &Path) -> Result<(), BundleError> {
             .path()
             .map_err(io("read bundle entry name"))?
             .into_owned();
-        let name = path.display().to_string();
+        let name = short(&path.display().to_string());
         if path.is_absolute()
             || path
                 .components()
@@ -347,5 +381,50 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("passwd")).unwrap();
         let err = pack(dir.path()).unwrap_err();
         assert!(matches!(err, BundleError::SpecialFile(name) if name == "passwd"));
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+
+    /// A GNU long-name entry whose name is `len` bytes: the tar reader
+    /// would hold the whole name in memory before we see it.
+    fn long_name(len: usize) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::GNULongName);
+        header.set_size(len as u64);
+        header.set_mode(0o644);
+        header.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        header.set_cksum();
+        use std::io::Write;
+        gz.write_all(header.as_bytes()).unwrap();
+        let chunk = vec![b'a'; 1 << 20];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            gz.write_all(&chunk[..n]).unwrap();
+            left -= n;
+        }
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn a_huge_long_name_is_refused_without_reading_it_all() {
+        let bytes = long_name((MAX_UNPACKED_BYTES + (16 << 20)) as usize);
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("b");
+        let err = unpack(&bytes, &digest_of(&bytes), &dest)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("once decompressed"), "{err}");
+        assert!(!dest.exists());
+    }
+
+    #[test]
+    fn error_messages_quote_at_most_200_characters_of_a_name() {
+        let name = format!("../{}", "b".repeat(5000));
+        assert!(short(&name).chars().count() <= 201);
     }
 }

@@ -232,17 +232,27 @@ impl HandlerPool {
     }
 
     /// One invocation on a warm worker; a worker that times out, dies or
-    /// floods is killed and replaced on the next call.
+    /// floods is killed and replaced on the next call. Waiting for a free
+    /// worker counts against the timeout.
     pub async fn call(&self, input: Bytes, timeout: Duration, max_output: usize) -> RunOutcome {
         let started = Instant::now();
-        let outcome = |exit, stdout: Vec<u8>, stderr_tail: String| RunOutcome {
+        let (exit, stdout, stderr_tail) =
+            match tokio::time::timeout(timeout, self.exchange(input, max_output)).await {
+                // Dropping the exchange drops its worker, which kills its group.
+                Err(_) => (Exit::TimedOut, Vec::new(), String::new()),
+                Ok(done) => done,
+            };
+        RunOutcome {
             exit,
             stdout,
             stderr_tail,
             duration: started.elapsed(),
-        };
+        }
+    }
+
+    async fn exchange(&self, input: Bytes, max_output: usize) -> (Exit, Vec<u8>, String) {
         let Ok(_permit) = self.permits.acquire().await else {
-            return outcome(
+            return (
                 Exit::SpawnFailed("pool closed".to_owned()),
                 Vec::new(),
                 String::new(),
@@ -253,18 +263,40 @@ impl HandlerPool {
             Some(worker) => worker,
             None => match self.spawn().await {
                 Ok(worker) => worker,
-                Err(e) => return outcome(Exit::SpawnFailed(e), Vec::new(), String::new()),
+                Err(e) => return (Exit::SpawnFailed(e), Vec::new(), String::new()),
             },
         };
-        let exchange = async {
+        // Only this call's stderr belongs in its error.
+        if let Ok(mut tail) = worker.stderr.lock() {
+            tail.clear();
+        }
+        let sent = async {
             worker.stdin.write_u32(input.len() as u32).await?;
             worker.stdin.write_all(&input).await?;
-            worker.stdin.flush().await?;
-            worker.read_frame(max_output).await
+            worker.stdin.flush().await
         };
-        match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => outcome(Exit::TimedOut, Vec::new(), String::new()),
-            Ok(Err(_)) => {
+        if sent.await.is_err() {
+            // It died while idle; nothing was consumed: one fresh worker.
+            drop(worker);
+            worker = match self.spawn().await {
+                Ok(worker) => worker,
+                Err(e) => return (Exit::SpawnFailed(e), Vec::new(), String::new()),
+            };
+            let resent = async {
+                worker.stdin.write_u32(input.len() as u32).await?;
+                worker.stdin.write_all(&input).await?;
+                worker.stdin.flush().await
+            };
+            if let Err(e) = resent.await {
+                return (
+                    Exit::SpawnFailed(format!("worker closed its input: {e}")),
+                    Vec::new(),
+                    worker.stderr_tail(),
+                );
+            }
+        }
+        match worker.read_frame(max_output).await {
+            Err(_) => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), worker.child.wait()).await;
                 let status = worker.child.try_wait().ok().flatten();
                 use std::os::unix::process::ExitStatusExt;
@@ -272,16 +304,16 @@ impl HandlerPool {
                     code: status.and_then(|s| s.code()),
                     signal: status.and_then(|s| s.signal()),
                 };
-                outcome(exit, Vec::new(), worker.stderr_tail())
+                (exit, Vec::new(), worker.stderr_tail())
             }
-            Ok(Ok(None)) => outcome(Exit::OutputTooLarge, Vec::new(), String::new()),
-            Ok(Ok(Some((0, output)))) => {
+            Ok(None) => (Exit::OutputTooLarge, Vec::new(), String::new()),
+            Ok(Some((0, output))) => {
                 self.release(worker);
-                outcome(Exit::Success, output, String::new())
+                (Exit::Success, output, String::new())
             }
-            Ok(Ok(Some((_, traceback)))) => {
+            Ok(Some((_, traceback))) => {
                 self.release(worker);
-                outcome(
+                (
                     Exit::Raised,
                     Vec::new(),
                     String::from_utf8_lossy(&traceback).into_owned(),

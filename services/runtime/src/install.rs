@@ -66,13 +66,7 @@ impl MpiLauncher {
     /// Finds `mpirun` (or `mpiexec`) and asks it what it is.
     pub fn detect() -> Option<Self> {
         let program = find_on_path("mpirun").or_else(|| find_on_path("mpiexec"))?;
-        let output = std::process::Command::new(&program)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&output.stdout).to_lowercase()
-            + &String::from_utf8_lossy(&output.stderr).to_lowercase();
+        let text = version_text(&program)?.to_lowercase();
         let flavor = if text.contains("open mpi") || text.contains("open-mpi") {
             MpiFlavor::OpenMpi
         } else if text.contains("hydra") || text.contains("mpich") {
@@ -104,8 +98,39 @@ impl MpiLauncher {
     }
 }
 
+/// What `program --version` prints, or `None` if it fails or takes over 5 s
+/// (a broken MPI install can hang).
+fn version_text(program: &Path) -> Option<String> {
+    let mut child = std::process::Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    let output = child.wait_with_output().ok()?;
+    Some(
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
 impl Toolchain {
-    /// Finds every tool on the `PATH`; `data_dir` holds uv's cache and the
+    /// Finds every tool on the `PATH` (blocking: it runs `mpirun --version`); `data_dir` holds uv's cache and the
     /// shared cargo target folder.
     pub fn detect(data_dir: &Path) -> Self {
         let java = find_on_path("javac").zip(find_on_path("java"));

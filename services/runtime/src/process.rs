@@ -165,13 +165,23 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
         let _ = stdin.write_all(&input).await;
         drop(stdin);
     };
+    let output = async {
+        let out = read_capped(stdout, spec.max_output).await;
+        if out.is_none() {
+            // Over the cap: stop it now rather than at the timeout.
+            kill_group(group);
+        }
+        out
+    };
+    let exited = async {
+        let status = child.wait().await;
+        // Once the function exits, whatever it left running goes too, so a
+        // background child holding the pipes cannot stall the reply.
+        kill_group(group);
+        status
+    };
     let collect = async {
-        let ((), out, err, status) = tokio::join!(
-            feed,
-            read_capped(stdout, spec.max_output),
-            read_tail(stderr),
-            child.wait()
-        );
+        let ((), out, err, status) = tokio::join!(feed, output, read_tail(stderr), exited);
         (out, err, status)
     };
     let result = tokio::time::timeout(spec.timeout, collect).await;
@@ -307,6 +317,35 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(1800)).await;
         assert!(!marker.exists(), "a process of the timed-out run survived");
+    }
+
+    #[tokio::test]
+    async fn a_background_child_does_not_hold_the_reply() {
+        let started = Instant::now();
+        let out = run(sh("sleep 30 & echo done", "", 10_000)).await;
+        assert_eq!(out.exit, Exit::Success);
+        assert_eq!(out.stdout, b"done\n");
+        assert!(
+            started.elapsed() < Duration::from_secs(9),
+            "waited for the background child"
+        );
+    }
+
+    #[tokio::test]
+    async fn output_over_the_cap_is_killed_at_once() {
+        let started = Instant::now();
+        // Ignores SIGPIPE and keeps writing: only a kill stops it.
+        let out = run(sh(
+            "trap '' PIPE; while :; do echo xxxxxxxxxxxxxxxx; done 2>/dev/null",
+            "",
+            10_000,
+        ))
+        .await;
+        assert_eq!(out.exit, Exit::OutputTooLarge);
+        assert!(
+            started.elapsed() < Duration::from_secs(9),
+            "ran until the timeout"
+        );
     }
 
     #[tokio::test]
