@@ -44,6 +44,19 @@ echo
 echo "[demo] six devices publish sensor batches as events (comfaas.event.sensor-stats)"
 "$BIN/comfaas" iot-sim --function sensor-stats --devices 6 --events 2
 echo
+echo "[demo] the paper's Monte Carlo Pi over MPI in C, Rust and Python: 100,000 points, 2 processes"
+PTS=$(mktemp -t comfaas-points.XXXXXX)
+python3 -c 'import os, sys; sys.stdout.buffer.write(os.urandom(8 * 100000))' > "$PTS"
+for fn in pi-mpi-c pi-mpi-rs pi-mpi-py; do
+  printf '%-10s ' "$fn"
+  "$BIN/comfaas" invoke "$fn" --data @"$PTS" --procs 2
+done
+rm -f "$PTS"
+echo
+echo "[demo] Java and C functions, compiled once at deploy"
+"$BIN/comfaas" invoke hello-java --data 'ping'
+"$BIN/comfaas" invoke hello-c --data 'ping'
+echo
 echo "[demo] an unknown function gets a clear error"
 "$BIN/comfaas" invoke nope || true
 echo

@@ -57,9 +57,17 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     for i in 1..=options.clouds {
         nodes.push((format!("cloud-{i}"), Tier::Cloud, "cloud".to_owned()));
     }
+    // Wheels fetched by scripts/setup.sh spare the index a trip; one cargo
+    // target folder lets both executors share the Rust build.
+    let wheelhouse = std::env::var_os("COMFAAS_WHEELHOUSE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/comfaas/wheels")))
+        .filter(|d| d.is_dir());
     for (node, tier, site) in nodes {
         let config = ExecConfig {
             nats: nats.clone(),
+            find_links: wheelhouse.iter().cloned().collect(),
+            cargo_target_dir: data.path().join("cargo-target"),
             data_dir: data.path().join(&node),
             node,
             tier,
