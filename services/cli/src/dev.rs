@@ -61,7 +61,9 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     // target folder lets both executors share the Rust build.
     let wheelhouse = std::env::var_os("COMFAAS_WHEELHOUSE")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/comfaas/wheels")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/comfaas/wheels"))
+        })
         .filter(|d| d.is_dir());
     for (node, tier, site) in nodes {
         let config = ExecConfig {
