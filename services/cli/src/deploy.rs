@@ -110,6 +110,29 @@ pub fn report(deployment: &Deployment, installs: &Installs) -> bool {
     installs.values().any(|(s, _)| *s == InstallState::Ready)
 }
 
+/// Waits up to `wait_s` seconds (0: not at all) for nodes to install
+/// `deployment`, prints what they report, and fails when none could.
+pub async fn wait_and_report(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    deployment: &Deployment,
+    wait_s: u64,
+) -> anyhow::Result<()> {
+    let installs = if wait_s == 0 {
+        Installs::default()
+    } else {
+        wait_installed(client, subjects, deployment, Duration::from_secs(wait_s)).await?
+    };
+    if !report(deployment, &installs) {
+        anyhow::bail!(
+            "no node could install {} {}",
+            deployment.manifest.name,
+            deployment.manifest.version
+        );
+    }
+    Ok(())
+}
+
 /// `installing`, `ready` or `failed`.
 pub fn state_name(state: InstallState) -> &'static str {
     match state {

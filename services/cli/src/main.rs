@@ -153,15 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev { .. } => unreachable!("handled above"),
         Command::Deploy { dir, wait } => {
             let deployment = deploy::deploy_dir(&registry().await?, &dir).await?;
-            let installs = if wait == 0 {
-                Default::default()
-            } else {
-                deploy::wait_installed(&client, &subjects, &deployment, Duration::from_secs(wait))
-                    .await?
-            };
-            if !deploy::report(&deployment, &installs) {
-                anyhow::bail!("no node could install {}", deployment.manifest.name);
-            }
+            deploy::wait_and_report(&client, &subjects, &deployment, wait).await?;
         }
         Command::Invoke {
             function,
@@ -185,18 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback { function, to, wait } => {
             let deployment = registry().await?.rollback(&function, to.as_deref()).await?;
             println!("rolled back {function} to {}", deployment.manifest.version);
-            let installs = if wait == 0 {
-                Default::default()
-            } else {
-                deploy::wait_installed(&client, &subjects, &deployment, Duration::from_secs(wait))
-                    .await?
-            };
-            if !deploy::report(&deployment, &installs) {
-                anyhow::bail!(
-                    "no node could install {function} {}",
-                    deployment.manifest.version
-                );
-            }
+            deploy::wait_and_report(&client, &subjects, &deployment, wait).await?;
         }
         Command::Ls => inspect::ls(&registry().await?, &client, &subjects).await?,
         Command::Rm { function } => inspect::rm(&registry().await?, &function).await?,

@@ -125,6 +125,12 @@ impl Worker {
         String::from_utf8_lossy(&tail).trim().to_owned()
     }
 
+    async fn send(&mut self, input: &[u8]) -> std::io::Result<()> {
+        self.stdin.write_u32(input.len() as u32).await?;
+        self.stdin.write_all(input).await?;
+        self.stdin.flush().await
+    }
+
     async fn read_frame(&mut self, max: usize) -> std::io::Result<Option<(u8, Vec<u8>)>> {
         let status = self.stdout.read_u8().await?;
         let len = self.stdout.read_u32().await? as usize;
