@@ -276,28 +276,19 @@ impl HandlerPool {
         if let Ok(mut tail) = worker.stderr.lock() {
             tail.clear();
         }
-        let sent = async {
-            worker.stdin.write_u32(input.len() as u32).await?;
-            worker.stdin.write_all(&input).await?;
-            worker.stdin.flush().await
-        };
-        if sent.await.is_err() {
+        if worker.send(&input).await.is_err() {
             // It died while idle; nothing was consumed: one fresh worker.
             drop(worker);
             worker = match self.spawn().await {
                 Ok(worker) => worker,
                 Err(e) => return (Exit::SpawnFailed(e), Vec::new(), String::new()),
             };
-            let resent = async {
-                worker.stdin.write_u32(input.len() as u32).await?;
-                worker.stdin.write_all(&input).await?;
-                worker.stdin.flush().await
-            };
-            if let Err(e) = resent.await {
+            if let Err(e) = worker.send(&input).await {
+                let tail = worker.stderr_tail();
                 return (
                     Exit::SpawnFailed(format!("worker closed its input: {e}")),
                     Vec::new(),
-                    worker.stderr_tail(),
+                    tail,
                 );
             }
         }
