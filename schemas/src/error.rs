@@ -15,6 +15,8 @@ pub enum ErrorCode {
     FunctionTimeout,
     /// The input or output exceeds a size limit.
     TooLarge,
+    /// The input object does not match its digest (corrupt or replaced).
+    InputInvalid,
     /// The node's run queue (or every eligible node) is full.
     TooManyRequests,
     /// The function ran and failed (non-zero exit, crash).
@@ -23,19 +25,23 @@ pub enum ErrorCode {
     Unavailable,
     /// The chosen node did not answer in time.
     NodeTimeout,
+    /// No room to keep the input or output (bucket or cache disk full).
+    InsufficientStorage,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 10] = [
         Self::BadRequest,
         Self::NotFound,
         Self::FunctionTimeout,
         Self::TooLarge,
+        Self::InputInvalid,
         Self::TooManyRequests,
         Self::FunctionFailed,
         Self::Unavailable,
         Self::NodeTimeout,
+        Self::InsufficientStorage,
     ];
 
     /// The numeric code sent in `Nats-Service-Error-Code`.
@@ -45,10 +51,12 @@ impl ErrorCode {
             Self::NotFound => 404,
             Self::FunctionTimeout => 408,
             Self::TooLarge => 413,
+            Self::InputInvalid => 422,
             Self::TooManyRequests => 429,
             Self::FunctionFailed => 500,
             Self::Unavailable => 503,
             Self::NodeTimeout => 504,
+            Self::InsufficientStorage => 507,
         }
     }
 

@@ -91,6 +91,21 @@ pub struct Invocation {
     /// reply subject only, so the dispatcher can try another node.
     #[serde(default)]
     pub reply_to: Option<String>,
+    /// The input lives in the object store `comfaas_inputs` (and `input`
+    /// is empty): the node fetches it, or finds it in its cache.
+    #[serde(default)]
+    pub input_object: Option<InputObject>,
+}
+
+/// An input kept in the object store `comfaas_inputs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputObject {
+    /// Object name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The object store's digest, `SHA-256=<base64url>`; the cache key.
+    pub digest: String,
 }
 
 /// Installation state of one function on one node.
@@ -181,6 +196,15 @@ pub struct NodeLoad {
     /// The node is shutting down: take it out of the table at once.
     #[serde(default)]
     pub leaving: bool,
+    /// Input bytes fetched from the object store since start.
+    #[serde(default)]
+    pub input_fetched_bytes: u64,
+    /// Inputs found in the node's cache instead of fetched.
+    #[serde(default)]
+    pub input_cache_hits: u64,
+    /// Throughput of the latest input fetch, bytes per second (0: none yet).
+    #[serde(default)]
+    pub input_fetch_bytes_per_s: f64,
 }
 
 impl NodeLoad {
@@ -317,6 +341,11 @@ mod tests_support {
             received_unix_ms: 1_700_000_000_000,
             deadline_unix_ms: Some(1_700_000_030_000),
             reply_to: Some("_INBOX.abc.1".into()),
+            input_object: Some(InputObject {
+                name: "sha256-ab".into(),
+                size: 50 << 20,
+                digest: "SHA-256=q83v".into(),
+            }),
         }
     }
 
@@ -347,6 +376,9 @@ mod tests_support {
             heartbeat_ms: 1000,
             sent_unix_ms: 1_700_000_000_000,
             leaving: false,
+            input_fetched_bytes: 1 << 20,
+            input_cache_hits: 2,
+            input_fetch_bytes_per_s: 2.5e8,
         }
     }
 
@@ -547,6 +579,7 @@ mod readme {
         let deployment = deployment();
         let messages: Vec<(&str, Vec<String>)> = vec![
             ("Invocation", fields(&invocation())),
+            ("InputObject", fields(&invocation().input_object.unwrap())),
             ("NodeLoad", fields(&load)),
             ("FunctionState", fields(&load.functions[0])),
             ("Deployment", fields(&deployment)),

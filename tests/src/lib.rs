@@ -193,6 +193,8 @@ pub struct NodeSpec {
     pub max_procs: u32,
     /// More folders of wheels, besides the wheelhouse.
     pub extra_wheels: Vec<PathBuf>,
+    /// Disk the node's input cache may use.
+    pub input_cache_bytes: u64,
 }
 
 impl NodeSpec {
@@ -206,6 +208,7 @@ impl NodeSpec {
             use_uv: true,
             max_procs: 4,
             extra_wheels: Vec::new(),
+            input_cache_bytes: 8 << 30,
         }
     }
 
@@ -280,6 +283,7 @@ impl Platform {
             queue: spec.queue,
             use_uv: spec.use_uv,
             max_procs: spec.max_procs,
+            input_cache_bytes: spec.input_cache_bytes,
             // Tests reach no package index: wheels come from the wheelhouse
             // scripts/setup.sh fills, crates from cargo's local registry.
             find_links: [vec![wheelhouse()], spec.extra_wheels].concat(),

@@ -237,6 +237,7 @@ async fn a_full_queue_answers_429_at_once() {
         received_unix_ms: 0,
         deadline_unix_ms: None,
         reply_to: None,
+        input_object: None,
     };
     let mut running = Vec::new();
     for id in ["a", "b"] {
@@ -304,6 +305,7 @@ async fn garbage_on_the_work_subject_is_400_and_the_node_survives() {
         received_unix_ms: 0,
         deadline_unix_ms: None,
         reply_to: None,
+        input_object: None,
     };
     let reply = request(
         &p.client,

@@ -35,6 +35,8 @@ pub struct InvokeOptions {
     pub placement: Option<String>,
     /// `Comfaas-Procs`.
     pub procs: Option<u32>,
+    /// `Comfaas-Input-Object`.
+    pub input_object: Option<String>,
     /// How long to wait for the answer.
     pub wait: Duration,
 }
@@ -56,6 +58,9 @@ pub async fn invoke(
     }
     if let Some(n) = options.procs {
         headers.insert(h::PROCS, n.to_string().as_str());
+    }
+    if let Some(name) = &options.input_object {
+        headers.insert(h::INPUT_OBJECT, name.as_str());
     }
     let request = async_nats::Request::new()
         .payload(input)

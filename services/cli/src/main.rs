@@ -52,9 +52,13 @@ enum Command {
     Invoke {
         /// Function name
         function: String,
-        /// Input: TEXT, @FILE, or @- for stdin
-        #[arg(long, short)]
+        /// Input: TEXT, @FILE, or @- for stdin (small inputs, in the message)
+        #[arg(long, short, conflicts_with = "input_file")]
         data: Option<String>,
+        /// Large input: uploaded once to the object store (named by its
+        /// SHA-256) and passed as Comfaas-Input-Object
+        #[arg(long)]
+        input_file: Option<PathBuf>,
         /// Print the reply headers on stderr
         #[arg(long, short)]
         verbose: bool,
@@ -158,6 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Invoke {
             function,
             data,
+            input_file,
             verbose,
             timeout,
             placement,
@@ -165,10 +170,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             wait,
         } => {
             let input = invoke::read_data(data.as_deref())?;
+            let input_object = match input_file {
+                Some(path) => {
+                    let js = async_nats::jetstream::new(client.clone());
+                    let store = comfaas_platform::resources::inputs_store(&js).await?;
+                    let uploaded = comfaas_platform::objects::upload_file(&store, &path).await?;
+                    if verbose {
+                        eprintln!(
+                            "input {} ({} bytes, {})",
+                            uploaded.name,
+                            uploaded.size,
+                            if uploaded.reused {
+                                "already stored"
+                            } else {
+                                "uploaded"
+                            }
+                        );
+                    }
+                    Some(uploaded.name)
+                }
+                None => None,
+            };
             let options = invoke::InvokeOptions {
                 timeout,
                 placement,
                 procs,
+                input_object,
                 wait: Duration::from_secs(wait),
             };
             let reply = invoke::invoke(&client, &subjects, &function, input, &options).await?;

@@ -48,6 +48,7 @@ struct Shared {
     client: async_nats::Client,
     subjects: comfaas_schemas::names::Subjects,
     registry: Registry,
+    inputs: async_nats::jetstream::object_store::ObjectStore,
     nodes: Mutex<NodeTable>,
     functions: Mutex<HashMap<String, Arc<Deployment>>>,
     stats: Mutex<Stats>,
@@ -83,6 +84,7 @@ impl Dispatcher {
         let registry = Registry::open(&js).await?;
         let subjects = config.nats.subjects();
         comfaas_platform::resources::results_stream(&js, &subjects).await?;
+        let inputs = comfaas_platform::resources::inputs_store(&js).await?;
         Ok(Self {
             shared: Arc::new(Shared {
                 nodes: Mutex::new(NodeTable::new(config.dead_after_heartbeats)),
@@ -91,6 +93,7 @@ impl Dispatcher {
                 client,
                 subjects,
                 registry,
+                inputs,
                 functions: Mutex::default(),
                 stats: Mutex::default(),
                 started: Instant::now(),

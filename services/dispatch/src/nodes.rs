@@ -192,6 +192,9 @@ mod tests {
             heartbeat_ms: 1000,
             sent_unix_ms: 0,
             leaving: false,
+            input_fetched_bytes: 0,
+            input_cache_hits: 0,
+            input_fetch_bytes_per_s: 0.0,
         }
     }
 

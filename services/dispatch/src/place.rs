@@ -10,10 +10,10 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use comfaas_placement::Request;
 use comfaas_platform::reply::{self, Outcome, ReplyMeta};
-use comfaas_schemas::names::headers as h;
+use comfaas_schemas::names::{self, headers as h};
 use comfaas_schemas::{
-    encode, now_unix_ms, parse_duration, validate_function_name, Deployment, ErrorCode, Invocation,
-    Placement, PlacementRecord, SCHEMA_VERSION,
+    encode, now_unix_ms, parse_duration, validate_function_name, Deployment, ErrorCode,
+    InputObject, Invocation, Placement, PlacementRecord, SCHEMA_VERSION,
 };
 
 use crate::{lock, Shared, RECENT_DECISIONS};
@@ -69,6 +69,7 @@ struct RequestOptions {
     timeout: Option<Duration>,
     placement: Option<Placement>,
     procs: Option<u32>,
+    input_object: Option<String>,
 }
 
 fn request_options(headers: Option<&HeaderMap>) -> Result<RequestOptions, String> {
@@ -76,6 +77,7 @@ fn request_options(headers: Option<&HeaderMap>) -> Result<RequestOptions, String
         timeout: None,
         placement: None,
         procs: None,
+        input_object: None,
     };
     let Some(headers) = headers else {
         return Ok(options);
@@ -101,12 +103,7 @@ fn request_options(headers: Option<&HeaderMap>) -> Result<RequestOptions, String
             }
         }
     }
-    if reply::get(headers, h::INPUT_OBJECT).is_some() {
-        return Err(format!(
-            "header {}: object-store inputs are not supported by this dispatcher version",
-            h::INPUT_OBJECT
-        ));
-    }
+    options.input_object = reply::get(headers, h::INPUT_OBJECT);
     Ok(options)
 }
 
@@ -178,6 +175,34 @@ async fn execute_inner(
         }
         Err(message) => return fail(ErrorCode::Unavailable, &message),
     };
+    let input_object = match &options.input_object {
+        None => None,
+        Some(_) if !input.is_empty() => {
+            return fail(
+                ErrorCode::BadRequest,
+                &format!(
+                    "send the input in the body or as {}, not both",
+                    h::INPUT_OBJECT
+                ),
+            )
+        }
+        Some(name) => match shared.inputs.info(name).await {
+            Ok(info) => Some(InputObject {
+                name: name.clone(),
+                size: info.size as u64,
+                digest: info.digest.unwrap_or_default(),
+            }),
+            Err(e) => {
+                return fail(
+                    ErrorCode::NotFound,
+                    &format!(
+                        "input object `{name}` is not in {}: {e}",
+                        names::INPUTS_BUCKET
+                    ),
+                )
+            }
+        },
+    };
     let manifest = &deployment.manifest;
     let config = &shared.config;
     let timeout = options
@@ -201,6 +226,7 @@ async fn execute_inner(
         received_unix_ms: received,
         deadline_unix_ms: Some(received + wait.as_millis() as u64),
         reply_to: reply_to.map(str::to_owned),
+        input_object,
     };
     let payload: Bytes = match encode(&invocation) {
         Ok(bytes) => bytes.into(),

@@ -53,6 +53,8 @@ pub struct ExecConfig {
     /// Cargo target folder shared by Rust function builds; empty means
     /// `<data_dir>/cargo-target`.
     pub cargo_target_dir: PathBuf,
+    /// Disk the cache of large inputs may use, bytes.
+    pub input_cache_bytes: u64,
 }
 
 impl Default for ExecConfig {
@@ -77,6 +79,7 @@ impl Default for ExecConfig {
             no_index: false,
             cargo_offline: false,
             cargo_target_dir: PathBuf::new(),
+            input_cache_bytes: 8 << 30,
         }
     }
 }

@@ -11,6 +11,7 @@
 
 mod config;
 mod functions;
+mod inputs;
 mod load;
 mod work;
 
@@ -87,6 +88,12 @@ impl Executor {
         let subjects = config.nats.subjects();
         let js = async_nats::jetstream::new(self.client.clone());
         let registry = comfaas_platform::registry::Registry::open(&js).await?;
+        let inputs = Arc::new(inputs::InputCache::new(
+            config.data_dir().join("inputs"),
+            comfaas_platform::resources::inputs_store(&js).await?,
+            config.input_cache_bytes,
+        ));
+        tokio::fs::create_dir_all(config.data_dir().join("inputs")).await?;
         let table = FunctionTable::new(config.data_dir().join("functions"));
         let admission = Admission::new(config.slots(), config.queue);
         let max_output = config.max_output(self.client.max_payload());
@@ -122,6 +129,7 @@ impl Executor {
             config.clone(),
             table.clone(),
             admission.clone(),
+            inputs.clone(),
             available(&self.toolchain),
             stop_heartbeat.clone(),
         ));
@@ -141,6 +149,7 @@ impl Executor {
             admission,
             max_output,
             mpi: self.toolchain.mpi.clone(),
+            inputs,
         };
         worker.serve(work_sub, shutdown.clone()).await;
 

@@ -6,6 +6,7 @@ use comfaas_schemas::{encode, now_unix_ms, NodeLoad, SCHEMA_VERSION};
 use tokio_util::sync::CancellationToken;
 
 use crate::functions::FunctionTable;
+use crate::inputs::InputCache;
 use crate::work::Admission;
 use crate::ExecConfig;
 
@@ -15,6 +16,7 @@ pub async fn heartbeat(
     config: Arc<ExecConfig>,
     table: FunctionTable,
     admission: Admission,
+    inputs: Arc<InputCache>,
     runtimes: Vec<String>,
     stop: CancellationToken,
 ) {
@@ -32,6 +34,10 @@ pub async fn heartbeat(
         let mut load = snapshot(&config, &admission, &runtimes, table.states());
         load.memory_total_bytes = system.total_memory();
         load.memory_used_bytes = system.used_memory();
+        let fetch = inputs.stats();
+        load.input_fetched_bytes = fetch.fetched_bytes;
+        load.input_cache_hits = fetch.cache_hits;
+        load.input_fetch_bytes_per_s = fetch.last_bytes_per_s;
         match encode(&load) {
             Ok(bytes) => {
                 if let Err(e) = client.publish(subject.clone(), bytes.into()).await {
@@ -70,6 +76,9 @@ fn snapshot(
         heartbeat_ms: config.heartbeat_ms,
         sent_unix_ms: now_unix_ms(),
         leaving: false,
+        input_fetched_bytes: 0,
+        input_cache_hits: 0,
+        input_fetch_bytes_per_s: 0.0,
     }
 }
 

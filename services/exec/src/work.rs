@@ -9,7 +9,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use comfaas_platform::reply::{self, ReplyMeta};
 use comfaas_runtime::process::Exit;
-use comfaas_runtime::RunSpec;
+use comfaas_runtime::{RunInput, RunSpec};
 use comfaas_schemas::names::headers as h;
 use comfaas_schemas::{decode, now_unix_ms, validate_function_name, ErrorCode, Invocation};
 use futures::StreamExt;
@@ -84,6 +84,7 @@ pub struct Worker {
     pub(crate) admission: Admission,
     pub(crate) max_output: usize,
     pub(crate) mpi: Option<comfaas_runtime::MpiLauncher>,
+    pub(crate) inputs: Arc<crate::inputs::InputCache>,
 }
 
 impl Worker {
@@ -253,9 +254,24 @@ impl Worker {
             );
         };
 
-        let input = Bytes::copy_from_slice(&invocation.input);
+        let input = match &invocation.input_object {
+            None => RunInput::Bytes(Bytes::copy_from_slice(&invocation.input)),
+            Some(object) => match self.inputs.get(object).await {
+                Ok(path) => RunInput::File(path),
+                Err((code, message)) => return self.error(id, code, &message),
+            },
+        };
         let outcome = match &served.pool {
-            Some(pool) => pool.call(input, timeout, self.max_output).await,
+            Some(pool) => {
+                let input = match input {
+                    RunInput::Bytes(bytes) => bytes,
+                    RunInput::File(path) => match read_for_handler(&path).await {
+                        Ok(bytes) => bytes,
+                        Err(message) => return self.error(id, ErrorCode::TooLarge, &message),
+                    },
+                };
+                pool.call(input, timeout, self.max_output).await
+            }
             None => {
                 let run = RunRequest {
                     id,
@@ -309,8 +325,28 @@ struct RunRequest<'a> {
     function: &'a str,
     installation: &'a comfaas_runtime::Installation,
     procs: u32,
-    input: Bytes,
+    input: RunInput,
     timeout: Duration,
+}
+
+/// Handler mode hands the input over in memory: large inputs are for
+/// script mode and MPI, which stream them.
+const HANDLER_MAX_INPUT: u64 = 64 << 20;
+
+async fn read_for_handler(path: &std::path::Path) -> Result<Bytes, String> {
+    let len = tokio::fs::metadata(path)
+        .await
+        .map(|m| m.len())
+        .unwrap_or(0);
+    if len > HANDLER_MAX_INPUT {
+        return Err(format!(
+            "handler mode takes inputs up to {HANDLER_MAX_INPUT} bytes, this one has {len}: use script mode"
+        ));
+    }
+    tokio::fs::read(path)
+        .await
+        .map(Bytes::from)
+        .map_err(|e| format!("cannot read the input: {e}"))
 }
 
 impl Worker {
@@ -336,11 +372,18 @@ impl Worker {
             ("COMFAAS_INVOCATION_ID".into(), run.id.into()),
         ]);
         if run.installation.runtime.is_mpi() {
-            let input_file = run_dir.join("input");
-            if let Err(e) = tokio::fs::write(&input_file, &run.input).await {
-                let _ = tokio::fs::remove_dir_all(&run_dir).await;
-                return Err(format!("node {node} cannot write the input file: {e}"));
-            }
+            // Every rank reads its slice of this file.
+            let input_file = match &run.input {
+                RunInput::File(path) => path.clone(),
+                RunInput::Bytes(bytes) => {
+                    let file = run_dir.join("input");
+                    if let Err(e) = tokio::fs::write(&file, bytes).await {
+                        let _ = tokio::fs::remove_dir_all(&run_dir).await;
+                        return Err(format!("node {node} cannot write the input file: {e}"));
+                    }
+                    file
+                }
+            };
             env.push(("COMFAAS_INPUT_FILE".into(), input_file.into()));
         }
         let (program, args) = run.installation.command(run.procs, self.mpi.as_ref());

@@ -8,6 +8,7 @@
 //! dispatcher, the executor, the CLI and the tests.
 
 pub mod nats;
+pub mod objects;
 pub mod registry;
 pub mod reply;
 pub mod resources;

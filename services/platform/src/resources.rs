@@ -93,16 +93,65 @@ pub async fn functions_bucket(js: &jetstream::Context) -> Result<kv::Store, Nats
 pub async fn packages_store(
     js: &jetstream::Context,
 ) -> Result<object_store::ObjectStore, NatsError> {
-    if let Ok(store) = js.get_object_store(names::PACKAGES_BUCKET).await {
+    object_store(
+        js,
+        names::PACKAGES_BUCKET,
+        "comfaas function bundles, named by digest",
+        Duration::ZERO,
+        STREAM_MAX_BYTES,
+    )
+    .await
+}
+
+/// How long large inputs and outputs are kept.
+pub const OBJECT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Disk a bucket of large inputs or outputs may use.
+const DATA_MAX_BYTES: i64 = 16 << 30;
+
+/// Large inputs (`Comfaas-Input-Object`), kept for [`OBJECT_TTL`].
+pub async fn inputs_store(js: &jetstream::Context) -> Result<object_store::ObjectStore, NatsError> {
+    object_store(
+        js,
+        names::INPUTS_BUCKET,
+        "comfaas large inputs",
+        OBJECT_TTL,
+        DATA_MAX_BYTES,
+    )
+    .await
+}
+
+/// Large outputs (`Comfaas-Output-Object`), kept for [`OBJECT_TTL`].
+pub async fn outputs_store(
+    js: &jetstream::Context,
+) -> Result<object_store::ObjectStore, NatsError> {
+    object_store(
+        js,
+        names::OUTPUTS_BUCKET,
+        "comfaas large outputs",
+        OBJECT_TTL,
+        DATA_MAX_BYTES,
+    )
+    .await
+}
+
+async fn object_store(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    max_age: Duration,
+    max_bytes: i64,
+) -> Result<object_store::ObjectStore, NatsError> {
+    if let Ok(store) = js.get_object_store(bucket).await {
         return Ok(store);
     }
     js.create_object_store(object_store::Config {
-        bucket: names::PACKAGES_BUCKET.to_owned(),
-        description: Some("comfaas function bundles, named by digest".to_owned()),
-        max_bytes: STREAM_MAX_BYTES,
+        bucket: bucket.to_owned(),
+        description: Some(description.to_owned()),
+        max_age,
+        max_bytes,
         storage: stream::StorageType::File,
         ..Default::default()
     })
     .await
-    .map_err(|e| NatsError::new(format!("create object store {}", names::PACKAGES_BUCKET), e))
+    .map_err(|e| NatsError::new(format!("create object store {bucket}"), e))
 }

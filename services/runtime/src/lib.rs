@@ -17,4 +17,4 @@ pub use handler::{HandlerPool, WorkerSpec};
 pub use install::{
     available_runtimes, install, InstallError, Installation, MpiFlavor, MpiLauncher, Toolchain,
 };
-pub use process::{run, RunOutcome, RunSpec};
+pub use process::{run, RunInput, RunOutcome, RunSpec};

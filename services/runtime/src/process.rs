@@ -28,12 +28,21 @@ pub struct RunSpec {
     pub cwd: PathBuf,
     /// The complete environment: nothing of the caller's is inherited.
     pub env: Vec<(OsString, OsString)>,
-    /// Bytes written to stdin, which is then closed.
-    pub input: bytes::Bytes,
+    /// What is written to stdin, which is then closed.
+    pub input: RunInput,
     /// Wall-clock limit.
     pub timeout: Duration,
     /// Most bytes of stdout accepted.
     pub max_output: usize,
+}
+
+/// The input of a run.
+#[derive(Debug, Clone)]
+pub enum RunInput {
+    /// Small inputs, from the invocation message.
+    Bytes(bytes::Bytes),
+    /// Large inputs, streamed from a file (never held in memory).
+    File(PathBuf),
 }
 
 /// How a run ended.
@@ -162,7 +171,16 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
     let input = spec.input.clone();
     let feed = async move {
         // A function that does not read its input closes the pipe: not an error.
-        let _ = stdin.write_all(&input).await;
+        match input {
+            RunInput::Bytes(bytes) => {
+                let _ = stdin.write_all(&bytes).await;
+            }
+            RunInput::File(path) => {
+                if let Ok(mut file) = tokio::fs::File::open(&path).await {
+                    let _ = tokio::io::copy(&mut file, &mut stdin).await;
+                }
+            }
+        }
         drop(stdin);
     };
     let output = async {
@@ -276,7 +294,7 @@ mod tests {
             args: vec!["-c".into(), script.into()],
             cwd: std::env::temp_dir(),
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-            input: bytes::Bytes::from(input.to_owned()),
+            input: RunInput::Bytes(bytes::Bytes::from(input.to_owned())),
             timeout: Duration::from_millis(timeout_ms),
             max_output: 1024,
         }

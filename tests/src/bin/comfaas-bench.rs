@@ -204,6 +204,9 @@ async fn instant_node(
         heartbeat_ms: 1000,
         sent_unix_ms: now_unix_ms(),
         leaving: false,
+        input_fetched_bytes: 0,
+        input_cache_hits: 0,
+        input_fetch_bytes_per_s: 0.0,
     };
     let subject = p.subjects.node_load(node);
     tokio::spawn(async move {

@@ -1,0 +1,77 @@
+//! Large inputs in the object store: uploaded once, named by content.
+
+use std::path::Path;
+
+use async_nats::jetstream::object_store::{ObjectMetadata, ObjectStore};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use crate::NatsError;
+
+/// Chunk size of uploads. async-nats waits for each chunk's ack before
+/// sending the next, so upload speed is chunk size ÷ round trip; see
+/// docs/BENCHMARKS.md for how this one was chosen.
+pub const UPLOAD_CHUNK: usize = 1 << 20;
+
+/// An uploaded (or already present) object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    /// Object name: `sha256-<hex>` of the content.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Whether it was already in the store (nothing sent).
+    pub reused: bool,
+}
+
+/// Hashes `path` while reading it in blocks (never whole in memory).
+pub async fn sha256_of(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// Puts the file at `path` into `store` under its content's name, unless an
+/// object of that name and size is already there.
+pub async fn upload_file(store: &ObjectStore, path: &Path) -> Result<Uploaded, NatsError> {
+    let (hex, size) = sha256_of(path)
+        .await
+        .map_err(|e| NatsError::new(format!("read {}", path.display()), e))?;
+    let name = format!("sha256-{hex}");
+    if let Ok(info) = store.info(&name).await {
+        if info.size as u64 == size {
+            return Ok(Uploaded {
+                name,
+                size,
+                reused: true,
+            });
+        }
+    }
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| NatsError::new(format!("open {}", path.display()), e))?;
+    let meta = ObjectMetadata {
+        name: name.clone(),
+        chunk_size: Some(UPLOAD_CHUNK),
+        ..Default::default()
+    };
+    store
+        .put(meta, &mut file)
+        .await
+        .map_err(|e| NatsError::new(format!("upload {} as {name}", path.display()), e))?;
+    Ok(Uploaded {
+        name,
+        size,
+        reused: false,
+    })
+}

@@ -1,0 +1,199 @@
+//! Large inputs through the object store: streamed to the function, cached
+//! by digest on the node, and every failure a clear error.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use async_nats::HeaderMap;
+use comfaas_schemas::names::headers as h;
+use comfaas_schemas::{decode, encode, InputObject, Invocation, NodeLoad, SCHEMA_VERSION};
+use comfaas_tests::{header, local_pi, points, repo_root, request, NodeSpec, Platform};
+use futures::StreamExt;
+
+async fn upload(p: &Platform, bytes: &[u8]) -> String {
+    let file = p
+        .scratch
+        .path()
+        .join(format!("input-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&file, bytes).unwrap();
+    let js = async_nats::jetstream::new(p.client.clone());
+    let store = comfaas_platform::resources::inputs_store(&js)
+        .await
+        .unwrap();
+    comfaas_platform::objects::upload_file(&store, &file)
+        .await
+        .unwrap()
+        .name
+}
+
+fn with_object(name: &str, procs: Option<u32>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(h::INPUT_OBJECT, name);
+    if let Some(n) = procs {
+        headers.insert(h::PROCS, n.to_string().as_str());
+    }
+    headers
+}
+
+async fn next_load(p: &Platform, node: &str) -> NodeLoad {
+    let mut loads = p
+        .client
+        .subscribe(p.subjects.node_load(node))
+        .await
+        .unwrap();
+    decode(&loads.next().await.unwrap().payload).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mb_input_gives_the_local_answer_and_is_fetched_once() {
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    for name in ["pi-mpi-c", "pi-mpi-rs", "pi-mpi-py"] {
+        p.deploy(&repo_root().join("functions").join(name), &["edge-1"])
+            .await;
+    }
+    let data = points(50 * 1024 * 1024 / 8, 11);
+    let expected = local_pi(&data);
+    let object = upload(&p, &data).await;
+    let mut fetched_after_first = None;
+    for (name, procs) in [
+        ("pi-mpi-c", 2),
+        ("pi-mpi-rs", 2),
+        ("pi-mpi-py", 2),
+        ("pi-mpi-c", 1),
+    ] {
+        let reply = p
+            .invoke_bytes(name, Vec::new(), with_object(&object, Some(procs)))
+            .await;
+        assert_eq!(
+            header(&reply, h::STATUS),
+            "ok",
+            "{name}: {:?}",
+            reply.headers
+        );
+        let out: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(out["points"], data.len() / 8, "{name}");
+        assert!(
+            (out["pi"].as_f64().unwrap() - expected).abs() < 1e-9,
+            "{name}: {out}"
+        );
+        let load = next_load(&p, "edge-1").await;
+        match fetched_after_first {
+            None => {
+                assert_eq!(load.input_fetched_bytes, data.len() as u64, "fetched once");
+                assert!(load.input_fetch_bytes_per_s > 0.0);
+                fetched_after_first = Some(load.input_fetched_bytes);
+            }
+            Some(bytes) => {
+                assert_eq!(load.input_fetched_bytes, bytes, "{name}: fetched again");
+                assert!(load.input_cache_hits >= 1);
+            }
+        }
+    }
+    // Script mode gets the object on stdin.
+    let dir = p.function(
+        "count",
+        "",
+        &[(
+            "main.py",
+            "import sys\nprint(len(sys.stdin.buffer.read()))\n",
+        )],
+    );
+    p.deploy(&dir, &["edge-1"]).await;
+    let reply = p
+        .invoke_bytes("count", Vec::new(), with_object(&object, None))
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&reply.payload).trim(),
+        data.len().to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_object_errors_are_clear_and_leave_nothing_behind() {
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    drop(
+        p.executor(NodeSpec {
+            input_cache_bytes: 1 << 20,
+            ..NodeSpec::edge("edge-1")
+        })
+        .await,
+    );
+    let dir = p.function(
+        "count",
+        "",
+        &[(
+            "main.py",
+            "import sys\nprint(len(sys.stdin.buffer.read()))\n",
+        )],
+    );
+    p.deploy(&dir, &["edge-1"]).await;
+
+    // No such object.
+    let reply = p
+        .invoke_bytes("count", Vec::new(), with_object("sha256-nope", None))
+        .await;
+    assert_eq!(header(&reply, h::ERROR_CODE), "404", "{:?}", reply.headers);
+    assert!(
+        header(&reply, h::ERROR).contains("input object `sha256-nope` is not in comfaas_inputs")
+    );
+
+    // Body and object at once.
+    let small = upload(&p, &[7u8; 1000]).await;
+    let reply = p
+        .invoke_bytes("count", b"body".to_vec(), with_object(&small, None))
+        .await;
+    assert_eq!(header(&reply, h::ERROR_CODE), "400");
+
+    // It works when it fits.
+    let reply = p
+        .invoke_bytes("count", Vec::new(), with_object(&small, None))
+        .await;
+    assert_eq!(String::from_utf8_lossy(&reply.payload).trim(), "1000");
+
+    // Larger than the node's cache: 507, and nothing half-written.
+    let big = upload(&p, &vec![1u8; 2 << 20]).await;
+    let reply = p
+        .invoke_bytes("count", Vec::new(), with_object(&big, None))
+        .await;
+    assert_eq!(header(&reply, h::ERROR_CODE), "507", "{:?}", reply.headers);
+
+    // A digest that does not match the stored object (tampered or replaced
+    // since dispatch): 422, straight to the node's work subject.
+    let invocation = Invocation {
+        schema: SCHEMA_VERSION,
+        id: "tampered".into(),
+        function: "count".into(),
+        input: vec![],
+        timeout_ms: None,
+        procs: None,
+        received_unix_ms: 0,
+        deadline_unix_ms: None,
+        reply_to: None,
+        input_object: Some(InputObject {
+            name: small.clone(),
+            size: 1000,
+            digest: "SHA-256=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+        }),
+    };
+    let reply = request(
+        &p.client,
+        &p.subjects.work("edge-1"),
+        HeaderMap::new(),
+        encode(&invocation).unwrap().into(),
+    )
+    .await;
+    assert_eq!(header(&reply, h::ERROR_CODE), "422", "{:?}", reply.headers);
+    let cache = p.scratch.path().join("nodes/edge-1/inputs");
+    let left: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.iter().all(|f| !f.starts_with(".part-")),
+        "half-written files: {left:?}"
+    );
+    assert_eq!(left.len(), 1, "only the small input is cached: {left:?}");
+}
