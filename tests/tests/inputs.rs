@@ -197,3 +197,57 @@ async fn input_object_errors_are_clear_and_leave_nothing_behind() {
     );
     assert_eq!(left.len(), 1, "only the small input is cached: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_output_comes_back_as_an_object() {
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    let dir = p.function(
+        "big",
+        "",
+        &[("main.py", "import sys\nn = int(sys.stdin.read())\nsys.stdout.buffer.write(bytes(range(256)) * (n // 256))\n")],
+    );
+    p.deploy(&dir, &["edge-1"]).await;
+    // Small: inline, as always.
+    let reply = p.invoke("big", "1024").await;
+    assert_eq!(reply.payload.len(), 1024);
+    assert_eq!(header(&reply, h::OUTPUT_OBJECT), "");
+    // 5 MB: over the server's 1 MB max payload, so in comfaas_outputs.
+    let reply = p.invoke("big", &(5 << 20).to_string()).await;
+    assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    assert!(reply.payload.is_empty());
+    let name = header(&reply, h::OUTPUT_OBJECT);
+    assert_eq!(name, header(&reply, h::INVOCATION_ID));
+    let js = async_nats::jetstream::new(p.client.clone());
+    let store = comfaas_platform::resources::outputs_store(&js)
+        .await
+        .unwrap();
+    let mut object = store.get(&name).await.unwrap();
+    let mut data = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut data)
+        .await
+        .unwrap();
+    assert_eq!(data.len(), 5 << 20);
+    assert!(data
+        .chunks(256)
+        .all(|c| c == (0..=255u8).collect::<Vec<_>>().as_slice()));
+
+    // The CLI fetches it transparently.
+    let out = p.scratch.path().join("out.bin");
+    let status = std::process::Command::new(comfaas_tests::binary("comfaas"))
+        .args([
+            "--nats-url",
+            p.nats.url(),
+            "invoke",
+            "big",
+            "--data",
+            "3145728",
+            "--output-file",
+        ])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 3 << 20);
+}

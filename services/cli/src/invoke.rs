@@ -78,9 +78,16 @@ pub async fn invoke(
         })
 }
 
-/// Prints a reply: the body on stdout, headers on stderr with `verbose`.
-/// Returns an error for an error reply, so the exit code tells.
-pub fn print_reply(message: &async_nats::Message, verbose: bool) -> anyhow::Result<()> {
+/// Writes a reply's output to `output_file` (or stdout): the body, or the
+/// object named by `Comfaas-Output-Object`, streamed from the object store.
+/// Headers go to stderr with `verbose`. An error reply is returned as an
+/// error, so the exit code tells.
+pub async fn print_reply(
+    client: &async_nats::Client,
+    message: &async_nats::Message,
+    verbose: bool,
+    output_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     if verbose {
         if let Some(headers) = &message.headers {
             let mut lines: Vec<String> = headers
@@ -95,12 +102,39 @@ pub fn print_reply(message: &async_nats::Message, verbose: bool) -> anyhow::Resu
     }
     match reply::outcome(message.headers.as_ref()) {
         Outcome::Ok => {
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            out.write_all(&message.payload)?;
-            if !message.payload.ends_with(b"\n") {
-                out.write_all(b"\n")?;
+            use tokio::io::AsyncWriteExt;
+            let object = message
+                .headers
+                .as_ref()
+                .and_then(|hm| reply::get(hm, h::OUTPUT_OBJECT));
+            let mut out: Box<dyn tokio::io::AsyncWrite + Unpin> = match output_file {
+                Some(path) => Box::new(
+                    tokio::fs::File::create(path)
+                        .await
+                        .with_context(|| format!("cannot write {}", path.display()))?,
+                ),
+                None => Box::new(tokio::io::stdout()),
+            };
+            match object {
+                Some(name) => {
+                    let js = async_nats::jetstream::new(client.clone());
+                    let store = comfaas_platform::resources::outputs_store(&js).await?;
+                    let mut reader = store
+                        .get(&name)
+                        .await
+                        .with_context(|| format!("fetch output object {name}"))?;
+                    tokio::io::copy(&mut reader, &mut out)
+                        .await
+                        .with_context(|| format!("read output object {name}"))?;
+                }
+                None => {
+                    out.write_all(&message.payload).await?;
+                    if output_file.is_none() && !message.payload.ends_with(b"\n") {
+                        out.write_all(b"\n").await?;
+                    }
+                }
             }
+            out.flush().await?;
             Ok(())
         }
         Outcome::Error {

@@ -59,6 +59,10 @@ enum Command {
         /// SHA-256) and passed as Comfaas-Input-Object
         #[arg(long)]
         input_file: Option<PathBuf>,
+        /// Write the output to this file (large outputs are fetched from
+        /// the object store either way)
+        #[arg(long)]
+        output_file: Option<PathBuf>,
         /// Print the reply headers on stderr
         #[arg(long, short)]
         verbose: bool,
@@ -163,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             function,
             data,
             input_file,
+            output_file,
             verbose,
             timeout,
             placement,
@@ -199,7 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 wait: Duration::from_secs(wait),
             };
             let reply = invoke::invoke(&client, &subjects, &function, input, &options).await?;
-            invoke::print_reply(&reply, verbose)?;
+            invoke::print_reply(&client, &reply, verbose, output_file.as_deref()).await?;
         }
         Command::Rollback { function, to, wait } => {
             let deployment = registry().await?.rollback(&function, to.as_deref()).await?;

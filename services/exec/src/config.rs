@@ -39,8 +39,8 @@ pub struct ExecConfig {
     pub default_timeout_ms: u64,
     /// Largest run time limit a request may ask for.
     pub max_timeout_ms: u64,
-    /// Largest output accepted in a reply; 0 means the server's max payload
-    /// less room for headers.
+    /// Largest output sent inside a reply (larger ones go to the object
+    /// store); 0 means the server's max payload less room for headers.
     pub max_output_bytes: usize,
     /// Use `uv` for venvs when it is installed.
     pub use_uv: bool,
@@ -55,6 +55,9 @@ pub struct ExecConfig {
     pub cargo_target_dir: PathBuf,
     /// Disk the cache of large inputs may use, bytes.
     pub input_cache_bytes: u64,
+    /// Largest output a run may write; beyond `max_output_bytes` it goes to
+    /// the object store `comfaas_outputs` and the reply names it.
+    pub max_output_object_bytes: u64,
 }
 
 impl Default for ExecConfig {
@@ -80,6 +83,7 @@ impl Default for ExecConfig {
             cargo_offline: false,
             cargo_target_dir: PathBuf::new(),
             input_cache_bytes: 8 << 30,
+            max_output_object_bytes: 1 << 30,
         }
     }
 }

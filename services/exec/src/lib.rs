@@ -150,6 +150,7 @@ impl Executor {
             max_output,
             mpi: self.toolchain.mpi.clone(),
             inputs,
+            outputs: comfaas_platform::resources::outputs_store(&js).await?,
         };
         worker.serve(work_sub, shutdown.clone()).await;
 

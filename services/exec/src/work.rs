@@ -85,6 +85,7 @@ pub struct Worker {
     pub(crate) max_output: usize,
     pub(crate) mpi: Option<comfaas_runtime::MpiLauncher>,
     pub(crate) inputs: Arc<crate::inputs::InputCache>,
+    pub(crate) outputs: async_nats::jetstream::object_store::ObjectStore,
 }
 
 impl Worker {
@@ -283,7 +284,7 @@ impl Worker {
                 };
                 match self.run_process(run).await {
                     Ok(outcome) => outcome,
-                    Err(message) => return self.error(id, ErrorCode::FunctionFailed, &message),
+                    Err((code, message)) => return self.error(id, code, &message),
                 }
             }
         };
@@ -295,8 +296,13 @@ impl Worker {
         });
         let code = match outcome.exit {
             Exit::Success => {
+                let mut headers = reply::ok(&meta);
+                if outcome.stdout_file.is_some() {
+                    // Stored under the invocation id by run_process.
+                    headers.insert(h::OUTPUT_OBJECT, reply::header_text(id).as_str());
+                }
                 return Reply {
-                    headers: reply::ok(&meta),
+                    headers,
                     body: Bytes::from(outcome.stdout),
                     ran,
                 };
@@ -355,16 +361,19 @@ impl Worker {
     async fn run_process(
         &self,
         run: RunRequest<'_>,
-    ) -> Result<comfaas_runtime::RunOutcome, String> {
+    ) -> Result<comfaas_runtime::RunOutcome, (ErrorCode, String)> {
         let node = &self.config.node;
         let run_dir = self
             .config
             .data_dir()
             .join("runs")
             .join(uuid::Uuid::new_v4().simple().to_string());
-        tokio::fs::create_dir_all(&run_dir)
-            .await
-            .map_err(|e| format!("node {node} cannot create a run directory: {e}"))?;
+        tokio::fs::create_dir_all(&run_dir).await.map_err(|e| {
+            (
+                ErrorCode::InsufficientStorage,
+                format!("node {node} cannot create a run directory: {e}"),
+            )
+        })?;
         let mut env = run_env(run.installation, run.function, node);
         env.extend([
             ("HOME".into(), run_dir.clone().into()),
@@ -379,7 +388,10 @@ impl Worker {
                     let file = run_dir.join("input");
                     if let Err(e) = tokio::fs::write(&file, bytes).await {
                         let _ = tokio::fs::remove_dir_all(&run_dir).await;
-                        return Err(format!("node {node} cannot write the input file: {e}"));
+                        return Err((
+                            ErrorCode::InsufficientStorage,
+                            format!("node {node} cannot write the input file: {e}"),
+                        ));
                     }
                     file
                 }
@@ -395,12 +407,34 @@ impl Worker {
             input: run.input,
             timeout: run.timeout,
             max_output: self.max_output,
+            spill: Some((run_dir.join(".stdout"), self.config.max_output_object_bytes)),
         })
         .await;
+        // A large output goes to the object store before its file goes.
+        let stored = match &outcome.stdout_file {
+            Some((file, _)) if outcome.exit == Exit::Success => {
+                comfaas_platform::objects::put_file(&self.outputs, run.id, file)
+                    .await
+                    .map_err(|e| {
+                        let text = format!("{e}: {}", e.source);
+                        let code =
+                            if text.contains("maximum bytes") || text.contains("insufficient") {
+                                ErrorCode::InsufficientStorage
+                            } else {
+                                ErrorCode::Unavailable
+                            };
+                        (
+                            code,
+                            format!("cannot store the output of {}: {text}", run.function),
+                        )
+                    })
+            }
+            _ => Ok(()),
+        };
         if let Err(e) = tokio::fs::remove_dir_all(&run_dir).await {
             tracing::warn!("cannot remove run directory {}: {e}", run_dir.display());
         }
-        Ok(outcome)
+        stored.map(|()| outcome)
     }
 }
 

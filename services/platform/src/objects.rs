@@ -41,6 +41,24 @@ pub async fn sha256_of(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(hasher.finalize()), size))
 }
 
+/// Puts the file at `path` into `store` as `name`, streamed in
+/// [`UPLOAD_CHUNK`] chunks.
+pub async fn put_file(store: &ObjectStore, name: &str, path: &Path) -> Result<(), NatsError> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| NatsError::new(format!("open {}", path.display()), e))?;
+    let meta = ObjectMetadata {
+        name: name.to_owned(),
+        chunk_size: Some(UPLOAD_CHUNK),
+        ..Default::default()
+    };
+    store
+        .put(meta, &mut file)
+        .await
+        .map_err(|e| NatsError::new(format!("store {name}"), e))?;
+    Ok(())
+}
+
 /// Puts the file at `path` into `store` under its content's name, unless an
 /// object of that name and size is already there.
 pub async fn upload_file(store: &ObjectStore, path: &Path) -> Result<Uploaded, NatsError> {
@@ -57,18 +75,7 @@ pub async fn upload_file(store: &ObjectStore, path: &Path) -> Result<Uploaded, N
             });
         }
     }
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| NatsError::new(format!("open {}", path.display()), e))?;
-    let meta = ObjectMetadata {
-        name: name.clone(),
-        chunk_size: Some(UPLOAD_CHUNK),
-        ..Default::default()
-    };
-    store
-        .put(meta, &mut file)
-        .await
-        .map_err(|e| NatsError::new(format!("upload {} as {name}", path.display()), e))?;
+    put_file(store, &name, path).await?;
     Ok(Uploaded {
         name,
         size,

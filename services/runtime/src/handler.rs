@@ -251,6 +251,7 @@ impl HandlerPool {
         RunOutcome {
             exit,
             stdout,
+            stdout_file: None,
             stderr_tail,
             duration: started.elapsed(),
         }

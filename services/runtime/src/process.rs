@@ -32,8 +32,11 @@ pub struct RunSpec {
     pub input: RunInput,
     /// Wall-clock limit.
     pub timeout: Duration,
-    /// Most bytes of stdout accepted.
+    /// Most bytes of stdout kept in memory.
     pub max_output: usize,
+    /// Where stdout over `max_output` spills, and how much it may hold;
+    /// `None`: over `max_output` is too large.
+    pub spill: Option<(PathBuf, u64)>,
 }
 
 /// The input of a run.
@@ -72,8 +75,11 @@ pub enum Exit {
 pub struct RunOutcome {
     /// How it ended.
     pub exit: Exit,
-    /// Everything it wrote to stdout (at most `max_output` bytes).
+    /// Everything it wrote to stdout (at most `max_output` bytes), unless
+    /// it spilled to `stdout_file`.
     pub stdout: Vec<u8>,
+    /// The spill file holding all of stdout, when it outgrew `max_output`.
+    pub stdout_file: Option<(PathBuf, u64)>,
     /// The last [`STDERR_TAIL_BYTES`] of stderr, lossily decoded.
     pub stderr_tail: String,
     /// Wall-clock time from start to end.
@@ -151,6 +157,7 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
             return RunOutcome {
                 exit: Exit::SpawnFailed(format!("{}: {e}", spec.program.display())),
                 stdout: Vec::new(),
+                stdout_file: None,
                 stderr_tail: String::new(),
                 duration: started.elapsed(),
             }
@@ -164,6 +171,7 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
         return RunOutcome {
             exit: Exit::SpawnFailed("no pipes to the child".to_owned()),
             stdout: Vec::new(),
+            stdout_file: None,
             stderr_tail: String::new(),
             duration: started.elapsed(),
         };
@@ -184,7 +192,7 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
         drop(stdin);
     };
     let output = async {
-        let out = read_capped(stdout, spec.max_output).await;
+        let out = read_output(stdout, spec.max_output, spec.spill.as_ref()).await;
         if out.is_none() {
             // Over the cap: stop it now rather than at the timeout.
             kill_group(group);
@@ -212,6 +220,7 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
             RunOutcome {
                 exit: Exit::TimedOut,
                 stdout: Vec::new(),
+                stdout_file: None,
                 stderr_tail: String::new(),
                 duration,
             }
@@ -229,9 +238,15 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
                 }
                 (Some(_), Err(e)) => Exit::SpawnFailed(format!("wait: {e}")),
             };
+            let (stdout, stdout_file) = match out {
+                Some(Output::Memory(bytes)) => (bytes, None),
+                Some(Output::Spilled(path, size)) => (Vec::new(), Some((path, size))),
+                None => (Vec::new(), None),
+            };
             RunOutcome {
                 exit,
-                stdout: out.unwrap_or_default(),
+                stdout,
+                stdout_file,
                 stderr_tail,
                 duration,
             }
@@ -246,18 +261,46 @@ fn kill_group(group: Option<Pid>) {
     }
 }
 
-/// Reads all of `reader`, or `None` as soon as it exceeds `cap` bytes.
-async fn read_capped(mut reader: impl AsyncRead + Unpin, cap: usize) -> Option<Vec<u8>> {
+/// What a run wrote to stdout.
+enum Output {
+    Memory(Vec<u8>),
+    Spilled(PathBuf, u64),
+}
+
+/// Reads all of `reader` into memory up to `cap` bytes; past that into the
+/// spill file up to its limit; `None` as soon as it is too large.
+async fn read_output(
+    mut reader: impl AsyncRead + Unpin,
+    cap: usize,
+    spill: Option<&(PathBuf, u64)>,
+) -> Option<Output> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => return Some(out),
+            Ok(0) | Err(_) => return Some(Output::Memory(out)),
+            Ok(n) if out.len() + n <= cap => out.extend_from_slice(&buf[..n]),
             Ok(n) => {
-                if out.len() + n > cap {
-                    return None;
+                let (path, limit) = spill?;
+                let mut file = tokio::fs::File::create(path).await.ok()?;
+                file.write_all(&out).await.ok()?;
+                file.write_all(&buf[..n]).await.ok()?;
+                let mut size = (out.len() + n) as u64;
+                drop(out);
+                loop {
+                    if size > *limit {
+                        return None;
+                    }
+                    match reader.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            file.write_all(&buf[..n]).await.ok()?;
+                            size += n as u64;
+                        }
+                    }
                 }
-                out.extend_from_slice(&buf[..n]);
+                file.flush().await.ok()?;
+                return Some(Output::Spilled(path.clone(), size));
             }
         }
     }
@@ -297,6 +340,7 @@ mod tests {
             input: RunInput::Bytes(bytes::Bytes::from(input.to_owned())),
             timeout: Duration::from_millis(timeout_ms),
             max_output: 1024,
+            spill: None,
         }
     }
 
@@ -371,6 +415,21 @@ mod tests {
         let out = run(sh("head -c 100000 /dev/zero", "", 5000)).await;
         assert_eq!(out.exit, Exit::OutputTooLarge);
         assert!(out.stdout.is_empty());
+    }
+
+    #[tokio::test]
+    async fn large_output_spills_to_the_file_up_to_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("stdout");
+        let mut spec = sh("head -c 100000 /dev/zero", "", 5000);
+        spec.spill = Some((file.clone(), 1 << 20));
+        let out = run(spec.clone()).await;
+        assert_eq!(out.exit, Exit::Success);
+        assert!(out.stdout.is_empty());
+        assert_eq!(out.stdout_file, Some((file.clone(), 100_000)));
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 100_000);
+        spec.spill = Some((file, 50_000));
+        assert_eq!(run(spec).await.exit, Exit::OutputTooLarge);
     }
 
     #[tokio::test]
