@@ -195,6 +195,8 @@ pub struct NodeSpec {
     pub extra_wheels: Vec<PathBuf>,
     /// Disk the node's input cache may use.
     pub input_cache_bytes: u64,
+    /// Largest output a run may write (to the object store past 1 MB).
+    pub max_output_object_bytes: u64,
 }
 
 impl NodeSpec {
@@ -209,6 +211,7 @@ impl NodeSpec {
             max_procs: 4,
             extra_wheels: Vec::new(),
             input_cache_bytes: 8 << 30,
+            max_output_object_bytes: 1 << 30,
         }
     }
 
@@ -284,6 +287,7 @@ impl Platform {
             use_uv: spec.use_uv,
             max_procs: spec.max_procs,
             input_cache_bytes: spec.input_cache_bytes,
+            max_output_object_bytes: spec.max_output_object_bytes,
             // Tests reach no package index: wheels come from the wheelhouse
             // scripts/setup.sh fills, crates from cargo's local registry.
             find_links: [vec![wheelhouse()], spec.extra_wheels].concat(),

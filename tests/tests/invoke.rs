@@ -192,13 +192,21 @@ async fn a_hanging_function_is_killed_and_the_node_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_over_the_limit_is_413() {
-    let p = Platform::with_edge_and_cloud().await;
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    drop(
+        p.executor(NodeSpec {
+            max_output_object_bytes: 2 << 20,
+            ..NodeSpec::edge("edge-1")
+        })
+        .await,
+    );
     let dir = p.function(
         "floods",
         "",
         &[("main.py", "import sys\nsys.stdout.write('x' * 4_000_000)\n")],
     );
-    p.deploy(&dir, &["edge-1", "cloud-1"]).await;
+    p.deploy(&dir, &["edge-1"]).await;
     let reply = p.invoke("floods", "").await;
     let (code, message) = error_of(&reply);
     assert_eq!(code, "413");

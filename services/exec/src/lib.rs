@@ -88,9 +88,17 @@ impl Executor {
         let subjects = config.nats.subjects();
         let js = async_nats::jetstream::new(self.client.clone());
         let registry = comfaas_platform::registry::Registry::open(&js).await?;
+        // Inputs come over a connection of their own that buffers little.
+        let bulk = config
+            .nats
+            .connect_with(
+                &format!("comfaas-exec {} inputs", config.node),
+                Some(inputs::BUFFERED_CHUNKS),
+            )
+            .await?;
         let inputs = Arc::new(inputs::InputCache::new(
             config.data_dir().join("inputs"),
-            comfaas_platform::resources::inputs_store(&js).await?,
+            comfaas_platform::resources::inputs_store(&async_nats::jetstream::new(bulk)).await?,
             config.input_cache_bytes,
         ));
         tokio::fs::create_dir_all(config.data_dir().join("inputs")).await?;

@@ -67,6 +67,18 @@ impl NatsOptions {
     /// A service keeps retrying after a lost connection; the first connect
     /// fails fast so that a wrong URL is reported at once.
     pub async fn connect(&self, name: &str) -> Result<async_nats::Client, NatsError> {
+        self.connect_with(name, None).await
+    }
+
+    /// As [`connect`](Self::connect), with at most `subscription_capacity`
+    /// messages buffered per subscription: a connection for bulk transfers
+    /// uses a small one, so a slow disk holds back the sender instead of
+    /// filling memory.
+    pub async fn connect_with(
+        &self,
+        name: &str,
+        subscription_capacity: Option<usize>,
+    ) -> Result<async_nats::Client, NatsError> {
         let mut options = async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(Duration::from_secs(5))
@@ -76,6 +88,9 @@ impl NatsOptions {
                 .credentials_file(creds)
                 .await
                 .map_err(|e| NatsError::new(format!("read credentials {}", creds.display()), e))?;
+        }
+        if let Some(capacity) = subscription_capacity {
+            options = options.subscription_capacity(capacity);
         }
         if let Some(ca) = &self.tls_ca_file {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
