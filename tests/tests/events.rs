@@ -144,3 +144,58 @@ async fn a_request_answered_by_the_node_is_published_once() {
     let extra = tokio::time::timeout(Duration::from_secs(1), results.next()).await;
     assert!(extra.is_err(), "result published twice: {extra:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_ride_out_a_server_restart_and_see_later_deploys() {
+    use comfaas_platform::server::{EmbeddedServer, ServerOptions};
+    let store = tempfile::tempdir().unwrap();
+    let first = EmbeddedServer::start(ServerOptions {
+        store_dir: Some(store.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let port = first.port();
+    let p = Platform::on(first).await;
+    drop(p.dispatcher().await);
+    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    p.deploy(&repo_root().join("functions/hello"), &["edge-1"])
+        .await;
+
+    // Stop the server (its JetStream store stays) and start it again.
+    // The nodes' data dirs live in `_scratch`: keep it.
+    let Platform {
+        nats,
+        scratch: _scratch,
+        ..
+    } = p;
+    let url = nats.url().to_owned();
+    drop(nats);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = EmbeddedServer::start(ServerOptions {
+        port: Some(port),
+        store_dir: Some(store.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(second.url(), url);
+    let p = Platform::on(second).await;
+
+    // A deploy after the restart reaches the executor through a reopened watch.
+    let dir = p.function("after", "", &[("main.py", "print('after the restart')\n")]);
+    p.deploy(&dir, &["edge-1"]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = p.invoke("after", "").await;
+        if header(&reply, h::STATUS) == "ok" {
+            assert_eq!(
+                String::from_utf8_lossy(&reply.payload).trim(),
+                "after the restart"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{:?}", reply.headers);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -73,7 +73,21 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Some(Ok(message)) => {
-                    let Ok(permit) = shared.permits.clone().acquire_owned().await else { break };
+                    // At capacity: keep the event alive while it waits for
+                    // a permit, and give up waiting at shutdown (it is
+                    // redelivered to another dispatcher).
+                    let mut progress = tokio::time::interval(ACK_WAIT / 3);
+                    progress.tick().await;
+                    let permit = loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break None,
+                            _ = progress.tick() => {
+                                let _ = message.ack_with(AckKind::Progress).await;
+                            }
+                            permit = shared.permits.clone().acquire_owned() => break permit.ok(),
+                        }
+                    };
+                    let Some(permit) = permit else { break };
                     running.spawn(handle(shared.clone(), message, permit));
                 }
             },

@@ -121,18 +121,14 @@ impl Dispatcher {
             )
             .await
             .context("subscribe to invocations")?;
-        let changes = shared.registry.watch().await?;
+        let changes = shared.registry.watch_forever();
         let js = async_nats::jetstream::new(client.clone());
         let events = events::consumer(&js, &shared).await?;
         tracing::info!(id = %shared.config.id, "dispatcher serving {}", shared.subjects.invoke_all());
 
         let mut tasks = JoinSet::new();
         tasks.spawn(track_nodes(shared.clone(), loads, shutdown.clone()));
-        tasks.spawn(track_functions(
-            shared.clone(),
-            changes.boxed(),
-            shutdown.clone(),
-        ));
+        tasks.spawn(track_functions(shared.clone(), changes, shutdown.clone()));
         tasks.spawn(publish_metrics(shared.clone(), shutdown.clone()));
         tasks.spawn(events::serve(shared.clone(), events, shutdown.clone()));
         serve_invokes(shared.clone(), invokes, shutdown.clone()).await;
@@ -157,7 +153,14 @@ async fn serve_invokes(
             Some(_) = running.join_next(), if !running.is_empty() => {}
             message = invokes.next() => {
                 let Some(message) = message else { break };
-                let Ok(permit) = shared.permits.clone().acquire_owned().await else { break };
+                // At capacity: wait for a permit, but not past shutdown.
+                let permit = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    permit = shared.permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                };
                 let shared = shared.clone();
                 running.spawn(async move {
                     let reply_to = message.reply.as_deref();
@@ -219,10 +222,8 @@ async fn track_functions(
             change = changes.next() => change,
         };
         match change {
-            None => {
-                tracing::error!("registry watch ended; new deployments are read on demand");
-                return;
-            }
+            // watch_forever does not end; if it ever did, reads go on demand.
+            None => return,
             Some(Err(e)) => tracing::warn!("registry: {e}"),
             Some(Ok(RegistryChange::Deployed(d))) => {
                 lock(&shared.functions).insert(d.manifest.name.clone(), Arc::new(*d));

@@ -220,10 +220,8 @@ pub async fn install_loop(
             change = changes.next() => change,
         };
         match change {
-            None => {
-                tracing::error!("registry watch ended; installs stop until restart");
-                break;
-            }
+            // watch_forever does not end; if it ever did, stop cleanly.
+            None => break,
             Some(Err(e)) => tracing::warn!("registry: {e}"),
             Some(Ok(RegistryChange::Removed(name))) => {
                 tracing::info!(function = %name, "removed");

@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use comfaas_runtime::Toolchain;
-use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -114,7 +113,7 @@ impl Executor {
             .subscribe(work_subject.clone())
             .await
             .with_context(|| format!("subscribe to {work_subject}"))?;
-        let changes = registry.watch().await?;
+        let changes = registry.watch_forever();
         tracing::info!(node = %config.node, tier = %config.tier, site = %config.site,
             slots = config.slots(), queue = config.queue, "executor serving {work_subject}");
 
@@ -143,7 +142,7 @@ impl Executor {
         ));
         let stop_installs = shutdown.child_token();
         tasks.spawn(functions::install_loop(
-            changes.boxed(),
+            changes,
             registry,
             table.clone(),
             self.toolchain.clone(),

@@ -5,6 +5,9 @@
 use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
 use comfaas_schemas::{decode, encode, now_unix_ms, BundleRef, Deployment, Manifest};
+use std::time::Duration;
+
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::io::AsyncReadExt;
 
@@ -255,6 +258,41 @@ impl Registry {
             });
         }
         Ok(data)
+    }
+
+    /// As [`watch`](Self::watch), but never ends: a watch that fails or
+    /// ends (server restart, lost consumer) is reopened with back-off, and
+    /// replays the current deployments, which receivers take idempotently.
+    pub fn watch_forever(&self) -> BoxStream<'static, Result<RegistryChange, RegistryError>> {
+        type Current = Option<BoxStream<'static, Result<RegistryChange, RegistryError>>>;
+        let start: (Registry, Current, Duration) = (self.clone(), None, Duration::from_millis(100));
+        futures::stream::unfold(start, |(registry, mut current, mut backoff)| async move {
+            loop {
+                let stream = match current.as_mut() {
+                    Some(stream) => stream,
+                    None => match registry.watch().await {
+                        Ok(watch) => {
+                            backoff = Duration::from_millis(100);
+                            current.insert(watch.boxed())
+                        }
+                        Err(e) => {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            return Some((Err(e), (registry, None, backoff)));
+                        }
+                    },
+                };
+                match stream.next().await {
+                    Some(item) => return Some((item, (registry, current, backoff))),
+                    None => {
+                        tracing::warn!("registry watch ended; reopening");
+                        current = None;
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+            }
+        })
+        .boxed()
     }
 
     /// Every current deployment, then every change as it happens.

@@ -9,6 +9,11 @@ use std::time::Duration;
 use comfaas_schemas::{Manifest, Runtime};
 use tokio::process::Command;
 
+/// One lock per Rust function name, held across its build and copy.
+static RUST_BUILDS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+> = std::sync::LazyLock::new(Default::default);
+
 /// How long one install step (venv creation, package install) may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(600);
 /// Bytes of an install tool's output kept in the error.
@@ -458,6 +463,13 @@ async fn install_rust(
         .cargo_target
         .clone()
         .unwrap_or_else(|| env_dir.join("target"));
+    // Two versions of one function share the target folder's binary path:
+    // build and copy one at a time, or one could copy the other's binary.
+    let gate = {
+        let mut builds = RUST_BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+        builds.entry(manifest.name.clone()).or_default().clone()
+    };
+    let _one_at_a_time = gate.lock().await;
     let mut build = Command::new(cargo);
     build
         .args(["build", "--release", "--quiet", "--bin", &manifest.name])
