@@ -251,3 +251,40 @@ async fn a_large_output_comes_back_as_an_object() {
     assert!(status.success());
     assert_eq!(std::fs::metadata(&out).unwrap().len(), 3 << 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_output_bucket_is_507_and_leaves_no_object() {
+    let p = Platform::start().await;
+    // The outputs bucket exists already, and is small.
+    let js = async_nats::jetstream::new(p.client.clone());
+    js.create_object_store(async_nats::jetstream::object_store::Config {
+        bucket: comfaas_schemas::names::OUTPUTS_BUCKET.to_owned(),
+        max_bytes: 2 << 20,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    drop(p.dispatcher().await);
+    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    let dir = p.function(
+        "big",
+        "",
+        &[(
+            "main.py",
+            "import sys\nsys.stdout.buffer.write(b'x' * (5 << 20))\n",
+        )],
+    );
+    p.deploy(&dir, &["edge-1"]).await;
+    let reply = p.invoke("big", "").await;
+    assert_eq!(header(&reply, h::ERROR_CODE), "507", "{:?}", reply.headers);
+    assert!(
+        header(&reply, h::ERROR).contains("cannot store the output"),
+        "{:?}",
+        reply.headers
+    );
+    let store = comfaas_platform::resources::outputs_store(&js)
+        .await
+        .unwrap();
+    let listed: Vec<_> = store.list().await.unwrap().collect().await;
+    assert!(listed.is_empty(), "half-written outputs: {listed:?}");
+}
