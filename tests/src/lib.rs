@@ -70,6 +70,23 @@ with zipfile.ZipFile("{dist}-{version}-py3-none-any.whl", "w") as z:
     assert!(status.success(), "writing the wheel failed");
 }
 
+/// A bare invocation of `function`, as a dispatcher would send it, for
+/// tests that talk to a node's work subject directly.
+pub fn invocation(id: &str, function: &str) -> comfaas_schemas::Invocation {
+    comfaas_schemas::Invocation {
+        schema: comfaas_schemas::SCHEMA_VERSION,
+        id: id.to_owned(),
+        function: function.to_owned(),
+        input: Vec::new(),
+        timeout_ms: None,
+        procs: None,
+        received_unix_ms: 0,
+        deadline_unix_ms: None,
+        reply_to: None,
+        input_object: None,
+    }
+}
+
 /// `n` points (little-endian u32 pairs) from a fixed-seed generator.
 pub fn points(n: usize, seed: u64) -> Vec<u8> {
     let mut state = seed

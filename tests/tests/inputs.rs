@@ -5,7 +5,7 @@
 
 use async_nats::HeaderMap;
 use comfaas_schemas::names::headers as h;
-use comfaas_schemas::{decode, encode, InputObject, Invocation, NodeLoad, SCHEMA_VERSION};
+use comfaas_schemas::{decode, encode, InputObject, Invocation, NodeLoad};
 use comfaas_tests::{header, local_pi, points, repo_root, request, NodeSpec, Platform};
 use futures::StreamExt;
 
@@ -162,20 +162,12 @@ async fn input_object_errors_are_clear_and_leave_nothing_behind() {
     // A digest that does not match the stored object (tampered or replaced
     // since dispatch): 422, straight to the node's work subject.
     let invocation = Invocation {
-        schema: SCHEMA_VERSION,
-        id: "tampered".into(),
-        function: "count".into(),
-        input: vec![],
-        timeout_ms: None,
-        procs: None,
-        received_unix_ms: 0,
-        deadline_unix_ms: None,
-        reply_to: None,
         input_object: Some(InputObject {
             name: small.clone(),
             size: 1000,
             digest: "SHA-256=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
         }),
+        ..comfaas_tests::invocation("tampered", "count")
     };
     let reply = request(
         &p.client,

@@ -5,7 +5,7 @@
 
 use async_nats::HeaderMap;
 use comfaas_schemas::names::headers as h;
-use comfaas_schemas::{encode, Invocation, SCHEMA_VERSION};
+use comfaas_schemas::{encode, Invocation};
 use comfaas_tests::{header, repo_root, request, NodeSpec, Platform};
 
 fn error_of(reply: &async_nats::Message) -> (String, String) {
@@ -236,16 +236,8 @@ async fn a_full_queue_answers_429_at_once() {
     // Straight to the node's work subject: one runs, one waits, the third is refused.
     let work = p.subjects.work("edge-1");
     let invocation = |id: &str| Invocation {
-        schema: SCHEMA_VERSION,
-        id: id.into(),
-        function: "slow".into(),
-        input: vec![],
         timeout_ms: Some(10_000),
-        procs: None,
-        received_unix_ms: 0,
-        deadline_unix_ms: None,
-        reply_to: None,
-        input_object: None,
+        ..comfaas_tests::invocation(id, "slow")
     };
     let mut running = Vec::new();
     for id in ["a", "b"] {
@@ -303,18 +295,7 @@ async fn garbage_on_the_work_subject_is_400_and_the_node_survives() {
         );
     }
     // A well-formed invocation of a function the node does not have.
-    let unknown = Invocation {
-        schema: SCHEMA_VERSION,
-        id: "x".into(),
-        function: "ghost".into(),
-        input: vec![],
-        timeout_ms: None,
-        procs: None,
-        received_unix_ms: 0,
-        deadline_unix_ms: None,
-        reply_to: None,
-        input_object: None,
-    };
+    let unknown = comfaas_tests::invocation("x", "ghost");
     let reply = request(
         &p.client,
         &p.subjects.work("edge-1"),
