@@ -295,3 +295,36 @@ async fn hostile_bundles_are_refused_and_nothing_is_installed() {
     assert!(err.to_string().contains("exceeds the limit"), "{err}");
     assert!(p.registry.get("huge").await.unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_no_kept_revision_uses_are_collected() {
+    let p = Platform::start().await;
+    let v1 = comfaas::deploy::deploy_dir(&p.registry, &versioned(&p, "gc", "1", "", &says("v1")))
+        .await
+        .unwrap();
+    let v2 = comfaas::deploy::deploy_dir(&p.registry, &versioned(&p, "gc", "2", "", &says("v2")))
+        .await
+        .unwrap();
+    let keep =
+        comfaas::deploy::deploy_dir(&p.registry, &versioned(&p, "keep", "1", "", &says("k")))
+            .await
+            .unwrap();
+    // Both of gc's bundles are in its kept history: nothing goes.
+    assert_eq!(p.registry.collect_garbage(Duration::ZERO).await.unwrap(), 0);
+    // Young bundles are spared even when unused.
+    p.registry.remove("gc").await.unwrap();
+    assert_eq!(
+        p.registry
+            .collect_garbage(Duration::from_secs(600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(p.registry.collect_garbage(Duration::ZERO).await.unwrap(), 2);
+    assert!(p.registry.fetch_bundle(&v1.bundle).await.is_err());
+    assert!(p.registry.fetch_bundle(&v2.bundle).await.is_err());
+    assert!(
+        p.registry.fetch_bundle(&keep.bundle).await.is_ok(),
+        "a deployed bundle stays"
+    );
+}

@@ -125,6 +125,14 @@ async fn main() {
     }
 }
 
+/// Bundles no kept revision uses are deleted once ten minutes old; a
+/// failure here only costs disk, so it is reported, not fatal.
+async fn collect_garbage(registry: &Registry) {
+    if let Err(e) = registry.collect_garbage(Duration::from_secs(600)).await {
+        eprintln!("comfaas: warning: unused bundles not collected: {e}");
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let nats: NatsOptions = comfaas_platform::settings::load(
         &NatsOptions::default(),
@@ -160,8 +168,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev { .. } => unreachable!("handled above"),
         Command::Deploy { dir, wait } => {
-            let deployment = deploy::deploy_dir(&registry().await?, &dir).await?;
+            let registry = registry().await?;
+            let deployment = deploy::deploy_dir(&registry, &dir).await?;
             deploy::wait_and_report(&client, &subjects, &deployment, wait).await?;
+            collect_garbage(&registry).await;
         }
         Command::Invoke {
             function,
@@ -212,7 +222,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             deploy::wait_and_report(&client, &subjects, &deployment, wait).await?;
         }
         Command::Ls => inspect::ls(&registry().await?, &client, &subjects).await?,
-        Command::Rm { function } => inspect::rm(&registry().await?, &function).await?,
+        Command::Rm { function } => {
+            let registry = registry().await?;
+            inspect::rm(&registry, &function).await?;
+            collect_garbage(&registry).await;
+        }
         Command::Nodes => inspect::nodes(&client, &subjects).await?,
         Command::IotSim {
             function,

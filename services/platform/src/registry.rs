@@ -234,6 +234,56 @@ impl Registry {
         Ok(deployment)
     }
 
+    /// Deletes bundles that no kept revision of any deployed function uses
+    /// and that are older than `min_age` (so a deploy between its upload and
+    /// its manifest write is never robbed). Returns how many were deleted.
+    /// A removed function's bundles go too: rollback works while deployed.
+    pub async fn collect_garbage(&self, min_age: Duration) -> Result<usize, RegistryError> {
+        let keys: Vec<String> = self
+            .functions
+            .keys()
+            .await
+            .map_err(|e| NatsError::new("list functions", e))?
+            .try_collect()
+            .await
+            .map_err(|e| NatsError::new("list functions", e))?;
+        let mut referenced = std::collections::HashSet::new();
+        for key in keys {
+            for deployment in self.history(&key).await? {
+                referenced.insert(deployment.bundle.object);
+            }
+        }
+        let objects: Vec<_> = self
+            .packages
+            .list()
+            .await
+            .map_err(|e| NatsError::new("list bundles", e))?
+            .try_collect()
+            .await
+            .map_err(|e| NatsError::new("list bundles", e))?;
+        let now = std::time::SystemTime::now();
+        let mut deleted = 0;
+        for info in objects {
+            let old_enough = info
+                .modified
+                .map(|m| {
+                    let at = std::time::UNIX_EPOCH
+                        + Duration::from_secs(m.unix_timestamp().max(0) as u64);
+                    now.duration_since(at).unwrap_or_default() >= min_age
+                })
+                .unwrap_or(true);
+            if info.deleted || referenced.contains(&info.name) || !old_enough {
+                continue;
+            }
+            self.packages
+                .delete(&info.name)
+                .await
+                .map_err(|e| NatsError::new(format!("delete bundle {}", info.name), e))?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
     /// Reads a bundle, refusing one larger than announced or than the limit.
     pub async fn fetch_bundle(&self, bundle: &BundleRef) -> Result<Vec<u8>, RegistryError> {
         if bundle.size > MAX_BUNDLE_BYTES {
