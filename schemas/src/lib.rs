@@ -23,6 +23,7 @@ pub use manifest::{
     MANIFEST_FILE,
 };
 pub use messages::{
-    now_unix_ms, BundleRef, Deployment, DispatchMetrics, ErrorCount, FunctionState, InputObject,
-    InstallState, Invocation, NodeLoad, NodeMetrics, PlacementRecord, Tier, SCHEMA_VERSION,
+    now_unix_ms, BundleRef, CandidateEstimate, Deployment, DispatchMetrics, ErrorCount,
+    FunctionState, InputObject, InstallState, Invocation, NodeLoad, NodeMetrics, PlacementRecord,
+    Tier, SCHEMA_VERSION,
 };

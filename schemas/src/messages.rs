@@ -286,6 +286,21 @@ pub struct PlacementRecord {
     /// What the round trip to the node really took, ms.
     #[serde(default)]
     pub took_ms: Option<u64>,
+    /// The model's estimate for the chosen node, ms.
+    #[serde(default)]
+    pub estimate_ms: Option<f64>,
+    /// The estimate for every eligible node, best first.
+    #[serde(default)]
+    pub candidates: Vec<CandidateEstimate>,
+}
+
+/// One eligible node's estimate in a placement decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateEstimate {
+    /// Node id.
+    pub node: String,
+    /// Estimated completion time, ms.
+    pub estimate_ms: f64,
 }
 
 /// A dispatcher's own report, on `<prefix>.dispatch.<id>.metrics` every second.
@@ -435,6 +450,11 @@ mod tests_support {
                 node: "edge-1".into(),
                 reason: "least loaded".into(),
                 took_ms: Some(3),
+                estimate_ms: Some(2.5),
+                candidates: vec![CandidateEstimate {
+                    node: "edge-1".into(),
+                    estimate_ms: 2.5,
+                }],
             }],
             sent_unix_ms: 5,
         }
@@ -588,6 +608,10 @@ mod readme {
             ("ErrorCount", fields(&metrics.errors[0])),
             ("NodeMetrics", fields(&metrics.nodes[0])),
             ("PlacementRecord", fields(&metrics.recent[0])),
+            (
+                "CandidateEstimate",
+                fields(&metrics.recent[0].candidates[0]),
+            ),
         ];
         for (name, fields) in messages {
             let start = readme

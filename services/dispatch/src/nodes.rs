@@ -15,13 +15,24 @@ struct Node {
     unreachable: bool,
     placed: u64,
     in_flight: u32,
+    /// Moving average of the round trip as this dispatcher sees it, ms.
+    rtt_ms: Option<f64>,
 }
 
-/// Every node heard from, alive or not.
+/// Weight of the newest sample in the moving averages.
+const EWMA_ALPHA: f64 = 0.3;
+
+fn ewma(old: Option<f64>, sample: f64) -> f64 {
+    old.map_or(sample, |o| o + EWMA_ALPHA * (sample - o))
+}
+
+/// Every node heard from, alive or not, and what runs there took.
 #[derive(Default)]
 pub struct NodeTable {
     nodes: HashMap<String, Node>,
     dead_after: u32,
+    /// (function, node) → (moving average run time ms, processes).
+    runs: HashMap<(String, String), (f64, u32)>,
 }
 
 impl NodeTable {
@@ -30,6 +41,7 @@ impl NodeTable {
         Self {
             nodes: HashMap::new(),
             dead_after,
+            runs: HashMap::new(),
         }
     }
 
@@ -54,6 +66,7 @@ impl NodeTable {
                         unreachable: false,
                         placed: 0,
                         in_flight: 0,
+                        rtt_ms: None,
                     },
                 );
             }
@@ -63,6 +76,33 @@ impl NodeTable {
     fn alive(&self, node: &Node, now: Instant) -> bool {
         let period = Duration::from_millis(node.load.heartbeat_ms.max(1));
         !node.unreachable && now.duration_since(node.last_seen) <= period * self.dead_after
+    }
+
+    /// What one answered invocation taught: `took_ms` at the dispatcher, of
+    /// which the node says the function ran `run_ms` with `procs` processes.
+    pub fn observe(
+        &mut self,
+        node: &str,
+        function: &str,
+        procs: u32,
+        took_ms: f64,
+        run_ms: Option<f64>,
+    ) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            let overhead = (took_ms - run_ms.unwrap_or(0.0)).max(0.05);
+            n.rtt_ms = Some(ewma(n.rtt_ms, overhead));
+        }
+        if let Some(run_ms) = run_ms {
+            let key = (function.to_owned(), node.to_owned());
+            // Normalise to the stored process count, assuming linear scaling.
+            let (old, old_procs) = self.runs.get(&key).copied().unzip();
+            let sample = match old_procs {
+                Some(p) if p != procs => run_ms * f64::from(procs) / f64::from(p.max(1)),
+                _ => run_ms,
+            };
+            self.runs
+                .insert(key, (ewma(old, sample), old_procs.unwrap_or(procs)));
+        }
     }
 
     /// The snapshot the placement model decides on, for `function`.
@@ -81,6 +121,16 @@ impl NodeTable {
                 in_flight: n.in_flight,
                 cpu_load: n.load.cpu_load,
                 max_procs: n.load.max_procs,
+                rtt_ms: n.rtt_ms,
+                fetch_bytes_per_s: Some(n.load.input_fetch_bytes_per_s).filter(|b| *b > 0.0),
+                run_ms: self
+                    .runs
+                    .get(&(function.to_owned(), n.load.node.clone()))
+                    .map(|r| r.0),
+                run_procs: self
+                    .runs
+                    .get(&(function.to_owned(), n.load.node.clone()))
+                    .map_or(1, |r| r.1),
             })
             .collect()
     }
@@ -205,6 +255,22 @@ mod tests {
         table.heard(load("a"), t0);
         assert!(table.views("f", t0 + Duration::from_millis(2900))[0].alive);
         assert!(!table.views("f", t0 + Duration::from_millis(3100))[0].alive);
+    }
+
+    #[test]
+    fn answers_teach_round_trips_and_run_times() {
+        let mut table = NodeTable::new(3);
+        let t0 = Instant::now();
+        table.heard(load("a"), t0);
+        table.observe("a", "f", 1, 12.0, Some(10.0));
+        let view = &table.views("f", t0)[0];
+        assert_eq!(view.rtt_ms, Some(2.0));
+        assert_eq!((view.run_ms, view.run_procs), (Some(10.0), 1));
+        // A run at 2 processes counts as twice the work at 1.
+        table.observe("a", "f", 2, 7.0, Some(6.0));
+        let view = &table.views("f", t0)[0];
+        assert!((view.run_ms.unwrap() - (10.0 + 0.3 * (12.0 - 10.0))).abs() < 1e-9);
+        assert!(table.views("g", t0)[0].run_ms.is_none(), "per function");
     }
 
     #[test]

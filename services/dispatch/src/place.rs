@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use async_nats::client::RequestErrorKind;
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use comfaas_placement::Request;
+use comfaas_placement::{Decision, Request};
 use comfaas_platform::reply::{self, Outcome, ReplyMeta};
 use comfaas_schemas::names::{self, headers as h};
 use comfaas_schemas::{
-    encode, now_unix_ms, parse_duration, validate_function_name, Deployment, ErrorCode,
-    InputObject, Invocation, Placement, PlacementRecord, SCHEMA_VERSION,
+    encode, now_unix_ms, parse_duration, validate_function_name, CandidateEstimate, Deployment,
+    ErrorCode, InputObject, Invocation, Placement, PlacementRecord, SCHEMA_VERSION,
 };
 
 use crate::{lock, Shared, RECENT_DECISIONS};
@@ -253,6 +253,7 @@ async fn execute_inner(
                 function,
                 placement: &placement,
                 procs,
+                input_bytes: invocation.input_object.as_ref().map_or(0, |o| o.size),
             };
             comfaas_placement::choose(&views, &request, &mut rand::rng())
         };
@@ -299,8 +300,22 @@ async fn execute_inner(
             )
             .await;
         lock(&shared.nodes).answered(&node);
-        let took_ms = sent.elapsed().as_millis() as u64;
-        record(shared, &id, function, &node, &decision.reason, took_ms);
+        let took = sent.elapsed();
+        record(shared, &id, function, &decision, took.as_millis() as u64);
+        if let Ok(message) = &result {
+            let run_ms = message
+                .headers
+                .as_ref()
+                .and_then(|hm| reply::get(hm, h::DURATION_MS))
+                .and_then(|ms| ms.parse::<f64>().ok());
+            lock(&shared.nodes).observe(
+                &node,
+                function,
+                procs,
+                took.as_secs_f64() * 1000.0,
+                run_ms,
+            );
+        }
         match result {
             Ok(message) => {
                 let headers = message.headers.unwrap_or_default();
@@ -392,7 +407,7 @@ async fn deployment(shared: &Shared, function: &str) -> Result<Option<Arc<Deploy
     }
 }
 
-fn record(shared: &Shared, id: &str, function: &str, node: &str, reason: &str, took_ms: u64) {
+fn record(shared: &Shared, id: &str, function: &str, decision: &Decision, took_ms: u64) {
     let mut stats = lock(&shared.stats);
     if stats.recent.len() == RECENT_DECISIONS {
         stats.recent.pop_front();
@@ -400,9 +415,18 @@ fn record(shared: &Shared, id: &str, function: &str, node: &str, reason: &str, t
     stats.recent.push_back(PlacementRecord {
         invocation: id.to_owned(),
         function: function.to_owned(),
-        node: node.to_owned(),
-        reason: reason.to_owned(),
+        node: decision.node.clone(),
+        reason: decision.reason.clone(),
         took_ms: Some(took_ms),
+        estimate_ms: Some(decision.estimate_ms),
+        candidates: decision
+            .candidates
+            .iter()
+            .map(|(node, estimate_ms)| CandidateEstimate {
+                node: node.clone(),
+                estimate_ms: *estimate_ms,
+            })
+            .collect(),
     });
 }
 
