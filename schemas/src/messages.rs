@@ -270,6 +270,9 @@ pub struct NodeMetrics {
     pub placed: u64,
     /// Invocations placed there and not yet answered.
     pub in_flight: u32,
+    /// Round trip as this dispatcher measures it (moving average), ms.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
 }
 
 /// One placement decision, for judging the model.
@@ -443,6 +446,7 @@ mod tests_support {
                 last_seen_ms: 200,
                 placed: 8,
                 in_flight: 0,
+                rtt_ms: Some(0.4),
             }],
             recent: vec![PlacementRecord {
                 invocation: "inv-1".into(),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use comfaas_platform::registry::Registry;
 use comfaas_schemas::names::Subjects;
-use comfaas_schemas::{decode, NodeLoad};
+use comfaas_schemas::{decode, DispatchMetrics, NodeLoad};
 use futures::StreamExt;
 
 use crate::deploy::state_name;
@@ -82,16 +82,53 @@ pub async fn ls(
     Ok(())
 }
 
+/// Round trips to each node as the dispatchers measure them (the lowest
+/// when several dispatchers report), heard for `window`.
+async fn collect_rtts(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    window: Duration,
+) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut metrics = client.subscribe(subjects.dispatch_metrics_all()).await?;
+    let deadline = Instant::now() + window;
+    let mut rtts: BTreeMap<String, f64> = BTreeMap::new();
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline.into(), metrics.next()).await {
+        if let Ok(report) = decode::<DispatchMetrics>(&message.payload) {
+            for node in report.nodes {
+                if let Some(rtt) = node.rtt_ms {
+                    let best = rtts.entry(node.node).or_insert(rtt);
+                    *best = best.min(rtt);
+                }
+            }
+        }
+    }
+    Ok(rtts)
+}
+
 /// Prints the live node table.
 pub async fn nodes(client: &async_nats::Client, subjects: &Subjects) -> anyhow::Result<()> {
-    let loads = collect_loads(client, subjects, Duration::from_millis(1200)).await?;
+    let window = Duration::from_millis(1200);
+    let (loads, rtts) = tokio::try_join!(
+        collect_loads(client, subjects, window),
+        collect_rtts(client, subjects, window)
+    )?;
     if loads.is_empty() {
         println!("no live node (no heartbeat in the last 1.2 s)");
         return Ok(());
     }
     println!(
-        "{:<14} {:<6} {:<12} {:>5} {:>7} {:>6} {:>5} {:>11} {:>9} {:<10} READY",
-        "NODE", "TIER", "SITE", "SLOTS", "RUNNING", "QUEUED", "CPU", "MEM", "MAX_PROCS", "RUNTIMES"
+        "{:<14} {:<6} {:<12} {:>5} {:>7} {:>6} {:>5} {:>11} {:>9} {:>8} {:<40} READY",
+        "NODE",
+        "TIER",
+        "SITE",
+        "SLOTS",
+        "RUNNING",
+        "QUEUED",
+        "CPU",
+        "MEM",
+        "MAX_PROCS",
+        "RTT_MS",
+        "RUNTIMES"
     );
     for load in loads.values() {
         let ready = load
@@ -99,8 +136,11 @@ pub async fn nodes(client: &async_nats::Client, subjects: &Subjects) -> anyhow::
             .iter()
             .filter(|f| f.serving.is_some())
             .count();
+        let rtt = rtts
+            .get(&load.node)
+            .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
         println!(
-            "{:<14} {:<6} {:<12} {:>5} {:>7} {:>6} {:>5.2} {:>5}/{:>5} {:>9} {:<10} {}/{}",
+            "{:<14} {:<6} {:<12} {:>5} {:>7} {:>6} {:>5.2} {:>5}/{:>5} {:>9} {:>8} {:<40} {}/{}",
             load.node,
             load.tier.as_str(),
             load.site,
@@ -111,6 +151,7 @@ pub async fn nodes(client: &async_nats::Client, subjects: &Subjects) -> anyhow::
             gib(load.memory_used_bytes),
             gib(load.memory_total_bytes),
             load.max_procs,
+            rtt,
             load.runtimes.join(","),
             ready,
             load.functions.len()

@@ -211,6 +211,7 @@ impl NodeTable {
                 last_seen_ms: now.duration_since(n.last_seen).as_millis() as u64,
                 placed: n.placed,
                 in_flight: n.in_flight,
+                rtt_ms: n.rtt_ms,
             })
             .collect();
         out.sort_by(|a, b| a.node.cmp(&b.node));
