@@ -214,6 +214,9 @@ pub struct NodeSpec {
     pub input_cache_bytes: u64,
     /// Largest output a run may write (to the object store past 1 MB).
     pub max_output_object_bytes: u64,
+    /// Another server to connect to (a site of its own), and the JetStream
+    /// domain of the registry and data there.
+    pub site: Option<(String, Option<String>)>,
 }
 
 impl NodeSpec {
@@ -229,6 +232,7 @@ impl NodeSpec {
             extra_wheels: Vec::new(),
             input_cache_bytes: 8 << 30,
             max_output_object_bytes: 1 << 30,
+            site: None,
         }
     }
 
@@ -293,8 +297,15 @@ impl Platform {
 
     /// Starts an in-process executor. It runs until stopped or the test ends.
     pub async fn executor(&self, spec: NodeSpec) -> Service {
+        let nats = match &spec.site {
+            Some((url, domain)) => NatsOptions {
+                js_domain: domain.clone(),
+                ..NatsOptions::for_url(url)
+            },
+            None => self.nats.options(),
+        };
         let config = ExecConfig {
-            nats: self.nats.options(),
+            nats,
             data_dir: self.scratch.path().join("nodes").join(&spec.node),
             node: spec.node,
             tier: spec.tier,

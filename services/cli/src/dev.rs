@@ -83,7 +83,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     }
 
     let client = nats.connect("comfaas dev").await?;
-    let registry = Registry::open(&async_nats::jetstream::new(client.clone())).await?;
+    let registry = Registry::open(&nats.jetstream(client.clone())).await?;
     deploy_all(&client, &registry, &nats, &options.functions).await;
     println!();
     println!("comfaas is up. Try:");

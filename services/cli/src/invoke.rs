@@ -83,7 +83,7 @@ pub async fn invoke(
 /// Headers go to stderr with `verbose`. An error reply is returned as an
 /// error, so the exit code tells.
 pub async fn print_reply(
-    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
     message: &async_nats::Message,
     verbose: bool,
     output_file: Option<&std::path::Path>,
@@ -117,8 +117,7 @@ pub async fn print_reply(
             };
             match object {
                 Some(name) => {
-                    let js = async_nats::jetstream::new(client.clone());
-                    let store = comfaas_platform::resources::outputs_store(&js).await?;
+                    let store = comfaas_platform::resources::outputs_store(js).await?;
                     let mut reader = store
                         .get(&name)
                         .await

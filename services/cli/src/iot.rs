@@ -42,6 +42,7 @@ pub async fn run(
     wait: Duration,
 ) -> anyhow::Result<usize> {
     let mut results = client.subscribe(subjects.result(function)).await?;
+    // Events are published where devices are: the connected server's domain.
     let js = async_nats::jetstream::new(client.clone());
     let mut pending = HashSet::new();
     let run = uuid::Uuid::new_v4().simple().to_string();

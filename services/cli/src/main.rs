@@ -161,7 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let client = nats.connect("comfaas cli").await?;
     let registry = || async {
-        Registry::open(&async_nats::jetstream::new(client.clone()))
+        Registry::open(&nats.jetstream(client.clone()))
             .await
             .context("open the registry (is JetStream enabled?)")
     };
@@ -187,7 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let input = invoke::read_data(data.as_deref())?;
             let input_object = match input_file {
                 Some(path) => {
-                    let js = async_nats::jetstream::new(client.clone());
+                    let js = nats.jetstream(client.clone());
                     let store = comfaas_platform::resources::inputs_store(&js).await?;
                     let uploaded = comfaas_platform::objects::upload_file(&store, &path).await?;
                     if verbose {
@@ -214,7 +214,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 wait: Duration::from_secs(wait),
             };
             let reply = invoke::invoke(&client, &subjects, &function, input, &options).await?;
-            invoke::print_reply(&client, &reply, verbose, output_file.as_deref()).await?;
+            invoke::print_reply(
+                &nats.jetstream(client.clone()),
+                &reply,
+                verbose,
+                output_file.as_deref(),
+            )
+            .await?;
         }
         Command::Rollback { function, to, wait } => {
             let deployment = registry().await?.rollback(&function, to.as_deref()).await?;

@@ -80,7 +80,7 @@ impl Dispatcher {
             .nats
             .connect(&format!("comfaas-dispatch {}", config.id))
             .await?;
-        let js = async_nats::jetstream::new(client.clone());
+        let js = config.nats.jetstream(client.clone());
         let registry = Registry::open(&js).await?;
         let subjects = config.nats.subjects();
         comfaas_platform::resources::results_stream(&js, &subjects).await?;
@@ -122,7 +122,7 @@ impl Dispatcher {
             .await
             .context("subscribe to invocations")?;
         let changes = shared.registry.watch_forever();
-        let js = async_nats::jetstream::new(client.clone());
+        let js = shared.config.nats.jetstream(client.clone());
         let events = events::consumer(&js, &shared).await?;
         tracing::info!(id = %shared.config.id, "dispatcher serving {}", shared.subjects.invoke_all());
 

@@ -85,7 +85,7 @@ impl Executor {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = self.config;
         let subjects = config.nats.subjects();
-        let js = async_nats::jetstream::new(self.client.clone());
+        let js = config.nats.jetstream(self.client.clone());
         let registry = comfaas_platform::registry::Registry::open(&js).await?;
         // Inputs come over a connection of their own that buffers little.
         let bulk = config
@@ -97,7 +97,7 @@ impl Executor {
             .await?;
         let inputs = Arc::new(inputs::InputCache::new(
             config.data_dir().join("inputs"),
-            comfaas_platform::resources::inputs_store(&async_nats::jetstream::new(bulk)).await?,
+            comfaas_platform::resources::inputs_store(&config.nats.jetstream(bulk)).await?,
             config.input_cache_bytes,
         ));
         tokio::fs::create_dir_all(config.data_dir().join("inputs")).await?;

@@ -22,6 +22,10 @@ pub struct NatsOptions {
     pub tls_ca_file: Option<PathBuf>,
     /// Subject prefix.
     pub prefix: String,
+    /// JetStream domain holding the registry, events and object stores
+    /// (`None`: the connected server's own). A cloud node reaching the
+    /// edge's data across a leaf link sets the edge's domain.
+    pub js_domain: Option<String>,
 }
 
 impl Default for NatsOptions {
@@ -31,6 +35,7 @@ impl Default for NatsOptions {
             creds_file: None,
             tls_ca_file: None,
             prefix: comfaas_schemas::names::DEFAULT_PREFIX.to_owned(),
+            js_domain: None,
         }
     }
 }
@@ -46,6 +51,10 @@ pub struct NatsFlags {
     #[arg(long = "creds", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub creds_file: Option<PathBuf>,
+    /// JetStream domain of the registry and data (e.g. `edge`, from a cloud site)
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub js_domain: Option<String>,
 }
 
 impl NatsOptions {
@@ -54,6 +63,14 @@ impl NatsOptions {
         Self {
             nats_url: url.into(),
             ..Self::default()
+        }
+    }
+
+    /// A JetStream context in the configured domain.
+    pub fn jetstream(&self, client: async_nats::Client) -> async_nats::jetstream::Context {
+        match &self.js_domain {
+            Some(domain) => async_nats::jetstream::with_domain(client, domain),
+            None => async_nats::jetstream::new(client),
         }
     }
 

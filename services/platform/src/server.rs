@@ -22,6 +22,8 @@ pub struct ServerOptions {
     pub config_file: Option<PathBuf>,
     /// The `nats-server` binary; `nats-server` on the `PATH` by default.
     pub binary: Option<PathBuf>,
+    /// Environment variables the configuration file refers to (`$NAME`).
+    pub env: Vec<(String, String)>,
 }
 
 /// The server did not start.
@@ -82,6 +84,7 @@ impl EmbeddedServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .kill_on_drop(true);
         let mut child = command.spawn().map_err(|source| ServerError::Spawn {
             binary: binary.display().to_string(),

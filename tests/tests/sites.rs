@@ -1,0 +1,108 @@
+//! Two sites over a NATS leaf link, with the server configs of `nats/`: the
+//! edge (dispatcher, registry, inputs) and a cloud hub whose executor is
+//! chosen, reads the edge's registry and input objects across the link, and
+//! answers the requester at the edge.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use comfaas_platform::server::{EmbeddedServer, ServerOptions};
+use comfaas_schemas::names::headers as h;
+use comfaas_tests::{header, repo_root, NodeSpec, Platform};
+use futures::StreamExt;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_executor_serves_the_edge_through_a_leaf_link() {
+    let leaf_port = free_port();
+    let cloud = EmbeddedServer::start(ServerOptions {
+        config_file: Some(repo_root().join("nats/cloud.conf")),
+        env: vec![("COMFAAS_LEAF_PORT".into(), leaf_port.to_string())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let edge = EmbeddedServer::start(ServerOptions {
+        config_file: Some(repo_root().join("nats/edge.conf")),
+        env: vec![(
+            "COMFAAS_HUB_LEAF_URL".into(),
+            format!("nats-leaf://127.0.0.1:{leaf_port}"),
+        )],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Wait for the leaf link: a message published at the edge reaches the hub.
+    let hub = async_nats::connect(cloud.url()).await.unwrap();
+    let mut probe = hub.subscribe("probe.link").await.unwrap();
+    hub.flush().await.unwrap();
+    let p = Platform::on(edge).await;
+    let linked = async {
+        loop {
+            p.client.publish("probe.link", "x".into()).await.unwrap();
+            if tokio::time::timeout(Duration::from_millis(200), probe.next())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), linked)
+        .await
+        .expect("leaf link up");
+
+    drop(p.dispatcher().await);
+    drop(
+        p.executor(NodeSpec {
+            site: Some((cloud.url().to_owned(), Some("edge".to_owned()))),
+            ..NodeSpec::cloud("chicago-1")
+        })
+        .await,
+    );
+    p.deploy(&repo_root().join("functions/hello"), &["chicago-1"])
+        .await;
+    let reply = p.invoke("hello", r#"{"name":"edge device"}"#).await;
+    assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    assert_eq!(header(&reply, h::NODE), "chicago-1");
+    assert_eq!(header(&reply, h::TIER), "cloud");
+
+    // An input object kept at the edge, fetched by the cloud node when chosen.
+    let dir = p.function(
+        "count",
+        "",
+        &[(
+            "main.py",
+            "import sys\nprint(len(sys.stdin.buffer.read()))\n",
+        )],
+    );
+    p.deploy(&dir, &["chicago-1"]).await;
+    let file = p.scratch.path().join("input.bin");
+    std::fs::write(&file, vec![5u8; 3 << 20]).unwrap();
+    let js = async_nats::jetstream::new(p.client.clone());
+    let store = comfaas_platform::resources::inputs_store(&js)
+        .await
+        .unwrap();
+    let object = comfaas_platform::objects::upload_file(&store, &file)
+        .await
+        .unwrap()
+        .name;
+    let mut headers = HeaderMap::new();
+    headers.insert(h::INPUT_OBJECT, object.as_str());
+    let reply = p.invoke_bytes("count", Vec::new(), headers).await;
+    assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    assert_eq!(
+        String::from_utf8_lossy(&reply.payload).trim(),
+        (3 << 20).to_string()
+    );
+    drop(cloud);
+}
