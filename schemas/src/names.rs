@@ -13,6 +13,16 @@ pub const DISPATCH_EVENTS_CONSUMER: &str = "comfaas-dispatch";
 pub const EVENTS_STREAM: &str = "COMFAAS_EVENTS";
 /// Stream keeping results (`<prefix>.result.>`).
 pub const RESULTS_STREAM: &str = "COMFAAS_RESULTS";
+/// A cloud site's backup of an edge site's events: `COMFAAS_EVENTS_<DOMAIN>`.
+pub fn events_backup_stream(edge_domain: &str) -> String {
+    format!("{EVENTS_STREAM}_{}", edge_domain.to_uppercase())
+}
+
+/// A cloud site's backup of an edge site's results: `COMFAAS_RESULTS_<DOMAIN>`.
+pub fn results_backup_stream(edge_domain: &str) -> String {
+    format!("{RESULTS_STREAM}_{}", edge_domain.to_uppercase())
+}
+
 /// Stream of invocations that failed for good.
 pub const DLQ_STREAM: &str = "COMFAAS_DLQ";
 

@@ -106,3 +106,115 @@ async fn a_cloud_executor_serves_the_edge_through_a_leaf_link() {
     );
     drop(cloud);
 }
+
+async fn link_up(edge: &async_nats::Client, hub: &async_nats::Client) {
+    let mut probe = hub.subscribe("probe.link").await.unwrap();
+    hub.flush().await.unwrap();
+    let linked = async {
+        loop {
+            edge.publish("probe.link", "x".into()).await.unwrap();
+            if tokio::time::timeout(Duration::from_millis(200), probe.next())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), linked)
+        .await
+        .expect("leaf link up");
+}
+
+async fn mirrored(hub: &async_nats::Client, want: u64) {
+    let js = async_nats::jetstream::new(hub.clone());
+    let name = comfaas_schemas::names::events_backup_stream("edge");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut stream = js.get_stream(&name).await.unwrap();
+        let have = stream.info().await.unwrap().state.messages;
+        if have >= want {
+            assert_eq!(have, want);
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backup holds {have} of {want} events"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_events_are_backed_up_in_the_cloud_across_a_cut_link() {
+    let leaf_port = free_port();
+    let cloud_store = tempfile::tempdir().unwrap();
+    let cloud_options = |port: Option<u16>| ServerOptions {
+        port,
+        store_dir: Some(cloud_store.path().to_path_buf()),
+        config_file: Some(repo_root().join("nats/cloud.conf")),
+        env: vec![("COMFAAS_LEAF_PORT".into(), leaf_port.to_string())],
+        ..Default::default()
+    };
+    let cloud = EmbeddedServer::start(cloud_options(None)).await.unwrap();
+    let cloud_port = cloud.port();
+    let edge = EmbeddedServer::start(ServerOptions {
+        config_file: Some(repo_root().join("nats/edge.conf")),
+        env: vec![(
+            "COMFAAS_HUB_LEAF_URL".into(),
+            format!("nats-leaf://127.0.0.1:{leaf_port}"),
+        )],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let edge_client = async_nats::connect(edge.url()).await.unwrap();
+    let hub = async_nats::connect(cloud.url()).await.unwrap();
+    link_up(&edge_client, &hub).await;
+
+    let subjects = comfaas_schemas::names::Subjects::default();
+    let edge_js = async_nats::jetstream::new(edge_client.clone());
+    comfaas_platform::resources::events_stream(&edge_js, &subjects)
+        .await
+        .unwrap();
+    comfaas_platform::resources::results_stream(&edge_js, &subjects)
+        .await
+        .unwrap();
+    let out = std::process::Command::new(comfaas_tests::binary("comfaas"))
+        .args(["--nats-url", cloud.url(), "backup-edge", "--domain", "edge"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let publish = |n: u32| {
+        let js = edge_js.clone();
+        let subject = subjects.event("hello");
+        async move {
+            js.publish(subject, format!("{{\"n\":{n}}}").into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    publish(1).await;
+    mirrored(&hub, 1).await;
+
+    // The link goes down: the hub stops. The edge keeps taking events.
+    drop(hub);
+    cloud.stop().await;
+    publish(2).await;
+    publish(3).await;
+
+    // Back up, same store and ports: the backup catches up.
+    let cloud = EmbeddedServer::start(cloud_options(Some(cloud_port)))
+        .await
+        .unwrap();
+    let hub = async_nats::connect(cloud.url()).await.unwrap();
+    link_up(&edge_client, &hub).await;
+    mirrored(&hub, 3).await;
+}

@@ -99,6 +99,12 @@ enum Command {
     },
     /// Show the live node table
     Nodes,
+    /// On a cloud site: keep a mirror of an edge site's events and results
+    BackupEdge {
+        /// The edge site's JetStream domain
+        #[arg(long, default_value = "edge")]
+        domain: String,
+    },
     /// Simulate devices publishing sensor events and print the results
     IotSim {
         /// Function the events go to
@@ -234,6 +240,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             collect_garbage(&registry).await;
         }
         Command::Nodes => inspect::nodes(&client, &subjects).await?,
+        Command::BackupEdge { domain } => {
+            // The mirrors live on the site we are connected to.
+            let js = async_nats::jetstream::new(client.clone());
+            comfaas_platform::resources::backup_edge(&js, &domain).await?;
+            println!(
+                "this site now mirrors {} and {} of domain `{domain}`",
+                comfaas_schemas::names::EVENTS_STREAM,
+                comfaas_schemas::names::RESULTS_STREAM
+            );
+        }
         Command::IotSim {
             function,
             devices,

@@ -57,6 +57,42 @@ pub async fn results_stream(
     .map_err(|e| NatsError::new(format!("create stream {}", names::RESULTS_STREAM), e))
 }
 
+/// Makes the site of `js` keep a mirror of the edge site `edge_domain`'s
+/// events and results streams (JetStream mirroring across domains), so
+/// edge data is kept in the cloud and catches up after the link was down.
+pub async fn backup_edge(js: &jetstream::Context, edge_domain: &str) -> Result<(), NatsError> {
+    for (name, source) in [
+        (
+            names::events_backup_stream(edge_domain),
+            names::EVENTS_STREAM,
+        ),
+        (
+            names::results_backup_stream(edge_domain),
+            names::RESULTS_STREAM,
+        ),
+    ] {
+        js.get_or_create_stream(stream::Config {
+            name: name.clone(),
+            description: Some(format!(
+                "backup of {source} at the edge site `{edge_domain}`"
+            )),
+            storage: stream::StorageType::File,
+            mirror: Some(stream::Source {
+                name: source.to_owned(),
+                external: Some(stream::External {
+                    api_prefix: format!("$JS.{edge_domain}.API"),
+                    delivery_prefix: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| NatsError::new(format!("create backup stream {name}"), e))?;
+    }
+    Ok(())
+}
+
 /// The function registry bucket.
 ///
 /// Created as its backing stream (what `create_key_value` would make):
