@@ -199,3 +199,77 @@ async fn services_ride_out_a_server_restart_and_see_later_deploys() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatchers_share_the_load_and_run_nothing_twice() {
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    drop(p.dispatcher().await);
+    drop(
+        p.executor(NodeSpec {
+            slots: 2,
+            queue: 64,
+            ..NodeSpec::edge("edge-1")
+        })
+        .await,
+    );
+    let dir = p.function(
+        "tally",
+        "mode = \"handler\"",
+        &[("main.py", "def handle(d):\n    return d\n")],
+    );
+    p.deploy(&dir, &["edge-1"]).await;
+    let mut results = p
+        .client
+        .subscribe(p.subjects.result("tally"))
+        .await
+        .unwrap();
+    // 40 requests and 40 events, all at once.
+    let requests = (0..40).map(|i| {
+        let client = p.client.clone();
+        let subject = p.subjects.invoke("tally");
+        async move {
+            comfaas_tests::request(&client, &subject, HeaderMap::new(), format!("r{i}").into())
+                .await
+        }
+    });
+    for i in 0..40 {
+        publish_event(&p, "tally", &format!("e{i}"), &format!("e{i}")).await;
+    }
+    for reply in futures::future::join_all(requests).await {
+        assert_eq!(header(&reply, h::STATUS), "ok");
+    }
+    let mut seen = std::collections::HashMap::new();
+    while seen.values().sum::<u32>() < 80 {
+        let result = next_result(&mut results).await;
+        *seen
+            .entry(String::from_utf8_lossy(&result.payload).into_owned())
+            .or_insert(0u32) += 1;
+    }
+    assert_eq!(seen.len(), 80, "every request and event answered");
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "something ran twice: {seen:?}"
+    );
+    let extra = tokio::time::timeout(Duration::from_secs(2), results.next()).await;
+    assert!(extra.is_err(), "an extra result: {extra:?}");
+    // Both dispatchers took part.
+    let mut busy = std::collections::HashSet::new();
+    let mut metrics = p
+        .client
+        .subscribe(p.subjects.dispatch_metrics_all())
+        .await
+        .unwrap();
+    let both = async {
+        while busy.len() < 2 {
+            let m: comfaas_schemas::DispatchMetrics =
+                comfaas_schemas::decode(&metrics.next().await.unwrap().payload).unwrap();
+            if m.received > 0 {
+                busy.insert(m.dispatcher);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), both)
+        .await
+        .expect("both dispatchers took work");
+}
