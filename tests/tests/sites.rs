@@ -25,18 +25,21 @@ fn free_port() -> u16 {
 async fn a_cloud_executor_serves_the_edge_through_a_leaf_link() {
     let leaf_port = free_port();
     let cloud = EmbeddedServer::start(ServerOptions {
-        config_file: Some(repo_root().join("nats/cloud.conf")),
-        env: vec![("COMFAAS_LEAF_PORT".into(), leaf_port.to_string())],
+        config_file: Some(repo_root().join("nats/hub.conf")),
+        env: vec![
+            ("COMFAAS_SITE".into(), "cloud".into()),
+            ("COMFAAS_LEAF_PORT".into(), leaf_port.to_string()),
+        ],
         ..Default::default()
     })
     .await
     .unwrap();
     let edge = EmbeddedServer::start(ServerOptions {
-        config_file: Some(repo_root().join("nats/edge.conf")),
-        env: vec![(
-            "COMFAAS_HUB_LEAF_URL".into(),
-            format!("nats-leaf://127.0.0.1:{leaf_port}"),
-        )],
+        config_file: Some(repo_root().join("nats/leaf.conf")),
+        env: vec![
+            ("COMFAAS_SITE".into(), "edge".into()),
+            ("COMFAAS_HUB_LEAF_URL".into(), format!("nats-leaf://127.0.0.1:{leaf_port}")),
+        ],
         ..Default::default()
     })
     .await
@@ -152,18 +155,21 @@ async fn edge_events_are_backed_up_in_the_cloud_across_a_cut_link() {
     let cloud_options = |port: Option<u16>| ServerOptions {
         port,
         store_dir: Some(cloud_store.path().to_path_buf()),
-        config_file: Some(repo_root().join("nats/cloud.conf")),
-        env: vec![("COMFAAS_LEAF_PORT".into(), leaf_port.to_string())],
+        config_file: Some(repo_root().join("nats/hub.conf")),
+        env: vec![
+            ("COMFAAS_SITE".into(), "cloud".into()),
+            ("COMFAAS_LEAF_PORT".into(), leaf_port.to_string()),
+        ],
         ..Default::default()
     };
     let cloud = EmbeddedServer::start(cloud_options(None)).await.unwrap();
     let cloud_port = cloud.port();
     let edge = EmbeddedServer::start(ServerOptions {
-        config_file: Some(repo_root().join("nats/edge.conf")),
-        env: vec![(
-            "COMFAAS_HUB_LEAF_URL".into(),
-            format!("nats-leaf://127.0.0.1:{leaf_port}"),
-        )],
+        config_file: Some(repo_root().join("nats/leaf.conf")),
+        env: vec![
+            ("COMFAAS_SITE".into(), "edge".into()),
+            ("COMFAAS_HUB_LEAF_URL".into(), format!("nats-leaf://127.0.0.1:{leaf_port}")),
+        ],
         ..Default::default()
     })
     .await
