@@ -38,7 +38,10 @@ async fn a_cloud_executor_serves_the_edge_through_a_leaf_link() {
         config_file: Some(repo_root().join("nats/leaf.conf")),
         env: vec![
             ("COMFAAS_SITE".into(), "edge".into()),
-            ("COMFAAS_HUB_LEAF_URL".into(), format!("nats-leaf://127.0.0.1:{leaf_port}")),
+            (
+                "COMFAAS_HUB_LEAF_URL".into(),
+                format!("nats-leaf://127.0.0.1:{leaf_port}"),
+            ),
         ],
         ..Default::default()
     })
@@ -168,7 +171,10 @@ async fn edge_events_are_backed_up_in_the_cloud_across_a_cut_link() {
         config_file: Some(repo_root().join("nats/leaf.conf")),
         env: vec![
             ("COMFAAS_SITE".into(), "edge".into()),
-            ("COMFAAS_HUB_LEAF_URL".into(), format!("nats-leaf://127.0.0.1:{leaf_port}")),
+            (
+                "COMFAAS_HUB_LEAF_URL".into(),
+                format!("nats-leaf://127.0.0.1:{leaf_port}"),
+            ),
         ],
         ..Default::default()
     })

@@ -1,7 +1,9 @@
 //! `comfaas dev`: the embedded default. One `nats-server` with JetStream in
 //! a temporary directory, one dispatcher, one edge and one or more cloud
 //! executors, all in this process, and every function under `functions/`
-//! deployed.
+//! deployed. With `--sites edge,chicago,…`, one server per site joined by
+//! leaf links, one executor per site, the dispatcher at the edge, and the
+//! edge's data mirrored at the hub.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,19 +30,163 @@ pub struct DevOptions {
     pub clouds: u32,
     /// Slots per executor (0: one per core).
     pub slots: u32,
+    /// Sites, one `nats-server` each (`edge` plus cloud sites, the first
+    /// cloud being the hub the others join as leaf nodes); empty: one server.
+    pub sites: Vec<String>,
+    /// Folder of the server configurations (`hub.conf`, `leaf.conf`).
+    pub nats_configs: PathBuf,
+}
+
+/// One executor `comfaas dev` starts.
+struct Node {
+    name: String,
+    tier: Tier,
+    site: String,
+    nats: NatsOptions,
+    max_procs: u32,
+}
+
+/// Most processes per job at the edge and in the cloud, as in the paper.
+const EDGE_MAX_PROCS: u32 = 4;
+const CLOUD_MAX_PROCS: u32 = 16;
+
+/// Starts one server per site: the first cloud site is the hub, the edge
+/// and the other clouds join it as leaf nodes, each site its own JetStream
+/// domain. Returns the servers (edge first) and the executors to start.
+async fn start_sites(options: &DevOptions) -> anyhow::Result<(Vec<EmbeddedServer>, Vec<Node>)> {
+    if options.sites.is_empty() {
+        let server = EmbeddedServer::start(ServerOptions {
+            port: Some(options.port),
+            ..ServerOptions::default()
+        })
+        .await?;
+        let nats = NatsOptions::for_url(server.url());
+        let mut nodes = vec![Node {
+            name: "edge-1".to_owned(),
+            tier: Tier::Edge,
+            site: "edge".to_owned(),
+            nats: nats.clone(),
+            max_procs: 0,
+        }];
+        for i in 1..=options.clouds {
+            nodes.push(Node {
+                name: format!("cloud-{i}"),
+                tier: Tier::Cloud,
+                site: "cloud".to_owned(),
+                nats: nats.clone(),
+                max_procs: 0,
+            });
+        }
+        return Ok((vec![server], nodes));
+    }
+    let clouds: Vec<&String> = options.sites.iter().filter(|s| *s != "edge").collect();
+    let (Some(hub), true) = (clouds.first(), options.sites.iter().any(|s| s == "edge")) else {
+        anyhow::bail!("--sites needs `edge` and at least one cloud site, e.g. edge,chicago");
+    };
+    let leaf_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let hub_server = EmbeddedServer::start(ServerOptions {
+        config_file: Some(options.nats_configs.join("hub.conf")),
+        env: vec![
+            ("COMFAAS_SITE".to_owned(), (*hub).clone()),
+            ("COMFAAS_LEAF_PORT".to_owned(), leaf_port.to_string()),
+        ],
+        ..ServerOptions::default()
+    })
+    .await?;
+    let leaf = |site: &str, port: Option<u16>| ServerOptions {
+        port,
+        config_file: Some(options.nats_configs.join("leaf.conf")),
+        env: vec![
+            ("COMFAAS_SITE".to_owned(), site.to_owned()),
+            (
+                "COMFAAS_HUB_LEAF_URL".to_owned(),
+                format!("nats-leaf://127.0.0.1:{leaf_port}"),
+            ),
+        ],
+        ..ServerOptions::default()
+    };
+    let edge = EmbeddedServer::start(leaf("edge", Some(options.port))).await?;
+    let mut nodes = vec![Node {
+        name: "edge-1".to_owned(),
+        tier: Tier::Edge,
+        site: "edge".to_owned(),
+        nats: NatsOptions::for_url(edge.url()),
+        max_procs: EDGE_MAX_PROCS,
+    }];
+    let mut servers = vec![edge];
+    for (i, site) in clouds.iter().enumerate() {
+        let server = if i == 0 {
+            None
+        } else {
+            Some(EmbeddedServer::start(leaf(site, None)).await?)
+        };
+        let url = server
+            .as_ref()
+            .map_or(hub_server.url(), |s| s.url())
+            .to_owned();
+        println!(
+            "site {site}: nats-server at {url}{}",
+            if i == 0 { " (hub)" } else { "" }
+        );
+        nodes.push(Node {
+            name: format!("{site}-1"),
+            tier: Tier::Cloud,
+            site: (*site).clone(),
+            // Cloud nodes read the edge's registry and inputs across the link.
+            nats: NatsOptions {
+                js_domain: Some("edge".to_owned()),
+                ..NatsOptions::for_url(url)
+            },
+            max_procs: CLOUD_MAX_PROCS,
+        });
+        servers.extend(server);
+    }
+    // The edge's data is kept in the cloud: the hub mirrors it.
+    let hub_client = NatsOptions::for_url(hub_server.url())
+        .connect("comfaas dev backup")
+        .await?;
+    let edge_client = servers[0].url().to_owned();
+    wait_for_link(&edge_client, &hub_client).await?;
+    servers.push(hub_server);
+    comfaas_platform::resources::backup_edge(&async_nats::jetstream::new(hub_client), "edge")
+        .await?;
+    Ok((servers, nodes))
+}
+
+/// Waits until a message published at `edge_url` reaches `hub`.
+async fn wait_for_link(edge_url: &str, hub: &async_nats::Client) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let edge = NatsOptions::for_url(edge_url)
+        .connect("comfaas dev probe")
+        .await?;
+    let subject = format!("_comfaas.link.{}", std::process::id());
+    let mut probe = hub.subscribe(subject.clone()).await?;
+    hub.flush().await?;
+    let linked = async {
+        loop {
+            let _ = edge.publish(subject.clone(), "x".into()).await;
+            if tokio::time::timeout(Duration::from_millis(200), probe.next())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), linked)
+        .await
+        .map_err(|_| anyhow::anyhow!("the leaf link to the hub did not come up in 30 s"))
 }
 
 /// Runs the embedded platform until `shutdown`.
 pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let server = EmbeddedServer::start(ServerOptions {
-        port: Some(options.port),
-        ..ServerOptions::default()
-    })
-    .await?;
-    let url = server.url().to_owned();
+    let (servers, nodes) = start_sites(&options).await?;
+    let url = servers[0].url().to_owned();
     println!(
         "nats-server with JetStream at {url} (store {})",
-        server.store_dir().display()
+        servers[0].store_dir().display()
     );
     let data = tempfile::Builder::new().prefix("comfaas-dev-").tempdir()?;
 
@@ -53,10 +199,6 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     })
     .await?;
     services.spawn(dispatcher.run(shutdown.clone()));
-    let mut nodes = vec![("edge-1".to_owned(), Tier::Edge, "edge".to_owned())];
-    for i in 1..=options.clouds {
-        nodes.push((format!("cloud-{i}"), Tier::Cloud, "cloud".to_owned()));
-    }
     // Wheels fetched by scripts/setup.sh spare the index a trip; one cargo
     // target folder lets both executors share the Rust build.
     let wheelhouse = std::env::var_os("COMFAAS_WHEELHOUSE")
@@ -65,16 +207,17 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/comfaas/wheels"))
         })
         .filter(|d| d.is_dir());
-    for (node, tier, site) in nodes {
+    for node in nodes {
         let config = ExecConfig {
-            nats: nats.clone(),
+            nats: node.nats,
             find_links: wheelhouse.iter().cloned().collect(),
             cargo_target_dir: data.path().join("cargo-target"),
-            data_dir: data.path().join(&node),
-            node,
-            tier,
-            site,
+            data_dir: data.path().join(&node.name),
+            node: node.name,
+            tier: node.tier,
+            site: node.site,
             slots: options.slots,
+            max_procs: node.max_procs,
             ..ExecConfig::default()
         };
         println!("executor {} ({}) started", config.node, config.tier);
@@ -102,7 +245,9 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
             eprintln!("service stopped with an error: {e:#}");
         }
     }
-    server.stop().await;
+    for server in servers {
+        server.stop().await;
+    }
     Ok(())
 }
 

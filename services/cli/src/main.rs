@@ -39,6 +39,13 @@ enum Command {
         /// Slots per executor [default: one per core]
         #[arg(long, default_value_t = 0)]
         slots: u32,
+        /// One nats-server per site, e.g. edge,chicago,los-angeles,new-york,miami
+        /// (the first cloud site is the hub; the edge runs the dispatcher)
+        #[arg(long, value_delimiter = ',')]
+        sites: Vec<String>,
+        /// Folder of the server configurations for --sites
+        #[arg(long, default_value = "nats")]
+        nats_configs: PathBuf,
     },
     /// Validate, pack and deploy the function in DIR
     Deploy {
@@ -151,6 +158,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         functions,
         clouds,
         slots,
+        sites,
+        nats_configs,
     } = cli.command
     {
         let shutdown = comfaas_platform::signals::shutdown_on_signal();
@@ -160,6 +169,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 functions,
                 clouds,
                 slots,
+                sites,
+                nats_configs,
             },
             shutdown,
         )
