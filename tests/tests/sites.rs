@@ -47,25 +47,9 @@ async fn a_cloud_executor_serves_the_edge_through_a_leaf_link() {
     })
     .await
     .unwrap();
-    // Wait for the leaf link: a message published at the edge reaches the hub.
     let hub = async_nats::connect(cloud.url()).await.unwrap();
-    let mut probe = hub.subscribe("probe.link").await.unwrap();
-    hub.flush().await.unwrap();
     let p = Platform::on(edge).await;
-    let linked = async {
-        loop {
-            p.client.publish("probe.link", "x".into()).await.unwrap();
-            if tokio::time::timeout(Duration::from_millis(200), probe.next())
-                .await
-                .is_ok()
-            {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), linked)
-        .await
-        .expect("leaf link up");
+    link_up(&p.client, &hub).await;
 
     drop(p.dispatcher().await);
     drop(

@@ -144,16 +144,21 @@ impl Registry {
         value.map(|v| decode_deployment(name, &v)).transpose()
     }
 
-    /// Every current deployment, by name.
-    pub async fn list(&self) -> Result<Vec<Deployment>, RegistryError> {
-        let keys: Vec<String> = self
+    /// Names of the deployed functions.
+    async fn names(&self) -> Result<Vec<String>, RegistryError> {
+        Ok(self
             .functions
             .keys()
             .await
             .map_err(|e| NatsError::new("list functions", e))?
             .try_collect()
             .await
-            .map_err(|e| NatsError::new("list functions", e))?;
+            .map_err(|e| NatsError::new("list functions", e))?)
+    }
+
+    /// Every current deployment, by name.
+    pub async fn list(&self) -> Result<Vec<Deployment>, RegistryError> {
+        let keys = self.names().await?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             if let Some(d) = self.get(&key).await? {
@@ -239,14 +244,7 @@ impl Registry {
     /// its manifest write is never robbed). Returns how many were deleted.
     /// A removed function's bundles go too: rollback works while deployed.
     pub async fn collect_garbage(&self, min_age: Duration) -> Result<usize, RegistryError> {
-        let keys: Vec<String> = self
-            .functions
-            .keys()
-            .await
-            .map_err(|e| NatsError::new("list functions", e))?
-            .try_collect()
-            .await
-            .map_err(|e| NatsError::new("list functions", e))?;
+        let keys = self.names().await?;
         let mut referenced = std::collections::HashSet::new();
         for key in keys {
             for deployment in self.history(&key).await? {
