@@ -31,15 +31,9 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// The folder of wheels tests install from (`COMFAAS_WHEELHOUSE`, else
-/// `~/.cache/comfaas/wheels`), filled by `scripts/setup.sh`.
+/// The folder of wheels tests install from, filled by `scripts/setup.sh`.
 pub fn wheelhouse() -> PathBuf {
-    std::env::var_os("COMFAAS_WHEELHOUSE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/comfaas/wheels")
-        })
+    comfaas_runtime::default_wheelhouse()
 }
 
 /// Writes a minimal pure-Python wheel of package `name` (module

@@ -8,10 +8,13 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use comfaas_platform::server::{EmbeddedServer, ServerOptions};
+use comfaas_platform::server::{wait_for_leaf_link, EmbeddedServer, ServerOptions};
 use comfaas_schemas::names::headers as h;
 use comfaas_tests::{header, repo_root, NodeSpec, Platform};
-use futures::StreamExt;
+
+fn configs() -> std::path::PathBuf {
+    repo_root().join("nats")
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -24,29 +27,12 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloud_executor_serves_the_edge_through_a_leaf_link() {
     let leaf_port = free_port();
-    let cloud = EmbeddedServer::start(ServerOptions {
-        config_file: Some(repo_root().join("nats/hub.conf")),
-        env: vec![
-            ("COMFAAS_SITE".into(), "cloud".into()),
-            ("COMFAAS_LEAF_PORT".into(), leaf_port.to_string()),
-        ],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let edge = EmbeddedServer::start(ServerOptions {
-        config_file: Some(repo_root().join("nats/leaf.conf")),
-        env: vec![
-            ("COMFAAS_SITE".into(), "edge".into()),
-            (
-                "COMFAAS_HUB_LEAF_URL".into(),
-                format!("nats-leaf://127.0.0.1:{leaf_port}"),
-            ),
-        ],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let cloud = EmbeddedServer::start(ServerOptions::hub(&configs(), "cloud", leaf_port))
+        .await
+        .unwrap();
+    let edge = EmbeddedServer::start(ServerOptions::leaf(&configs(), "edge", leaf_port))
+        .await
+        .unwrap();
     let hub = async_nats::connect(cloud.url()).await.unwrap();
     let p = Platform::on(edge).await;
     link_up(&p.client, &hub).await;
@@ -98,20 +84,7 @@ async fn a_cloud_executor_serves_the_edge_through_a_leaf_link() {
 }
 
 async fn link_up(edge: &async_nats::Client, hub: &async_nats::Client) {
-    let mut probe = hub.subscribe("probe.link").await.unwrap();
-    hub.flush().await.unwrap();
-    let linked = async {
-        loop {
-            edge.publish("probe.link", "x".into()).await.unwrap();
-            if tokio::time::timeout(Duration::from_millis(200), probe.next())
-                .await
-                .is_ok()
-            {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), linked)
+    wait_for_leaf_link(edge, hub, Duration::from_secs(30))
         .await
         .expect("leaf link up");
 }
@@ -142,28 +115,13 @@ async fn edge_events_are_backed_up_in_the_cloud_across_a_cut_link() {
     let cloud_options = |port: Option<u16>| ServerOptions {
         port,
         store_dir: Some(cloud_store.path().to_path_buf()),
-        config_file: Some(repo_root().join("nats/hub.conf")),
-        env: vec![
-            ("COMFAAS_SITE".into(), "cloud".into()),
-            ("COMFAAS_LEAF_PORT".into(), leaf_port.to_string()),
-        ],
-        ..Default::default()
+        ..ServerOptions::hub(&configs(), "cloud", leaf_port)
     };
     let cloud = EmbeddedServer::start(cloud_options(None)).await.unwrap();
     let cloud_port = cloud.port();
-    let edge = EmbeddedServer::start(ServerOptions {
-        config_file: Some(repo_root().join("nats/leaf.conf")),
-        env: vec![
-            ("COMFAAS_SITE".into(), "edge".into()),
-            (
-                "COMFAAS_HUB_LEAF_URL".into(),
-                format!("nats-leaf://127.0.0.1:{leaf_port}"),
-            ),
-        ],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let edge = EmbeddedServer::start(ServerOptions::leaf(&configs(), "edge", leaf_port))
+        .await
+        .unwrap();
     let edge_client = async_nats::connect(edge.url()).await.unwrap();
     let hub = async_nats::connect(cloud.url()).await.unwrap();
     link_up(&edge_client, &hub).await;

@@ -12,7 +12,7 @@ use comfaas_dispatch::{DispatchConfig, Dispatcher};
 use comfaas_exec::{ExecConfig, Executor};
 use comfaas_platform::nats::NatsOptions;
 use comfaas_platform::registry::Registry;
-use comfaas_platform::server::{EmbeddedServer, ServerOptions};
+use comfaas_platform::server::{wait_for_leaf_link, EmbeddedServer, ServerOptions};
 use comfaas_schemas::{Tier, MANIFEST_FILE};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -86,26 +86,11 @@ async fn start_sites(options: &DevOptions) -> anyhow::Result<(Vec<EmbeddedServer
     let leaf_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let hub_server = EmbeddedServer::start(ServerOptions {
-        config_file: Some(options.nats_configs.join("hub.conf")),
-        env: vec![
-            ("COMFAAS_SITE".to_owned(), (*hub).clone()),
-            ("COMFAAS_LEAF_PORT".to_owned(), leaf_port.to_string()),
-        ],
-        ..ServerOptions::default()
-    })
-    .await?;
+    let configs = &options.nats_configs;
+    let hub_server = EmbeddedServer::start(ServerOptions::hub(configs, hub, leaf_port)).await?;
     let leaf = |site: &str, port: Option<u16>| ServerOptions {
         port,
-        config_file: Some(options.nats_configs.join("leaf.conf")),
-        env: vec![
-            ("COMFAAS_SITE".to_owned(), site.to_owned()),
-            (
-                "COMFAAS_HUB_LEAF_URL".to_owned(),
-                format!("nats-leaf://127.0.0.1:{leaf_port}"),
-            ),
-        ],
-        ..ServerOptions::default()
+        ..ServerOptions::leaf(configs, site, leaf_port)
     };
     let edge = EmbeddedServer::start(leaf("edge", Some(options.port))).await?;
     let mut nodes = vec![Node {
@@ -147,37 +132,14 @@ async fn start_sites(options: &DevOptions) -> anyhow::Result<(Vec<EmbeddedServer
     let hub_client = NatsOptions::for_url(hub_server.url())
         .connect("comfaas dev backup")
         .await?;
-    let edge_client = servers[0].url().to_owned();
-    wait_for_link(&edge_client, &hub_client).await?;
+    let edge_client = NatsOptions::for_url(servers[0].url())
+        .connect("comfaas dev probe")
+        .await?;
+    wait_for_leaf_link(&edge_client, &hub_client, Duration::from_secs(30)).await?;
     servers.push(hub_server);
     comfaas_platform::resources::backup_edge(&async_nats::jetstream::new(hub_client), "edge")
         .await?;
     Ok((servers, nodes))
-}
-
-/// Waits until a message published at `edge_url` reaches `hub`.
-async fn wait_for_link(edge_url: &str, hub: &async_nats::Client) -> anyhow::Result<()> {
-    use futures::StreamExt;
-    let edge = NatsOptions::for_url(edge_url)
-        .connect("comfaas dev probe")
-        .await?;
-    let subject = format!("_comfaas.link.{}", std::process::id());
-    let mut probe = hub.subscribe(subject.clone()).await?;
-    hub.flush().await?;
-    let linked = async {
-        loop {
-            let _ = edge.publish(subject.clone(), "x".into()).await;
-            if tokio::time::timeout(Duration::from_millis(200), probe.next())
-                .await
-                .is_ok()
-            {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), linked)
-        .await
-        .map_err(|_| anyhow::anyhow!("the leaf link to the hub did not come up in 30 s"))
 }
 
 /// Runs the embedded platform until `shutdown`.
@@ -201,12 +163,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     services.spawn(dispatcher.run(shutdown.clone()));
     // Wheels fetched by scripts/setup.sh spare the index a trip; one cargo
     // target folder lets both executors share the Rust build.
-    let wheelhouse = std::env::var_os("COMFAAS_WHEELHOUSE")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/comfaas/wheels"))
-        })
-        .filter(|d| d.is_dir());
+    let wheelhouse = Some(comfaas_runtime::default_wheelhouse()).filter(|d| d.is_dir());
     for node in nodes {
         let config = ExecConfig {
             nats: node.nats,

@@ -109,28 +109,25 @@ impl NodeTable {
     pub fn views(&self, function: &str, now: Instant) -> Vec<NodeView> {
         self.nodes
             .values()
-            .map(|n| NodeView {
-                node: n.load.node.clone(),
-                tier: n.load.tier,
-                alive: self.alive(n, now),
-                serves: n.load.serves(function),
-                slots: n.load.slots,
-                running: n.load.running,
-                queued: n.load.queued,
-                queue_capacity: n.load.queue_capacity,
-                in_flight: n.in_flight,
-                cpu_load: n.load.cpu_load,
-                max_procs: n.load.max_procs,
-                rtt_ms: n.rtt_ms,
-                fetch_bytes_per_s: Some(n.load.input_fetch_bytes_per_s).filter(|b| *b > 0.0),
-                run_ms: self
-                    .runs
-                    .get(&(function.to_owned(), n.load.node.clone()))
-                    .map(|r| r.0),
-                run_procs: self
-                    .runs
-                    .get(&(function.to_owned(), n.load.node.clone()))
-                    .map_or(1, |r| r.1),
+            .map(|n| {
+                let history = self.runs.get(&(function.to_owned(), n.load.node.clone()));
+                NodeView {
+                    node: n.load.node.clone(),
+                    tier: n.load.tier,
+                    alive: self.alive(n, now),
+                    serves: n.load.serves(function),
+                    slots: n.load.slots,
+                    running: n.load.running,
+                    queued: n.load.queued,
+                    queue_capacity: n.load.queue_capacity,
+                    in_flight: n.in_flight,
+                    cpu_load: n.load.cpu_load,
+                    max_procs: n.load.max_procs,
+                    rtt_ms: n.rtt_ms,
+                    fetch_bytes_per_s: Some(n.load.input_fetch_bytes_per_s).filter(|b| *b > 0.0),
+                    run_ms: history.map(|r| r.0),
+                    run_procs: history.map_or(1, |r| r.1),
+                }
             })
             .collect()
     }

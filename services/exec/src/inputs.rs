@@ -86,12 +86,23 @@ impl InputCache {
                 ),
             ));
         }
-        let path = self.dir.join(&key);
         let gate = {
             let mut fetching = self.fetching.lock().map_err(|_| internal())?;
             fetching.entry(key.clone()).or_default().clone()
         };
         let _one_at_a_time = gate.lock().await;
+        let result = self.get_locked(object, &key).await;
+        // Forget the gate when no other fetch of this digest waits on it.
+        if let Ok(mut fetching) = self.fetching.lock() {
+            if Arc::strong_count(&gate) == 2 {
+                fetching.remove(&key);
+            }
+        }
+        result
+    }
+
+    async fn get_locked(&self, object: &InputObject, key: &str) -> Result<PathBuf, InputError> {
+        let path = self.dir.join(key);
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
             // Least recently used goes first: mark it used.
             let touch = path.clone();

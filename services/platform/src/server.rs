@@ -26,6 +26,70 @@ pub struct ServerOptions {
     pub env: Vec<(String, String)>,
 }
 
+impl ServerOptions {
+    /// The hub site `site` (config `hub.conf` in `configs`), taking leaf
+    /// connections on `leaf_port`.
+    pub fn hub(configs: &Path, site: &str, leaf_port: u16) -> Self {
+        Self {
+            config_file: Some(configs.join("hub.conf")),
+            env: vec![
+                ("COMFAAS_SITE".to_owned(), site.to_owned()),
+                ("COMFAAS_LEAF_PORT".to_owned(), leaf_port.to_string()),
+            ],
+            ..Self::default()
+        }
+    }
+
+    /// A site `site` joining the hub on loopback at `hub_leaf_port` as a
+    /// leaf node (config `leaf.conf` in `configs`).
+    pub fn leaf(configs: &Path, site: &str, hub_leaf_port: u16) -> Self {
+        Self {
+            config_file: Some(configs.join("leaf.conf")),
+            env: vec![
+                ("COMFAAS_SITE".to_owned(), site.to_owned()),
+                (
+                    "COMFAAS_HUB_LEAF_URL".to_owned(),
+                    format!("nats-leaf://127.0.0.1:{hub_leaf_port}"),
+                ),
+            ],
+            ..Self::default()
+        }
+    }
+}
+
+/// Waits until a message published through `leaf` reaches `hub`: the leaf
+/// link is up. Errs after `timeout`.
+pub async fn wait_for_leaf_link(
+    leaf: &async_nats::Client,
+    hub: &async_nats::Client,
+    timeout: Duration,
+) -> Result<(), ServerError> {
+    use futures::StreamExt;
+    let subject = format!("_comfaas.link.{}", leaf.new_inbox().replace('.', "-"));
+    let mut probe = hub
+        .subscribe(subject.clone())
+        .await
+        .map_err(|e| ServerError::NotReady(format!("probe the leaf link: {e}")))?;
+    let _ = hub.flush().await;
+    let linked = async {
+        loop {
+            let _ = leaf.publish(subject.clone(), "x".into()).await;
+            if tokio::time::timeout(Duration::from_millis(200), probe.next())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(timeout, linked).await.map_err(|_| {
+        ServerError::NotReady(format!(
+            "the leaf link did not come up within {}s",
+            timeout.as_secs()
+        ))
+    })
+}
+
 /// The server did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

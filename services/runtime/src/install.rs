@@ -177,6 +177,17 @@ impl Toolchain {
     }
 }
 
+/// The folder of wheels `scripts/setup.sh` fills: `COMFAAS_WHEELHOUSE`,
+/// else `~/.cache/comfaas/wheels`.
+pub fn default_wheelhouse() -> PathBuf {
+    std::env::var_os("COMFAAS_WHEELHOUSE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/comfaas/wheels")
+        })
+}
+
 /// The first executable called `name` on the `PATH`.
 pub fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

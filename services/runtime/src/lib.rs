@@ -15,6 +15,7 @@ pub mod process;
 pub use bundle::{pack, unpack, Bundle, BundleError, MAX_UNPACKED_BYTES};
 pub use handler::{HandlerPool, WorkerSpec};
 pub use install::{
-    available_runtimes, install, InstallError, Installation, MpiFlavor, MpiLauncher, Toolchain,
+    available_runtimes, default_wheelhouse, install, InstallError, Installation, MpiFlavor,
+    MpiLauncher, Toolchain,
 };
 pub use process::{run, RunInput, RunOutcome, RunSpec};

@@ -325,65 +325,55 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(1500)).await; // heartbeats reach the dispatcher
     let client = p.nats.client().await;
 
-    let echo_subject = "bench.echo".to_owned();
-    let forward_subject = "bench.forward".to_owned();
-    let run = |name, subject: &String, in_flight, total| Run {
-        name,
-        subject: subject.clone(),
-        in_flight,
-        total,
+    // (name, subject, requests at 1 in flight, requests at 64 in flight)
+    let paths: Vec<(&'static str, String, usize, usize)> = vec![
+        (
+            "(a) plain NATS echo",
+            "bench.echo".to_owned(),
+            args.requests,
+            args.requests_parallel,
+        ),
+        (
+            "(a+hop) echo behind a bare forwarder",
+            "bench.forward".to_owned(),
+            args.requests,
+            args.requests_parallel,
+        ),
+        (
+            "(b) dispatcher → instant node",
+            p.subjects.invoke("instant"),
+            args.requests,
+            args.requests_parallel,
+        ),
+        (
+            "(c) dispatcher → executor (python)",
+            p.subjects.invoke("echo"),
+            args.requests_exec,
+            args.requests_exec,
+        ),
+    ];
+    // Every path at 1 then at 64 in flight; `take` keeps the first paths.
+    let runs = |take: usize| -> Vec<Run> {
+        [1usize, 64]
+            .into_iter()
+            .flat_map(|in_flight| {
+                paths
+                    .iter()
+                    .take(take)
+                    .map(move |(name, subject, one, many)| Run {
+                        name,
+                        subject: subject.clone(),
+                        in_flight,
+                        total: if in_flight == 1 { *one } else { *many },
+                    })
+            })
+            .collect()
     };
-    let instant_subject = p.subjects.invoke("instant");
-    let exec_subject = p.subjects.invoke("echo");
     let warmup = 50.min(args.requests_exec);
     table(
         &client,
         "Dispatcher and executor as separate processes (`comfaas-dispatch`, `comfaas-exec`):",
-        &[
-            run("(a) plain NATS echo", &echo_subject, 1, args.requests),
-            run(
-                "(a+hop) echo behind a bare forwarder",
-                &forward_subject,
-                1,
-                args.requests,
-            ),
-            run(
-                "(b) dispatcher → instant node",
-                &instant_subject,
-                1,
-                args.requests,
-            ),
-            run(
-                "(c) dispatcher → executor (python)",
-                &exec_subject,
-                1,
-                args.requests_exec,
-            ),
-            run(
-                "(a) plain NATS echo",
-                &echo_subject,
-                64,
-                args.requests_parallel,
-            ),
-            run(
-                "(a+hop) echo behind a bare forwarder",
-                &forward_subject,
-                64,
-                args.requests_parallel,
-            ),
-            run(
-                "(b) dispatcher → instant node",
-                &instant_subject,
-                64,
-                args.requests_parallel,
-            ),
-            run(
-                "(c) dispatcher → executor (python)",
-                &exec_subject,
-                64,
-                args.requests_exec,
-            ),
-        ],
+        &runs(4),
         warmup,
     )
     .await;
@@ -395,39 +385,7 @@ async fn main() {
     table(
         &client,
         "Dispatcher in-process, as `comfaas dev` runs it:",
-        &[
-            run("(a) plain NATS echo", &echo_subject, 1, args.requests),
-            run(
-                "(a+hop) echo behind a bare forwarder",
-                &forward_subject,
-                1,
-                args.requests,
-            ),
-            run(
-                "(b) dispatcher → instant node",
-                &instant_subject,
-                1,
-                args.requests,
-            ),
-            run(
-                "(a) plain NATS echo",
-                &echo_subject,
-                64,
-                args.requests_parallel,
-            ),
-            run(
-                "(a+hop) echo behind a bare forwarder",
-                &forward_subject,
-                64,
-                args.requests_parallel,
-            ),
-            run(
-                "(b) dispatcher → instant node",
-                &instant_subject,
-                64,
-                args.requests_parallel,
-            ),
-        ],
+        &runs(3),
         warmup,
     )
     .await;
