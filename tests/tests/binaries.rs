@@ -275,3 +275,40 @@ async fn a_node_that_does_not_answer_gives_504() {
         reply.headers
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_refuses_bad_arguments_clearly() {
+    let nats = TestNats::start().await;
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["dev", "--port", "0", "--sites", "chicago,miami"],
+            "--sites needs `edge`",
+        ),
+        (
+            &[
+                "invoke",
+                "hello",
+                "--input-file",
+                "/nonexistent/readings.bin",
+            ],
+            "read /nonexistent/readings.bin",
+        ),
+        (
+            &["rollback", "ghost"],
+            "no earlier version of `ghost` in its history (versions kept: none)",
+        ),
+        (
+            &["invoke", "hello", "--placement", "moon"],
+            "header Comfaas-Placement",
+        ),
+    ];
+    // A dispatcher answers the last case (placement is checked there).
+    let _dispatch = Process::spawn("comfaas-dispatch", &["--nats-url", nats.url()]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (args, expect) in cases {
+        let out = comfaas(nats.url(), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    }
+}

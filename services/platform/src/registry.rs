@@ -221,7 +221,7 @@ impl Registry {
             return Err(RegistryError::NoSuchVersion {
                 name: name.to_owned(),
                 wanted: to.map_or_else(
-                    || "an earlier version".to_owned(),
+                    || "earlier version".to_owned(),
                     |v| format!("version `{v}`"),
                 ),
                 kept: if kept.is_empty() {
