@@ -264,6 +264,32 @@ async fn install_one(
     table.finish(&deployment, result);
 }
 
+/// Tries to read a bundle this many times, each within [`FETCH_TIMEOUT`]:
+/// a fetch stuck on a busy server must not leave a function installing forever.
+const FETCH_ATTEMPTS: u32 = 3;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn fetch_bundle(registry: &Registry, deployment: &Deployment) -> Result<Vec<u8>, String> {
+    let mut last = String::new();
+    for attempt in 1..=FETCH_ATTEMPTS {
+        match tokio::time::timeout(FETCH_TIMEOUT, registry.fetch_bundle(&deployment.bundle)).await {
+            Ok(Ok(bytes)) => return Ok(bytes),
+            // A bundle that is missing or too large will not get better.
+            Ok(Err(e)) if !matches!(e, RegistryError::Nats(_)) => return Err(e.to_string()),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => {
+                last = format!(
+                    "fetching bundle {} took over {}s",
+                    deployment.bundle.object,
+                    FETCH_TIMEOUT.as_secs()
+                )
+            }
+        }
+        tracing::warn!(function = %deployment.manifest.name, attempt, "{last}");
+    }
+    Err(last)
+}
+
 async fn install_files(
     deployment: &Deployment,
     registry: &Registry,
@@ -272,10 +298,7 @@ async fn install_files(
     node: &str,
 ) -> Result<Served, String> {
     let manifest = &deployment.manifest;
-    let bytes = registry
-        .fetch_bundle(&deployment.bundle)
-        .await
-        .map_err(|e| e.to_string())?;
+    let bytes = fetch_bundle(registry, deployment).await?;
     // A fresh folder per install: a version being replaced keeps its files
     // until its last run ends.
     let digest_hex = deployment
