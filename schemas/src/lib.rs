@@ -19,8 +19,8 @@ pub mod names;
 pub use codec::{decode, encode, CodecError};
 pub use error::ErrorCode;
 pub use manifest::{
-    parse_duration, validate_function_name, Manifest, ManifestError, Mode, Placement, Runtime,
-    MANIFEST_FILE,
+    parse_duration, validate_function_name, Manifest, ManifestError, Mode, Placement, Procs,
+    Runtime, MANIFEST_FILE,
 };
 pub use messages::{
     now_unix_ms, BundleRef, CandidateEstimate, Deployment, DispatchMetrics, ErrorCount,

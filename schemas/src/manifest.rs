@@ -42,9 +42,10 @@ pub struct Manifest {
     /// Run time limit (`"30s"`, `"500ms"`); the executor's default when absent.
     #[serde(default)]
     pub timeout: Option<String>,
-    /// MPI processes per run (MPI runtimes).
+    /// MPI processes per run (MPI runtimes): a count, or a range the
+    /// dispatcher fits to each node's `max_procs`.
     #[serde(default)]
-    pub procs: Option<u32>,
+    pub procs: Option<Procs>,
     /// Where to run by default.
     #[serde(default)]
     pub placement: Placement,
@@ -55,6 +56,98 @@ pub struct Manifest {
     /// Warm workers per node in handler mode (default 1).
     #[serde(default)]
     pub workers: Option<u32>,
+}
+
+/// How many MPI processes a job takes: `4` (exactly), or `"4-16"` (at
+/// least 4, as many up to 16 as the node allows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "ProcsText", into = "ProcsText")]
+pub struct Procs {
+    /// Fewest processes the job can run with.
+    pub min: u32,
+    /// Most processes the job can use.
+    pub max: u32,
+}
+
+impl Procs {
+    /// Exactly `n` processes.
+    pub fn exactly(n: u32) -> Self {
+        Self { min: n, max: n }
+    }
+
+    /// The count to run with on a node allowing `max_procs` per job (0: no
+    /// limit), or `None` when the node allows fewer than `min`.
+    pub fn fit(&self, max_procs: u32) -> Option<u32> {
+        let limit = if max_procs == 0 { u32::MAX } else { max_procs };
+        let n = self.max.min(limit);
+        (n >= self.min).then_some(n)
+    }
+}
+
+impl std::fmt::Display for Procs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.min)
+        } else {
+            write!(f, "{}-{}", self.min, self.max)
+        }
+    }
+}
+
+impl std::str::FromStr for Procs {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let number = |t: &str| {
+            t.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("`{text}` is not a process count (`4`) or range (`4-16`)"))
+        };
+        let procs = match text.split_once('-') {
+            Some((min, max)) => Self {
+                min: number(min)?,
+                max: number(max)?,
+            },
+            None => Self::exactly(number(text)?),
+        };
+        if procs.min == 0 {
+            return Err(format!("`{text}`: at least 1 process"));
+        }
+        if procs.min > procs.max {
+            return Err(format!("`{text}`: the range is empty"));
+        }
+        Ok(procs)
+    }
+}
+
+/// How [`Procs`] is written: a number or a `min-max` string.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ProcsText {
+    Count(u32),
+    Range(String),
+}
+
+impl TryFrom<ProcsText> for Procs {
+    type Error = String;
+
+    fn try_from(text: ProcsText) -> Result<Self, Self::Error> {
+        match text {
+            ProcsText::Count(0) => Err("must be at least 1".to_owned()),
+            ProcsText::Count(n) => Ok(Self::exactly(n)),
+            ProcsText::Range(r) => r.parse(),
+        }
+    }
+}
+
+impl From<Procs> for ProcsText {
+    fn from(p: Procs) -> Self {
+        if p.min == p.max {
+            Self::Count(p.min)
+        } else {
+            Self::Range(p.to_string())
+        }
+    }
 }
 
 /// How a Python function is called.
@@ -254,10 +347,7 @@ impl Manifest {
                 return invalid("timeout", reason);
             }
         }
-        if self.procs == Some(0) {
-            return invalid("procs", "must be at least 1".to_owned());
-        }
-        if self.procs.is_some_and(|p| p > 1) && !self.runtime.is_mpi() {
+        if self.procs.is_some_and(|p| p.max > 1) && !self.runtime.is_mpi() {
             return invalid(
                 "procs",
                 format!(
@@ -357,6 +447,25 @@ entry = "main.py"
     }
 
     #[test]
+    fn process_ranges_fit_nodes() {
+        let range: Procs = "4-16".parse().unwrap();
+        assert_eq!(
+            (range.fit(4), range.fit(16), range.fit(64)),
+            (Some(4), Some(16), Some(16))
+        );
+        assert_eq!((range.fit(2), range.fit(0)), (None, Some(16)));
+        assert_eq!(Procs::exactly(4).fit(16), Some(4));
+        assert_eq!(range.to_string(), "4-16");
+        let mpi = HELLO
+            .replace("\"python\"", "\"c-mpi\"")
+            .replace("main.py", "main.c");
+        let manifest = Manifest::from_toml(&format!("{mpi}procs = \"4-16\"")).unwrap();
+        assert_eq!(manifest.procs, Some(range));
+        let bytes = crate::encode(&manifest).unwrap();
+        assert_eq!(crate::decode::<Manifest>(&bytes).unwrap(), manifest);
+    }
+
+    #[test]
     fn manifests_are_validated_field_by_field() {
         check("", "ok");
         check("timeout = \"30s\"\nplacement = \"edge\"", "ok");
@@ -370,13 +479,16 @@ entry = "main.py"
         check("timout = \"3s\"", "unknown field `timout`");
         check("timeout = \"soon\"", "field `timeout`");
         check("timeout = \"0s\"", "longer than zero");
-        check("procs = 0", "field `procs`");
+        check("procs = 0", "at least 1");
+        check("procs = \"16-4\"", "the range is empty");
+        check("procs = \"1-4\"", "only MPI runtimes take procs");
+        check("procs = 1", "ok");
         check("placement = \"moon\"", "placement `moon`");
         check(
             "requirements = [\"--index-url=http://evil\"]",
             "field `requirements`",
         );
-        check("procs = \"four\"", "comfaas.toml: invalid type");
+        check("procs = \"four\"", "not a process count");
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub mod headers {
     pub const INPUT_OBJECT: &str = "Comfaas-Input-Object";
     /// Request: `auto`, `edge`, `cloud` or `node:<id>`.
     pub const PLACEMENT: &str = "Comfaas-Placement";
-    /// Request: number of MPI processes.
+    /// Request: MPI processes, a count (`4`) or a range (`4-16`) fitted to
+    /// each node's `max_procs`.
     pub const PROCS: &str = "Comfaas-Procs";
     /// Request: run time limit, e.g. `30s`.
     pub const TIMEOUT: &str = "Comfaas-Timeout";
@@ -139,6 +140,12 @@ impl Subjects {
     /// `<prefix>.node.<node>.load`: a node's [`crate::NodeLoad`].
     pub fn node_load(&self, node: &str) -> String {
         format!("{}.node.{node}.load", self.prefix)
+    }
+
+    /// `<prefix>.node.<node>.ping`: a node answers any request here at once
+    /// (empty body); dispatchers measure round trips with it.
+    pub fn node_ping(&self, node: &str) -> String {
+        format!("{}.node.{node}.ping", self.prefix)
     }
 
     /// `<prefix>.node.*.load`.

@@ -1,18 +1,22 @@
 //! `comfaas dev`: the embedded default. One `nats-server` with JetStream in
 //! a temporary directory, one dispatcher, one edge and one or more cloud
 //! executors, all in this process, and every function under `functions/`
-//! deployed. With `--sites edge,chicago,…`, one server per site joined by
-//! leaf links, one executor per site, the dispatcher at the edge, and the
-//! edge's data mirrored at the hub.
+//! deployed. With `--sites edge,chicago,…`, one server per site, the edge
+//! joined to each cloud site by a leaf connection through an emulated WAN
+//! link, one executor per site, the dispatcher at the edge, and the edge's
+//! data mirrored at the first cloud site.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use comfaas_dispatch::{DispatchConfig, Dispatcher};
 use comfaas_exec::{ExecConfig, Executor};
+use comfaas_platform::link::LinkSpec;
 use comfaas_platform::nats::NatsOptions;
 use comfaas_platform::registry::Registry;
-use comfaas_platform::server::{wait_for_leaf_link, EmbeddedServer, ServerOptions};
+use comfaas_platform::server::{EmbeddedServer, ServerOptions};
+use comfaas_platform::sites::{self, Sites, SitesOptions};
 use comfaas_schemas::{Tier, MANIFEST_FILE};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -30,11 +34,15 @@ pub struct DevOptions {
     pub clouds: u32,
     /// Slots per executor (0: one per core).
     pub slots: u32,
-    /// Sites, one `nats-server` each (`edge` plus cloud sites, the first
-    /// cloud being the hub the others join as leaf nodes); empty: one server.
+    /// Sites, one `nats-server` each (`edge` plus cloud sites, the edge a
+    /// leaf node of every cloud site); empty: one server.
     pub sites: Vec<String>,
-    /// Folder of the server configurations (`hub.conf`, `leaf.conf`).
+    /// Folder of the server configurations (`hub.conf`).
     pub nats_configs: PathBuf,
+    /// Emulated links given with `--link`, over the defaults.
+    pub links: Vec<(String, LinkSpec)>,
+    /// No emulated links at all.
+    pub no_wan: bool,
 }
 
 /// One executor `comfaas dev` starts.
@@ -50,11 +58,36 @@ struct Node {
 const EDGE_MAX_PROCS: u32 = 4;
 const CLOUD_MAX_PROCS: u32 = 16;
 
-/// Starts one server per site: the first cloud site is the hub, the edge
-/// and the other clouds join it as leaf nodes, each site its own JetStream
-/// domain. Returns the servers (edge first) and the executors to start.
-async fn start_sites(options: &DevOptions) -> anyhow::Result<(Vec<EmbeddedServer>, Vec<Node>)> {
+/// The emulated links of `options`: the defaults of the paper's cities,
+/// overridden by `--link`, none with `--no-wan`.
+fn links(options: &DevOptions, clouds: &[String]) -> anyhow::Result<BTreeMap<String, LinkSpec>> {
+    let mut links = BTreeMap::new();
+    if !options.no_wan {
+        for site in clouds {
+            if let Some(spec) = sites::default_link(site) {
+                links.insert(site.clone(), spec);
+            }
+        }
+    }
+    for (site, spec) in &options.links {
+        if !clouds.contains(site) {
+            anyhow::bail!("--link {site}=…: `{site}` is not a cloud site of --sites");
+        }
+        links.insert(site.clone(), *spec);
+    }
+    Ok(links)
+}
+
+/// Starts one server per site (see [`comfaas_platform::sites`]) and mirrors
+/// the edge's data at the first cloud site. Returns the sites, if any, the
+/// URL services at the edge use, and the executors to start.
+async fn start_sites(
+    options: &DevOptions,
+) -> anyhow::Result<(Option<Sites>, Option<EmbeddedServer>, Vec<Node>)> {
     if options.sites.is_empty() {
+        if !options.links.is_empty() || options.no_wan {
+            anyhow::bail!("--link and --no-wan need --sites");
+        }
         let server = EmbeddedServer::start(ServerOptions {
             port: Some(options.port),
             ..ServerOptions::default()
@@ -77,78 +110,75 @@ async fn start_sites(options: &DevOptions) -> anyhow::Result<(Vec<EmbeddedServer
                 max_procs: 0,
             });
         }
-        return Ok((vec![server], nodes));
+        return Ok((None, Some(server), nodes));
     }
-    let clouds: Vec<&String> = options.sites.iter().filter(|s| *s != "edge").collect();
-    let (Some(hub), true) = (clouds.first(), options.sites.iter().any(|s| s == "edge")) else {
+    let clouds: Vec<String> = options
+        .sites
+        .iter()
+        .filter(|s| *s != sites::EDGE_SITE)
+        .cloned()
+        .collect();
+    if clouds.is_empty() || !options.sites.iter().any(|s| s == sites::EDGE_SITE) {
         anyhow::bail!("--sites needs `edge` and at least one cloud site, e.g. edge,chicago");
-    };
-    let leaf_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let configs = &options.nats_configs;
-    let hub_server = EmbeddedServer::start(ServerOptions::hub(configs, hub, leaf_port)).await?;
-    let leaf = |site: &str, port: Option<u16>| ServerOptions {
-        port,
-        ..ServerOptions::leaf(configs, site, leaf_port)
-    };
-    let edge = EmbeddedServer::start(leaf("edge", Some(options.port))).await?;
-    let mut nodes = vec![Node {
-        name: "edge-1".to_owned(),
-        tier: Tier::Edge,
-        site: "edge".to_owned(),
-        nats: NatsOptions::for_url(edge.url()),
-        max_procs: EDGE_MAX_PROCS,
-    }];
-    let mut servers = vec![edge];
-    for (i, site) in clouds.iter().enumerate() {
-        let server = if i == 0 {
-            None
-        } else {
-            Some(EmbeddedServer::start(leaf(site, None)).await?)
-        };
-        let url = server
+    }
+    let links = links(options, &clouds)?;
+    let started = Sites::start(SitesOptions {
+        configs: options.nats_configs.clone(),
+        clouds,
+        links,
+        edge_port: Some(options.port),
+    })
+    .await?;
+    let mut nodes = Vec::new();
+    for site in started.all() {
+        let edge = site.name == sites::EDGE_SITE;
+        let link = site
+            .link
             .as_ref()
-            .map_or(hub_server.url(), |s| s.url())
-            .to_owned();
+            .map_or(String::new(), |l| format!(", link {}", l.spec()));
         println!(
-            "site {site}: nats-server at {url}{}",
-            if i == 0 { " (hub)" } else { "" }
+            "site {}: nats-server at {}{link}",
+            site.name,
+            site.server.url()
         );
         nodes.push(Node {
-            name: format!("{site}-1"),
-            tier: Tier::Cloud,
-            site: (*site).clone(),
-            // Cloud nodes read the edge's registry and inputs across the link.
-            nats: NatsOptions {
-                js_domain: Some("edge".to_owned()),
-                ..NatsOptions::for_url(url)
+            name: format!("{}-1", site.name),
+            tier: if edge { Tier::Edge } else { Tier::Cloud },
+            site: site.name.clone(),
+            nats: site.nats(),
+            max_procs: if edge {
+                EDGE_MAX_PROCS
+            } else {
+                CLOUD_MAX_PROCS
             },
-            max_procs: CLOUD_MAX_PROCS,
         });
-        servers.extend(server);
     }
-    // The edge's data is kept in the cloud: the hub mirrors it.
-    let hub_client = NatsOptions::for_url(hub_server.url())
+    // The edge's data is kept in the cloud: the first cloud site mirrors it.
+    let backup = &started.clouds[0];
+    let client = NatsOptions::for_url(backup.server.url())
         .connect("comfaas dev backup")
         .await?;
-    let edge_client = NatsOptions::for_url(servers[0].url())
-        .connect("comfaas dev probe")
+    comfaas_platform::resources::backup_edge(&async_nats::jetstream::new(client), sites::EDGE_SITE)
         .await?;
-    wait_for_leaf_link(&edge_client, &hub_client, Duration::from_secs(30)).await?;
-    servers.push(hub_server);
-    comfaas_platform::resources::backup_edge(&async_nats::jetstream::new(hub_client), "edge")
-        .await?;
-    Ok((servers, nodes))
+    println!(
+        "site {}: mirrors the edge's events and results",
+        backup.name
+    );
+    Ok((Some(started), None, nodes))
 }
 
 /// Runs the embedded platform until `shutdown`.
 pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let (servers, nodes) = start_sites(&options).await?;
-    let url = servers[0].url().to_owned();
+    let (sites, single, nodes) = start_sites(&options).await?;
+    let edge_server = match (&sites, &single) {
+        (Some(sites), _) => &sites.edge.server,
+        (None, Some(server)) => server,
+        (None, None) => anyhow::bail!("no server started"),
+    };
+    let url = edge_server.url().to_owned();
     println!(
         "nats-server with JetStream at {url} (store {})",
-        servers[0].store_dir().display()
+        edge_server.store_dir().display()
     );
     let data = tempfile::Builder::new().prefix("comfaas-dev-").tempdir()?;
 
@@ -202,7 +232,10 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
             eprintln!("service stopped with an error: {e:#}");
         }
     }
-    for server in servers {
+    if let Some(sites) = sites {
+        sites.stop().await;
+    }
+    if let Some(server) = single {
         server.stop().await;
     }
     Ok(())

@@ -34,7 +34,7 @@ pub struct InvokeOptions {
     /// `Comfaas-Placement`.
     pub placement: Option<String>,
     /// `Comfaas-Procs`.
-    pub procs: Option<u32>,
+    pub procs: Option<comfaas_schemas::Procs>,
     /// `Comfaas-Input-Object`.
     pub input_object: Option<String>,
     /// How long to wait for the answer.

@@ -40,9 +40,18 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         slots: u32,
         /// One nats-server per site, e.g. edge,chicago,los-angeles,new-york,miami
-        /// (the first cloud site is the hub; the edge runs the dispatcher)
+        /// (the edge runs the dispatcher and joins every cloud site by its
+        /// own leaf connection)
         #[arg(long, value_delimiter = ',')]
         sites: Vec<String>,
+        /// Emulated link between the edge and a cloud site, one-way latency
+        /// and bandwidth: SITE=LATENCY[/BANDWIDTH], e.g. chicago=20ms/100mbit
+        /// (repeatable; the paper's cities have defaults, see docs)
+        #[arg(long = "link", value_parser = comfaas_platform::sites::parse_site_link)]
+        links: Vec<(String, comfaas_platform::link::LinkSpec)>,
+        /// Join the sites over plain loopback, without emulated links
+        #[arg(long)]
+        no_wan: bool,
         /// Folder of the server configurations for --sites
         #[arg(long, default_value = "nats")]
         nats_configs: PathBuf,
@@ -79,9 +88,9 @@ enum Command {
         /// auto, edge, cloud or node:<id>
         #[arg(long)]
         placement: Option<String>,
-        /// MPI processes
+        /// MPI processes: a count (4) or a range (4-16) fitted to the chosen node
         #[arg(long)]
-        procs: Option<u32>,
+        procs: Option<comfaas_schemas::Procs>,
         /// Seconds to wait for the answer
         #[arg(long, default_value_t = 120)]
         wait: u64,
@@ -160,6 +169,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         slots,
         sites,
         nats_configs,
+        links,
+        no_wan,
     } = cli.command
     {
         let shutdown = comfaas_platform::signals::shutdown_on_signal();
@@ -171,6 +182,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 slots,
                 sites,
                 nats_configs,
+                links,
+                no_wan,
             },
             shutdown,
         )

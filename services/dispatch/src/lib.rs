@@ -130,6 +130,7 @@ impl Dispatcher {
         tasks.spawn(track_nodes(shared.clone(), loads, shutdown.clone()));
         tasks.spawn(track_functions(shared.clone(), changes, shutdown.clone()));
         tasks.spawn(publish_metrics(shared.clone(), shutdown.clone()));
+        tasks.spawn(ping_nodes(shared.clone(), shutdown.clone()));
         tasks.spawn(events::serve(shared.clone(), events, shutdown.clone()));
         serve_invokes(shared.clone(), invokes, shutdown.clone()).await;
         while let Some(result) = tasks.join_next().await {
@@ -181,6 +182,45 @@ async fn serve_invokes(
     }
     let _ = invokes.unsubscribe().await;
     while running.join_next().await.is_some() {}
+}
+
+/// How often each live node's round trip is measured.
+const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Measures the round trip to every live node with a ping (an empty request
+/// the executor answers at once): continuous, cheap, and independent of
+/// whether the node was chosen lately.
+async fn ping_nodes(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(PING_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let nodes = lock(&shared.nodes).live_nodes(Instant::now());
+        let pings = nodes.into_iter().map(|node| {
+            let shared = shared.clone();
+            async move {
+                let started = Instant::now();
+                let request = async_nats::Request::new().timeout(Some(PING_INTERVAL));
+                match shared
+                    .client
+                    .send_request(shared.subjects.node_ping(&node), request)
+                    .await
+                {
+                    Ok(_) => {
+                        lock(&shared.nodes).pinged(&node, started.elapsed().as_secs_f64() * 1000.0)
+                    }
+                    Err(e) => tracing::debug!(node, "ping failed: {e}"),
+                }
+            }
+        });
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = futures::future::join_all(pings) => {}
+        }
+    }
 }
 
 async fn track_nodes(

@@ -1,7 +1,7 @@
 //! The live node table, fed by `NodeLoad` heartbeats and by what the
 //! dispatcher itself sees when it sends work.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use comfaas_placement::NodeView;
@@ -14,9 +14,12 @@ struct Node {
     /// next heartbeat.
     unreachable: bool,
     placed: u64,
-    in_flight: u32,
+    /// Invocations sent and not answered: token → when each should finish.
+    in_flight: HashMap<u64, Instant>,
     /// Moving average of the round trip as this dispatcher sees it, ms.
     rtt_ms: Option<f64>,
+    /// The round trip comes from pings (else from answers, less exact).
+    pinged: bool,
 }
 
 /// Weight of the newest sample in the moving averages.
@@ -31,8 +34,9 @@ fn ewma(old: Option<f64>, sample: f64) -> f64 {
 pub struct NodeTable {
     nodes: HashMap<String, Node>,
     dead_after: u32,
-    /// (function, node) → (moving average run time ms, processes).
-    runs: HashMap<(String, String), (f64, u32)>,
+    /// (function, node) → processes → moving average run time, ms.
+    runs: HashMap<(String, String), BTreeMap<u32, f64>>,
+    next_token: u64,
 }
 
 impl NodeTable {
@@ -42,6 +46,7 @@ impl NodeTable {
             nodes: HashMap::new(),
             dead_after,
             runs: HashMap::new(),
+            next_token: 0,
         }
     }
 
@@ -65,8 +70,9 @@ impl NodeTable {
                         last_seen: now,
                         unreachable: false,
                         placed: 0,
-                        in_flight: 0,
+                        in_flight: HashMap::new(),
                         rtt_ms: None,
+                        pinged: false,
                     },
                 );
             }
@@ -88,21 +94,37 @@ impl NodeTable {
         took_ms: f64,
         run_ms: Option<f64>,
     ) {
-        if let Some(n) = self.nodes.get_mut(node) {
+        if let Some(n) = self.nodes.get_mut(node).filter(|n| !n.pinged) {
             let overhead = (took_ms - run_ms.unwrap_or(0.0)).max(0.05);
             n.rtt_ms = Some(ewma(n.rtt_ms, overhead));
         }
         if let Some(run_ms) = run_ms {
-            let key = (function.to_owned(), node.to_owned());
-            // Normalise to the stored process count, assuming linear scaling.
-            let (old, old_procs) = self.runs.get(&key).copied().unzip();
-            let sample = match old_procs {
-                Some(p) if p != procs => run_ms * f64::from(procs) / f64::from(p.max(1)),
-                _ => run_ms,
-            };
-            self.runs
-                .insert(key, (ewma(old, sample), old_procs.unwrap_or(procs)));
+            let runs = self
+                .runs
+                .entry((function.to_owned(), node.to_owned()))
+                .or_default();
+            let old = runs.get(&procs).copied();
+            runs.insert(procs, ewma(old, run_ms));
         }
+    }
+
+    /// A ping to `node` came back after `rtt_ms`.
+    pub fn pinged(&mut self, node: &str, rtt_ms: f64) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            // The first ping replaces what answers taught.
+            let old = n.rtt_ms.filter(|_| n.pinged);
+            n.rtt_ms = Some(ewma(old, rtt_ms));
+            n.pinged = true;
+        }
+    }
+
+    /// Nodes to ping: every live one.
+    pub fn live_nodes(&self, now: Instant) -> Vec<String> {
+        self.nodes
+            .values()
+            .filter(|n| self.alive(n, now))
+            .map(|n| n.load.node.clone())
+            .collect()
     }
 
     /// The snapshot the placement model decides on, for `function`.
@@ -120,13 +142,18 @@ impl NodeTable {
                     running: n.load.running,
                     queued: n.load.queued,
                     queue_capacity: n.load.queue_capacity,
-                    in_flight: n.in_flight,
+                    in_flight: n.in_flight.len() as u32,
+                    ahead_ms: n
+                        .in_flight
+                        .values()
+                        .map(|done| done.saturating_duration_since(now).as_secs_f64() * 1000.0)
+                        .collect(),
                     cpu_load: n.load.cpu_load,
                     max_procs: n.load.max_procs,
                     rtt_ms: n.rtt_ms,
                     fetch_bytes_per_s: Some(n.load.input_fetch_bytes_per_s).filter(|b| *b > 0.0),
-                    run_ms: history.map(|r| r.0),
-                    run_procs: history.map_or(1, |r| r.1),
+                    runs: history
+                        .map_or(Vec::new(), |h| h.iter().map(|(p, ms)| (*p, *ms)).collect()),
                 }
             })
             .collect()
@@ -164,18 +191,21 @@ impl NodeTable {
             || (fresh && live().next().is_some() && !states().any(|f| f.digest == digest))
     }
 
-    /// Work was sent to `node`.
-    pub fn sent(&mut self, node: &str) {
+    /// Work was sent to `node`, expected to finish at `done`; the token
+    /// names it to [`NodeTable::answered`].
+    pub fn sent(&mut self, node: &str, done: Instant) -> u64 {
+        self.next_token += 1;
         if let Some(n) = self.nodes.get_mut(node) {
             n.placed += 1;
-            n.in_flight += 1;
+            n.in_flight.insert(self.next_token, done);
         }
+        self.next_token
     }
 
     /// Work sent to `node` was answered (or given up).
-    pub fn answered(&mut self, node: &str) {
+    pub fn answered(&mut self, node: &str, token: u64) {
         if let Some(n) = self.nodes.get_mut(node) {
-            n.in_flight = n.in_flight.saturating_sub(1);
+            n.in_flight.remove(&token);
         }
     }
 
@@ -207,7 +237,7 @@ impl NodeTable {
                 alive: self.alive(n, now),
                 last_seen_ms: now.duration_since(n.last_seen).as_millis() as u64,
                 placed: n.placed,
-                in_flight: n.in_flight,
+                in_flight: n.in_flight.len() as u32,
                 rtt_ms: n.rtt_ms,
             })
             .collect();
@@ -263,12 +293,34 @@ mod tests {
         table.observe("a", "f", 1, 12.0, Some(10.0));
         let view = &table.views("f", t0)[0];
         assert_eq!(view.rtt_ms, Some(2.0));
-        assert_eq!((view.run_ms, view.run_procs), (Some(10.0), 1));
-        // A run at 2 processes counts as twice the work at 1.
+        assert_eq!(view.runs, vec![(1, 10.0)]);
+        // Runs are kept per process count, each a moving average.
         table.observe("a", "f", 2, 7.0, Some(6.0));
+        table.observe("a", "f", 1, 12.0, Some(20.0));
         let view = &table.views("f", t0)[0];
-        assert!((view.run_ms.unwrap() - (10.0 + 0.3 * (12.0 - 10.0))).abs() < 1e-9);
-        assert!(table.views("g", t0)[0].run_ms.is_none(), "per function");
+        assert_eq!(view.runs, vec![(1, 10.0 + 0.3 * (20.0 - 10.0)), (2, 6.0)]);
+        assert!(table.views("g", t0)[0].runs.is_empty(), "per function");
+        // Pings replace round trips taught by answers, which then stop counting.
+        table.pinged("a", 30.0);
+        table.observe("a", "f", 1, 100.0, Some(10.0));
+        assert_eq!(table.views("f", t0)[0].rtt_ms, Some(30.0));
+    }
+
+    #[test]
+    fn in_flight_work_counts_until_answered() {
+        let mut table = NodeTable::new(3);
+        let t0 = Instant::now();
+        table.heard(load("a"), t0);
+        let first = table.sent("a", t0 + Duration::from_millis(500));
+        let _second = table.sent("a", t0 + Duration::from_millis(900));
+        let view = &table.views("f", t0 + Duration::from_millis(100))[0];
+        assert_eq!(view.in_flight, 2);
+        let mut ahead = view.ahead_ms.clone();
+        ahead.sort_by(f64::total_cmp);
+        assert_eq!(ahead, vec![400.0, 800.0]);
+        table.answered("a", first);
+        let view = &table.views("f", t0 + Duration::from_millis(1000))[0];
+        assert_eq!((view.in_flight, view.ahead_ms.clone()), (1, vec![0.0]));
     }
 
     #[test]

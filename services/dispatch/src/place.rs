@@ -13,7 +13,7 @@ use comfaas_platform::reply::{self, Outcome, ReplyMeta};
 use comfaas_schemas::names::{self, headers as h};
 use comfaas_schemas::{
     encode, now_unix_ms, parse_duration, validate_function_name, CandidateEstimate, Deployment,
-    ErrorCode, InputObject, Invocation, Placement, PlacementRecord, SCHEMA_VERSION,
+    ErrorCode, InputObject, Invocation, Placement, PlacementRecord, Procs, SCHEMA_VERSION,
 };
 
 use crate::{lock, Shared, RECENT_DECISIONS};
@@ -68,7 +68,7 @@ impl Answer {
 struct RequestOptions {
     timeout: Option<Duration>,
     placement: Option<Placement>,
-    procs: Option<u32>,
+    procs: Option<Procs>,
     input_object: Option<String>,
 }
 
@@ -93,15 +93,10 @@ fn request_options(headers: Option<&HeaderMap>) -> Result<RequestOptions, String
         );
     }
     if let Some(v) = reply::get(headers, h::PROCS) {
-        match v.trim().parse::<u32>() {
-            Ok(n) if n >= 1 => options.procs = Some(n),
-            _ => {
-                return Err(format!(
-                    "header {}: `{v}` is not a number of processes (1 or more)",
-                    h::PROCS
-                ))
-            }
-        }
+        options.procs = Some(
+            v.parse::<Procs>()
+                .map_err(|e| format!("header {}: {e}", h::PROCS))?,
+        );
     }
     options.input_object = reply::get(headers, h::INPUT_OBJECT);
     Ok(options)
@@ -213,31 +208,24 @@ async fn execute_inner(
     let placement = options
         .placement
         .unwrap_or_else(|| manifest.placement.clone());
-    let procs = options.procs.or(manifest.procs).unwrap_or(1);
+    let procs = options
+        .procs
+        .or(manifest.procs)
+        .unwrap_or(Procs::exactly(1));
     let received = now_unix_ms();
     let wait = timeout + Duration::from_millis(config.queue_wait_ms);
-    let invocation = Invocation {
+    let mut invocation = Invocation {
         schema: SCHEMA_VERSION,
         id: id.clone(),
         function: function.to_owned(),
         input: input.to_vec(),
         timeout_ms: Some(timeout.as_millis() as u64),
-        procs: options.procs.or(manifest.procs),
+        procs: None,
         received_unix_ms: received,
         deadline_unix_ms: Some(received + wait.as_millis() as u64),
         reply_to: reply_to.map(str::to_owned),
         input_object,
     };
-    let payload: Bytes = match encode(&invocation) {
-        Ok(bytes) => bytes.into(),
-        Err(e) => {
-            return fail(
-                ErrorCode::BadRequest,
-                &format!("cannot encode invocation: {e}"),
-            )
-        }
-    };
-
     // Try nodes until one answers; a node that is gone, full, or does not
     // have the function after all is skipped for the next best.
     let mut tried: Vec<String> = Vec::new();
@@ -288,18 +276,32 @@ async fn execute_inner(
         let node = decision.node.clone();
         tracing::debug!(invocation = %id, function, node = %node, "{}", decision.reason);
         tried.push(node.clone());
-        lock(&shared.nodes).sent(&node);
+        // The process count is fitted to the chosen node.
+        invocation.procs = Some(decision.procs);
+        let payload: Bytes = match encode(&invocation) {
+            Ok(bytes) => bytes.into(),
+            Err(e) => {
+                return fail(
+                    ErrorCode::BadRequest,
+                    &format!("cannot encode invocation: {e}"),
+                )
+            }
+        };
         let sent = Instant::now();
+        let token = lock(&shared.nodes).sent(
+            &node,
+            sent + Duration::from_secs_f64(decision.estimate_ms.max(0.0) / 1000.0),
+        );
         let result = shared
             .client
             .send_request(
                 shared.subjects.work(&node),
                 async_nats::Request::new()
-                    .payload(payload.clone())
+                    .payload(payload)
                     .timeout(Some(wait + ANSWER_GRACE)),
             )
             .await;
-        lock(&shared.nodes).answered(&node);
+        lock(&shared.nodes).answered(&node, token);
         let took = sent.elapsed();
         record(shared, &id, function, &decision, took.as_millis() as u64);
         if let Ok(message) = &result {
@@ -311,7 +313,7 @@ async fn execute_inner(
             lock(&shared.nodes).observe(
                 &node,
                 function,
-                procs,
+                decision.procs,
                 took.as_secs_f64() * 1000.0,
                 run_ms,
             );

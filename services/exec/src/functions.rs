@@ -28,8 +28,8 @@ pub struct Served {
     pub installation: Installation,
     /// The manifest's run time limit.
     pub timeout: Option<Duration>,
-    /// The manifest's MPI process count.
-    pub procs: Option<u32>,
+    /// The manifest's MPI process count or range.
+    pub procs: Option<comfaas_schemas::Procs>,
     /// Warm workers, in handler mode.
     pub pool: Option<Arc<HandlerPool>>,
     root: PathBuf,

@@ -113,6 +113,12 @@ impl Executor {
             .subscribe(work_subject.clone())
             .await
             .with_context(|| format!("subscribe to {work_subject}"))?;
+        let ping_subject = subjects.node_ping(&config.node);
+        let pings = self
+            .client
+            .subscribe(ping_subject.clone())
+            .await
+            .with_context(|| format!("subscribe to {ping_subject}"))?;
         let changes = registry.watch_forever();
         tracing::info!(node = %config.node, tier = %config.tier, site = %config.site,
             slots = config.slots(), queue = config.queue, "executor serving {work_subject}");
@@ -138,6 +144,11 @@ impl Executor {
             admission.clone(),
             inputs.clone(),
             available(&self.toolchain),
+            stop_heartbeat.clone(),
+        ));
+        tasks.spawn(answer_pings(
+            self.client.clone(),
+            pings,
             stop_heartbeat.clone(),
         ));
         let stop_installs = shutdown.child_token();
@@ -171,6 +182,27 @@ impl Executor {
             load::say_leaving(&self.client, &config).await;
         }
         Ok(())
+    }
+}
+
+/// Answers dispatchers' pings at once, so they measure the round trip.
+async fn answer_pings(
+    client: async_nats::Client,
+    mut pings: async_nats::Subscriber,
+    stop: CancellationToken,
+) {
+    use futures::StreamExt;
+    loop {
+        let ping = tokio::select! {
+            _ = stop.cancelled() => return,
+            ping = pings.next() => ping,
+        };
+        let Some(ping) = ping else { return };
+        if let Some(reply) = ping.reply {
+            if let Err(e) = client.publish(reply, bytes::Bytes::new()).await {
+                tracing::debug!("cannot answer a ping: {e}");
+            }
+        }
     }
 }
 

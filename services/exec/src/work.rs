@@ -211,7 +211,16 @@ impl Worker {
                 )
             }
         };
-        let procs = invocation.procs.or(served.procs).unwrap_or(1);
+        // The dispatcher fits the count to this node; else the manifest's,
+        // a range fitted here (its fewest when even that does not fit).
+        let procs = invocation
+            .procs
+            .or_else(|| {
+                served
+                    .procs
+                    .map(|p| p.fit(self.config.max_procs()).unwrap_or(p.min))
+            })
+            .unwrap_or(1);
         if procs > self.config.max_procs() {
             return self.error(
                 id,

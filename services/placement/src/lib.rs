@@ -1,25 +1,32 @@
 //! The placement model: given a snapshot of the nodes a dispatcher knows
-//! and one invocation, which node runs it.
+//! and one invocation, which node runs it, and with how many processes.
 //!
 //! Architecture invariant: a pure function of its inputs (plus a random
 //! source for tie-breaks). It knows nothing of NATS, processes or clocks,
 //! so every decision can be replayed from data in a test.
 //!
 //! The model: among eligible nodes (placement filter, alive, serving the
-//! function, `max_procs` covers the job, room in the queue), pick the
-//! smallest estimated completion time
+//! function, `max_procs` covers the job's fewest processes, room in the
+//! queue), pick the smallest estimated completion time
 //!
 //! ```text
-//! queue wait + input transfer (bytes ÷ the node's fetch throughput)
-//!            + round trip (measured) + run time (moving average per
-//!              function and node, scaled by process count)
+//! queue wait (when the jobs ahead free a slot) + input transfer (bytes ÷
+//! the node's fetch throughput) + round trip (measured) + run time (moving
+//! average per function, node and process count; from the nearest count,
+//! scaled, when this one was never run there)
 //! ```
 //!
 //! with a random pick among estimates within 2% of the best, so several
-//! dispatchers do not herd onto one node. A function with no history yet
-//! borrows the average of the nodes that have one, else a first guess.
+//! dispatchers do not herd onto one node. A job with a process range runs
+//! on each node with as many processes as the node allows.
+//!
+//! Learning: a node with no history of the function is estimated with the
+//! best run time measured elsewhere (optimism), and is *explored*, tried
+//! once, when that estimate is within half again of the best; after one
+//! answer it is judged by what it measured. A function no node has run
+//! starts from a first guess.
 
-use comfaas_schemas::{ErrorCode, Placement, Tier};
+use comfaas_schemas::{ErrorCode, Placement, Procs, Tier};
 use rand::Rng;
 
 /// What the dispatcher knows of one node at decision time.
@@ -43,6 +50,9 @@ pub struct NodeView {
     pub queue_capacity: u32,
     /// Invocations this dispatcher sent there that are not answered yet.
     pub in_flight: u32,
+    /// For each of those, the time left until it is expected to finish, ms
+    /// (as estimated when it was placed; 0 when overdue).
+    pub ahead_ms: Vec<f64>,
     /// One-minute load per core.
     pub cpu_load: f32,
     /// Most MPI processes one job may use.
@@ -51,11 +61,9 @@ pub struct NodeView {
     pub rtt_ms: Option<f64>,
     /// The node's input fetch throughput, bytes per second.
     pub fetch_bytes_per_s: Option<f64>,
-    /// Moving average of this function's run time on this node, ms, at
-    /// `run_procs` processes.
-    pub run_ms: Option<f64>,
-    /// Process count of `run_ms`.
-    pub run_procs: u32,
+    /// This function's moving-average run time here, ms, per process count
+    /// it ran with: `(procs, ms)`.
+    pub runs: Vec<(u32, f64)>,
 }
 
 impl NodeView {
@@ -69,30 +77,54 @@ impl NodeView {
         self.backlog() < self.slots.saturating_add(self.queue_capacity)
     }
 
-    /// Run time of a job of `procs` processes here, assuming it scales
-    /// with the process count.
+    /// Run time of a job of `procs` processes here: measured at that count,
+    /// else from the nearest count measured, assuming it scales with the
+    /// process count.
     fn run_ms(&self, procs: u32) -> Option<f64> {
-        self.run_ms
-            .map(|ms| ms * f64::from(self.run_procs.max(1)) / f64::from(procs.max(1)))
+        let procs = procs.max(1);
+        self.runs
+            .iter()
+            .min_by_key(|(p, _)| p.abs_diff(procs))
+            .map(|(p, ms)| ms * f64::from((*p).max(1)) / f64::from(procs))
     }
 
-    /// Estimated completion time of `request` here, given the run time to
-    /// assume when this node has no history of the function.
-    fn estimate_ms(&self, request: &Request<'_>, fallback_run_ms: f64) -> f64 {
-        let run = self.run_ms(request.procs).unwrap_or(fallback_run_ms);
+    /// Time until a slot is free for one more job, given `run` ms as the
+    /// length of jobs ahead that this dispatcher did not place.
+    fn wait_ms(&self, run: f64) -> f64 {
+        let slots = self.slots.max(1) as usize;
+        let backlog = self.backlog() as usize;
+        if backlog < slots {
+            return 0.0;
+        }
+        // Ours: we know when each should finish. A slot frees when all but
+        // `slots - 1` of the jobs ahead are done (first in, first out).
+        let mut ours = self.ahead_ms.clone();
+        ours.sort_by(f64::total_cmp);
+        let others = backlog.saturating_sub(ours.len());
+        let ours_wait = if ours.len() >= slots {
+            ours[ours.len() - slots]
+        } else {
+            0.0
+        };
+        // Others': each holds a slot for about one run, shared by the slots.
+        ours_wait + run * others as f64 / slots as f64
+    }
+
+    /// Estimated completion time of a job of `procs` processes and
+    /// `input_bytes` here, given the run time to assume when this node has
+    /// no history of the function.
+    fn estimate_ms(&self, procs: u32, input_bytes: u64, fallback_run_ms: f64) -> f64 {
+        let run = self.run_ms(procs).unwrap_or(fallback_run_ms);
         let slots = f64::from(self.slots.max(1));
-        let backlog = f64::from(self.backlog());
-        // Jobs ahead beyond the free slots wait for slots to drain; busy
-        // slots also share the cores a little.
-        let wait = run * (backlog + 1.0 - slots).max(0.0) / slots;
-        let contention = run * CONTENTION * backlog / slots;
-        let transfer = request.input_bytes as f64
+        // Busy slots also share the node's cores a little.
+        let contention = run * CONTENTION * f64::from(self.backlog()) / slots;
+        let transfer = input_bytes as f64
             / self
                 .fetch_bytes_per_s
                 .filter(|b| *b > 0.0)
                 .unwrap_or(DEFAULT_FETCH_BYTES_PER_S)
             * 1000.0;
-        wait + contention + transfer + self.rtt_ms.unwrap_or(DEFAULT_RTT_MS) + run
+        self.wait_ms(run) + contention + transfer + self.rtt_ms.unwrap_or(DEFAULT_RTT_MS) + run
     }
 }
 
@@ -106,6 +138,9 @@ const FIRST_RUN_MS: f64 = 100.0;
 const CONTENTION: f64 = 0.1;
 /// Estimates within this fraction of the best are a tie.
 const TIE: f64 = 0.02;
+/// A node never tried for the function is tried when its (optimistic)
+/// estimate is within this fraction of the best.
+const EXPLORE: f64 = 0.5;
 
 /// The invocation being placed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,8 +149,8 @@ pub struct Request<'a> {
     pub function: &'a str,
     /// Where it must or may run.
     pub placement: &'a Placement,
-    /// MPI processes it needs (1 for a plain run).
-    pub procs: u32,
+    /// MPI processes it takes (exactly 1 for a plain run).
+    pub procs: Procs,
     /// Bytes of input the node must fetch (0 when it travels in the message).
     pub input_bytes: u64,
 }
@@ -125,10 +160,14 @@ pub struct Request<'a> {
 pub struct Decision {
     /// Node id.
     pub node: String,
+    /// Processes to run with there.
+    pub procs: u32,
     /// The reason in words, for logs and metrics.
     pub reason: String,
     /// Its estimated completion time, ms.
     pub estimate_ms: f64,
+    /// Its estimated run time (the part of the estimate spent running), ms.
+    pub run_ms: f64,
     /// Every eligible node's estimate, ms, best first.
     pub candidates: Vec<(String, f64)>,
 }
@@ -143,7 +182,17 @@ pub struct PlacementError {
     pub message: String,
 }
 
-/// Picks the node for `request` among `nodes`, least loaded first.
+/// One eligible node, costed.
+struct Costed<'a> {
+    view: &'a NodeView,
+    procs: u32,
+    run_ms: f64,
+    estimate_ms: f64,
+    /// Never ran the function: a candidate for exploration.
+    untried: bool,
+}
+
+/// Picks the node for `request` among `nodes`.
 pub fn choose(
     nodes: &[NodeView],
     request: &Request<'_>,
@@ -180,51 +229,77 @@ pub fn choose(
             "no live node{where_} has function `{function}` installed"
         )));
     }
-    let sized: Vec<&NodeView> = ready
+    let sized: Vec<(&NodeView, u32)> = ready
         .into_iter()
-        .filter(|n| request.procs <= n.max_procs.max(1))
+        .filter_map(|n| Some((n, request.procs.fit(n.max_procs.max(1))?)))
         .collect();
     if sized.is_empty() {
         return Err(unavailable(format!(
             "no live node{where_} allows {} processes for `{function}`",
-            request.procs
+            request.procs.min
         )));
     }
-    let roomy: Vec<&NodeView> = sized.into_iter().filter(|n| n.has_room()).collect();
+    let roomy: Vec<(&NodeView, u32)> = sized.into_iter().filter(|(n, _)| n.has_room()).collect();
     if roomy.is_empty() {
         return Err(PlacementError {
             code: ErrorCode::TooManyRequests,
             message: format!("every node{where_} serving `{function}` has a full queue"),
         });
     }
-    // Nodes without history of the function borrow the others' average.
-    let known: Vec<f64> = roomy
+    // A node without history of the function is assumed as fast as the
+    // fastest that has one (at its own process count), else a first guess.
+    let fastest_work = roomy
         .iter()
-        .filter_map(|n| n.run_ms(request.procs))
+        .filter_map(|(n, p)| Some(n.run_ms(*p)? * f64::from(*p)))
+        .min_by(f64::total_cmp);
+    let mut costed: Vec<Costed<'_>> = roomy
+        .iter()
+        .map(|&(view, procs)| {
+            let fallback = fastest_work.map_or(FIRST_RUN_MS, |w| w / f64::from(procs));
+            Costed {
+                view,
+                procs,
+                run_ms: view.run_ms(procs).unwrap_or(fallback),
+                estimate_ms: view.estimate_ms(procs, request.input_bytes, fallback),
+                untried: view.runs.is_empty(),
+            }
+        })
         .collect();
-    let fallback = if known.is_empty() {
-        FIRST_RUN_MS
-    } else {
-        known.iter().sum::<f64>() / known.len() as f64
+    costed.sort_by(|a, b| a.estimate_ms.total_cmp(&b.estimate_ms));
+    let best = costed[0].estimate_ms;
+    let candidates: Vec<(String, f64)> = costed
+        .iter()
+        .map(|c| (c.view.node.clone(), c.estimate_ms))
+        .collect();
+    // Learn: try a node never tried (and not being tried now) when it may
+    // well be the best, once another node has taught a run time.
+    let explore = fastest_work.and_then(|_| {
+        costed.iter().position(|c| {
+            c.untried && c.view.in_flight == 0 && c.estimate_ms <= best * (1.0 + EXPLORE)
+        })
+    });
+    let (index, why) = match explore {
+        Some(i) => (i, "exploring: never ran it yet, "),
+        _ => {
+            let ties = costed
+                .iter()
+                .filter(|c| c.estimate_ms <= best * (1.0 + TIE))
+                .count();
+            (rng.random_range(0..ties), "")
+        }
     };
-    let mut candidates: Vec<(String, f64)> = roomy
-        .iter()
-        .map(|n| (n.node.clone(), n.estimate_ms(request, fallback)))
-        .collect();
-    candidates.sort_by(|a, b| a.1.total_cmp(&b.1));
-    let best = candidates[0].1;
-    let ties: Vec<&(String, f64)> = candidates
-        .iter()
-        .filter(|(_, e)| *e <= best * (1.0 + TIE))
-        .collect();
-    let (node, estimate_ms) = ties[rng.random_range(0..ties.len())].clone();
+    let chosen = &costed[index];
     Ok(Decision {
         reason: format!(
-            "estimated {estimate_ms:.1} ms, best of {} candidate(s){where_}",
+            "{why}estimated {:.1} ms with {} process(es), best of {} candidate(s){where_}",
+            chosen.estimate_ms,
+            chosen.procs,
             candidates.len()
         ),
-        node,
-        estimate_ms,
+        node: chosen.view.node.clone(),
+        procs: chosen.procs,
+        estimate_ms: chosen.estimate_ms,
+        run_ms: chosen.run_ms,
         candidates,
     })
 }
@@ -237,7 +312,9 @@ mod tests {
 
     /// A node from one line: `id tier running/slots [flags]`, where flags
     /// are `dead`, `missing` (function not installed), `full` (queue full),
-    /// `procs=N`.
+    /// `procs=N` (max_procs), `inflight=N`, `ahead=MS,MS` (our jobs there
+    /// and their time left), `rtt=MS`, `mbps=MB/s` fetch, `run=MS[@PROCS]`
+    /// history (repeatable).
     fn node(line: &str) -> NodeView {
         let mut parts = line.split_whitespace();
         let id = parts.next().unwrap();
@@ -253,12 +330,12 @@ mod tests {
             queued: 0,
             queue_capacity: 4,
             in_flight: 0,
+            ahead_ms: Vec::new(),
             cpu_load: 0.0,
             max_procs: 4,
             rtt_ms: None,
             fetch_bytes_per_s: None,
-            run_ms: None,
-            run_procs: 1,
+            runs: Vec::new(),
         };
         for flag in parts {
             match flag {
@@ -271,7 +348,15 @@ mod tests {
                 f if f.starts_with("mbps=") => {
                     view.fetch_bytes_per_s = Some(f[5..].parse::<f64>().unwrap() * 1e6)
                 }
-                f if f.starts_with("run=") => view.run_ms = Some(f[4..].parse().unwrap()),
+                f if f.starts_with("run=") => {
+                    let (ms, procs) = f[4..].split_once('@').unwrap_or((&f[4..], "1"));
+                    view.runs
+                        .push((procs.parse().unwrap(), ms.parse().unwrap()));
+                }
+                f if f.starts_with("ahead=") => {
+                    view.ahead_ms = f[6..].split(',').map(|v| v.parse().unwrap()).collect();
+                    view.in_flight = view.ahead_ms.len() as u32;
+                }
                 other => panic!("unknown flag {other}"),
             }
         }
@@ -285,18 +370,25 @@ mod tests {
 
     /// As [`check`], for an input of `input_mb` megabytes to fetch.
     fn check_input(nodes: &[&str], placement: &str, procs: u32, input_mb: u64, expect: &str) {
+        check_full(nodes, placement, &procs.to_string(), input_mb, expect)
+    }
+
+    /// As [`check`], for processes `procs` (`4` or `4-16`); `expect` may
+    /// end in `/N`, the processes the node must run it with.
+    fn check_full(nodes: &[&str], placement: &str, procs: &str, input_mb: u64, expect: &str) {
         let nodes: Vec<NodeView> = nodes.iter().map(|l| node(l)).collect();
         let placement: Placement = placement.parse().unwrap();
         let request = Request {
             function: "f",
             placement: &placement,
-            procs,
+            procs: procs.parse().unwrap(),
             input_bytes: input_mb * 1_000_000,
         };
         // Several seeds: a decision must not depend on luck unless tied.
         for seed in 0..8 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let got = match choose(&nodes, &request, &mut rng) {
+                Ok(d) if expect.contains('/') => format!("{}/{}", d.node, d.procs),
                 Ok(d) => d.node,
                 Err(e) => format!("error {}", e.code),
             };
@@ -406,6 +498,116 @@ mod tests {
         check(&["e1 edge 0/2", "c1 cloud 0/2 rtt=40"], "auto", 1, "e1");
     }
 
+    /// The paper's trade-off: a job using as many processes as a site
+    /// allows runs 4-wide at the edge or 16-wide in the cloud; the cloud's
+    /// extra processes win unless the input must cross a slow link.
+    #[test]
+    fn process_ranges_fit_each_node() {
+        let sites = [
+            "e1 edge 0/1 procs=4 run=1600@4 mbps=500",
+            "c1 cloud 0/1 procs=16 run=400@16 rtt=20 mbps=6",
+        ];
+        check_full(&sites, "auto", "1-16", 0, "c1/16");
+        check_full(&sites, "auto", "1-16", 1, "c1/16");
+        check_full(&sites, "auto", "1-16", 50, "e1/4");
+        check_full(&sites, "edge", "1-16", 0, "e1/4");
+        check_full(&sites, "auto", "8-16", 50, "c1/16");
+        check_full(&sites, "auto", "8", 0, "c1/8");
+        // The history at the job's own count counts, not another scaled
+        // (1000 ms at 1 process would make 250 ms at 4, and the edge win).
+        check_full(
+            &[
+                "e1 edge 0/1 procs=4 run=1000@1 run=300@4",
+                "c1 cloud 0/1 procs=4 run=260@4 rtt=20",
+            ],
+            "auto",
+            "4",
+            0,
+            "c1/4",
+        );
+    }
+
+    /// The wait at a node whose slots are taken by jobs this dispatcher
+    /// sent is when the first of them should finish.
+    #[test]
+    fn queue_wait_counts_the_jobs_ahead() {
+        // The edge frees its slot in 100 ms: wait for it rather than pay 300 ms away.
+        check(
+            &[
+                "e1 edge 0/1 run=200 ahead=100",
+                "c1 cloud 0/1 run=200 rtt=300",
+            ],
+            "auto",
+            1,
+            "e1",
+        );
+        // ...but not for 2 s.
+        check(
+            &[
+                "e1 edge 0/1 run=200 ahead=2000",
+                "c1 cloud 0/1 run=200 rtt=300",
+            ],
+            "auto",
+            1,
+            "c1",
+        );
+        // Two slots, two jobs ahead: the sooner one frees a slot.
+        check(
+            &[
+                "e1 edge 0/2 run=200 ahead=5000,50",
+                "c1 cloud 0/1 run=200 rtt=300",
+            ],
+            "auto",
+            1,
+            "e1",
+        );
+    }
+
+    /// A node never tried is tried once when it may be the best; a node
+    /// whose optimistic estimate is far off is not; one being tried is not
+    /// tried twice at once.
+    #[test]
+    fn untried_nodes_are_explored() {
+        check(
+            &["c1 cloud 0/1 run=100 rtt=20", "c2 cloud 0/1 rtt=30"],
+            "auto",
+            1,
+            "c2",
+        );
+        check(
+            &["c1 cloud 0/1 run=100 rtt=20", "c2 cloud 0/1 rtt=500"],
+            "auto",
+            1,
+            "c1",
+        );
+        check(
+            &[
+                "c1 cloud 0/2 run=100 rtt=20",
+                "c2 cloud 0/2 rtt=30 inflight=1",
+            ],
+            "auto",
+            1,
+            "c1",
+        );
+        let nodes = [
+            node("c1 cloud 0/1 run=100 rtt=20"),
+            node("c2 cloud 0/1 rtt=30"),
+        ];
+        let request = Request {
+            function: "f",
+            placement: &Placement::Auto,
+            procs: Procs::exactly(1),
+            input_bytes: 0,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let decision = choose(&nodes, &request, &mut rng).unwrap();
+        assert!(
+            decision.reason.starts_with("exploring"),
+            "{}",
+            decision.reason
+        );
+    }
+
     #[test]
     fn errors() {
         check(&[], "auto", 1, "error 503");
@@ -428,7 +630,7 @@ mod tests {
         let request = Request {
             function: "f",
             placement: &Placement::Auto,
-            procs: 1,
+            procs: Procs::exactly(1),
             input_bytes: 0,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
@@ -446,7 +648,7 @@ mod tests {
         let request = Request {
             function: "hello",
             placement: &placement,
-            procs: 1,
+            procs: Procs::exactly(1),
             input_bytes: 0,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);

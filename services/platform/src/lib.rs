@@ -7,6 +7,7 @@
 //! an invocation is placed. It is the NATS side of the house, reused by the
 //! dispatcher, the executor, the CLI and the tests.
 
+pub mod link;
 pub mod nats;
 pub mod objects;
 pub mod registry;
@@ -15,6 +16,7 @@ pub mod resources;
 pub mod server;
 pub mod settings;
 pub mod signals;
+pub mod sites;
 
 /// An error from NATS or JetStream, with what we were doing.
 #[derive(Debug, thiserror::Error)]

@@ -24,6 +24,9 @@ pub struct ServerOptions {
     pub binary: Option<PathBuf>,
     /// Environment variables the configuration file refers to (`$NAME`).
     pub env: Vec<(String, String)>,
+    /// A configuration given as text (used when `config_file` is `None`),
+    /// written to a temporary file for the server.
+    pub config_text: Option<String>,
 }
 
 impl ServerOptions {
@@ -55,6 +58,20 @@ impl ServerOptions {
             ..Self::default()
         }
     }
+}
+
+/// The configuration of a site joining several hubs as a leaf node, one
+/// leaf connection each: `remotes` are `host:port` of the hubs' leaf ports
+/// (or of emulated links in front of them).
+pub fn multi_leaf_config(site: &str, remotes: &[String]) -> String {
+    let urls: Vec<String> = remotes
+        .iter()
+        .map(|r| format!("    {{ url: \"nats-leaf://{r}\" }}"))
+        .collect();
+    format!(
+        "server_name: {site}\njetstream {{\n  domain: {site}\n}}\nleafnodes {{\n  remotes: [\n{}\n  ]\n}}\n",
+        urls.join("\n")
+    )
 }
 
 /// Waits until a message published through `leaf` reaches `hub`: the leaf
@@ -104,8 +121,8 @@ pub enum ServerError {
     /// It exited or stayed silent; its last log lines are included.
     #[error("nats-server did not become ready: {0}")]
     NotReady(String),
-    /// The temporary store directory could not be made.
-    #[error("cannot create a JetStream directory: {0}")]
+    /// The temporary store directory or configuration could not be made.
+    #[error("cannot create a JetStream directory or configuration: {0}")]
     StoreDir(std::io::Error),
 }
 
@@ -116,6 +133,7 @@ pub struct EmbeddedServer {
     port: u16,
     store_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
+    _config: Option<tempfile::NamedTempFile>,
 }
 
 impl EmbeddedServer {
@@ -137,7 +155,24 @@ impl EmbeddedServer {
             .clone()
             .unwrap_or_else(|| PathBuf::from("nats-server"));
         let mut command = Command::new(&binary);
-        if let Some(config) = &options.config_file {
+        let written = match (&options.config_file, &options.config_text) {
+            (None, Some(text)) => {
+                let mut file = tempfile::Builder::new()
+                    .prefix("comfaas-nats-")
+                    .suffix(".conf")
+                    .tempfile()
+                    .map_err(ServerError::StoreDir)?;
+                std::io::Write::write_all(&mut file, text.as_bytes())
+                    .map_err(ServerError::StoreDir)?;
+                Some(file)
+            }
+            _ => None,
+        };
+        if let Some(config) = options
+            .config_file
+            .as_deref()
+            .or(written.as_ref().map(|f| f.path()))
+        {
             command.arg("-c").arg(config);
         }
         command
@@ -193,6 +228,7 @@ impl EmbeddedServer {
             port,
             store_dir,
             _temp: temp,
+            _config: written,
         })
     }
 

@@ -1,0 +1,338 @@
+//! Emulated WAN links, so that distance is felt on one machine: a TCP proxy
+//! put in a leaf connection's URL that delays every byte by a one-way
+//! latency and paces it to a bandwidth.
+//!
+//! Why a proxy and not the kernel: this kernel has no `netem`, so `tc` can
+//! rate-limit (`tbf`) but not delay, and network namespaces need root. The
+//! proxy needs neither, runs inside `comfaas dev` and the benchmarks, and
+//! models the two things that decide placement: the round trip and the time
+//! a large input takes to cross. It does not model loss or jitter.
+//!
+//! The model, per direction: a chunk read at `t` finishes crossing at
+//! `max(t, previous finish) + bytes ÷ bandwidth` and is delivered one
+//! latency later. The queue in between is bounded (twice the
+//! bandwidth-delay product, at least 256 KiB), so a fast sender is slowed
+//! by back-pressure as on a real link, and a small message queued behind a
+//! large transfer waits as it would in a real router buffer.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+/// One direction's latency and bandwidth, e.g. `20ms/100mbit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkSpec {
+    /// One-way delay added to every byte.
+    pub latency: Duration,
+    /// Bandwidth in bits per second; `None` is unlimited.
+    pub bits_per_s: Option<u64>,
+}
+
+impl LinkSpec {
+    /// Bytes a direction may hold in flight and in its queue.
+    fn buffer_bytes(&self) -> usize {
+        // Unlimited bandwidth: size the buffer as for 1 Gbit/s.
+        let bytes_per_s = self.bits_per_s.unwrap_or(1_000_000_000) as f64 / 8.0;
+        let bdp = bytes_per_s * self.latency.as_secs_f64();
+        ((2.0 * bdp) as usize).clamp(256 * 1024, 64 * 1024 * 1024)
+    }
+
+    /// Time `bytes` take to cross at this bandwidth.
+    fn serialisation(&self, bytes: usize) -> Duration {
+        self.bits_per_s
+            .filter(|b| *b > 0)
+            .map_or(Duration::ZERO, |b| {
+                Duration::from_secs_f64(bytes as f64 * 8.0 / b as f64)
+            })
+    }
+}
+
+impl fmt::Display for LinkSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.latency.as_millis())?;
+        match self.bits_per_s {
+            Some(b) if b % 1_000_000_000 == 0 => write!(f, "/{}gbit", b / 1_000_000_000),
+            Some(b) if b % 1_000_000 == 0 => write!(f, "/{}mbit", b / 1_000_000),
+            Some(b) if b % 1_000 == 0 => write!(f, "/{}kbit", b / 1_000),
+            Some(b) => write!(f, "/{b}bit"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A link spec that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("link `{spec}`: {why} (expected LATENCY[/BANDWIDTH], e.g. 20ms/100mbit)")]
+pub struct LinkSpecError {
+    spec: String,
+    why: String,
+}
+
+impl FromStr for LinkSpec {
+    type Err = LinkSpecError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let error = |why: String| LinkSpecError {
+            spec: spec.to_owned(),
+            why,
+        };
+        let (latency, bandwidth) = match spec.trim().split_once('/') {
+            Some((l, b)) => (l.trim(), Some(b.trim())),
+            None => (spec.trim(), None),
+        };
+        let latency = humantime::parse_duration(latency)
+            .map_err(|e| error(format!("latency `{latency}`: {e}")))?;
+        let bits_per_s = match bandwidth {
+            None => None,
+            Some(b) => {
+                let lower = b.to_ascii_lowercase();
+                let split = lower
+                    .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                    .unwrap_or(lower.len());
+                let (number, unit) = lower.split_at(split);
+                let scale = match unit {
+                    "bit" => 1.0,
+                    "kbit" => 1e3,
+                    "mbit" => 1e6,
+                    "gbit" => 1e9,
+                    _ => {
+                        return Err(error(format!(
+                            "bandwidth `{b}`: the unit must be bit, kbit, mbit or gbit"
+                        )))
+                    }
+                };
+                let number: f64 = number
+                    .parse()
+                    .map_err(|_| error(format!("bandwidth `{b}` is not a number")))?;
+                if !(number > 0.0 && number.is_finite()) {
+                    return Err(error(format!("bandwidth `{b}` must be above zero")));
+                }
+                Some((number * scale).round() as u64)
+            }
+        };
+        Ok(Self {
+            latency,
+            bits_per_s,
+        })
+    }
+}
+
+/// A running link: connections to `127.0.0.1:<port>` reach the upstream
+/// address through the emulated link. Dropping it cuts every connection.
+pub struct WanLink {
+    port: u16,
+    spec: LinkSpec,
+    task: JoinHandle<()>,
+}
+
+impl WanLink {
+    /// Listens on a free loopback port and forwards to `upstream`.
+    pub async fn start(spec: LinkSpec, upstream: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let task = tokio::spawn(serve(listener, spec, upstream));
+        Ok(Self { port, spec, task })
+    }
+
+    /// The loopback port to connect to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The link's latency and bandwidth.
+    pub fn spec(&self) -> LinkSpec {
+        self.spec
+    }
+}
+
+impl Drop for WanLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Accepts connections until aborted; aborting drops (and so aborts) every
+/// connection's task.
+async fn serve(listener: TcpListener, spec: LinkSpec, upstream: SocketAddr) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((inbound, _)) => {
+                    connections.spawn(connect(inbound, spec, upstream));
+                }
+                Err(e) => {
+                    tracing::warn!("emulated link: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn connect(inbound: TcpStream, spec: LinkSpec, upstream: SocketAddr) {
+    let outbound = match TcpStream::connect(upstream).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!("emulated link: cannot reach {upstream}: {e}");
+            return;
+        }
+    };
+    let _ = inbound.set_nodelay(true);
+    let _ = outbound.set_nodelay(true);
+    let (in_read, in_write) = inbound.into_split();
+    let (out_read, out_write) = outbound.into_split();
+    // A direction ends at its sender's end of stream, after delivering what
+    // it holds and passing the end on (half-close), or at an error.
+    tokio::join!(
+        direction(in_read, out_write, spec),
+        direction(out_read, in_write, spec)
+    );
+}
+
+/// Bytes read at once; the pacing granule.
+const CHUNK: usize = 16 * 1024;
+
+/// Carries one direction: reads, stamps each chunk with its delivery time,
+/// and writes it at that time.
+async fn direction(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    spec: LinkSpec,
+) {
+    let (tx, mut rx) = mpsc::channel::<(Instant, Bytes)>(spec.buffer_bytes() / CHUNK);
+    let reader = async move {
+        let mut sent_until = Instant::now();
+        loop {
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            match from.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    sent_until = sent_until.max(Instant::now()) + spec.serialisation(n);
+                    if tx
+                        .send((sent_until + spec.latency, buf.freeze()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((at, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reader, writer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_print() {
+        let spec: LinkSpec = "20ms/100mbit".parse().unwrap();
+        assert_eq!(spec.latency, Duration::from_millis(20));
+        assert_eq!(spec.bits_per_s, Some(100_000_000));
+        assert_eq!(spec.to_string(), "20ms/100mbit");
+        let spec: LinkSpec = "5ms".parse().unwrap();
+        assert_eq!(spec.bits_per_s, None);
+        assert_eq!(
+            "0ms/1.5gbit".parse::<LinkSpec>().unwrap().bits_per_s,
+            Some(1_500_000_000)
+        );
+        for (bad, says) in [
+            ("20/100mbit", "latency"),
+            ("20ms/100mbps", "unit"),
+            ("20ms/0mbit", "above zero"),
+            ("20ms/mbit", "not a number"),
+        ] {
+            let e = bad.parse::<LinkSpec>().unwrap_err().to_string();
+            assert!(
+                e.contains(says) && e.contains("e.g. 20ms/100mbit"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    /// An echo server behind a link: a small message comes back after at
+    /// least two latencies, 1 MB after at least its crossing time plus two
+    /// latencies (the echo overlaps the way out), and the bytes arrive
+    /// intact and in order.
+    #[tokio::test]
+    async fn a_link_delays_and_paces() {
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = upstream.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = upstream.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let link = WanLink::start("25ms/16mbit".parse().unwrap(), addr)
+            .await
+            .unwrap();
+        let mut s = TcpStream::connect(("127.0.0.1", link.port()))
+            .await
+            .unwrap();
+
+        let started = std::time::Instant::now();
+        s.write_all(b"ping").await.unwrap();
+        let mut small = [0u8; 4];
+        s.read_exact(&mut small).await.unwrap();
+        assert_eq!(&small, b"ping");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+
+        // 1 MB at 16 Mbit/s takes 0.5 s each way.
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let started = std::time::Instant::now();
+        let (mut r, mut w) = s.into_split();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move { w.write_all(&sent).await.unwrap() });
+        let mut back = vec![0u8; data.len()];
+        tokio::time::timeout(Duration::from_secs(20), r.read_exact(&mut back))
+            .await
+            .expect("the transfer finishes")
+            .unwrap();
+        writer.await.unwrap();
+        assert!(back == data, "bytes arrive intact and in order");
+        assert!(started.elapsed() >= Duration::from_millis(550));
+    }
+
+    /// Dropping the link cuts its connections.
+    #[tokio::test]
+    async fn dropping_a_link_cuts_it() {
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = upstream.local_addr().unwrap();
+        let held = tokio::spawn(async move { upstream.accept().await.map(|(s, _)| s) });
+        let link = WanLink::start("1ms".parse().unwrap(), addr).await.unwrap();
+        let mut s = TcpStream::connect(("127.0.0.1", link.port()))
+            .await
+            .unwrap();
+        let _server_side = held.await.unwrap().unwrap();
+        drop(link);
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the cut is seen");
+        assert!(matches!(read, Ok(0) | Err(_)));
+    }
+}
