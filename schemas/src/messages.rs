@@ -202,7 +202,8 @@ pub struct NodeLoad {
     /// Inputs found in the node's cache instead of fetched.
     #[serde(default)]
     pub input_cache_hits: u64,
-    /// Throughput of the latest input fetch, bytes per second (0: none yet).
+    /// Moving average of input fetch throughput once data flows (the
+    /// first chunk's wait left out), bytes per second; 0 before any fetch.
     #[serde(default)]
     pub input_fetch_bytes_per_s: f64,
 }

@@ -172,3 +172,101 @@ async fn edge_events_are_backed_up_in_the_cloud_across_a_cut_link() {
     link_up(&edge_client, &hub).await;
     mirrored(&hub, 3).await;
 }
+
+/// Sites started as `comfaas dev --sites` does: the edge a leaf node of two
+/// cloud sites, one through an emulated link. The dispatcher measures each
+/// node's round trip with pings before any work is placed, the link's
+/// latency is felt in it, `comfaas nodes` shows it per site, and a cloud
+/// node chosen by force fetches an edge input across its link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulated_links_are_felt_and_each_site_shows_its_round_trip() {
+    use comfaas_platform::sites::{Sites, SitesOptions};
+    let sites = Sites::start(SitesOptions {
+        configs: configs(),
+        clouds: vec!["chicago".to_owned(), "miami".to_owned()],
+        links: [("miami".to_owned(), "40ms/50mbit".parse().unwrap())].into(),
+        edge_port: None,
+    })
+    .await
+    .unwrap();
+    let Sites { edge, clouds } = sites;
+    let p = Platform::on(edge.server).await;
+    drop(p.dispatcher().await);
+    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    for site in &clouds {
+        drop(
+            p.executor(NodeSpec {
+                site: Some((site.server.url().to_owned(), Some("edge".to_owned()))),
+                ..NodeSpec::cloud(&format!("{}-1", site.name))
+            })
+            .await,
+        );
+    }
+
+    // Round trips come from pings: no invocation has run yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let rtt = loop {
+        let metrics = p.next_metrics().await;
+        let rtt: std::collections::BTreeMap<String, f64> = metrics
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.node.clone(), n.rtt_ms?)))
+            .collect();
+        if rtt.len() == 3 {
+            break rtt;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "round trips measured: {rtt:?}"
+        );
+    };
+    // 40 ms each way.
+    assert!(rtt["miami-1"] >= 80.0, "{rtt:?}");
+    assert!(rtt["chicago-1"] < rtt["miami-1"], "{rtt:?}");
+
+    let out = std::process::Command::new(comfaas_tests::binary("comfaas"))
+        .args(["--nats-url", p.nats.url(), "nodes"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let miami = text
+        .lines()
+        .find(|l| l.starts_with("miami-1"))
+        .unwrap_or_else(|| panic!("no miami-1 row in\n{text}"));
+    let columns: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    let at = columns.iter().position(|c| *c == "RTT_MS").unwrap();
+    let shown: f64 = miami.split_whitespace().nth(at).unwrap().parse().unwrap();
+    assert!(shown >= 80.0, "{text}");
+
+    // An input at the edge, fetched across the emulated link.
+    let dir = p.function(
+        "count",
+        "",
+        &[(
+            "main.py",
+            "import sys\nprint(len(sys.stdin.buffer.read()))\n",
+        )],
+    );
+    p.deploy(&dir, &["miami-1"]).await;
+    let file = p.scratch.path().join("input.bin");
+    std::fs::write(&file, vec![7u8; 2 << 20]).unwrap();
+    let js = async_nats::jetstream::new(p.client.clone());
+    let store = comfaas_platform::resources::inputs_store(&js)
+        .await
+        .unwrap();
+    let object = comfaas_platform::objects::upload_file(&store, &file)
+        .await
+        .unwrap()
+        .name;
+    let mut headers = HeaderMap::new();
+    headers.insert(h::INPUT_OBJECT, object.as_str());
+    headers.insert(h::PLACEMENT, "node:miami-1");
+    let reply = p.invoke_bytes("count", Vec::new(), headers).await;
+    assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    assert_eq!(
+        String::from_utf8_lossy(&reply.payload).trim(),
+        (2 << 20).to_string()
+    );
+    drop(clouds);
+}

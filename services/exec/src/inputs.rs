@@ -10,13 +10,17 @@ use std::time::{Instant, SystemTime};
 
 use async_nats::jetstream::object_store::ObjectStore;
 use comfaas_schemas::{ErrorCode, InputObject};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// Write buffer of a fetch: large writes keep the disk out of the way.
 const WRITE_BUFFER: usize = 1 << 20;
 /// Object chunks the fetching connection may hold before the server waits
 /// (chunks are up to 1 MiB: this bounds a fetch's memory).
 pub const BUFFERED_CHUNKS: usize = 16;
+/// Bytes that must flow after the first chunk for a fetch to be timed.
+const MIN_TIMED_BYTES: u64 = 256 * 1024;
+/// Weight of the newest fetch in the throughput's moving average.
+const RATE_ALPHA: f64 = 0.3;
 
 /// Fetch statistics, for the heartbeat.
 #[derive(Debug, Default, Clone, Copy)]
@@ -25,8 +29,9 @@ pub struct FetchStats {
     pub fetched_bytes: u64,
     /// Inputs served from the cache.
     pub cache_hits: u64,
-    /// Throughput of the latest fetch, bytes per second.
-    pub last_bytes_per_s: f64,
+    /// Moving average of fetch throughput once data flows (the wait for
+    /// the first chunk, a few round trips, left out), bytes per second.
+    pub bytes_per_s: f64,
 }
 
 /// The node's input cache.
@@ -126,23 +131,27 @@ impl InputCache {
             ));
         }
         self.make_room(object.size).await;
-        let started = Instant::now();
         let part = self
             .dir
             .join(format!(".part-{}", uuid::Uuid::new_v4().simple()));
         let result = self.fetch(object, &part).await;
         match result {
-            Ok(bytes) => {
+            Ok((bytes, rate)) => {
                 tokio::fs::rename(&part, &path).await.map_err(|e| {
                     (
                         ErrorCode::InsufficientStorage,
                         format!("cannot keep the input: {e}"),
                     )
                 })?;
-                let seconds = started.elapsed().as_secs_f64().max(1e-6);
                 self.update(|s| {
                     s.fetched_bytes += bytes;
-                    s.last_bytes_per_s = bytes as f64 / seconds;
+                    if let Some(rate) = rate {
+                        s.bytes_per_s = if s.bytes_per_s > 0.0 {
+                            s.bytes_per_s + RATE_ALPHA * (rate - s.bytes_per_s)
+                        } else {
+                            rate
+                        };
+                    }
                 });
                 Ok(path)
             }
@@ -154,7 +163,13 @@ impl InputCache {
         }
     }
 
-    async fn fetch(&self, object: &InputObject, part: &Path) -> Result<u64, InputError> {
+    /// Fetches `object` into `part`: its size and, when enough flowed to
+    /// tell, the throughput after the first chunk.
+    async fn fetch(
+        &self,
+        object: &InputObject,
+        part: &Path,
+    ) -> Result<(u64, Option<f64>), InputError> {
         let reader = self.store.get(&object.name).await.map_err(|e| {
             (
                 ErrorCode::NotFound,
@@ -179,9 +194,18 @@ impl InputCache {
         // The object reader checks the digest when the last chunk arrives.
         // Reads of a whole chunk at a time: far fewer wake-ups than 8 KiB ones.
         let mut reader = tokio::io::BufReader::with_capacity(WRITE_BUFFER, reader);
-        let copied = tokio::io::copy_buf(&mut reader, &mut writer).await;
-        let bytes = match copied {
-            Ok(bytes) => bytes,
+        // The first chunk comes after a few round trips (object info, a
+        // consumer); the throughput is timed from it on.
+        let first = reader.fill_buf().await.map(|chunk| chunk.len() as u64);
+        let flowing = Instant::now();
+        let copied = match first {
+            Ok(first) => tokio::io::copy_buf(&mut reader, &mut writer)
+                .await
+                .map(|bytes| (first, bytes)),
+            Err(e) => Err(e),
+        };
+        let (first, bytes) = match copied {
+            Ok(counts) => counts,
             Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return Err(storage(&e)),
             Err(e) if e.to_string().contains("digest") => {
                 return Err((
@@ -200,6 +224,9 @@ impl InputCache {
             }
         };
         writer.flush().await.map_err(|e| storage(&e))?;
+        let seconds = flowing.elapsed().as_secs_f64();
+        let rate = (bytes.saturating_sub(first) >= MIN_TIMED_BYTES && seconds > 0.0)
+            .then(|| (bytes - first) as f64 / seconds);
         if bytes != object.size {
             return Err((
                 ErrorCode::InputInvalid,
@@ -209,7 +236,7 @@ impl InputCache {
                 ),
             ));
         }
-        Ok(bytes)
+        Ok((bytes, rate))
     }
 
     /// Evicts least recently used inputs until `incoming` more bytes fit.

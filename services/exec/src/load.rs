@@ -37,7 +37,7 @@ pub async fn heartbeat(
         let fetch = inputs.stats();
         load.input_fetched_bytes = fetch.fetched_bytes;
         load.input_cache_hits = fetch.cache_hits;
-        load.input_fetch_bytes_per_s = fetch.last_bytes_per_s;
+        load.input_fetch_bytes_per_s = fetch.bytes_per_s;
         match encode(&load) {
             Ok(bytes) => {
                 if let Err(e) = client.publish(subject.clone(), bytes.into()).await {

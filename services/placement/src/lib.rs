@@ -10,8 +10,9 @@
 //! queue), pick the smallest estimated completion time
 //!
 //! ```text
-//! queue wait (when the jobs ahead free a slot) + input transfer (bytes ÷
-//! the node's fetch throughput) + round trip (measured) + run time (moving
+//! queue wait (when the jobs ahead free a slot) + input transfer (two round
+//! trips, then bytes ÷ the node's fetch throughput) + round trip
+//! (measured) + run time (moving
 //! average per function, node and process count; from the nearest count,
 //! scaled, when this one was never run there)
 //! ```
@@ -118,13 +119,20 @@ impl NodeView {
         let slots = f64::from(self.slots.max(1));
         // Busy slots also share the node's cores a little.
         let contention = run * CONTENTION * f64::from(self.backlog()) / slots;
-        let transfer = input_bytes as f64
-            / self
-                .fetch_bytes_per_s
-                .filter(|b| *b > 0.0)
-                .unwrap_or(DEFAULT_FETCH_BYTES_PER_S)
-            * 1000.0;
-        self.wait_ms(run) + contention + transfer + self.rtt_ms.unwrap_or(DEFAULT_RTT_MS) + run
+        let rtt = self.rtt_ms.unwrap_or(DEFAULT_RTT_MS);
+        // A fetch takes a few round trips before data flows, then the bytes.
+        let transfer = if input_bytes == 0 {
+            0.0
+        } else {
+            FETCH_ROUND_TRIPS * rtt
+                + input_bytes as f64
+                    / self
+                        .fetch_bytes_per_s
+                        .filter(|b| *b > 0.0)
+                        .unwrap_or(DEFAULT_FETCH_BYTES_PER_S)
+                    * 1000.0
+        };
+        self.wait_ms(run) + contention + transfer + rtt + run
     }
 }
 
@@ -132,6 +140,9 @@ impl NodeView {
 const DEFAULT_RTT_MS: f64 = 1.0;
 /// Assumed input fetch throughput of a node that has fetched nothing yet.
 const DEFAULT_FETCH_BYTES_PER_S: f64 = 100e6;
+/// Round trips an input fetch takes before data flows (object info, then
+/// a consumer).
+const FETCH_ROUND_TRIPS: f64 = 2.0;
 /// Run time assumed for a function no node has a history of, ms.
 const FIRST_RUN_MS: f64 = 100.0;
 /// Slow-down of a run per busy slot sharing the node's cores.
