@@ -20,6 +20,9 @@ struct Node {
     rtt_ms: Option<f64>,
     /// The round trip comes from pings (else from answers, less exact).
     pinged: bool,
+    /// Answers from the node since its last report: runs the report may
+    /// still count as running or queued although they are over.
+    answers_since_report: u32,
 }
 
 /// Weight of the newest sample in the moving averages.
@@ -61,6 +64,7 @@ impl NodeTable {
                 node.load = load;
                 node.last_seen = now;
                 node.unreachable = false;
+                node.answers_since_report = 0;
             }
             None => {
                 self.nodes.insert(
@@ -73,6 +77,7 @@ impl NodeTable {
                         in_flight: HashMap::new(),
                         rtt_ms: None,
                         pinged: false,
+                        answers_since_report: 0,
                     },
                 );
             }
@@ -133,14 +138,22 @@ impl NodeTable {
             .values()
             .map(|n| {
                 let history = self.runs.get(&(function.to_owned(), n.load.node.clone()));
+                // A report is up to a heartbeat old: runs answered since are
+                // over, queued ones first.
+                let over = n.answers_since_report;
+                let queued = n.load.queued.saturating_sub(over);
+                let running = n
+                    .load
+                    .running
+                    .saturating_sub(over.saturating_sub(n.load.queued));
                 NodeView {
                     node: n.load.node.clone(),
                     tier: n.load.tier,
                     alive: self.alive(n, now),
                     serves: n.load.serves(function),
                     slots: n.load.slots,
-                    running: n.load.running,
-                    queued: n.load.queued,
+                    running,
+                    queued,
                     queue_capacity: n.load.queue_capacity,
                     in_flight: n.in_flight.len() as u32,
                     ahead_ms: n
@@ -205,7 +218,9 @@ impl NodeTable {
     /// Work sent to `node` was answered (or given up).
     pub fn answered(&mut self, node: &str, token: u64) {
         if let Some(n) = self.nodes.get_mut(node) {
-            n.in_flight.remove(&token);
+            if n.in_flight.remove(&token).is_some() {
+                n.answers_since_report += 1;
+            }
         }
     }
 
@@ -321,6 +336,39 @@ mod tests {
         table.answered("a", first);
         let view = &table.views("f", t0 + Duration::from_millis(1000))[0];
         assert_eq!((view.in_flight, view.ahead_ms.clone()), (1, vec![0.0]));
+    }
+
+    #[test]
+    fn answers_after_a_report_make_it_count_less() {
+        let mut table = NodeTable::new(3);
+        let t0 = Instant::now();
+        let token = table.sent("a", t0);
+        assert_eq!(token, 1);
+        table.heard(
+            NodeLoad {
+                running: 1,
+                queued: 1,
+                ..load("a")
+            },
+            t0,
+        );
+        let first = table.sent("a", t0);
+        let second = table.sent("a", t0);
+        table.answered("a", first);
+        let view = &table.views("f", t0)[0];
+        assert_eq!((view.running, view.queued), (1, 0));
+        table.answered("a", second);
+        let view = &table.views("f", t0)[0];
+        assert_eq!((view.running, view.queued, view.in_flight), (0, 0, 0));
+        // The next report is the truth again.
+        table.heard(
+            NodeLoad {
+                running: 1,
+                ..load("a")
+            },
+            t0,
+        );
+        assert_eq!(table.views("f", t0)[0].running, 1);
     }
 
     #[test]

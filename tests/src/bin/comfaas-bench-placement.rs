@@ -170,7 +170,14 @@ async fn main() {
         clouds: cloud_sites,
     } = sites;
     let p = Platform::on(edge.server).await;
-    let mut services = vec![p.dispatcher().await];
+    // Always-edge queues many jobs: let them wait as long as they need.
+    let mut services = vec![
+        p.dispatcher_with(comfaas_dispatch::DispatchConfig {
+            queue_wait_ms: 600_000,
+            ..Default::default()
+        })
+        .await,
+    ];
     services.push(
         p.executor(NodeSpec {
             slots: 1,
@@ -244,6 +251,7 @@ async fn main() {
     println!("{header_row}");
     println!("|{}", "---|".repeat(nodes.len() + 6));
     let (mut good, mut cases) = (0, 0);
+    let (mut good_runs, mut auto_runs) = (0, 0);
     for &mb in sizes {
         for &procs in procs_list {
             for busy in [false, true] {
@@ -301,6 +309,12 @@ async fn main() {
                 }
                 let (best_node, best_ms) = best.expect("some site fits");
                 let ratio = auto_ms / best_ms;
+                for run in &runs["auto"] {
+                    auto_runs += 1;
+                    if run.ms <= 1.10 * best_ms {
+                        good_runs += 1;
+                    }
+                }
                 cases += 1;
                 if ratio <= 1.10 {
                     good += 1;
@@ -313,6 +327,10 @@ async fn main() {
     println!(
         "\nautomatic placement within 10% of the best site: {good} of {cases} cases ({:.0}%)",
         100.0 * f64::from(good) / f64::from(cases)
+    );
+    println!(
+        "single automatic runs within 10% of the best site's median: {good_runs} of {auto_runs} ({:.0}%)",
+        100.0 * f64::from(good_runs) / f64::from(auto_runs)
     );
 
     // 3. The mixed workload.
