@@ -59,5 +59,42 @@ echo "[demo] Java and C functions, compiled once at deploy"
 echo
 echo "[demo] an unknown function gets a clear error"
 "$BIN/comfaas" invoke nope || true
+
+echo
+echo "[demo] five sites on emulated WAN links: comfaas dev --sites edge,chicago,new-york,los-angeles,miami"
+kill -INT $DEV 2>/dev/null; wait $DEV 2>/dev/null || true
+LOG2=$(mktemp -t comfaas-sites.XXXXXX.log)
+INPUT=$(mktemp -t comfaas-input.XXXXXX)
+"$BIN/comfaas" dev --port "$PORT" --sites edge,chicago,new-york,los-angeles,miami \
+  --functions tests/functions >"$LOG2" 2>&1 &
+DEV=$!
+trap 'kill -INT $DEV 2>/dev/null; wait $DEV 2>/dev/null; rm -f "$LOG" "$LOG2" "$INPUT"' EXIT
+for _ in $(seq 1 600); do
+  if grep -q "comfaas is up" "$LOG2"; then break; fi
+  if ! kill -0 $DEV 2>/dev/null; then cat "$LOG2"; echo "[demo] comfaas dev --sites exited"; exit 1; fi
+  sleep 0.2
+done
+grep -q "comfaas is up" "$LOG2" || { cat "$LOG2"; echo "[demo] the sites did not come up"; exit 1; }
+grep "^site" "$LOG2"
+sleep 3  # a few pings: the dispatcher measures each site's round trip
+"$BIN/comfaas" nodes
+echo
+echo "[demo] a job using as many MPI processes as a site allows (--procs 1-16: 4 at the edge, 16 in"
+echo "       the cloud), placed automatically; the first runs explore, then the fastest site is kept"
+for i in 1 2 3 4 5 6; do
+  printf 'no input, run %s: ' "$i"
+  "$BIN/comfaas" invoke emulated-work --procs 1-16 -v 2>&1 | grep -E 'Comfaas-Node|procs' | tr '\n' ' '
+  echo
+done
+echo
+echo "[demo] the same job with a 16 MB input kept at the edge: crossing a link to a cloud site"
+echo "       would cost more than its 16 processes save, so the job stays at the edge"
+for i in 1 2 3 4; do
+  head -c 16000000 /dev/urandom >"$INPUT"
+  printf '16 MB input, run %s: ' "$i"
+  "$BIN/comfaas" invoke emulated-work --procs 1-16 --input-file "$INPUT" -v 2>&1 |
+    grep -E 'Comfaas-Node|procs' | tr '\n' ' '
+  echo
+done
 echo
 echo "[demo] done"

@@ -21,6 +21,10 @@
 //! dispatchers do not herd onto one node. A job with a process range runs
 //! on each node with as many processes as the node allows.
 //!
+//! A node that never fetched an input is assumed to fetch as fast as the
+//! other nodes of its tier on average (else 100 MB/s at the edge, 10 MB/s
+//! in the cloud, across a WAN link).
+//!
 //! Learning: a node with no history of the function is estimated with the
 //! best run time measured elsewhere (optimism), and is *explored*, tried
 //! once, when that estimate is within half again of the best; after one
@@ -114,7 +118,13 @@ impl NodeView {
     /// Estimated completion time of a job of `procs` processes and
     /// `input_bytes` here, given the run time to assume when this node has
     /// no history of the function.
-    fn estimate_ms(&self, procs: u32, input_bytes: u64, fallback_run_ms: f64) -> f64 {
+    fn estimate_ms(
+        &self,
+        procs: u32,
+        input_bytes: u64,
+        fallback_run_ms: f64,
+        fallback_fetch_bytes_per_s: f64,
+    ) -> f64 {
         let run = self.run_ms(procs).unwrap_or(fallback_run_ms);
         let slots = f64::from(self.slots.max(1));
         // Busy slots also share the node's cores a little.
@@ -129,7 +139,7 @@ impl NodeView {
                     / self
                         .fetch_bytes_per_s
                         .filter(|b| *b > 0.0)
-                        .unwrap_or(DEFAULT_FETCH_BYTES_PER_S)
+                        .unwrap_or(fallback_fetch_bytes_per_s)
                     * 1000.0
         };
         self.wait_ms(run) + contention + transfer + rtt + run
@@ -138,8 +148,12 @@ impl NodeView {
 
 /// Assumed round trip to a node not measured yet, ms.
 const DEFAULT_RTT_MS: f64 = 1.0;
-/// Assumed input fetch throughput of a node that has fetched nothing yet.
-const DEFAULT_FETCH_BYTES_PER_S: f64 = 100e6;
+/// Assumed input fetch throughput of an edge node that has fetched nothing
+/// yet, when no other edge node has either: the edge's store is near.
+const EDGE_FETCH_BYTES_PER_S: f64 = 100e6;
+/// The same for a cloud node: the input crosses a WAN link (the paper's
+/// edge uplink is under 100 Mbit/s).
+const CLOUD_FETCH_BYTES_PER_S: f64 = 10e6;
 /// Round trips an input fetch takes before data flows (object info, then
 /// a consumer).
 const FETCH_ROUND_TRIPS: f64 = 2.0;
@@ -263,15 +277,34 @@ pub fn choose(
         .iter()
         .filter_map(|(n, p)| Some(n.run_ms(*p)? * f64::from(*p)))
         .min_by(f64::total_cmp);
+    // A node that never fetched an input is assumed as fast as the others
+    // of its tier on average, else a default for its tier.
+    let tier_fetch = |tier: Tier| {
+        let known: Vec<f64> = nodes
+            .iter()
+            .filter(|n| n.tier == tier)
+            .filter_map(|n| n.fetch_bytes_per_s.filter(|b| *b > 0.0))
+            .collect();
+        if known.is_empty() {
+            match tier {
+                Tier::Edge => EDGE_FETCH_BYTES_PER_S,
+                Tier::Cloud => CLOUD_FETCH_BYTES_PER_S,
+            }
+        } else {
+            known.iter().sum::<f64>() / known.len() as f64
+        }
+    };
+    let fetch_fallback = [tier_fetch(Tier::Edge), tier_fetch(Tier::Cloud)];
     let mut costed: Vec<Costed<'_>> = roomy
         .iter()
         .map(|&(view, procs)| {
             let fallback = fastest_work.map_or(FIRST_RUN_MS, |w| w / f64::from(procs));
+            let fetch = fetch_fallback[usize::from(view.tier == Tier::Cloud)];
             Costed {
                 view,
                 procs,
                 run_ms: view.run_ms(procs).unwrap_or(fallback),
-                estimate_ms: view.estimate_ms(procs, request.input_bytes, fallback),
+                estimate_ms: view.estimate_ms(procs, request.input_bytes, fallback, fetch),
                 untried: view.runs.is_empty(),
             }
         })
@@ -536,6 +569,21 @@ mod tests {
             0,
             "c1/4",
         );
+    }
+
+    /// A cloud node that never fetched borrows its tier's measured
+    /// throughput, not the edge's.
+    #[test]
+    fn unmeasured_fetches_borrow_the_tier() {
+        let nodes = [
+            "e1 edge 0/1 procs=4 run=800@4 mbps=400",
+            "c1 cloud 0/1 procs=16 run=200@16 rtt=20 mbps=6",
+            "c2 cloud 0/1 procs=16 run=200@16 rtt=20",
+        ];
+        check_full(&nodes, "auto", "1-16", 16, "e1/4");
+        // With no measure anywhere in the cloud, a WAN default still keeps it at the edge.
+        check_full(&[nodes[0], nodes[2]], "auto", "1-16", 16, "e1/4");
+        check_full(&[nodes[0], nodes[2]], "auto", "1-16", 0, "c2/16");
     }
 
     /// The wait at a node whose slots are taken by jobs this dispatcher

@@ -290,7 +290,11 @@ async fn main() {
                     auto_ms / 1000.0,
                     chosen
                         .iter()
-                        .map(|(n, c)| if *c == 1 { n.clone() } else { format!("{n} ×{c}") })
+                        .map(|(n, c)| if *c == 1 {
+                            n.clone()
+                        } else {
+                            format!("{n} ×{c}")
+                        })
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
