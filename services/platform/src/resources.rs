@@ -170,6 +170,15 @@ pub async fn outputs_store(
     .await
 }
 
+/// Smallest size an object store is shrunk to when the server cannot
+/// reserve the size asked for.
+const MIN_OBJECT_STORE_BYTES: i64 = 64 << 20;
+
+/// Opens the object store `bucket`, creating it when missing with at most
+/// `max_bytes`. JetStream reserves a store's full size against the disk it
+/// may use (by default a share of the free space). When the server cannot
+/// reserve `max_bytes`, the store gets a quarter of the most it can reserve
+/// (leaving room for the other stores), with a warning.
 async fn object_store(
     js: &jetstream::Context,
     bucket: &str,
@@ -180,14 +189,123 @@ async fn object_store(
     if let Ok(store) = js.get_object_store(bucket).await {
         return Ok(store);
     }
-    js.create_object_store(object_store::Config {
-        bucket: bucket.to_owned(),
-        description: Some(description.to_owned()),
-        max_age,
-        max_bytes,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| NatsError::new(format!("create object store {bucket}"), e))
+    let create = |size: i64| {
+        js.create_object_store(object_store::Config {
+            bucket: bucket.to_owned(),
+            description: Some(description.to_owned()),
+            max_age,
+            max_bytes: size,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+    };
+    let error = match create(max_bytes).await {
+        Ok(store) => return Ok(store),
+        Err(e) => e,
+    };
+    // Another service created it meanwhile.
+    if let Ok(store) = js.get_object_store(bucket).await {
+        return Ok(store);
+    }
+    if !no_room(&error) {
+        return Err(NatsError::new(
+            format!("create object store {bucket}"),
+            error,
+        ));
+    }
+    let room = reservable_bytes(js, max_bytes / 2).await;
+    let size = (room / 4).max(MIN_OBJECT_STORE_BYTES);
+    tracing::warn!(
+        bucket,
+        "the server cannot reserve {} MiB of disk for it; using {} MiB",
+        max_bytes >> 20,
+        size >> 20
+    );
+    create(size)
+        .await
+        .map_err(|e| NatsError::new(format!("create object store {bucket}"), e))
+}
+
+/// The largest size, halving from `from`, that the server can reserve for a
+/// stream now, found with a throw-away probe stream.
+async fn reservable_bytes(js: &jetstream::Context, from: i64) -> i64 {
+    let name = format!("COMFAAS_PROBE_{}", probe_suffix());
+    let mut size = from;
+    while size > MIN_OBJECT_STORE_BYTES {
+        let probe = js
+            .create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("_comfaas.probe.{name}")],
+                max_bytes: size,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await;
+        if probe.is_ok() {
+            let _ = js.delete_stream(&name).await;
+            return size;
+        }
+        size /= 2;
+    }
+    MIN_OBJECT_STORE_BYTES
+}
+
+/// A name part unlikely to collide: the time in nanoseconds.
+fn probe_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Whether `error`, or what caused it, is JetStream's "insufficient storage
+/// resources available".
+fn no_room(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.to_string().contains("insufficient storage") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::{EmbeddedServer, ServerOptions};
+
+    /// On a server that may use only 1 GB of disk, the 16 GiB stores are
+    /// created smaller instead of failing the service that opens them.
+    #[tokio::test]
+    async fn stores_shrink_to_the_disk_the_server_allows() {
+        let server = EmbeddedServer::start(ServerOptions {
+            config_text: Some("jetstream {\n  max_file_store: 1GB\n}\n".to_owned()),
+            ..ServerOptions::default()
+        })
+        .await
+        .unwrap();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = jetstream::new(client);
+        let inputs = inputs_store(&js).await.unwrap();
+        let outputs = outputs_store(&js).await.unwrap();
+        let mut sizes = Vec::new();
+        for bucket in [names::INPUTS_BUCKET, names::OUTPUTS_BUCKET] {
+            let mut stream = js.get_stream(format!("OBJ_{bucket}")).await.unwrap();
+            sizes.push(stream.info().await.unwrap().config.max_bytes);
+        }
+        assert!(
+            sizes
+                .iter()
+                .all(|s| *s < DATA_MAX_BYTES && *s >= MIN_OBJECT_STORE_BYTES),
+            "{sizes:?}"
+        );
+        // Usable: a put and a get.
+        inputs
+            .put("x", &mut std::io::Cursor::new(b"data".to_vec()))
+            .await
+            .unwrap();
+        assert!(outputs.get("missing").await.is_err());
+        server.stop().await;
+    }
 }
