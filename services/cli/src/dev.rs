@@ -54,6 +54,9 @@ struct Node {
     max_procs: u32,
 }
 
+/// How long services may take to finish what they run once asked to stop.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
 /// Most processes per job at the edge and in the cloud, as in the paper.
 const EDGE_MAX_PROCS: u32 = 4;
 const CLOUD_MAX_PROCS: u32 = 16;
@@ -227,10 +230,20 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
 
     shutdown.cancelled().await;
     println!("stopping…");
-    while let Some(result) = services.join_next().await {
-        if let Ok(Err(e)) = result {
-            eprintln!("service stopped with an error: {e:#}");
+    let drained = tokio::time::timeout(STOP_GRACE, async {
+        while let Some(result) = services.join_next().await {
+            if let Ok(Err(e)) = result {
+                eprintln!("service stopped with an error: {e:#}");
+            }
         }
+    })
+    .await;
+    if drained.is_err() {
+        eprintln!(
+            "services still busy after {}s: stopping them anyway",
+            STOP_GRACE.as_secs()
+        );
+        services.shutdown().await;
     }
     if let Some(sites) = sites {
         sites.stop().await;

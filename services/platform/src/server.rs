@@ -184,6 +184,10 @@ impl EmbeddedServer {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .envs(options.env.iter().map(|(k, v)| (k, v)))
+            // Its own process group: a Ctrl-C in the terminal reaches the
+            // services, which stop first while the server is still up; the
+            // server is stopped after them (or killed when the handle drops).
+            .process_group(0)
             .kill_on_drop(true);
         let mut child = command.spawn().map_err(|source| ServerError::Spawn {
             binary: binary.display().to_string(),
