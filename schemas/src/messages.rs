@@ -285,6 +285,9 @@ pub struct PlacementRecord {
     pub function: String,
     /// The node chosen.
     pub node: String,
+    /// MPI processes it runs with there (a range fitted to the node).
+    #[serde(default)]
+    pub procs: Option<u32>,
     /// Why (the model's own words).
     pub reason: String,
     /// What the round trip to the node really took, ms.
@@ -453,6 +456,7 @@ mod tests_support {
                 invocation: "inv-1".into(),
                 function: "hello".into(),
                 node: "edge-1".into(),
+                procs: Some(1),
                 reason: "least loaded".into(),
                 took_ms: Some(3),
                 estimate_ms: Some(2.5),

@@ -124,6 +124,61 @@ async fn pi_is_the_same_in_every_language_and_at_1_2_and_4_processes() {
     );
 }
 
+/// A process range runs on each node with as many processes as it allows,
+/// the dispatcher's metrics record the count, and a range no node can meet
+/// is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_range_is_fitted_to_the_chosen_node() {
+    let p = one_node().await;
+    drop(
+        p.executor(NodeSpec {
+            max_procs: 6,
+            ..NodeSpec::cloud("cloud-1")
+        })
+        .await,
+    );
+    p.deploy(
+        &repo_root().join("functions/pi-mpi-c"),
+        &["edge-1", "cloud-1"],
+    )
+    .await;
+    let data = points(20_000, 3);
+    let expected = local_pi(&data);
+    for (node, procs) in [("edge-1", 4), ("cloud-1", 6)] {
+        let mut headers = HeaderMap::new();
+        headers.insert(h::PROCS, "2-16");
+        headers.insert(h::PLACEMENT, format!("node:{node}").as_str());
+        let reply = p.invoke_bytes("pi-mpi-c", data.clone(), headers).await;
+        let out = json(&reply);
+        assert_eq!(header(&reply, h::NODE), node);
+        assert_eq!(out["procs"], procs, "{node}: {out}");
+        assert!((out["pi"].as_f64().unwrap() - expected).abs() < 1e-9);
+    }
+    let metrics = p.next_metrics().await;
+    assert!(
+        metrics
+            .recent
+            .iter()
+            .any(|r| r.node == "cloud-1" && r.procs == Some(6)),
+        "{:?}",
+        metrics.recent
+    );
+    for (range, says) in [
+        ("8-16", "allows 8 processes"),
+        ("0-4", "at least 1 process"),
+    ] {
+        let mut headers = HeaderMap::new();
+        headers.insert(h::PROCS, range);
+        let reply = p.invoke_bytes("pi-mpi-c", data.clone(), headers).await;
+        assert_eq!(header(&reply, h::STATUS), "error", "{range}");
+        assert!(
+            header(&reply, h::ERROR).contains(says),
+            "{range}: {:?}",
+            reply.headers
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_mode_keeps_workers_warm_and_replaces_dead_ones() {
     let p = one_node().await;

@@ -418,6 +418,7 @@ fn record(shared: &Shared, id: &str, function: &str, decision: &Decision, took_m
         invocation: id.to_owned(),
         function: function.to_owned(),
         node: decision.node.clone(),
+        procs: Some(decision.procs),
         reason: decision.reason.clone(),
         took_ms: Some(took_ms),
         estimate_ms: Some(decision.estimate_ms),
