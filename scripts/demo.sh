@@ -22,13 +22,18 @@ LOG=$(mktemp -t comfaas-dev.XXXXXX.log)
 DEV=$!
 trap 'kill -INT $DEV 2>/dev/null; wait $DEV 2>/dev/null; rm -f "$LOG"' EXIT
 
+# Waits until the `comfaas dev` of pid $1 logging to $2 is up; exits if not.
+wait_up() {
+  for _ in $(seq 1 600); do
+    if grep -q "comfaas is up" "$2"; then return 0; fi
+    if ! kill -0 "$1" 2>/dev/null; then cat "$2"; echo "[demo] comfaas dev exited"; exit 1; fi
+    sleep 0.2
+  done
+  cat "$2"; echo "[demo] comfaas dev did not come up"; exit 1
+}
+
 echo "[demo] starting comfaas dev on $COMFAAS_NATS_URL (log: $LOG)"
-for _ in $(seq 1 600); do
-  if grep -q "comfaas is up" "$LOG"; then break; fi
-  if ! kill -0 $DEV 2>/dev/null; then cat "$LOG"; echo "[demo] comfaas dev exited"; exit 1; fi
-  sleep 0.2
-done
-grep -q "comfaas is up" "$LOG" || { cat "$LOG"; echo "[demo] comfaas dev did not come up"; exit 1; }
+wait_up $DEV "$LOG"
 cat "$LOG"
 
 echo
@@ -69,12 +74,7 @@ INPUT=$(mktemp -t comfaas-input.XXXXXX)
   --functions tests/functions >"$LOG2" 2>&1 &
 DEV=$!
 trap 'kill -INT $DEV 2>/dev/null; wait $DEV 2>/dev/null; rm -f "$LOG" "$LOG2" "$INPUT"' EXIT
-for _ in $(seq 1 600); do
-  if grep -q "comfaas is up" "$LOG2"; then break; fi
-  if ! kill -0 $DEV 2>/dev/null; then cat "$LOG2"; echo "[demo] comfaas dev --sites exited"; exit 1; fi
-  sleep 0.2
-done
-grep -q "comfaas is up" "$LOG2" || { cat "$LOG2"; echo "[demo] the sites did not come up"; exit 1; }
+wait_up $DEV "$LOG2"
 grep "^site" "$LOG2"
 sleep 3  # a few pings: the dispatcher measures each site's round trip
 "$BIN/comfaas" nodes

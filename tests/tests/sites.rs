@@ -53,6 +53,14 @@ async fn a_cloud_executor_serves_the_edge_through_a_leaf_link() {
     assert_eq!(header(&reply, h::TIER), "cloud");
 
     // An input object kept at the edge, fetched by the cloud node when chosen.
+    count_edge_input(&p, "chicago-1", 3 << 20, None).await;
+    drop(cloud);
+}
+
+/// Deploys `count` (prints its input's length) to `node`, uploads `size`
+/// bytes at the edge and invokes it with that input object, forced onto
+/// `forced` if given: the node must fetch the whole input.
+async fn count_edge_input(p: &Platform, node: &str, size: usize, forced: Option<&str>) {
     let dir = p.function(
         "count",
         "",
@@ -61,9 +69,9 @@ async fn a_cloud_executor_serves_the_edge_through_a_leaf_link() {
             "import sys\nprint(len(sys.stdin.buffer.read()))\n",
         )],
     );
-    p.deploy(&dir, &["chicago-1"]).await;
+    p.deploy(&dir, &[node]).await;
     let file = p.scratch.path().join("input.bin");
-    std::fs::write(&file, vec![5u8; 3 << 20]).unwrap();
+    std::fs::write(&file, vec![5u8; size]).unwrap();
     let js = async_nats::jetstream::new(p.client.clone());
     let store = comfaas_platform::resources::inputs_store(&js)
         .await
@@ -74,13 +82,16 @@ async fn a_cloud_executor_serves_the_edge_through_a_leaf_link() {
         .name;
     let mut headers = HeaderMap::new();
     headers.insert(h::INPUT_OBJECT, object.as_str());
+    if let Some(placement) = forced {
+        headers.insert(h::PLACEMENT, placement);
+    }
     let reply = p.invoke_bytes("count", Vec::new(), headers).await;
     assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    assert_eq!(header(&reply, h::NODE), node);
     assert_eq!(
         String::from_utf8_lossy(&reply.payload).trim(),
-        (3 << 20).to_string()
+        size.to_string()
     );
-    drop(cloud);
 }
 
 async fn link_up(edge: &async_nats::Client, hub: &async_nats::Client) {
@@ -240,33 +251,6 @@ async fn emulated_links_are_felt_and_each_site_shows_its_round_trip() {
     assert!(shown >= 80.0, "{text}");
 
     // An input at the edge, fetched across the emulated link.
-    let dir = p.function(
-        "count",
-        "",
-        &[(
-            "main.py",
-            "import sys\nprint(len(sys.stdin.buffer.read()))\n",
-        )],
-    );
-    p.deploy(&dir, &["miami-1"]).await;
-    let file = p.scratch.path().join("input.bin");
-    std::fs::write(&file, vec![7u8; 2 << 20]).unwrap();
-    let js = async_nats::jetstream::new(p.client.clone());
-    let store = comfaas_platform::resources::inputs_store(&js)
-        .await
-        .unwrap();
-    let object = comfaas_platform::objects::upload_file(&store, &file)
-        .await
-        .unwrap()
-        .name;
-    let mut headers = HeaderMap::new();
-    headers.insert(h::INPUT_OBJECT, object.as_str());
-    headers.insert(h::PLACEMENT, "node:miami-1");
-    let reply = p.invoke_bytes("count", Vec::new(), headers).await;
-    assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
-    assert_eq!(
-        String::from_utf8_lossy(&reply.payload).trim(),
-        (2 << 20).to_string()
-    );
+    count_edge_input(&p, "miami-1", 2 << 20, Some("node:miami-1")).await;
     drop(clouds);
 }
