@@ -431,13 +431,41 @@ impl Platform {
         input: &str,
         headers: HeaderMap,
     ) -> async_nats::Message {
-        request(
-            &self.client,
-            &self.subjects.invoke(function),
-            headers,
-            Bytes::copy_from_slice(input.as_bytes()),
+        self.invoke_bytes(function, input.as_bytes().to_vec(), headers)
+            .await
+    }
+
+    /// Stores `bytes` as an input object (`comfaas_inputs`) at this
+    /// platform's server; its name, for `Comfaas-Input-Object`.
+    pub async fn upload_input(&self, bytes: &[u8]) -> String {
+        let file = self
+            .scratch
+            .path()
+            .join(format!("input-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&file, bytes).expect("write input");
+        let js = async_nats::jetstream::new(self.client.clone());
+        let store = comfaas_platform::resources::inputs_store(&js)
+            .await
+            .expect("inputs store");
+        let name = comfaas_platform::objects::upload_file(&store, &file)
+            .await
+            .expect("upload input")
+            .name;
+        let _ = std::fs::remove_file(&file);
+        name
+    }
+
+    /// The folder of function `count`: a Python script printing the length
+    /// of its input.
+    pub fn count_function(&self) -> PathBuf {
+        self.function(
+            "count",
+            "",
+            &[(
+                "main.py",
+                "import sys\nprint(len(sys.stdin.buffer.read()))\n",
+            )],
         )
-        .await
     }
 
     /// The next `DispatchMetrics` published by any dispatcher.

@@ -9,22 +9,6 @@ use comfaas_schemas::{decode, encode, InputObject, Invocation, NodeLoad};
 use comfaas_tests::{header, local_pi, points, repo_root, request, NodeSpec, Platform};
 use futures::StreamExt;
 
-async fn upload(p: &Platform, bytes: &[u8]) -> String {
-    let file = p
-        .scratch
-        .path()
-        .join(format!("input-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&file, bytes).unwrap();
-    let js = async_nats::jetstream::new(p.client.clone());
-    let store = comfaas_platform::resources::inputs_store(&js)
-        .await
-        .unwrap();
-    comfaas_platform::objects::upload_file(&store, &file)
-        .await
-        .unwrap()
-        .name
-}
-
 fn with_object(name: &str, procs: Option<u32>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(h::INPUT_OBJECT, name);
@@ -54,7 +38,7 @@ async fn a_50_mb_input_gives_the_local_answer_and_is_fetched_once() {
     }
     let data = points(50 * 1024 * 1024 / 8, 11);
     let expected = local_pi(&data);
-    let object = upload(&p, &data).await;
+    let object = p.upload_input(&data).await;
     let mut fetched_after_first = None;
     for (name, procs) in [
         ("pi-mpi-c", 2),
@@ -91,14 +75,7 @@ async fn a_50_mb_input_gives_the_local_answer_and_is_fetched_once() {
         }
     }
     // Script mode gets the object on stdin.
-    let dir = p.function(
-        "count",
-        "",
-        &[(
-            "main.py",
-            "import sys\nprint(len(sys.stdin.buffer.read()))\n",
-        )],
-    );
+    let dir = p.count_function();
     p.deploy(&dir, &["edge-1"]).await;
     let reply = p
         .invoke_bytes("count", Vec::new(), with_object(&object, None))
@@ -120,14 +97,7 @@ async fn input_object_errors_are_clear_and_leave_nothing_behind() {
         })
         .await,
     );
-    let dir = p.function(
-        "count",
-        "",
-        &[(
-            "main.py",
-            "import sys\nprint(len(sys.stdin.buffer.read()))\n",
-        )],
-    );
+    let dir = p.count_function();
     p.deploy(&dir, &["edge-1"]).await;
 
     // No such object.
@@ -140,7 +110,7 @@ async fn input_object_errors_are_clear_and_leave_nothing_behind() {
     );
 
     // Body and object at once.
-    let small = upload(&p, &[7u8; 1000]).await;
+    let small = p.upload_input(&[7u8; 1000]).await;
     let reply = p
         .invoke_bytes("count", b"body".to_vec(), with_object(&small, None))
         .await;
@@ -153,7 +123,7 @@ async fn input_object_errors_are_clear_and_leave_nothing_behind() {
     assert_eq!(String::from_utf8_lossy(&reply.payload).trim(), "1000");
 
     // Larger than the node's cache: 507, and nothing half-written.
-    let big = upload(&p, &vec![1u8; 2 << 20]).await;
+    let big = p.upload_input(&vec![1u8; 2 << 20]).await;
     let reply = p
         .invoke_bytes("count", Vec::new(), with_object(&big, None))
         .await;

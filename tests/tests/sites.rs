@@ -61,25 +61,8 @@ async fn a_cloud_executor_serves_the_edge_through_a_leaf_link() {
 /// bytes at the edge and invokes it with that input object, forced onto
 /// `forced` if given: the node must fetch the whole input.
 async fn count_edge_input(p: &Platform, node: &str, size: usize, forced: Option<&str>) {
-    let dir = p.function(
-        "count",
-        "",
-        &[(
-            "main.py",
-            "import sys\nprint(len(sys.stdin.buffer.read()))\n",
-        )],
-    );
-    p.deploy(&dir, &[node]).await;
-    let file = p.scratch.path().join("input.bin");
-    std::fs::write(&file, vec![5u8; size]).unwrap();
-    let js = async_nats::jetstream::new(p.client.clone());
-    let store = comfaas_platform::resources::inputs_store(&js)
-        .await
-        .unwrap();
-    let object = comfaas_platform::objects::upload_file(&store, &file)
-        .await
-        .unwrap()
-        .name;
+    p.deploy(&p.count_function(), &[node]).await;
+    let object = p.upload_input(&vec![5u8; size]).await;
     let mut headers = HeaderMap::new();
     headers.insert(h::INPUT_OBJECT, object.as_str());
     if let Some(placement) = forced {

@@ -81,12 +81,33 @@ fn links(options: &DevOptions, clouds: &[String]) -> anyhow::Result<BTreeMap<Str
     Ok(links)
 }
 
-/// Starts one server per site (see [`comfaas_platform::sites`]) and mirrors
-/// the edge's data at the first cloud site. Returns the sites, if any, the
-/// URL services at the edge use, and the executors to start.
-async fn start_sites(
-    options: &DevOptions,
-) -> anyhow::Result<(Option<Sites>, Option<EmbeddedServer>, Vec<Node>)> {
+/// The servers `comfaas dev` runs: one, or one per site.
+enum Servers {
+    Single(EmbeddedServer),
+    Sites(Sites),
+}
+
+impl Servers {
+    /// The server services at the edge (the dispatcher, the CLI) use.
+    fn edge(&self) -> &EmbeddedServer {
+        match self {
+            Self::Single(server) => server,
+            Self::Sites(sites) => &sites.edge.server,
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Self::Single(server) => server.stop().await,
+            Self::Sites(sites) => sites.stop().await,
+        }
+    }
+}
+
+/// Starts one server, or one per site (see [`comfaas_platform::sites`])
+/// with the edge's data mirrored at the first cloud site. Returns them and
+/// the executors to start.
+async fn start_servers(options: &DevOptions) -> anyhow::Result<(Servers, Vec<Node>)> {
     if options.sites.is_empty() {
         if !options.links.is_empty() || options.no_wan {
             anyhow::bail!("--link and --no-wan need --sites");
@@ -113,7 +134,7 @@ async fn start_sites(
                 max_procs: 0,
             });
         }
-        return Ok((None, Some(server), nodes));
+        return Ok((Servers::Single(server), nodes));
     }
     let clouds: Vec<String> = options
         .sites
@@ -167,21 +188,16 @@ async fn start_sites(
         "site {}: mirrors the edge's events and results",
         backup.name
     );
-    Ok((Some(started), None, nodes))
+    Ok((Servers::Sites(started), nodes))
 }
 
 /// Runs the embedded platform until `shutdown`.
 pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let (sites, single, nodes) = start_sites(&options).await?;
-    let edge_server = match (&sites, &single) {
-        (Some(sites), _) => &sites.edge.server,
-        (None, Some(server)) => server,
-        (None, None) => anyhow::bail!("no server started"),
-    };
-    let url = edge_server.url().to_owned();
+    let (servers, nodes) = start_servers(&options).await?;
+    let url = servers.edge().url().to_owned();
     println!(
         "nats-server with JetStream at {url} (store {})",
-        edge_server.store_dir().display()
+        servers.edge().store_dir().display()
     );
     let data = tempfile::Builder::new().prefix("comfaas-dev-").tempdir()?;
 
@@ -245,12 +261,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         );
         services.shutdown().await;
     }
-    if let Some(sites) = sites {
-        sites.stop().await;
-    }
-    if let Some(server) = single {
-        server.stop().await;
-    }
+    servers.stop().await;
     Ok(())
 }
 

@@ -294,12 +294,15 @@ pub fn choose(
             known.iter().sum::<f64>() / known.len() as f64
         }
     };
-    let fetch_fallback = [tier_fetch(Tier::Edge), tier_fetch(Tier::Cloud)];
+    let (edge_fetch, cloud_fetch) = (tier_fetch(Tier::Edge), tier_fetch(Tier::Cloud));
     let mut costed: Vec<Costed<'_>> = roomy
         .iter()
         .map(|&(view, procs)| {
             let fallback = fastest_work.map_or(FIRST_RUN_MS, |w| w / f64::from(procs));
-            let fetch = fetch_fallback[usize::from(view.tier == Tier::Cloud)];
+            let fetch = match view.tier {
+                Tier::Edge => edge_fetch,
+                Tier::Cloud => cloud_fetch,
+            };
             Costed {
                 view,
                 procs,

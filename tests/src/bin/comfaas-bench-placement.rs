@@ -59,16 +59,7 @@ impl Bench {
     async fn input(&mut self, bytes: u64) -> String {
         let mut data = vec![0u8; bytes as usize];
         self.rng.fill_bytes(&mut data);
-        let file = self.p.scratch.path().join("input.bin");
-        std::fs::write(&file, &data).expect("write input");
-        let js = async_nats::jetstream::new(self.p.client.clone());
-        let store = comfaas_platform::resources::inputs_store(&js)
-            .await
-            .expect("inputs store");
-        comfaas_platform::objects::upload_file(&store, &file)
-            .await
-            .expect("upload")
-            .name
+        self.p.upload_input(&data).await
     }
 
     /// Runs `emulated-work` once, `placement` and `procs` as the headers
