@@ -279,10 +279,46 @@ async fn a_node_that_does_not_answer_gives_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_refuses_bad_arguments_clearly() {
     let nats = TestNats::start().await;
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 9] = [
         (
             &["dev", "--port", "0", "--sites", "chicago,miami"],
             "--sites needs `edge`",
+        ),
+        (
+            &["dev", "--port", "0", "--link", "chicago=20ms"],
+            "--link and --no-wan need --sites",
+        ),
+        (
+            &[
+                "dev",
+                "--port",
+                "0",
+                "--sites",
+                "edge,chicago",
+                "--link",
+                "miami=5ms",
+            ],
+            "`miami` is not a cloud site",
+        ),
+        (
+            &[
+                "dev",
+                "--port",
+                "0",
+                "--sites",
+                "edge,chicago",
+                "--link",
+                "chicago=fast",
+            ],
+            "latency `fast`",
+        ),
+        (
+            &["dev", "--port", "0", "--sites", "edge,chi.cago"],
+            "must be a unique name of letters",
+        ),
+        (
+            &["invoke", "pi-mpi-c", "--procs", "16-4"],
+            "the range is empty",
         ),
         (
             &[
