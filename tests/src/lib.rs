@@ -155,6 +155,21 @@ impl TestNats {
     pub async fn client(&self) -> async_nats::Client {
         async_nats::connect(self.url()).await.expect("connect")
     }
+
+    /// Waits (at most 30 s) until a dispatcher under the default prefix
+    /// publishes its metrics: it subscribes to invocations before its first
+    /// report, so a request sent after this finds it.
+    pub async fn wait_for_dispatcher(&self) {
+        let client = self.client().await;
+        let mut sub = client
+            .subscribe(Subjects::default().dispatch_metrics_all())
+            .await
+            .expect("subscribe");
+        tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .expect("a dispatcher reports within 30 s")
+            .expect("metrics stream");
+    }
 }
 
 /// A service started by [`Platform`]: it runs until [`Service::stop`] or
@@ -286,7 +301,20 @@ impl Platform {
         })
         .await
         .expect("start dispatcher");
-        self.spawn(|token| dispatcher.run(token))
+        // It subscribes to invocations before its first metrics report:
+        // waiting for that report means a request sent next finds it.
+        let mut reports = self
+            .client
+            .subscribe(self.subjects.dispatch_metrics(dispatcher.id()))
+            .await
+            .expect("subscribe");
+        self.client.flush().await.expect("flush");
+        let service = self.spawn(|token| dispatcher.run(token));
+        tokio::time::timeout(Duration::from_secs(30), reports.next())
+            .await
+            .expect("the dispatcher reports within 30 s")
+            .expect("metrics stream");
+        service
     }
 
     /// Starts an in-process executor. It runs until stopped or the test ends.

@@ -42,6 +42,8 @@ async fn operator_path_with_the_real_binaries() {
         ],
     );
 
+    nats.wait_for_dispatcher().await;
+
     let hello = repo_root().join("functions/hello");
     let out = comfaas(&url, &["deploy", hello.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -340,7 +342,7 @@ async fn the_cli_refuses_bad_arguments_clearly() {
     ];
     // A dispatcher answers the last case (placement is checked there).
     let _dispatch = Process::spawn("comfaas-dispatch", &["--nats-url", nats.url()]);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.wait_for_dispatcher().await;
     for (args, expect) in cases {
         let out = comfaas(nats.url(), args);
         let stderr = String::from_utf8_lossy(&out.stderr);
