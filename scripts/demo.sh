@@ -75,7 +75,7 @@ INPUT=$(mktemp -t comfaas-input.XXXXXX)
 DEV=$!
 trap 'kill -INT $DEV 2>/dev/null; wait $DEV 2>/dev/null; rm -f "$LOG" "$LOG2" "$INPUT"' EXIT
 wait_up $DEV "$LOG2"
-grep "^site" "$LOG2"
+grep -E "^(site|edge uplink)" "$LOG2"
 sleep 3  # a few pings: the dispatcher measures each site's round trip
 "$BIN/comfaas" nodes
 echo

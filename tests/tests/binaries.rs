@@ -281,14 +281,26 @@ async fn a_node_that_does_not_answer_gives_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_refuses_bad_arguments_clearly() {
     let nats = TestNats::start().await;
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 10] = [
         (
             &["dev", "--port", "0", "--sites", "chicago,miami"],
             "--sites needs `edge`",
         ),
         (
             &["dev", "--port", "0", "--link", "chicago=20ms"],
-            "--link and --no-wan need --sites",
+            "--link, --uplink and --no-wan need --sites",
+        ),
+        (
+            &[
+                "dev",
+                "--port",
+                "0",
+                "--sites",
+                "edge,chicago",
+                "--uplink",
+                "90mbps",
+            ],
+            "bandwidth `90mbps`: the unit must be",
         ),
         (
             &[

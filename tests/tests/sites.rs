@@ -171,7 +171,9 @@ async fn edge_events_are_backed_up_in_the_cloud_across_a_cut_link() {
 /// cloud sites, one through an emulated link. The dispatcher measures each
 /// node's round trip with pings before any work is placed, the link's
 /// latency is felt in it, `comfaas nodes` shows it per site, and a cloud
-/// node chosen by force fetches an edge input across its link.
+/// node chosen by force fetches an edge input across its link. Both paths
+/// cross a shared uplink: the site without a link of its own gets an
+/// instant one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emulated_links_are_felt_and_each_site_shows_its_round_trip() {
     use comfaas_platform::sites::{Sites, SitesOptions};
@@ -179,11 +181,14 @@ async fn emulated_links_are_felt_and_each_site_shows_its_round_trip() {
         configs: configs(),
         clouds: vec!["chicago".to_owned(), "miami".to_owned()],
         links: [("miami".to_owned(), "40ms/50mbit".parse().unwrap())].into(),
+        uplink: Some(500_000_000),
         edge_port: None,
     })
     .await
     .unwrap();
-    let Sites { edge, clouds } = sites;
+    let Sites { edge, clouds, .. } = sites;
+    let chicago = clouds[0].link.as_ref().expect("behind the uplink");
+    assert_eq!(chicago.spec().to_string(), "0ms");
     let p = Platform::on(edge.server).await;
     drop(p.dispatcher().await);
     drop(p.executor(NodeSpec::edge("edge-1")).await);

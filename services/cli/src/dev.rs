@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use comfaas_dispatch::{DispatchConfig, Dispatcher};
 use comfaas_exec::{ExecConfig, Executor};
-use comfaas_platform::link::LinkSpec;
+use comfaas_platform::link::{self, LinkSpec};
 use comfaas_platform::nats::NatsOptions;
 use comfaas_platform::registry::Registry;
 use comfaas_platform::server::{EmbeddedServer, ServerOptions};
@@ -41,7 +41,9 @@ pub struct DevOptions {
     pub nats_configs: PathBuf,
     /// Emulated links given with `--link`, over the defaults.
     pub links: Vec<(String, LinkSpec)>,
-    /// No emulated links at all.
+    /// The edge's uplink given with `--uplink`, bits per second.
+    pub uplink: Option<u64>,
+    /// No emulated links or uplink but those given.
     pub no_wan: bool,
 }
 
@@ -109,8 +111,8 @@ impl Servers {
 /// the executors to start.
 async fn start_servers(options: &DevOptions) -> anyhow::Result<(Servers, Vec<Node>)> {
     if options.sites.is_empty() {
-        if !options.links.is_empty() || options.no_wan {
-            anyhow::bail!("--link and --no-wan need --sites");
+        if !options.links.is_empty() || options.uplink.is_some() || options.no_wan {
+            anyhow::bail!("--link, --uplink and --no-wan need --sites");
         }
         let server = EmbeddedServer::start(ServerOptions {
             port: Some(options.port),
@@ -146,13 +148,22 @@ async fn start_servers(options: &DevOptions) -> anyhow::Result<(Servers, Vec<Nod
         anyhow::bail!("--sites needs `edge` and at least one cloud site, e.g. edge,chicago");
     }
     let links = links(options, &clouds)?;
+    let uplink = match options.uplink {
+        Some(bits_per_s) => Some(bits_per_s),
+        None if options.no_wan => None,
+        None => Some(link::parse_bandwidth(sites::DEFAULT_UPLINK).map_err(anyhow::Error::msg)?),
+    };
     let started = Sites::start(SitesOptions {
         configs: options.nats_configs.clone(),
         clouds,
         links,
+        uplink,
         edge_port: Some(options.port),
     })
     .await?;
+    if let Some(uplink) = &started.uplink {
+        println!("edge uplink: {uplink} each way, shared by every link");
+    }
     let mut nodes = Vec::new();
     for site in started.all() {
         let edge = site.name == sites::EDGE_SITE;

@@ -49,7 +49,12 @@ enum Command {
         /// (repeatable; the paper's cities have defaults, see docs)
         #[arg(long = "link", value_parser = comfaas_platform::sites::parse_site_link)]
         links: Vec<(String, comfaas_platform::link::LinkSpec)>,
-        /// Join the sites over plain loopback, without emulated links
+        /// Bandwidth of the edge's uplink, shared by every link to a cloud
+        /// site, e.g. 90mbit [default: 90mbit with --sites]
+        #[arg(long, value_parser = comfaas_platform::link::parse_bandwidth)]
+        uplink: Option<u64>,
+        /// Join the sites over plain loopback, without emulated links or
+        /// uplink (those given with --link or --uplink still apply)
         #[arg(long)]
         no_wan: bool,
         /// Folder of the server configurations for --sites
@@ -170,6 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         sites,
         nats_configs,
         links,
+        uplink,
         no_wan,
     } = cli.command
     {
@@ -183,6 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 sites,
                 nats_configs,
                 links,
+                uplink,
                 no_wan,
             },
             shutdown,

@@ -14,10 +14,16 @@
 //! bandwidth-delay product, at least 256 KiB), so a fast sender is slowed
 //! by back-pressure as on a real link, and a small message queued behind a
 //! large transfer waits as it would in a real router buffer.
+//!
+//! Links may sit behind one shared [`Uplink`], the edge's own connection:
+//! a chunk first crosses the uplink (shared by every link behind it, one
+//! queue per direction), then its own path. One transfer goes at the slower
+//! of the two; transfers to several sites at once share the uplink.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -48,21 +54,115 @@ impl LinkSpec {
     /// Time `bytes` take to cross at this bandwidth.
     fn serialisation(&self, bytes: usize) -> Duration {
         self.bits_per_s
-            .filter(|b| *b > 0)
-            .map_or(Duration::ZERO, |b| {
-                Duration::from_secs_f64(bytes as f64 * 8.0 / b as f64)
-            })
+            .map_or(Duration::ZERO, |b| serialisation(bytes, b))
     }
+}
+
+/// Time `bytes` take to cross at `bits_per_s`.
+fn serialisation(bytes: usize, bits_per_s: u64) -> Duration {
+    if bits_per_s == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs_f64(bytes as f64 * 8.0 / bits_per_s as f64)
+}
+
+fn write_bandwidth(f: &mut fmt::Formatter<'_>, bits_per_s: u64) -> fmt::Result {
+    let b = bits_per_s;
+    match b {
+        _ if b.is_multiple_of(1_000_000_000) => write!(f, "{}gbit", b / 1_000_000_000),
+        _ if b.is_multiple_of(1_000_000) => write!(f, "{}mbit", b / 1_000_000),
+        _ if b.is_multiple_of(1_000) => write!(f, "{}kbit", b / 1_000),
+        _ => write!(f, "{b}bit"),
+    }
+}
+
+/// Parses a bandwidth such as `100mbit`, `1.5gbit` or `64kbit` to bits per
+/// second; the error says why it is not one.
+pub fn parse_bandwidth(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(split);
+    let scale = match unit {
+        "bit" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        _ => {
+            return Err(format!(
+                "bandwidth `{text}`: the unit must be bit, kbit, mbit or gbit"
+            ))
+        }
+    };
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("bandwidth `{text}` is not a number"))?;
+    if !(number > 0.0 && number.is_finite()) {
+        return Err(format!("bandwidth `{text}` must be above zero"));
+    }
+    Ok((number * scale).round() as u64)
+}
+
+/// The edge's uplink, shared by every [`WanLink`] started behind it: each
+/// direction is one queue at `bits_per_s` that all their chunks pass.
+/// Clones share it.
+#[derive(Debug, Clone)]
+pub struct Uplink {
+    bits_per_s: u64,
+    /// When each direction (edge → site, site → edge) is next free.
+    busy: Arc<[Mutex<Instant>; 2]>,
+}
+
+impl Uplink {
+    /// An uplink of `bits_per_s` in each direction.
+    pub fn new(bits_per_s: u64) -> Self {
+        let now = Instant::now();
+        Self {
+            bits_per_s,
+            busy: Arc::new([Mutex::new(now), Mutex::new(now)]),
+        }
+    }
+
+    /// Its bandwidth per direction, bits per second.
+    pub fn bits_per_s(&self) -> u64 {
+        self.bits_per_s
+    }
+
+    /// Queues `bytes` read at `now` in `direction`; returns when they have
+    /// crossed.
+    fn cross(&self, direction: Direction, now: Instant, bytes: usize) -> Instant {
+        let slot = &self.busy[direction as usize];
+        // A plain instant behind the lock: a panicked holder left nothing
+        // half-done.
+        let mut busy = slot.lock().unwrap_or_else(|e| e.into_inner());
+        *busy = (*busy).max(now) + serialisation(bytes, self.bits_per_s);
+        *busy
+    }
+}
+
+impl fmt::Display for Uplink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_bandwidth(f, self.bits_per_s)
+    }
+}
+
+/// Which way a chunk goes: from the edge (the side that connects to the
+/// link) or towards it.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    FromEdge = 0,
+    ToEdge = 1,
 }
 
 impl fmt::Display for LinkSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}ms", self.latency.as_millis())?;
         match self.bits_per_s {
-            Some(b) if b % 1_000_000_000 == 0 => write!(f, "/{}gbit", b / 1_000_000_000),
-            Some(b) if b % 1_000_000 == 0 => write!(f, "/{}mbit", b / 1_000_000),
-            Some(b) if b % 1_000 == 0 => write!(f, "/{}kbit", b / 1_000),
-            Some(b) => write!(f, "/{b}bit"),
+            Some(b) => {
+                f.write_str("/")?;
+                write_bandwidth(f, b)
+            }
             None => Ok(()),
         }
     }
@@ -90,34 +190,7 @@ impl FromStr for LinkSpec {
         };
         let latency = humantime::parse_duration(latency)
             .map_err(|e| error(format!("latency `{latency}`: {e}")))?;
-        let bits_per_s = match bandwidth {
-            None => None,
-            Some(b) => {
-                let lower = b.to_ascii_lowercase();
-                let split = lower
-                    .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                    .unwrap_or(lower.len());
-                let (number, unit) = lower.split_at(split);
-                let scale = match unit {
-                    "bit" => 1.0,
-                    "kbit" => 1e3,
-                    "mbit" => 1e6,
-                    "gbit" => 1e9,
-                    _ => {
-                        return Err(error(format!(
-                            "bandwidth `{b}`: the unit must be bit, kbit, mbit or gbit"
-                        )))
-                    }
-                };
-                let number: f64 = number
-                    .parse()
-                    .map_err(|_| error(format!("bandwidth `{b}` is not a number")))?;
-                if !(number > 0.0 && number.is_finite()) {
-                    return Err(error(format!("bandwidth `{b}` must be above zero")));
-                }
-                Some((number * scale).round() as u64)
-            }
-        };
+        let bits_per_s = bandwidth.map(parse_bandwidth).transpose().map_err(error)?;
         Ok(Self {
             latency,
             bits_per_s,
@@ -134,11 +207,17 @@ pub struct WanLink {
 }
 
 impl WanLink {
-    /// Listens on a free loopback port and forwards to `upstream`.
-    pub async fn start(spec: LinkSpec, upstream: SocketAddr) -> std::io::Result<Self> {
+    /// Listens on a free loopback port and forwards to `upstream`, every
+    /// chunk crossing `uplink` first if one is given. The side that
+    /// connects is the edge.
+    pub async fn start(
+        spec: LinkSpec,
+        upstream: SocketAddr,
+        uplink: Option<Uplink>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let task = tokio::spawn(serve(listener, spec, upstream));
+        let task = tokio::spawn(serve(listener, spec, upstream, uplink));
         Ok(Self { port, spec, task })
     }
 
@@ -161,13 +240,18 @@ impl Drop for WanLink {
 
 /// Accepts connections until aborted; aborting drops (and so aborts) every
 /// connection's task.
-async fn serve(listener: TcpListener, spec: LinkSpec, upstream: SocketAddr) {
+async fn serve(
+    listener: TcpListener,
+    spec: LinkSpec,
+    upstream: SocketAddr,
+    uplink: Option<Uplink>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((inbound, _)) => {
-                    connections.spawn(connect(inbound, spec, upstream));
+                    connections.spawn(connect(inbound, spec, upstream, uplink.clone()));
                 }
                 Err(e) => {
                     tracing::warn!("emulated link: accept failed: {e}");
@@ -179,7 +263,7 @@ async fn serve(listener: TcpListener, spec: LinkSpec, upstream: SocketAddr) {
     }
 }
 
-async fn connect(inbound: TcpStream, spec: LinkSpec, upstream: SocketAddr) {
+async fn connect(inbound: TcpStream, spec: LinkSpec, upstream: SocketAddr, uplink: Option<Uplink>) {
     let outbound = match TcpStream::connect(upstream).await {
         Ok(s) => s,
         Err(e) => {
@@ -193,21 +277,24 @@ async fn connect(inbound: TcpStream, spec: LinkSpec, upstream: SocketAddr) {
     let (out_read, out_write) = outbound.into_split();
     // A direction ends at its sender's end of stream, after delivering what
     // it holds and passing the end on (half-close), or at an error.
+    let from_edge = uplink.clone().map(|u| (u, Direction::FromEdge));
+    let to_edge = uplink.map(|u| (u, Direction::ToEdge));
     tokio::join!(
-        direction(in_read, out_write, spec),
-        direction(out_read, in_write, spec)
+        direction(in_read, out_write, spec, from_edge),
+        direction(out_read, in_write, spec, to_edge)
     );
 }
 
 /// Bytes read at once; the pacing granule.
 const CHUNK: usize = 16 * 1024;
 
-/// Carries one direction: reads, stamps each chunk with its delivery time,
-/// and writes it at that time.
+/// Carries one direction: reads, stamps each chunk with its delivery time
+/// (across the uplink, if any, then this link), and writes it at that time.
 async fn direction(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     spec: LinkSpec,
+    uplink: Option<(Uplink, Direction)>,
 ) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Bytes)>(spec.buffer_bytes() / CHUNK);
     let reader = async move {
@@ -217,7 +304,11 @@ async fn direction(
             match from.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    sent_until = sent_until.max(Instant::now()) + spec.serialisation(n);
+                    let now = Instant::now();
+                    let ready = uplink
+                        .as_ref()
+                        .map_or(now, |(u, way)| u.cross(*way, now, n));
+                    sent_until = sent_until.max(ready) + spec.serialisation(n);
                     if tx
                         .send((sent_until + spec.latency, buf.freeze()))
                         .await
@@ -287,7 +378,7 @@ mod tests {
                 });
             }
         });
-        let link = WanLink::start("25ms/16mbit".parse().unwrap(), addr)
+        let link = WanLink::start("25ms/16mbit".parse().unwrap(), addr, None)
             .await
             .unwrap();
         let mut s = TcpStream::connect(("127.0.0.1", link.port()))
@@ -317,13 +408,60 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(550));
     }
 
+    /// Two links behind one 16 Mbit/s uplink: 1 MB crosses one of them in
+    /// at least 0.5 s; sent over both at once, the two share the uplink and
+    /// the later one needs at least 1 s. Bytes are counted on arrival.
+    #[tokio::test]
+    async fn links_behind_one_uplink_share_it() {
+        let sink = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = sink.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = sink.accept().await {
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    s.read_to_end(&mut got).await.unwrap();
+                    let _ = s.write_all(&(got.len() as u64).to_be_bytes()).await;
+                });
+            }
+        });
+        let uplink = Uplink::new(parse_bandwidth("16mbit").unwrap());
+        assert_eq!(uplink.to_string(), "16mbit");
+        let spec: LinkSpec = "5ms".parse().unwrap();
+        let a = WanLink::start(spec, addr, Some(uplink.clone()))
+            .await
+            .unwrap();
+        let b = WanLink::start(spec, addr, Some(uplink)).await.unwrap();
+        let send = |port: u16| async move {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            s.write_all(&vec![7u8; 1_000_000]).await.unwrap();
+            s.shutdown().await.unwrap();
+            let mut count = [0u8; 8];
+            s.read_exact(&mut count).await.unwrap();
+            assert_eq!(u64::from_be_bytes(count), 1_000_000);
+        };
+
+        let started = std::time::Instant::now();
+        send(a.port()).await;
+        assert!(started.elapsed() >= Duration::from_millis(500));
+
+        let started = std::time::Instant::now();
+        tokio::join!(send(a.port()), send(b.port()));
+        assert!(
+            started.elapsed() >= Duration::from_millis(1000),
+            "two transfers shared the uplink: {:?}",
+            started.elapsed()
+        );
+    }
+
     /// Dropping the link cuts its connections.
     #[tokio::test]
     async fn dropping_a_link_cuts_it() {
         let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = upstream.local_addr().unwrap();
         let held = tokio::spawn(async move { upstream.accept().await.map(|(s, _)| s) });
-        let link = WanLink::start("1ms".parse().unwrap(), addr).await.unwrap();
+        let link = WanLink::start("1ms".parse().unwrap(), addr, None)
+            .await
+            .unwrap();
         let mut s = TcpStream::connect(("127.0.0.1", link.port()))
             .await
             .unwrap();

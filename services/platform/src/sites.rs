@@ -7,13 +7,16 @@
 //! the edge is a leaf node of each (one remote per cloud), so the path from
 //! the edge to a city is exactly one leaf connection, and a link spec
 //! `chicago=20ms/100mbit` is that path's one-way latency and bandwidth.
+//! Every such path may also pass the edge's one shared uplink
+//! ([`crate::link::Uplink`]), so that inputs sent to several cities at once
+//! share the edge's bandwidth.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::link::{LinkSpec, WanLink};
+use crate::link::{LinkSpec, Uplink, WanLink};
 use crate::nats::NatsOptions;
 use crate::server::{
     multi_leaf_config, wait_for_leaf_link, EmbeddedServer, ServerError, ServerOptions,
@@ -35,6 +38,11 @@ pub const DEFAULT_LINKS: &[(&str, &str)] = &[
     ("miami", "26ms/70mbit"),
 ];
 
+/// The edge's uplink of `comfaas dev --sites` when none is given: under
+/// 100 Mbit/s, as in the paper, and no narrower than the widest default
+/// link, so that one transfer alone goes as fast as its path allows.
+pub const DEFAULT_UPLINK: &str = "90mbit";
+
 /// The default link of `site`, if it is one of the paper's cities.
 pub fn default_link(site: &str) -> Option<LinkSpec> {
     DEFAULT_LINKS
@@ -53,6 +61,9 @@ pub struct SitesOptions {
     /// Emulated link per cloud site; a site missing here is joined
     /// directly, over loopback.
     pub links: BTreeMap<String, LinkSpec>,
+    /// The edge's shared uplink, bits per second per direction, that every
+    /// path to a cloud site crosses; `None`: no shared limit.
+    pub uplink: Option<u64>,
     /// Client port of the edge server; `None` picks a free one.
     pub edge_port: Option<u16>,
 }
@@ -89,6 +100,8 @@ pub struct Sites {
     pub edge: Site,
     /// The cloud sites, in the order given.
     pub clouds: Vec<Site>,
+    /// The edge's shared uplink, if any.
+    pub uplink: Option<Uplink>,
 }
 
 /// A site set that cannot be started as asked.
@@ -142,6 +155,7 @@ impl Sites {
                 "a link is given for `{unknown}`, which is not a cloud site"
             )));
         }
+        let uplink = options.uplink.map(Uplink::new);
         let mut clouds = Vec::new();
         let mut remotes = Vec::new();
         for name in &options.clouds {
@@ -152,19 +166,30 @@ impl Sites {
             let server =
                 EmbeddedServer::start(ServerOptions::hub(&options.configs, name, leaf_port))
                     .await?;
-            let link =
-                match options.links.get(name) {
-                    Some(spec) => {
-                        let upstream = SocketAddr::from(([127, 0, 0, 1], leaf_port));
-                        Some(WanLink::start(*spec, upstream).await.map_err(|e| {
-                            SitesError::Link {
+            // Behind an uplink, a site without a link of its own gets an
+            // instant one, so that its traffic crosses the uplink too.
+            let spec = options
+                .links
+                .get(name)
+                .copied()
+                .or(uplink.as_ref().map(|_| LinkSpec {
+                    latency: Duration::ZERO,
+                    bits_per_s: None,
+                }));
+            let link = match spec {
+                Some(spec) => {
+                    let upstream = SocketAddr::from(([127, 0, 0, 1], leaf_port));
+                    Some(
+                        WanLink::start(spec, upstream, uplink.clone())
+                            .await
+                            .map_err(|e| SitesError::Link {
                                 site: name.clone(),
                                 source: e,
-                            }
-                        })?)
-                    }
-                    None => None,
-                };
+                            })?,
+                    )
+                }
+                None => None,
+            };
             let port = link.as_ref().map_or(leaf_port, WanLink::port);
             remotes.push(format!("127.0.0.1:{port}"));
             clouds.push(Site {
@@ -184,7 +209,11 @@ impl Sites {
             server: edge,
             link: None,
         };
-        let sites = Self { edge, clouds };
+        let sites = Self {
+            edge,
+            clouds,
+            uplink,
+        };
         sites.wait_linked(Duration::from_secs(30)).await?;
         Ok(sites)
     }
@@ -248,6 +277,11 @@ mod tests {
             assert!(default_link(site).is_some(), "{site}");
         }
         assert_eq!(default_link("paris"), None);
+        let uplink = crate::link::parse_bandwidth(DEFAULT_UPLINK).unwrap();
+        for (site, _) in DEFAULT_LINKS {
+            let path = default_link(site).and_then(|l| l.bits_per_s).unwrap();
+            assert!(path <= uplink, "{site} is wider than the uplink");
+        }
         assert_eq!(
             parse_site_link("chicago=20ms/100mbit")
                 .unwrap()

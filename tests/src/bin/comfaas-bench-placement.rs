@@ -3,7 +3,8 @@
 //!
 //! Set-up: one `nats-server` per site (edge, chicago, new-york,
 //! los-angeles, miami), the edge a leaf node of each cloud site through an
-//! emulated WAN link (`comfaas_platform::sites::DEFAULT_LINKS`), one
+//! emulated WAN link (`comfaas_platform::sites::DEFAULT_LINKS`, all behind
+//! the edge's shared uplink, `DEFAULT_UPLINK`), one
 //! executor per site (edge: 1 slot, 4 processes per job; clouds: 1 slot, 16
 //! processes), and the dispatcher at the edge. The job is
 //! `tests/functions/emulated-work`: rank 0 reads the input, then 3.2 s of
@@ -22,14 +23,15 @@
 //!    the total time (first request to last answer) of each.
 //!
 //! Run: `cargo run --release -p comfaas-tests --bin comfaas-bench-placement`
-//! (`-- --quick` for a smaller matrix, `-- --repeat N` for N runs of each).
+//! (`-- --quick` for a smaller matrix, `-- --repeat N` for N runs of each,
+//! `-- --mixed-only` for learning and the mixed workload alone).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use comfaas_platform::link::LinkSpec;
-use comfaas_platform::sites::{Sites, SitesOptions, DEFAULT_LINKS};
+use comfaas_platform::link::{parse_bandwidth, LinkSpec};
+use comfaas_platform::sites::{Sites, SitesOptions, DEFAULT_LINKS, DEFAULT_UPLINK};
 use comfaas_schemas::names::headers as h;
 use comfaas_tests::{header, repo_root, NodeSpec, Platform};
 use rand::RngCore;
@@ -137,6 +139,7 @@ fn fits(procs: &str, max_procs: u32) -> bool {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let mixed_only = args.iter().any(|a| a == "--mixed-only");
     let repeat: usize = args
         .iter()
         .position(|a| a == "--repeat")
@@ -152,6 +155,7 @@ async fn main() {
         configs: repo_root().join("nats"),
         clouds: clouds.clone(),
         links: links.clone(),
+        uplink: Some(parse_bandwidth(DEFAULT_UPLINK).expect("default uplink")),
         edge_port: None,
     })
     .await
@@ -159,6 +163,7 @@ async fn main() {
     let Sites {
         edge,
         clouds: cloud_sites,
+        uplink,
     } = sites;
     let p = Platform::on(edge.server).await;
     // Always-edge queues many jobs: let them wait as long as they need.
@@ -206,6 +211,9 @@ async fn main() {
     for (site, spec) in &links {
         println!("- {site}: {spec}");
     }
+    if let Some(uplink) = &uplink {
+        println!("- all of them behind the edge's uplink: {uplink} each way");
+    }
 
     // 1. Learning.
     let started = Instant::now();
@@ -225,108 +233,110 @@ async fn main() {
     );
 
     // 2. The matrix.
-    let sizes: &[u64] = if quick { &[0, 16] } else { &[0, 2, 16] };
-    let procs_list: &[&str] = if quick {
-        &["4", "1-16"]
-    } else {
-        &["1", "4", "16", "1-16"]
-    };
-    println!(
-        "\n## Matrix: median seconds of {repeat} runs each (taken in turns); auto = automatic placement\n"
-    );
-    let mut header_row = String::from("| input MB | procs | edge load | auto → node/procs |");
-    for node in &nodes {
-        header_row.push_str(&format!(" {node} |"));
-    }
-    header_row.push_str(" best | auto ÷ best |");
-    println!("{header_row}");
-    println!("|{}", "---|".repeat(nodes.len() + 6));
-    let (mut good, mut cases) = (0, 0);
-    let (mut good_runs, mut auto_runs) = (0, 0);
-    for &mb in sizes {
-        for &procs in procs_list {
-            for busy in [false, true] {
-                // Round robin over auto and the sites, `repeat` times: the
-                // median of each, so one slow MPI start does not decide.
-                let targets: Vec<String> = std::iter::once("auto".to_owned())
-                    .chain(
-                        nodes
+    if !mixed_only {
+        let sizes: &[u64] = if quick { &[0, 16] } else { &[0, 2, 16] };
+        let procs_list: &[&str] = if quick {
+            &["4", "1-16"]
+        } else {
+            &["1", "4", "16", "1-16"]
+        };
+        println!(
+            "\n## Matrix: median seconds of {repeat} runs each (taken in turns); auto = automatic placement\n"
+        );
+        let mut header_row = String::from("| input MB | procs | edge load | auto → node/procs |");
+        for node in &nodes {
+            header_row.push_str(&format!(" {node} |"));
+        }
+        header_row.push_str(" best | auto ÷ best |");
+        println!("{header_row}");
+        println!("|{}", "---|".repeat(nodes.len() + 6));
+        let (mut good, mut cases) = (0, 0);
+        let (mut good_runs, mut auto_runs) = (0, 0);
+        for &mb in sizes {
+            for &procs in procs_list {
+                for busy in [false, true] {
+                    // Round robin over auto and the sites, `repeat` times: the
+                    // median of each, so one slow MPI start does not decide.
+                    let targets: Vec<String> = std::iter::once("auto".to_owned())
+                        .chain(
+                            nodes
+                                .iter()
+                                .filter(|n| fits(procs, if *n == EDGE { 4 } else { 16 }))
+                                .map(|n| format!("node:{n}")),
+                        )
+                        .collect();
+                    let mut runs: BTreeMap<String, Vec<Run>> = BTreeMap::new();
+                    for _ in 0..repeat {
+                        for target in &targets {
+                            let run = bench.scenario_run(target, procs, mb * MB, busy).await;
+                            runs.entry(target.clone()).or_default().push(run);
+                        }
+                    }
+                    let median = |target: &str| -> f64 {
+                        let mut ms: Vec<f64> = runs[target].iter().map(|r| r.ms).collect();
+                        ms.sort_by(f64::total_cmp);
+                        ms[ms.len() / 2]
+                    };
+                    let mut chosen: BTreeMap<String, u32> = BTreeMap::new();
+                    for run in &runs["auto"] {
+                        *chosen
+                            .entry(format!("{}/{}", run.node, run.procs))
+                            .or_default() += 1;
+                    }
+                    let auto_ms = median("auto");
+                    let mut row = format!(
+                        "| {mb} | {procs} | {} | {:.2} → {} |",
+                        if busy { "busy" } else { "idle" },
+                        auto_ms / 1000.0,
+                        chosen
                             .iter()
-                            .filter(|n| fits(procs, if *n == EDGE { 4 } else { 16 }))
-                            .map(|n| format!("node:{n}")),
-                    )
-                    .collect();
-                let mut runs: BTreeMap<String, Vec<Run>> = BTreeMap::new();
-                for _ in 0..repeat {
-                    for target in &targets {
-                        let run = bench.scenario_run(target, procs, mb * MB, busy).await;
-                        runs.entry(target.clone()).or_default().push(run);
+                            .map(|(n, c)| if *c == 1 {
+                                n.clone()
+                            } else {
+                                format!("{n} ×{c}")
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    let mut best: Option<(String, f64)> = None;
+                    for node in &nodes {
+                        let target = format!("node:{node}");
+                        if !runs.contains_key(&target) {
+                            row.push_str(" – |");
+                            continue;
+                        }
+                        let ms = median(&target);
+                        row.push_str(&format!(" {:.2} |", ms / 1000.0));
+                        if best.as_ref().is_none_or(|b| ms < b.1) {
+                            best = Some((node.clone(), ms));
+                        }
                     }
-                }
-                let median = |target: &str| -> f64 {
-                    let mut ms: Vec<f64> = runs[target].iter().map(|r| r.ms).collect();
-                    ms.sort_by(f64::total_cmp);
-                    ms[ms.len() / 2]
-                };
-                let mut chosen: BTreeMap<String, u32> = BTreeMap::new();
-                for run in &runs["auto"] {
-                    *chosen
-                        .entry(format!("{}/{}", run.node, run.procs))
-                        .or_default() += 1;
-                }
-                let auto_ms = median("auto");
-                let mut row = format!(
-                    "| {mb} | {procs} | {} | {:.2} → {} |",
-                    if busy { "busy" } else { "idle" },
-                    auto_ms / 1000.0,
-                    chosen
-                        .iter()
-                        .map(|(n, c)| if *c == 1 {
-                            n.clone()
-                        } else {
-                            format!("{n} ×{c}")
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                let mut best: Option<(String, f64)> = None;
-                for node in &nodes {
-                    let target = format!("node:{node}");
-                    if !runs.contains_key(&target) {
-                        row.push_str(" – |");
-                        continue;
+                    let (best_node, best_ms) = best.expect("some site fits");
+                    let ratio = auto_ms / best_ms;
+                    for run in &runs["auto"] {
+                        auto_runs += 1;
+                        if run.ms <= 1.10 * best_ms {
+                            good_runs += 1;
+                        }
                     }
-                    let ms = median(&target);
-                    row.push_str(&format!(" {:.2} |", ms / 1000.0));
-                    if best.as_ref().is_none_or(|b| ms < b.1) {
-                        best = Some((node.clone(), ms));
+                    cases += 1;
+                    if ratio <= 1.10 {
+                        good += 1;
                     }
+                    row.push_str(&format!(" {best_node} | {ratio:.2} |"));
+                    println!("{row}");
                 }
-                let (best_node, best_ms) = best.expect("some site fits");
-                let ratio = auto_ms / best_ms;
-                for run in &runs["auto"] {
-                    auto_runs += 1;
-                    if run.ms <= 1.10 * best_ms {
-                        good_runs += 1;
-                    }
-                }
-                cases += 1;
-                if ratio <= 1.10 {
-                    good += 1;
-                }
-                row.push_str(&format!(" {best_node} | {ratio:.2} |"));
-                println!("{row}");
             }
         }
+        println!(
+            "\nautomatic placement within 10% of the best site: {good} of {cases} cases ({:.0}%)",
+            100.0 * f64::from(good) / f64::from(cases)
+        );
+        println!(
+            "single automatic runs within 10% of the best site's median: {good_runs} of {auto_runs} ({:.0}%)",
+            100.0 * f64::from(good_runs) / f64::from(auto_runs)
+        );
     }
-    println!(
-        "\nautomatic placement within 10% of the best site: {good} of {cases} cases ({:.0}%)",
-        100.0 * f64::from(good) / f64::from(cases)
-    );
-    println!(
-        "single automatic runs within 10% of the best site's median: {good_runs} of {auto_runs} ({:.0}%)",
-        100.0 * f64::from(good_runs) / f64::from(auto_runs)
-    );
 
     // 3. The mixed workload.
     let kinds: [(u64, &str); 4] = [(16 * MB, "1-16"), (0, "1-16"), (2 * MB, "4"), (0, "1")];
