@@ -226,6 +226,8 @@ pub struct NodeSpec {
     /// Another server to connect to (a site of its own), and the JetStream
     /// domain of the registry and data there.
     pub site: Option<(String, Option<String>)>,
+    /// Period of its load report, ms.
+    pub heartbeat_ms: u64,
 }
 
 impl NodeSpec {
@@ -242,6 +244,7 @@ impl NodeSpec {
             input_cache_bytes: 8 << 30,
             max_output_object_bytes: 1 << 30,
             site: None,
+            heartbeat_ms: 1000,
         }
     }
 
@@ -338,6 +341,7 @@ impl Platform {
             max_procs: spec.max_procs,
             input_cache_bytes: spec.input_cache_bytes,
             max_output_object_bytes: spec.max_output_object_bytes,
+            heartbeat_ms: spec.heartbeat_ms,
             // Tests reach no package index: wheels come from the wheelhouse
             // scripts/setup.sh fills, crates from cargo's local registry.
             find_links: [vec![wheelhouse()], spec.extra_wheels].concat(),

@@ -433,3 +433,53 @@ async fn an_invocation_right_after_deploy_waits_for_the_install() {
     let reply = p.invoke("hello", r#"{"name":"eager"}"#).await;
     assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
 }
+
+/// A node reports its load soon after a run starts and after it ends, not
+/// a heartbeat later: every dispatcher, not only the one that sent the
+/// work, sees the slot taken and freed. The heartbeat here is a minute, so
+/// any report within the test's few seconds is such an early one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reports_a_run_starting_and_ending_without_waiting_a_heartbeat() {
+    use futures::StreamExt;
+    async fn next(reports: &mut async_nats::Subscriber) -> async_nats::Message {
+        tokio::time::timeout(std::time::Duration::from_secs(10), reports.next())
+            .await
+            .expect("a report within 10 s")
+            .unwrap()
+    }
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    drop(
+        p.executor(NodeSpec {
+            heartbeat_ms: 60_000,
+            ..NodeSpec::edge("edge-1")
+        })
+        .await,
+    );
+    let dir = p.function(
+        "nap",
+        "",
+        &[("main.py", "import time\ntime.sleep(1)\nprint('rested')\n")],
+    );
+    p.deploy(&dir, &["edge-1"]).await;
+    let mut reports = p
+        .client
+        .subscribe(p.subjects.node_load("edge-1"))
+        .await
+        .unwrap();
+    p.client.flush().await.unwrap();
+    let running = |report: &async_nats::Message| {
+        let load: comfaas_schemas::NodeLoad = comfaas_schemas::decode(&report.payload).unwrap();
+        (load.running, load.queued)
+    };
+
+    let invoking = {
+        let p_client = p.client.clone();
+        let subject = p.subjects.invoke("nap");
+        tokio::spawn(async move { request(&p_client, &subject, HeaderMap::new(), "".into()).await })
+    };
+    while running(&next(&mut reports).await) != (1, 0) {}
+    let reply = invoking.await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&reply.payload).trim(), "rested");
+    while running(&next(&mut reports).await) != (0, 0) {}
+}

@@ -1,6 +1,9 @@
-//! The heartbeat: this node's `NodeLoad`, every period.
+//! The heartbeat: this node's `NodeLoad`, every period, and soon after
+//! a run starts or ends, so that every dispatcher (not only the one that
+//! sent the work) sees a slot taken or freed without waiting a period.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use comfaas_schemas::{encode, now_unix_ms, NodeLoad, SCHEMA_VERSION};
 use tokio_util::sync::CancellationToken;
@@ -9,6 +12,10 @@ use crate::functions::FunctionTable;
 use crate::inputs::InputCache;
 use crate::work::Admission;
 use crate::ExecConfig;
+
+/// The least time between two reports sent early because runs started or
+/// ended: at most ten a second, however busy the node.
+const EARLY_REPORT_GAP: Duration = Duration::from_millis(100);
 
 /// Publishes the node's load every heartbeat until `stop`.
 pub async fn heartbeat(
@@ -24,12 +31,20 @@ pub async fn heartbeat(
     let mut system = sysinfo::System::new();
     let mut ticker = tokio::time::interval(config.heartbeat());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
             _ = table.changed() => {}
+            _ = admission.changed() => {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(last + EARLY_REPORT_GAP) => {}
+                }
+            }
         }
+        last = tokio::time::Instant::now();
         system.refresh_memory();
         let mut load = snapshot(&config, &admission, &runtimes, table.states());
         load.memory_total_bytes = system.total_memory();

@@ -13,7 +13,7 @@ use comfaas_runtime::{RunInput, RunSpec};
 use comfaas_schemas::names::headers as h;
 use comfaas_schemas::{decode, now_unix_ms, validate_function_name, ErrorCode, Invocation};
 use futures::StreamExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -30,12 +30,26 @@ pub struct Admission {
     slots: Arc<Semaphore>,
     slot_count: u32,
     capacity: u32,
+    /// Woken when an invocation is admitted or done.
+    changed: Arc<Notify>,
 }
 
-/// An admitted invocation, waiting for or holding a slot.
+/// An admitted invocation, waiting for or holding a slot: its queue place
+/// and slot are held until it drops.
 pub struct Ticket {
-    _admitted: OwnedSemaphorePermit,
+    admitted: Option<OwnedSemaphorePermit>,
+    slot: Option<OwnedSemaphorePermit>,
     slots: Arc<Semaphore>,
+    changed: Arc<Notify>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        // Free the places first: the load report this wakes counts them.
+        self.slot.take();
+        self.admitted.take();
+        self.changed.notify_one();
+    }
 }
 
 impl Admission {
@@ -47,16 +61,26 @@ impl Admission {
             slots: Arc::new(Semaphore::new(slots as usize)),
             slot_count: slots,
             capacity: slots + queue,
+            changed: Arc::new(Notify::new()),
         }
     }
 
     /// Admits one invocation, or `None` when slots and queue are full.
     pub fn try_admit(&self) -> Option<Ticket> {
         let admitted = self.admitted.clone().try_acquire_owned().ok()?;
+        self.changed.notify_one();
         Some(Ticket {
-            _admitted: admitted,
+            admitted: Some(admitted),
+            slot: None,
             slots: self.slots.clone(),
+            changed: self.changed.clone(),
         })
+    }
+
+    /// Waits until an invocation was admitted or finished since the last
+    /// call (returns at once if one was).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// (running, queued) now.
@@ -68,11 +92,12 @@ impl Admission {
 }
 
 impl Ticket {
-    /// Waits for a free slot; the ticket (and its queue place) is held until
-    /// the returned guard drops.
-    async fn slot(self) -> (Ticket, Option<OwnedSemaphorePermit>) {
-        let permit = self.slots.clone().acquire_owned().await.ok();
-        (self, permit)
+    /// Waits for a free slot, held until the ticket drops; `None` if the
+    /// slots are closed.
+    async fn slot(mut self) -> Option<Ticket> {
+        self.slot = Some(self.slots.clone().acquire_owned().await.ok()?);
+        self.changed.notify_one();
+        Some(self)
     }
 }
 
@@ -251,10 +276,13 @@ impl Worker {
             Duration::from_millis(d.saturating_sub(now_unix_ms())).saturating_sub(timeout)
         });
         let slot = match wait {
-            Some(wait) => tokio::time::timeout(wait, ticket.slot()).await.ok(),
-            None => Some(ticket.slot().await),
+            Some(wait) => tokio::time::timeout(wait, ticket.slot())
+                .await
+                .ok()
+                .flatten(),
+            None => ticket.slot().await,
         };
-        let Some((_ticket, Some(_slot))) = slot else {
+        let Some(_ticket) = slot else {
             return self.error(
                 id,
                 ErrorCode::NodeTimeout,
