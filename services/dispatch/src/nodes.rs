@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use comfaas_placement::NodeView;
+use comfaas_placement::{NodeView, RunFit};
 use comfaas_schemas::{NodeLoad, NodeMetrics};
 
 struct Node {
@@ -38,7 +38,7 @@ pub struct NodeTable {
     nodes: HashMap<String, Node>,
     dead_after: u32,
     /// (function, node) → processes → moving average run time, ms.
-    runs: HashMap<(String, String), BTreeMap<u32, f64>>,
+    runs: HashMap<(String, String), BTreeMap<u32, RunFit>>,
     next_token: u64,
 }
 
@@ -90,12 +90,14 @@ impl NodeTable {
     }
 
     /// What one answered invocation taught: `took_ms` at the dispatcher, of
-    /// which the node says the function ran `run_ms` with `procs` processes.
+    /// which the node says the function ran `run_ms` with `procs` processes
+    /// on `input_bytes` of input.
     pub fn observe(
         &mut self,
         node: &str,
         function: &str,
         procs: u32,
+        input_bytes: u64,
         took_ms: f64,
         run_ms: Option<f64>,
     ) {
@@ -108,8 +110,9 @@ impl NodeTable {
                 .runs
                 .entry((function.to_owned(), node.to_owned()))
                 .or_default();
-            let old = runs.get(&procs).copied();
-            runs.insert(procs, ewma(old, run_ms));
+            runs.entry(procs)
+                .and_modify(|fit| fit.update(input_bytes, run_ms))
+                .or_insert_with(|| RunFit::new(input_bytes, run_ms));
         }
     }
 
@@ -165,8 +168,9 @@ impl NodeTable {
                     max_procs: n.load.max_procs,
                     rtt_ms: n.rtt_ms,
                     fetch_bytes_per_s: Some(n.load.input_fetch_bytes_per_s).filter(|b| *b > 0.0),
-                    runs: history
-                        .map_or(Vec::new(), |h| h.iter().map(|(p, ms)| (*p, *ms)).collect()),
+                    runs: history.map_or(Vec::new(), |h| {
+                        h.iter().map(|(p, fit)| (*p, *fit)).collect()
+                    }),
                 }
             })
             .collect()
@@ -305,19 +309,26 @@ mod tests {
         let mut table = NodeTable::new(3);
         let t0 = Instant::now();
         table.heard(load("a"), t0);
-        table.observe("a", "f", 1, 12.0, Some(10.0));
+        table.observe("a", "f", 1, 0, 12.0, Some(10.0));
         let view = &table.views("f", t0)[0];
         assert_eq!(view.rtt_ms, Some(2.0));
-        assert_eq!(view.runs, vec![(1, 10.0)]);
-        // Runs are kept per process count, each a moving average.
-        table.observe("a", "f", 2, 7.0, Some(6.0));
-        table.observe("a", "f", 1, 12.0, Some(20.0));
+        assert_eq!(view.runs, vec![(1, RunFit::new(0, 10.0))]);
+        // Runs are kept per process count, each a fit to the input size
+        // (a moving average while the size does not change).
+        table.observe("a", "f", 2, 0, 7.0, Some(6.0));
+        table.observe("a", "f", 1, 0, 12.0, Some(20.0));
         let view = &table.views("f", t0)[0];
-        assert_eq!(view.runs, vec![(1, 10.0 + 0.3 * (20.0 - 10.0)), (2, 6.0)]);
+        let predicted: Vec<(u32, f64)> =
+            view.runs.iter().map(|(p, f)| (*p, f.predict(0))).collect();
+        assert_eq!(predicted, vec![(1, 10.0 + 0.3 * (20.0 - 10.0)), (2, 6.0)]);
+        // Larger inputs that took longer teach a slope.
+        table.observe("a", "f", 2, 10_000_000, 70.0, Some(66.0));
+        let fit = table.views("f", t0)[0].runs[1].1;
+        assert!(fit.predict(20_000_000) > fit.predict(10_000_000), "{fit:?}");
         assert!(table.views("g", t0)[0].runs.is_empty(), "per function");
         // Pings replace round trips taught by answers, which then stop counting.
         table.pinged("a", 30.0);
-        table.observe("a", "f", 1, 100.0, Some(10.0));
+        table.observe("a", "f", 1, 0, 100.0, Some(10.0));
         assert_eq!(table.views("f", t0)[0].rtt_ms, Some(30.0));
     }
 

@@ -233,6 +233,11 @@ async fn execute_inner(
     // Nodes hear of a deploy within moments; until then, wait for them.
     let fresh = now_unix_ms().saturating_sub(deployment.deployed_unix_ms) < FRESH_DEPLOY_MS;
     let mut last_refusal: Option<Answer> = None;
+    // What run time depends on: the input's size, however it travels.
+    // (as `Request::run_input_bytes` counts it).
+    let fetched = invocation.input_object.as_ref().map_or(0, |o| o.size);
+    let inline = invocation.input.len() as u64;
+    let input_size = fetched + inline;
     loop {
         let decision = {
             let mut views = lock(&shared.nodes).views(function, Instant::now());
@@ -241,7 +246,8 @@ async fn execute_inner(
                 function,
                 placement: &placement,
                 procs,
-                input_bytes: invocation.input_object.as_ref().map_or(0, |o| o.size),
+                input_bytes: fetched,
+                inline_bytes: inline,
             };
             comfaas_placement::choose(&views, &request, &mut rand::rng())
         };
@@ -314,6 +320,7 @@ async fn execute_inner(
                 &node,
                 function,
                 decision.procs,
+                input_size,
                 took.as_secs_f64() * 1000.0,
                 run_ms,
             );

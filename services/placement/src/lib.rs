@@ -12,9 +12,9 @@
 //! ```text
 //! queue wait (when the jobs ahead free a slot) + input transfer (two round
 //! trips, then bytes ÷ the node's fetch throughput) + round trip
-//! (measured) + run time (moving
-//! average per function, node and process count; from the nearest count,
-//! scaled, when this one was never run there)
+//! (measured) + run time (per function, node and process count, a line
+//! in the input's size fitted to recent runs, see [`RunFit`]; from the
+//! nearest count, scaled, when this one was never run there)
 //! ```
 //!
 //! with a random pick among estimates within 2% of the best, so several
@@ -66,9 +66,72 @@ pub struct NodeView {
     pub rtt_ms: Option<f64>,
     /// The node's input fetch throughput, bytes per second.
     pub fetch_bytes_per_s: Option<f64>,
-    /// This function's moving-average run time here, ms, per process count
-    /// it ran with: `(procs, ms)`.
-    pub runs: Vec<(u32, f64)>,
+    /// This function's run time here, per process count it ran with:
+    /// `(procs, fit)`.
+    pub runs: Vec<(u32, RunFit)>,
+}
+
+/// Run time as a function of input size, fitted to recent runs: an
+/// exponentially weighted least-squares line (recent runs weigh most, as
+/// in a moving average). While every run had about the same input size
+/// the line is flat, and the fit is the moving average of run times; once
+/// sizes vary it learns how run time grows with the input, so a large
+/// input is not estimated from small ones. The slope is never negative.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunFit {
+    /// Weighted mean input size, bytes.
+    mean_bytes: f64,
+    /// Weighted mean run time, ms.
+    mean_ms: f64,
+    /// Weighted variance of input sizes, bytes².
+    var_bytes: f64,
+    /// Weighted covariance of input size and run time.
+    cov: f64,
+}
+
+/// Weight of the newest run in a [`RunFit`].
+pub const RUN_FIT_ALPHA: f64 = 0.3;
+
+/// Input sizes must spread at least this much (standard deviation, bytes)
+/// before a slope is fitted: below it, run time noise would pass for one.
+const SLOPE_MIN_SPREAD_BYTES: f64 = 64.0 * 1024.0;
+
+impl RunFit {
+    /// A first run: `ms` with `input_bytes` of input.
+    pub fn new(input_bytes: u64, ms: f64) -> Self {
+        Self {
+            mean_bytes: input_bytes as f64,
+            mean_ms: ms,
+            var_bytes: 0.0,
+            cov: 0.0,
+        }
+    }
+
+    /// Learns from one more run.
+    pub fn update(&mut self, input_bytes: u64, ms: f64) {
+        let a = RUN_FIT_ALPHA;
+        let dx = input_bytes as f64 - self.mean_bytes;
+        let dy = ms - self.mean_ms;
+        self.mean_bytes += a * dx;
+        self.mean_ms += a * dy;
+        self.var_bytes = (1.0 - a) * (self.var_bytes + a * dx * dx);
+        self.cov = (1.0 - a) * (self.cov + a * dx * dy);
+    }
+
+    /// Milliseconds per input byte (0 until input sizes varied).
+    pub fn ms_per_byte(&self) -> f64 {
+        if self.var_bytes.sqrt() < SLOPE_MIN_SPREAD_BYTES {
+            return 0.0;
+        }
+        (self.cov / self.var_bytes).max(0.0)
+    }
+
+    /// Expected run time with `input_bytes` of input, ms.
+    pub fn predict(&self, input_bytes: u64) -> f64 {
+        let ms = self.mean_ms + self.ms_per_byte() * (input_bytes as f64 - self.mean_bytes);
+        // Below the runs seen, a line may cross zero: no run is free.
+        ms.max(self.mean_ms * 0.05).max(0.0)
+    }
 }
 
 impl NodeView {
@@ -82,15 +145,15 @@ impl NodeView {
         self.backlog() < self.slots.saturating_add(self.queue_capacity)
     }
 
-    /// Run time of a job of `procs` processes here: measured at that count,
-    /// else from the nearest count measured, assuming it scales with the
-    /// process count.
-    fn run_ms(&self, procs: u32) -> Option<f64> {
+    /// Run time of a job of `procs` processes and `input_bytes` of input
+    /// here: fitted at that count, else from the nearest count measured,
+    /// assuming it scales with the process count.
+    fn run_ms(&self, procs: u32, input_bytes: u64) -> Option<f64> {
         let procs = procs.max(1);
         self.runs
             .iter()
             .min_by_key(|(p, _)| p.abs_diff(procs))
-            .map(|(p, ms)| ms * f64::from((*p).max(1)) / f64::from(procs))
+            .map(|(p, fit)| fit.predict(input_bytes) * f64::from((*p).max(1)) / f64::from(procs))
     }
 
     /// Time until a slot is free for one more job, given `run` ms as the
@@ -115,17 +178,20 @@ impl NodeView {
         ours_wait + run * others as f64 / slots as f64
     }
 
-    /// Estimated completion time of a job of `procs` processes and
-    /// `input_bytes` here, given the run time to assume when this node has
-    /// no history of the function.
+    /// Estimated completion time of a job of `procs` processes here, given
+    /// the run time to assume when this node has no history of the
+    /// function.
     fn estimate_ms(
         &self,
         procs: u32,
-        input_bytes: u64,
+        request: &Request<'_>,
         fallback_run_ms: f64,
         fallback_fetch_bytes_per_s: f64,
     ) -> f64 {
-        let run = self.run_ms(procs).unwrap_or(fallback_run_ms);
+        let input_bytes = request.input_bytes;
+        let run = self
+            .run_ms(procs, request.run_input_bytes())
+            .unwrap_or(fallback_run_ms);
         let slots = f64::from(self.slots.max(1));
         // Busy slots also share the node's cores a little.
         let contention = run * CONTENTION * f64::from(self.backlog()) / slots;
@@ -178,6 +244,15 @@ pub struct Request<'a> {
     pub procs: Procs,
     /// Bytes of input the node must fetch (0 when it travels in the message).
     pub input_bytes: u64,
+    /// Bytes of input that travel in the message.
+    pub inline_bytes: u64,
+}
+
+impl Request<'_> {
+    /// The input's size, however it travels: what run time depends on.
+    pub fn run_input_bytes(&self) -> u64 {
+        self.input_bytes.saturating_add(self.inline_bytes)
+    }
 }
 
 /// The chosen node and why.
@@ -273,9 +348,10 @@ pub fn choose(
     }
     // A node without history of the function is assumed as fast as the
     // fastest that has one (at its own process count), else a first guess.
+    let run_bytes = request.run_input_bytes();
     let fastest_work = roomy
         .iter()
-        .filter_map(|(n, p)| Some(n.run_ms(*p)? * f64::from(*p)))
+        .filter_map(|(n, p)| Some(n.run_ms(*p, run_bytes)? * f64::from(*p)))
         .min_by(f64::total_cmp);
     // A node that never fetched an input is assumed as fast as the others
     // of its tier on average, else a default for its tier.
@@ -306,8 +382,8 @@ pub fn choose(
             Costed {
                 view,
                 procs,
-                run_ms: view.run_ms(procs).unwrap_or(fallback),
-                estimate_ms: view.estimate_ms(procs, request.input_bytes, fallback, fetch),
+                run_ms: view.run_ms(procs, run_bytes).unwrap_or(fallback),
+                estimate_ms: view.estimate_ms(procs, request, fallback, fetch),
                 untried: view.runs.is_empty(),
             }
         })
@@ -361,7 +437,8 @@ mod tests {
     /// are `dead`, `missing` (function not installed), `full` (queue full),
     /// `procs=N` (max_procs), `inflight=N`, `ahead=MS,MS` (our jobs there
     /// and their time left), `rtt=MS`, `mbps=MB/s` fetch, `run=MS[@PROCS]`
-    /// history (repeatable).
+    /// history (repeatable), `runs=MB:MS,MB:MS…[@PROCS]` history of runs
+    /// with inputs of those sizes, oldest first.
     fn node(line: &str) -> NodeView {
         let mut parts = line.split_whitespace();
         let id = parts.next().unwrap();
@@ -398,7 +475,21 @@ mod tests {
                 f if f.starts_with("run=") => {
                     let (ms, procs) = f[4..].split_once('@').unwrap_or((&f[4..], "1"));
                     view.runs
-                        .push((procs.parse().unwrap(), ms.parse().unwrap()));
+                        .push((procs.parse().unwrap(), RunFit::new(0, ms.parse().unwrap())));
+                }
+                f if f.starts_with("runs=") => {
+                    let (runs, procs) = f[5..].split_once('@').unwrap_or((&f[5..], "1"));
+                    let mut fit: Option<RunFit> = None;
+                    for run in runs.split(',') {
+                        let (mb, ms) = run.split_once(':').unwrap();
+                        let bytes = mb.parse::<u64>().unwrap() * 1_000_000;
+                        let ms = ms.parse().unwrap();
+                        match &mut fit {
+                            Some(fit) => fit.update(bytes, ms),
+                            None => fit = Some(RunFit::new(bytes, ms)),
+                        }
+                    }
+                    view.runs.push((procs.parse().unwrap(), fit.unwrap()));
                 }
                 f if f.starts_with("ahead=") => {
                     view.ahead_ms = f[6..].split(',').map(|v| v.parse().unwrap()).collect();
@@ -420,6 +511,23 @@ mod tests {
         check_full(nodes, placement, &procs.to_string(), input_mb, expect)
     }
 
+    /// As [`check`], for an input of `inline_mb` megabytes in the message.
+    fn check_inline(nodes: &[&str], inline_mb: u64, expect: &str) {
+        let nodes: Vec<NodeView> = nodes.iter().map(|l| node(l)).collect();
+        let request = Request {
+            function: "f",
+            placement: &Placement::Auto,
+            procs: Procs::exactly(1),
+            input_bytes: 0,
+            inline_bytes: inline_mb * 1_000_000,
+        };
+        for seed in 0..8 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let got = choose(&nodes, &request, &mut rng).unwrap().node;
+            assert_eq!(got, expect, "nodes {nodes:?}, input {inline_mb} MB");
+        }
+    }
+
     /// As [`check`], for processes `procs` (`4` or `4-16`); `expect` may
     /// end in `/N`, the processes the node must run it with.
     fn check_full(nodes: &[&str], placement: &str, procs: &str, input_mb: u64, expect: &str) {
@@ -430,6 +538,7 @@ mod tests {
             placement: &placement,
             procs: procs.parse().unwrap(),
             input_bytes: input_mb * 1_000_000,
+            inline_bytes: 0,
         };
         // Several seeds: a decision must not depend on luck unless tied.
         for seed in 0..8 {
@@ -660,6 +769,7 @@ mod tests {
             placement: &Placement::Auto,
             procs: Procs::exactly(1),
             input_bytes: 0,
+            inline_bytes: 0,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         let decision = choose(&nodes, &request, &mut rng).unwrap();
@@ -668,6 +778,46 @@ mod tests {
             "{}",
             decision.reason
         );
+    }
+
+    /// A run time that grows with the input is learnt as such: `a` is fast
+    /// on small inputs and slow on large ones, `b` takes 500 ms whatever
+    /// the size. A moving average of `a`'s runs (about 1.2 s) would send
+    /// both sizes to `b`.
+    #[test]
+    fn run_time_follows_the_input_size() {
+        let nodes = [
+            "a cloud 0/1 rtt=5 runs=1:100,20:2000,1:100,20:2000",
+            "b cloud 0/1 rtt=5 runs=1:500,20:500,1:500,20:500",
+        ];
+        check_inline(&nodes, 1, "a");
+        check_inline(&nodes, 20, "b");
+        // Between and beyond the sizes seen: the line, not the average.
+        check_inline(&nodes, 4, "a");
+        check_inline(&nodes, 100, "b");
+    }
+
+    #[test]
+    fn a_run_fit_is_a_moving_average_until_sizes_vary() {
+        let mut fit = RunFit::new(1_000, 10.0);
+        fit.update(1_000, 20.0);
+        assert!((fit.predict(1_000) - 13.0).abs() < 1e-9);
+        assert_eq!(fit.ms_per_byte(), 0.0, "one size: no slope");
+        assert!((fit.predict(50_000_000) - 13.0).abs() < 1e-9);
+
+        // 100 ms per MB, no fixed cost, learnt from two sizes.
+        let mut fit = RunFit::new(1_000_000, 100.0);
+        for _ in 0..3 {
+            fit.update(10_000_000, 1000.0);
+            fit.update(1_000_000, 100.0);
+        }
+        assert!((fit.ms_per_byte() * 1e6 - 100.0).abs() < 1e-6, "{fit:?}");
+        assert!((fit.predict(30_000_000) - 3000.0).abs() < 1e-3, "{fit:?}");
+        // Never free, never shrinking with the input.
+        assert!(fit.predict(0) > 0.0);
+        let mut falling = RunFit::new(1_000_000, 1000.0);
+        falling.update(10_000_000, 100.0);
+        assert_eq!(falling.ms_per_byte(), 0.0);
     }
 
     #[test]
@@ -694,6 +844,7 @@ mod tests {
             placement: &Placement::Auto,
             procs: Procs::exactly(1),
             input_bytes: 0,
+            inline_bytes: 0,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut seen = std::collections::HashSet::new();
@@ -712,6 +863,7 @@ mod tests {
             placement: &placement,
             procs: Procs::exactly(1),
             input_bytes: 0,
+            inline_bytes: 0,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         let err = choose(&nodes, &request, &mut rng).unwrap_err();

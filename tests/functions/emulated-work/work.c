@@ -1,9 +1,11 @@
 /* The placement benchmark's job, in the shape of the paper's Pi reduction:
  * rank 0 reads the whole input (the data that had to reach the site), then
- * every rank does its share of a fixed amount of work and the shares are
- * reduced at rank 0.
+ * every rank does its share of the work, a fixed part plus a part that
+ * grows with the input (as the paper's points), and the shares are reduced
+ * at rank 0.
  *
- * The work is emulated: each rank sleeps WORK_MS / ranks. One 2-core
+ * The work is emulated: each rank sleeps
+ * (WORK_MS + WORK_MS_PER_MB x input MB) / ranks. One 2-core
  * machine cannot give each emulated site its own 4 or 16 cores, so real
  * compute would measure the benchmark machine, not the placement. The MPI
  * launch of N processes, the input fetch and everything else are real. */
@@ -13,6 +15,7 @@
 #include <time.h>
 
 #define WORK_MS 3200L
+#define WORK_MS_PER_MB 100L
 
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
@@ -36,7 +39,8 @@ int main(int argc, char **argv) {
         }
     }
 
-    long share_ms = WORK_MS / size;
+    MPI_Bcast(&bytes, 1, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD);
+    long share_ms = (WORK_MS + (long)(bytes * WORK_MS_PER_MB / 1000000ULL)) / size;
     struct timespec nap = {share_ms / 1000, (share_ms % 1000) * 1000000L};
     nanosleep(&nap, NULL);
     long done = share_ms, total = 0;

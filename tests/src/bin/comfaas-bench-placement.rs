@@ -7,8 +7,9 @@
 //! the edge's shared uplink, `DEFAULT_UPLINK`), one
 //! executor per site (edge: 1 slot, 4 processes per job; clouds: 1 slot, 16
 //! processes), and the dispatcher at the edge. The job is
-//! `tests/functions/emulated-work`: rank 0 reads the input, then 3.2 s of
-//! emulated compute shared by the ranks (see its source for why emulated).
+//! `tests/functions/emulated-work`: rank 0 reads the input, then 3.2 s
+//! plus 0.1 s per MB of input of emulated compute shared by the ranks (see
+//! its source for why emulated).
 //!
 //! 1. Learning: every node runs the job once at 1, 4 and its most
 //!    processes, with a 16 MB input (teaching run times and fetch
