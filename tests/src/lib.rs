@@ -156,6 +156,20 @@ impl TestNats {
         async_nats::connect(self.url()).await.expect("connect")
     }
 
+    /// Waits (at most 30 s) until node `node` under the default prefix
+    /// reports its load: it is up and serving its work subject.
+    pub async fn wait_for_node(&self, node: &str) {
+        let client = self.client().await;
+        let mut sub = client
+            .subscribe(Subjects::default().node_load(node))
+            .await
+            .expect("subscribe");
+        tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("node {node} reports within 30 s"))
+            .expect("load stream");
+    }
+
     /// Waits (at most 30 s) until a dispatcher under the default prefix
     /// publishes its metrics: it subscribes to invocations before its first
     /// report, so a request sent after this finds it.

@@ -43,6 +43,7 @@ async fn operator_path_with_the_real_binaries() {
     );
 
     nats.wait_for_dispatcher().await;
+    nats.wait_for_node("edge-a").await;
 
     let hello = repo_root().join("functions/hello");
     let out = comfaas(&url, &["deploy", hello.to_str().unwrap()]);
