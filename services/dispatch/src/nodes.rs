@@ -25,7 +25,7 @@ struct Node {
     answers_since_report: u32,
 }
 
-/// Weight of the newest sample in the moving averages.
+/// Weight of the newest sample in the round-trip moving average.
 const EWMA_ALPHA: f64 = 0.3;
 
 fn ewma(old: Option<f64>, sample: f64) -> f64 {
@@ -37,7 +37,7 @@ fn ewma(old: Option<f64>, sample: f64) -> f64 {
 pub struct NodeTable {
     nodes: HashMap<String, Node>,
     dead_after: u32,
-    /// (function, node) → processes → moving average run time, ms.
+    /// (function, node) → processes → run time fitted to the input size.
     runs: HashMap<(String, String), BTreeMap<u32, RunFit>>,
     next_token: u64,
 }
@@ -197,7 +197,9 @@ impl NodeTable {
 
     /// Whether `function` (bundle `digest`) is on its way to some live node
     /// and none serves it yet: a node is installing it, or, when `fresh`
-    /// (deployed moments ago), no live node has reported that bundle yet.
+    /// (deployed moments ago), no live node has reported that bundle yet
+    /// (nor, perhaps, been heard from at all: a node's reports may reach
+    /// this dispatcher a moment after the deployer saw it ready).
     pub fn coming(&self, function: &str, digest: &str, fresh: bool, now: Instant) -> bool {
         let live = || self.nodes.values().filter(|n| self.alive(n, now));
         if live().any(|n| n.load.serves(function)) {
@@ -205,7 +207,7 @@ impl NodeTable {
         }
         let states = || live().flat_map(|n| n.load.functions.iter().filter(|f| f.name == function));
         states().any(|f| f.state == comfaas_schemas::InstallState::Installing)
-            || (fresh && live().next().is_some() && !states().any(|f| f.digest == digest))
+            || (fresh && !states().any(|f| f.digest == digest))
     }
 
     /// Work was sent to `node`, expected to finish at `done`; the token

@@ -233,22 +233,19 @@ async fn execute_inner(
     // Nodes hear of a deploy within moments; until then, wait for them.
     let fresh = now_unix_ms().saturating_sub(deployment.deployed_unix_ms) < FRESH_DEPLOY_MS;
     let mut last_refusal: Option<Answer> = None;
+    let request = Request {
+        function,
+        placement: &placement,
+        procs,
+        input_bytes: invocation.input_object.as_ref().map_or(0, |o| o.size),
+        inline_bytes: invocation.input.len() as u64,
+    };
     // What run time depends on: the input's size, however it travels.
-    // (as `Request::run_input_bytes` counts it).
-    let fetched = invocation.input_object.as_ref().map_or(0, |o| o.size);
-    let inline = invocation.input.len() as u64;
-    let input_size = fetched + inline;
+    let input_size = request.run_input_bytes();
     loop {
         let decision = {
             let mut views = lock(&shared.nodes).views(function, Instant::now());
             views.retain(|v| !tried.contains(&v.node));
-            let request = Request {
-                function,
-                placement: &placement,
-                procs,
-                input_bytes: fetched,
-                inline_bytes: inline,
-            };
             comfaas_placement::choose(&views, &request, &mut rand::rng())
         };
         let decision = match decision {

@@ -157,7 +157,8 @@ impl Worker {
             tracing::warn!(subject = %message.subject, "work message without a reply subject dropped");
             return;
         };
-        let reply = self.answer(&message.payload).await;
+        let mut reply = self.answer(&message.payload).await;
+        let _held = reply.ticket.take();
         let client = &self.client;
         // A refusal, or no requester to answer directly: the work request's
         // sender gets the reply (and may try another node after a refusal).
@@ -198,6 +199,7 @@ impl Worker {
             headers: reply::error(code, message, &self.meta(id)),
             body: Bytes::new(),
             ran: None,
+            ticket: None,
         }
     }
 
@@ -282,7 +284,7 @@ impl Worker {
                 .flatten(),
             None => ticket.slot().await,
         };
-        let Some(_ticket) = slot else {
+        let Some(ticket) = slot else {
             return self.error(
                 id,
                 ErrorCode::NodeTimeout,
@@ -342,6 +344,7 @@ impl Worker {
                     headers,
                     body: Bytes::from(outcome.stdout),
                     ran,
+                    ticket: Some(ticket),
                 };
             }
             Exit::TimedOut => ErrorCode::FunctionTimeout,
@@ -358,6 +361,7 @@ impl Worker {
             headers: reply::error(code, &message, &meta),
             body: Bytes::new(),
             ran,
+            ticket: Some(ticket),
         }
     }
 }
@@ -503,6 +507,9 @@ struct Reply {
     body: Bytes,
     /// Set when the function ran (successfully or not): where its outcome goes.
     ran: Option<Ran>,
+    /// The run's queue place and slot, held until its outcome is sent, so
+    /// that the load report their release wakes follows the answer.
+    ticket: Option<Ticket>,
 }
 
 struct Ran {

@@ -76,7 +76,10 @@ pub struct NodeView {
 /// in a moving average). While every run had about the same input size
 /// the line is flat, and the fit is the moving average of run times; once
 /// sizes vary it learns how run time grows with the input, so a large
-/// input is not estimated from small ones. The slope is never negative.
+/// input is not estimated from small ones. The slope is never negative, is
+/// learnt only from sizes that spread at least 1 MB (so that run time
+/// noise on near-equal inputs does not pass for one), and is kept while
+/// later runs all have one size.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RunFit {
     /// Weighted mean input size, bytes.
@@ -87,6 +90,8 @@ pub struct RunFit {
     var_bytes: f64,
     /// Weighted covariance of input size and run time.
     cov: f64,
+    /// The last slope learnt from well-spread sizes, ms per byte.
+    slope: f64,
 }
 
 /// Weight of the newest run in a [`RunFit`].
@@ -94,7 +99,7 @@ pub const RUN_FIT_ALPHA: f64 = 0.3;
 
 /// Input sizes must spread at least this much (standard deviation, bytes)
 /// before a slope is fitted: below it, run time noise would pass for one.
-const SLOPE_MIN_SPREAD_BYTES: f64 = 64.0 * 1024.0;
+const SLOPE_MIN_SPREAD_BYTES: f64 = 1e6;
 
 impl RunFit {
     /// A first run: `ms` with `input_bytes` of input.
@@ -104,6 +109,7 @@ impl RunFit {
             mean_ms: ms,
             var_bytes: 0.0,
             cov: 0.0,
+            slope: 0.0,
         }
     }
 
@@ -116,14 +122,14 @@ impl RunFit {
         self.mean_ms += a * dy;
         self.var_bytes = (1.0 - a) * (self.var_bytes + a * dx * dx);
         self.cov = (1.0 - a) * (self.cov + a * dx * dy);
+        if self.var_bytes.sqrt() >= SLOPE_MIN_SPREAD_BYTES {
+            self.slope = (self.cov / self.var_bytes).max(0.0);
+        }
     }
 
     /// Milliseconds per input byte (0 until input sizes varied).
     pub fn ms_per_byte(&self) -> f64 {
-        if self.var_bytes.sqrt() < SLOPE_MIN_SPREAD_BYTES {
-            return 0.0;
-        }
-        (self.cov / self.var_bytes).max(0.0)
+        self.slope
     }
 
     /// Expected run time with `input_bytes` of input, ms.
@@ -815,6 +821,20 @@ mod tests {
         assert!((fit.predict(30_000_000) - 3000.0).abs() < 1e-3, "{fit:?}");
         // Never free, never shrinking with the input.
         assert!(fit.predict(0) > 0.0);
+        // A slope learnt is kept through many runs of one size.
+        for _ in 0..40 {
+            fit.update(1_000_000, 100.0);
+        }
+        assert!((fit.ms_per_byte() * 1e6 - 100.0).abs() < 1e-6, "{fit:?}");
+        // Noise on inputs under a megabyte apart is not a slope.
+        let mut flat = RunFit::new(0, 100.0);
+        for i in 0..20 {
+            flat.update(
+                if i % 2 == 0 { 300_000 } else { 0 },
+                if i % 3 == 0 { 120.0 } else { 80.0 },
+            );
+        }
+        assert_eq!(flat.ms_per_byte(), 0.0);
         let mut falling = RunFit::new(1_000_000, 1000.0);
         falling.update(10_000_000, 100.0);
         assert_eq!(falling.ms_per_byte(), 0.0);
