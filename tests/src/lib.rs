@@ -160,14 +160,11 @@ impl TestNats {
     /// reports its load: it is up and serving its work subject.
     pub async fn wait_for_node(&self, node: &str) {
         let client = self.client().await;
-        let mut sub = client
+        let sub = client
             .subscribe(Subjects::default().node_load(node))
             .await
             .expect("subscribe");
-        tokio::time::timeout(Duration::from_secs(30), sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("node {node} reports within 30 s"))
-            .expect("load stream");
+        first_message(sub, &format!("node {node}")).await;
     }
 
     /// Waits (at most 30 s) until a dispatcher under the default prefix
@@ -175,15 +172,20 @@ impl TestNats {
     /// report, so a request sent after this finds it.
     pub async fn wait_for_dispatcher(&self) {
         let client = self.client().await;
-        let mut sub = client
+        let sub = client
             .subscribe(Subjects::default().dispatch_metrics_all())
             .await
             .expect("subscribe");
-        tokio::time::timeout(Duration::from_secs(30), sub.next())
-            .await
-            .expect("a dispatcher reports within 30 s")
-            .expect("metrics stream");
+        first_message(sub, "a dispatcher").await;
     }
+}
+
+/// The first message on `sub`, waiting at most 30 s for `who` to send it.
+async fn first_message(mut sub: async_nats::Subscriber, who: &str) -> async_nats::Message {
+    tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .unwrap_or_else(|_| panic!("{who} reports within 30 s"))
+        .expect("subscription open")
 }
 
 /// A service started by [`Platform`]: it runs until [`Service::stop`] or
@@ -320,17 +322,14 @@ impl Platform {
         .expect("start dispatcher");
         // It subscribes to invocations before its first metrics report:
         // waiting for that report means a request sent next finds it.
-        let mut reports = self
+        let reports = self
             .client
             .subscribe(self.subjects.dispatch_metrics(dispatcher.id()))
             .await
             .expect("subscribe");
         self.client.flush().await.expect("flush");
         let service = self.spawn(|token| dispatcher.run(token));
-        tokio::time::timeout(Duration::from_secs(30), reports.next())
-            .await
-            .expect("the dispatcher reports within 30 s")
-            .expect("metrics stream");
+        first_message(reports, "the dispatcher").await;
         service
     }
 
