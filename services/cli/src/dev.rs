@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use comfaas_dispatch::{DispatchConfig, Dispatcher};
 use comfaas_exec::{ExecConfig, Executor};
-use comfaas_platform::link::{self, LinkSpec};
+use comfaas_platform::link::LinkSpec;
 use comfaas_platform::nats::NatsOptions;
 use comfaas_platform::registry::Registry;
 use comfaas_platform::server::{EmbeddedServer, ServerOptions};
@@ -148,11 +148,9 @@ async fn start_servers(options: &DevOptions) -> anyhow::Result<(Servers, Vec<Nod
         anyhow::bail!("--sites needs `edge` and at least one cloud site, e.g. edge,chicago");
     }
     let links = links(options, &clouds)?;
-    let uplink = match options.uplink {
-        Some(bits_per_s) => Some(bits_per_s),
-        None if options.no_wan => None,
-        None => Some(link::parse_bandwidth(sites::DEFAULT_UPLINK).map_err(anyhow::Error::msg)?),
-    };
+    let uplink = options
+        .uplink
+        .or((!options.no_wan).then_some(sites::DEFAULT_UPLINK_BITS_PER_S));
     let started = Sites::start(SitesOptions {
         configs: options.nats_configs.clone(),
         clouds,

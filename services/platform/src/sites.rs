@@ -41,7 +41,7 @@ pub const DEFAULT_LINKS: &[(&str, &str)] = &[
 /// The edge's uplink of `comfaas dev --sites` when none is given: under
 /// 100 Mbit/s, as in the paper, and no narrower than the widest default
 /// link, so that one transfer alone goes as fast as its path allows.
-pub const DEFAULT_UPLINK: &str = "90mbit";
+pub const DEFAULT_UPLINK_BITS_PER_S: u64 = 90_000_000;
 
 /// The default link of `site`, if it is one of the paper's cities.
 pub fn default_link(site: &str) -> Option<LinkSpec> {
@@ -277,7 +277,7 @@ mod tests {
             assert!(default_link(site).is_some(), "{site}");
         }
         assert_eq!(default_link("paris"), None);
-        let uplink = crate::link::parse_bandwidth(DEFAULT_UPLINK).unwrap();
+        let uplink = DEFAULT_UPLINK_BITS_PER_S;
         for (site, _) in DEFAULT_LINKS {
             let path = default_link(site).and_then(|l| l.bits_per_s).unwrap();
             assert!(path <= uplink, "{site} is wider than the uplink");

@@ -4,7 +4,7 @@
 //! Set-up: one `nats-server` per site (edge, chicago, new-york,
 //! los-angeles, miami), the edge a leaf node of each cloud site through an
 //! emulated WAN link (`comfaas_platform::sites::DEFAULT_LINKS`, all behind
-//! the edge's shared uplink, `DEFAULT_UPLINK`), one
+//! the edge's shared uplink, `DEFAULT_UPLINK_BITS_PER_S`), one
 //! executor per site (edge: 1 slot, 4 processes per job; clouds: 1 slot, 16
 //! processes), and the dispatcher at the edge. The job is
 //! `tests/functions/emulated-work`: rank 0 reads the input, then 3.2 s
@@ -31,8 +31,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use comfaas_platform::link::{parse_bandwidth, LinkSpec};
-use comfaas_platform::sites::{Sites, SitesOptions, DEFAULT_LINKS, DEFAULT_UPLINK};
+use comfaas_platform::link::LinkSpec;
+use comfaas_platform::sites::{Sites, SitesOptions, DEFAULT_LINKS, DEFAULT_UPLINK_BITS_PER_S};
 use comfaas_schemas::names::headers as h;
 use comfaas_tests::{header, repo_root, NodeSpec, Platform};
 use rand::RngCore;
@@ -156,7 +156,7 @@ async fn main() {
         configs: repo_root().join("nats"),
         clouds: clouds.clone(),
         links: links.clone(),
-        uplink: Some(parse_bandwidth(DEFAULT_UPLINK).expect("default uplink")),
+        uplink: Some(DEFAULT_UPLINK_BITS_PER_S),
         edge_port: None,
     })
     .await
