@@ -12,12 +12,14 @@
 
 mod codec;
 mod error;
+mod limits;
 mod manifest;
 mod messages;
 pub mod names;
 
 pub use codec::{decode, encode, CodecError};
-pub use error::ErrorCode;
+pub use error::{ErrorCode, InvocationError};
+pub use limits::{job_procs, RunLimits};
 pub use manifest::{
     parse_duration, validate_function_name, Manifest, ManifestError, Mode, Placement, Procs,
     Runtime, MANIFEST_FILE,

@@ -82,6 +82,12 @@ impl Procs {
         let n = self.max.min(limit);
         (n >= self.min).then_some(n)
     }
+
+    /// As [`Procs::fit`], or the fewest processes when even those do not
+    /// fit (the node then refuses the job with its own reason).
+    pub fn fit_or_fewest(&self, max_procs: u32) -> u32 {
+        self.fit(max_procs).unwrap_or(self.min)
+    }
 }
 
 impl std::fmt::Display for Procs {

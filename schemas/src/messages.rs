@@ -208,6 +208,35 @@ pub struct NodeLoad {
     pub input_fetch_bytes_per_s: f64,
 }
 
+impl Default for NodeLoad {
+    /// An empty report of this schema version: no node, nothing running.
+    fn default() -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            node: String::new(),
+            tier: Tier::default(),
+            site: String::new(),
+            cores: 0,
+            slots: 0,
+            running: 0,
+            queued: 0,
+            queue_capacity: 0,
+            cpu_load: 0.0,
+            memory_total_bytes: 0,
+            memory_used_bytes: 0,
+            max_procs: 0,
+            runtimes: Vec::new(),
+            functions: Vec::new(),
+            heartbeat_ms: 0,
+            sent_unix_ms: 0,
+            leaving: false,
+            input_fetched_bytes: 0,
+            input_cache_hits: 0,
+            input_fetch_bytes_per_s: 0.0,
+        }
+    }
+}
+
 impl NodeLoad {
     /// Whether `function` can run here now (some version is installed and served).
     pub fn serves(&self, function: &str) -> bool {

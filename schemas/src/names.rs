@@ -23,7 +23,8 @@ pub fn results_backup_stream(edge_domain: &str) -> String {
     format!("{RESULTS_STREAM}_{}", edge_domain.to_uppercase())
 }
 
-/// Stream of invocations that failed for good.
+/// Stream of invocations that failed for good (reserved by the design for
+/// the dead-letter queue; nothing publishes there yet).
 pub const DLQ_STREAM: &str = "COMFAAS_DLQ";
 
 /// KV bucket: one [`crate::Deployment`] per function name, with history.
@@ -163,7 +164,8 @@ impl Subjects {
         self.dispatch_metrics("*")
     }
 
-    /// `<prefix>.dlq.<fn>`.
+    /// `<prefix>.dlq.<fn>`: dead letters of a function, kept in
+    /// [`DLQ_STREAM`] (reserved; nothing publishes there yet).
     pub fn dlq(&self, function: &str) -> String {
         format!("{}.dlq.{function}", self.prefix)
     }

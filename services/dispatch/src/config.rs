@@ -72,6 +72,11 @@ impl DispatchConfig {
         Ok(self)
     }
 
+    /// The run time limits this dispatcher writes into invocations.
+    pub fn run_limits(&self) -> comfaas_schemas::RunLimits {
+        comfaas_schemas::RunLimits::from_ms(self.default_timeout_ms, self.max_timeout_ms)
+    }
+
     /// Metrics period.
     pub fn metrics_period(&self) -> Duration {
         Duration::from_millis(self.metrics_ms)

@@ -13,8 +13,8 @@ use async_nats::jetstream::consumer::{pull, AckPolicy};
 use async_nats::jetstream::{self, AckKind};
 use comfaas_schemas::names;
 use futures::StreamExt;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::{place, Shared};
 
@@ -61,39 +61,39 @@ pub async fn serve(
             return;
         }
     };
-    let mut running = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(_) = running.join_next(), if !running.is_empty() => {}
-            message = messages.next() => match message {
-                None => break,
-                Some(Err(e)) => {
-                    tracing::warn!("events: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+    let running = TaskTracker::new();
+    while let Some(message) = shutdown
+        .run_until_cancelled(messages.next())
+        .await
+        .flatten()
+    {
+        let message = match message {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::warn!("events: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        // At capacity: keep the event alive while it waits for a permit,
+        // and give up waiting at shutdown (it is redelivered to another
+        // dispatcher).
+        let mut progress = tokio::time::interval(ACK_WAIT / 3);
+        progress.tick().await;
+        let permit = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break None,
+                _ = progress.tick() => {
+                    let _ = message.ack_with(AckKind::Progress).await;
                 }
-                Some(Ok(message)) => {
-                    // At capacity: keep the event alive while it waits for
-                    // a permit, and give up waiting at shutdown (it is
-                    // redelivered to another dispatcher).
-                    let mut progress = tokio::time::interval(ACK_WAIT / 3);
-                    progress.tick().await;
-                    let permit = loop {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break None,
-                            _ = progress.tick() => {
-                                let _ = message.ack_with(AckKind::Progress).await;
-                            }
-                            permit = shared.permits.clone().acquire_owned() => break permit.ok(),
-                        }
-                    };
-                    let Some(permit) = permit else { break };
-                    running.spawn(handle(shared.clone(), message, permit));
-                }
-            },
-        }
+                permit = shared.permits.clone().acquire_owned() => break permit.ok(),
+            }
+        };
+        let Some(permit) = permit else { break };
+        running.spawn(handle(shared.clone(), message, permit));
     }
-    while running.join_next().await.is_some() {}
+    running.close();
+    running.wait().await;
 }
 
 async fn handle(

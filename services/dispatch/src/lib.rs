@@ -15,61 +15,41 @@ mod config;
 mod events;
 mod nodes;
 mod place;
+mod state;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use comfaas_platform::registry::{Registry, RegistryChange};
-use comfaas_schemas::{
-    decode, encode, now_unix_ms, Deployment, DispatchMetrics, ErrorCode, ErrorCount, NodeLoad,
-    PlacementRecord, SCHEMA_VERSION,
-};
-use futures::StreamExt;
+use comfaas_platform::registry::{Registry, RegistryChange, RegistryError};
+use comfaas_schemas::{decode, encode, NodeLoad};
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use config::{DispatchConfig, DispatchFlags};
-use nodes::NodeTable;
+use state::State;
 
-/// Placement decisions kept for the metrics report.
-const RECENT_DECISIONS: usize = 32;
+/// How often each live node's round trip is measured.
+const PING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A configured dispatcher, ready to [`run`](Dispatcher::run).
 pub struct Dispatcher {
     shared: Arc<Shared>,
 }
 
-/// State shared by the dispatcher's tasks.
+/// What the dispatcher's tasks share: its connections and its [`State`].
 struct Shared {
     config: DispatchConfig,
     client: async_nats::Client,
     subjects: comfaas_schemas::names::Subjects,
     registry: Registry,
     inputs: async_nats::jetstream::object_store::ObjectStore,
-    nodes: Mutex<NodeTable>,
-    functions: Mutex<HashMap<String, Arc<Deployment>>>,
-    stats: Mutex<Stats>,
+    state: State,
     permits: Arc<Semaphore>,
-    started: Instant,
-}
-
-#[derive(Default)]
-struct Stats {
-    received: u64,
-    succeeded: u64,
-    failed: u64,
-    in_flight: u32,
-    errors: BTreeMap<u16, u64>,
-    recent: VecDeque<PlacementRecord>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain data behind the lock: a panicked holder leaves nothing half-done
-    // that matters more than staying up.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Dispatcher {
@@ -87,16 +67,13 @@ impl Dispatcher {
         let inputs = comfaas_platform::resources::inputs_store(&js).await?;
         Ok(Self {
             shared: Arc::new(Shared {
-                nodes: Mutex::new(NodeTable::new(config.dead_after_heartbeats)),
+                state: State::new(config.dead_after_heartbeats),
                 permits: Arc::new(Semaphore::new(config.max_concurrent)),
                 config,
                 client,
                 subjects,
                 registry,
                 inputs,
-                functions: Mutex::default(),
-                stats: Mutex::default(),
-                started: Instant::now(),
             }),
         })
     }
@@ -127,11 +104,13 @@ impl Dispatcher {
         tracing::info!(id = %shared.config.id, "dispatcher serving {}", shared.subjects.invoke_all());
 
         let mut tasks = JoinSet::new();
-        tasks.spawn(track_nodes(shared.clone(), loads, shutdown.clone()));
-        tasks.spawn(track_functions(shared.clone(), changes, shutdown.clone()));
-        tasks.spawn(publish_metrics(shared.clone(), shutdown.clone()));
-        tasks.spawn(ping_nodes(shared.clone(), shutdown.clone()));
-        tasks.spawn(events::serve(shared.clone(), events, shutdown.clone()));
+        let until = || shutdown.clone();
+        tasks.spawn(until().run_until_cancelled_owned(track_nodes(shared.clone(), loads)));
+        tasks.spawn(until().run_until_cancelled_owned(track_functions(shared.clone(), changes)));
+        tasks.spawn(until().run_until_cancelled_owned(publish_metrics(shared.clone())));
+        tasks.spawn(until().run_until_cancelled_owned(ping_nodes(shared.clone())));
+        // Events stop on their own at shutdown, after the ones under way.
+        tasks.spawn(events::serve(shared.clone(), events, shutdown.clone()).map(Some));
         serve_invokes(shared.clone(), invokes, shutdown.clone()).await;
         while let Some(result) = tasks.join_next().await {
             if let Err(e) = result {
@@ -147,59 +126,55 @@ async fn serve_invokes(
     mut invokes: async_nats::Subscriber,
     shutdown: CancellationToken,
 ) {
-    let mut running = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(_) = running.join_next(), if !running.is_empty() => {}
-            message = invokes.next() => {
-                let Some(message) = message else { break };
-                // At capacity: wait for a permit, but not past shutdown.
-                let permit = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    permit = shared.permits.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break,
-                    },
-                };
-                let shared = shared.clone();
-                running.spawn(async move {
-                    let reply_to = message.reply.as_deref();
-                    let answer = place::execute(&shared, &message.subject, message.headers.as_ref(), message.payload.clone(), reply_to).await;
-                    if let (Some(reply_to), false) = (&message.reply, answer.delivered) {
-                        if let Err(e) = shared.client
-                            .publish_with_headers(reply_to.clone(), answer.headers.clone(), answer.body.clone())
-                            .await
-                        {
-                            tracing::warn!("cannot reply: {e}");
-                        }
-                    }
-                    place::publish_result(&shared, &answer).await;
-                    drop(permit);
-                });
+    let running = TaskTracker::new();
+    while let Some(Some(message)) = shutdown.run_until_cancelled(invokes.next()).await {
+        // At capacity: wait for a permit, but not past shutdown.
+        let permit = shared.permits.clone().acquire_owned();
+        let Some(Ok(permit)) = shutdown.run_until_cancelled(permit).await else {
+            break;
+        };
+        let shared = shared.clone();
+        running.spawn(async move {
+            let reply_to = message.reply.as_deref();
+            let answer = place::execute(
+                &shared,
+                &message.subject,
+                message.headers.as_ref(),
+                message.payload.clone(),
+                reply_to,
+            )
+            .await;
+            if let (Some(reply_to), false) = (&message.reply, answer.delivered) {
+                if let Err(e) = shared
+                    .client
+                    .publish_with_headers(
+                        reply_to.clone(),
+                        answer.headers.clone(),
+                        answer.body.clone(),
+                    )
+                    .await
+                {
+                    tracing::warn!("cannot reply: {e}");
+                }
             }
-        }
+            place::publish_result(&shared, &answer).await;
+            drop(permit);
+        });
     }
     let _ = invokes.unsubscribe().await;
-    while running.join_next().await.is_some() {}
+    running.close();
+    running.wait().await;
 }
-
-/// How often each live node's round trip is measured.
-const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Measures the round trip to every live node with a ping (an empty request
 /// the executor answers at once): continuous, cheap, and independent of
 /// whether the node was chosen lately.
-async fn ping_nodes(shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn ping_nodes(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(PING_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let nodes = lock(&shared.nodes).live_nodes(Instant::now());
-        let pings = nodes.into_iter().map(|node| {
+        tick.tick().await;
+        let pings = shared.state.live_nodes().into_iter().map(|node| {
             let shared = shared.clone();
             async move {
                 let started = Instant::now();
@@ -209,37 +184,25 @@ async fn ping_nodes(shared: Arc<Shared>, shutdown: CancellationToken) {
                     .send_request(shared.subjects.node_ping(&node), request)
                     .await
                 {
-                    Ok(_) => {
-                        lock(&shared.nodes).pinged(&node, started.elapsed().as_secs_f64() * 1000.0)
-                    }
+                    Ok(_) => shared
+                        .state
+                        .pinged(&node, started.elapsed().as_secs_f64() * 1000.0),
                     Err(e) => tracing::debug!(node, "ping failed: {e}"),
                 }
             }
         });
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = futures::future::join_all(pings) => {}
-        }
+        futures::future::join_all(pings).await;
     }
 }
 
-async fn track_nodes(
-    shared: Arc<Shared>,
-    mut loads: async_nats::Subscriber,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            message = loads.next() => message,
-        };
-        let Some(message) = message else { return };
+async fn track_nodes(shared: Arc<Shared>, mut loads: async_nats::Subscriber) {
+    while let Some(message) = loads.next().await {
         match decode::<NodeLoad>(&message.payload) {
             // A node speaks only for itself: the id must match the subject.
             Ok(load)
                 if shared.subjects.node_of_load(&message.subject) == Some(load.node.as_str()) =>
             {
-                lock(&shared.nodes).heard(load, Instant::now())
+                shared.state.heard(load)
             }
             Ok(load) => tracing::warn!(subject = %message.subject, node = %load.node,
                 "ignoring a node load whose node id does not match its subject"),
@@ -250,71 +213,24 @@ async fn track_nodes(
 
 async fn track_functions(
     shared: Arc<Shared>,
-    mut changes: futures::stream::BoxStream<
-        'static,
-        Result<RegistryChange, comfaas_platform::registry::RegistryError>,
-    >,
-    shutdown: CancellationToken,
+    mut changes: BoxStream<'static, Result<RegistryChange, RegistryError>>,
 ) {
-    loop {
-        let change = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            change = changes.next() => change,
-        };
+    // watch_forever does not end; if it ever did, reads go on demand.
+    while let Some(change) = changes.next().await {
         match change {
-            // watch_forever does not end; if it ever did, reads go on demand.
-            None => return,
-            Some(Err(e)) => tracing::warn!("registry: {e}"),
-            Some(Ok(RegistryChange::Deployed(d))) => {
-                lock(&shared.functions).insert(d.manifest.name.clone(), Arc::new(*d));
-            }
-            Some(Ok(RegistryChange::Removed(name))) => {
-                lock(&shared.functions).remove(&name);
-            }
+            Err(e) => tracing::warn!("registry: {e}"),
+            Ok(RegistryChange::Deployed(d)) => shared.state.deployed(*d),
+            Ok(RegistryChange::Removed(name)) => shared.state.removed(&name),
         }
     }
 }
 
-async fn publish_metrics(shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn publish_metrics(shared: Arc<Shared>) {
     let subject = shared.subjects.dispatch_metrics(&shared.config.id);
     let mut ticker = tokio::time::interval(shared.config.metrics_period());
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let now = Instant::now();
-        let nodes = {
-            let mut table = lock(&shared.nodes);
-            table.prune(now);
-            table.metrics(now)
-        };
-        let metrics = {
-            let stats = lock(&shared.stats);
-            DispatchMetrics {
-                schema: SCHEMA_VERSION,
-                dispatcher: shared.config.id.clone(),
-                uptime_s: shared.started.elapsed().as_secs(),
-                received: stats.received,
-                succeeded: stats.succeeded,
-                failed: stats.failed,
-                in_flight: stats.in_flight,
-                errors: stats
-                    .errors
-                    .iter()
-                    .filter_map(|(code, count)| {
-                        ErrorCode::from_u16(*code).map(|code| ErrorCount {
-                            code,
-                            count: *count,
-                        })
-                    })
-                    .collect(),
-                nodes,
-                recent: stats.recent.iter().cloned().collect(),
-                sent_unix_ms: now_unix_ms(),
-            }
-        };
-        match encode(&metrics) {
+        ticker.tick().await;
+        match encode(&shared.state.metrics(&shared.config.id)) {
             Ok(bytes) => {
                 if let Err(e) = shared.client.publish(subject.clone(), bytes.into()).await {
                     tracing::warn!("cannot publish metrics: {e}");

@@ -164,7 +164,6 @@ impl NodeTable {
                         .values()
                         .map(|done| done.saturating_duration_since(now).as_secs_f64() * 1000.0)
                         .collect(),
-                    cpu_load: n.load.cpu_load,
                     max_procs: n.load.max_procs,
                     rtt_ms: n.rtt_ms,
                     fetch_bytes_per_s: Some(n.load.input_fetch_bytes_per_s).filter(|b| *b > 0.0),
@@ -273,27 +272,13 @@ mod tests {
 
     fn load(node: &str) -> NodeLoad {
         NodeLoad {
-            schema: 1,
             node: node.into(),
-            tier: Default::default(),
-            site: String::new(),
-            cores: 1,
             slots: 1,
-            running: 0,
-            queued: 0,
             queue_capacity: 1,
-            cpu_load: 0.0,
-            memory_total_bytes: 0,
-            memory_used_bytes: 0,
             max_procs: 1,
-            runtimes: vec![],
-            functions: vec![],
+            cores: 1,
             heartbeat_ms: 1000,
-            sent_unix_ms: 0,
-            leaving: false,
-            input_fetched_bytes: 0,
-            input_cache_hits: 0,
-            input_fetch_bytes_per_s: 0.0,
+            ..NodeLoad::default()
         }
     }
 

@@ -1,6 +1,7 @@
 //! One invocation from request to answer: read the request, find the
 //! function, place it, send it to the node, and bring the node's answer
-//! back (or an error that says why there is none).
+//! back (or an error that says why there is none). Shared state is only
+//! touched through [`crate::state::State`]'s methods.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,13 +11,15 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use comfaas_placement::{Decision, Request};
 use comfaas_platform::reply::{self, Outcome, ReplyMeta};
+use comfaas_platform::request::{self, RequestOptions};
 use comfaas_schemas::names::{self, headers as h};
 use comfaas_schemas::{
-    encode, now_unix_ms, parse_duration, validate_function_name, CandidateEstimate, Deployment,
-    ErrorCode, InputObject, Invocation, Placement, PlacementRecord, Procs, SCHEMA_VERSION,
+    encode, job_procs, now_unix_ms, Deployment, ErrorCode, InputObject, Invocation,
+    InvocationError, SCHEMA_VERSION,
 };
 
-use crate::{lock, Shared, RECENT_DECISIONS};
+use crate::state::{Choice, Ended, Wanted};
+use crate::Shared;
 
 /// Time allowed beyond the invocation's own deadline for the node's answer
 /// to travel back.
@@ -41,65 +44,25 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn error(function: Option<&str>, code: ErrorCode, message: &str, id: &str) -> Self {
+    /// The dispatcher's own error answer.
+    fn failed(function: Option<&str>, error: &InvocationError, id: &str) -> Self {
         let meta = ReplyMeta {
             invocation_id: id.to_owned(),
             ..ReplyMeta::default()
         };
         Self {
             function: function.map(str::to_owned),
-            headers: reply::error(code, message, &meta),
+            headers: reply::error(error, &meta),
             body: Bytes::new(),
-            error: Some(code),
+            error: Some(error.code),
             delivered: false,
         }
     }
 
     /// Whether trying again later may succeed (no node now, node silent).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self.error,
-            Some(ErrorCode::Unavailable | ErrorCode::NodeTimeout | ErrorCode::TooManyRequests)
-        )
+        self.error.is_some_and(ErrorCode::is_transient)
     }
-}
-
-/// Options a request may carry in its headers.
-struct RequestOptions {
-    timeout: Option<Duration>,
-    placement: Option<Placement>,
-    procs: Option<Procs>,
-    input_object: Option<String>,
-}
-
-fn request_options(headers: Option<&HeaderMap>) -> Result<RequestOptions, String> {
-    let mut options = RequestOptions {
-        timeout: None,
-        placement: None,
-        procs: None,
-        input_object: None,
-    };
-    let Some(headers) = headers else {
-        return Ok(options);
-    };
-    if let Some(v) = reply::get(headers, h::TIMEOUT) {
-        options.timeout =
-            Some(parse_duration(&v).map_err(|e| format!("header {}: {e}", h::TIMEOUT))?);
-    }
-    if let Some(v) = reply::get(headers, h::PLACEMENT) {
-        options.placement = Some(
-            v.parse()
-                .map_err(|e| format!("header {}: {e}", h::PLACEMENT))?,
-        );
-    }
-    if let Some(v) = reply::get(headers, h::PROCS) {
-        options.procs = Some(
-            v.parse::<Procs>()
-                .map_err(|e| format!("header {}: {e}", h::PROCS))?,
-        );
-    }
-    options.input_object = reply::get(headers, h::INPUT_OBJECT);
-    Ok(options)
 }
 
 /// Handles one request or event on `subject` and returns its answer.
@@ -112,111 +75,48 @@ pub async fn execute(
     input: Bytes,
     reply_to: Option<&str>,
 ) -> Answer {
-    {
-        let mut stats = lock(&shared.stats);
-        stats.received += 1;
-        stats.in_flight += 1;
-    }
-    let mut answer = execute_inner(shared, subject, headers, input, reply_to).await;
+    shared.state.start();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut answer = match request::function_of(&shared.subjects, subject) {
+        Err(error) => Answer::failed(None, &error, &id),
+        Ok(function) => invoke(shared, function, headers, input, reply_to, &id)
+            .await
+            .unwrap_or_else(|error| Answer::failed(Some(function), &error, &id)),
+    };
     // Devices correlate results of their events by the id they gave them.
-    if let Some(msg_id) = headers.and_then(|hm| reply::get(hm, h::MSG_ID)) {
-        answer
-            .headers
-            .insert(h::MSG_ID, reply::header_text(&msg_id).as_str());
+    if let Some(msg_id) = request::msg_id(headers) {
+        answer.headers.insert(h::MSG_ID, msg_id.as_str());
     }
-    let mut stats = lock(&shared.stats);
-    stats.in_flight = stats.in_flight.saturating_sub(1);
-    match answer.error {
-        None => stats.succeeded += 1,
-        Some(code) => {
-            stats.failed += 1;
-            *stats.errors.entry(code.as_u16()).or_default() += 1;
-        }
-    }
+    shared.state.finish(answer.error);
     answer
 }
 
-async fn execute_inner(
+/// The invocation of `function`: its deployment and input, then tries on
+/// the best node left until one answers.
+async fn invoke(
     shared: &Shared,
-    subject: &str,
+    function: &str,
     headers: Option<&HeaderMap>,
     input: Bytes,
     reply_to: Option<&str>,
-) -> Answer {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let Some(function) = shared.subjects.function_of(subject) else {
-        return Answer::error(
-            None,
-            ErrorCode::BadRequest,
-            &format!("`{subject}` names no function"),
-            &id,
-        );
-    };
-    if let Err(reason) = validate_function_name(function) {
-        return Answer::error(None, ErrorCode::BadRequest, &reason, &id);
-    }
-    let fail = |code, message: &str| Answer::error(Some(function), code, message, &id);
-    let options = match request_options(headers) {
-        Ok(options) => options,
-        Err(message) => return fail(ErrorCode::BadRequest, &message),
-    };
-    let deployment = match deployment(shared, function).await {
-        Ok(Some(d)) => d,
-        Ok(None) => {
-            return fail(
-                ErrorCode::NotFound,
-                &format!("function `{function}` is not deployed"),
-            )
-        }
-        Err(message) => return fail(ErrorCode::Unavailable, &message),
-    };
-    let input_object = match &options.input_object {
-        None => None,
-        Some(_) if !input.is_empty() => {
-            return fail(
-                ErrorCode::BadRequest,
-                &format!(
-                    "send the input in the body or as {}, not both",
-                    h::INPUT_OBJECT
-                ),
-            )
-        }
-        Some(name) => match shared.inputs.info(name).await {
-            Ok(info) => Some(InputObject {
-                name: name.clone(),
-                size: info.size as u64,
-                digest: info.digest.unwrap_or_default(),
-            }),
-            Err(e) => {
-                return fail(
-                    ErrorCode::NotFound,
-                    &format!(
-                        "input object `{name}` is not in {}: {e}",
-                        names::INPUTS_BUCKET
-                    ),
-                )
-            }
-        },
-    };
+    id: &str,
+) -> Result<Answer, InvocationError> {
+    let options = RequestOptions::from_headers(headers)?;
+    let deployment = deployment(shared, function).await?;
+    let input_object = input_object(shared, &options, &input).await?;
     let manifest = &deployment.manifest;
-    let config = &shared.config;
-    let timeout = options
-        .timeout
-        .or(manifest.timeout())
-        .unwrap_or(Duration::from_millis(config.default_timeout_ms))
-        .min(Duration::from_millis(config.max_timeout_ms));
+    let timeout = shared
+        .config
+        .run_limits()
+        .timeout(options.timeout, manifest.timeout());
     let placement = options
         .placement
         .unwrap_or_else(|| manifest.placement.clone());
-    let procs = options
-        .procs
-        .or(manifest.procs)
-        .unwrap_or(Procs::exactly(1));
     let received = now_unix_ms();
-    let wait = timeout + Duration::from_millis(config.queue_wait_ms);
+    let wait = timeout + Duration::from_millis(shared.config.queue_wait_ms);
     let mut invocation = Invocation {
         schema: SCHEMA_VERSION,
-        id: id.clone(),
+        id: id.to_owned(),
         function: function.to_owned(),
         input: input.to_vec(),
         timeout_ms: Some(timeout.as_millis() as u64),
@@ -226,215 +126,203 @@ async fn execute_inner(
         reply_to: reply_to.map(str::to_owned),
         input_object,
     };
-    // Try nodes until one answers; a node that is gone, full, or does not
-    // have the function after all is skipped for the next best.
-    let mut tried: Vec<String> = Vec::new();
-    let install_wait_until = Instant::now() + wait;
-    // Nodes hear of a deploy within moments; until then, wait for them.
-    let fresh = now_unix_ms().saturating_sub(deployment.deployed_unix_ms) < FRESH_DEPLOY_MS;
-    let mut last_refusal: Option<Answer> = None;
     let request = Request {
         function,
         placement: &placement,
-        procs,
+        procs: job_procs(options.procs, manifest.procs),
         input_bytes: invocation.input_object.as_ref().map_or(0, |o| o.size),
         inline_bytes: invocation.input.len() as u64,
     };
-    // What run time depends on: the input's size, however it travels.
-    let input_size = request.run_input_bytes();
+    // Try nodes until one answers; a node that is gone, full, or does not
+    // have the function after all is skipped for the next best.
+    let mut tried: Vec<String> = Vec::new();
+    let mut last_refusal: Option<Answer> = None;
+    let install_wait_until = Instant::now() + wait;
+    // Nodes hear of a deploy within moments; until then, wait for them.
+    let fresh = now_unix_ms().saturating_sub(deployment.deployed_unix_ms) < FRESH_DEPLOY_MS;
     loop {
-        let decision = {
-            let mut views = lock(&shared.nodes).views(function, Instant::now());
-            views.retain(|v| !tried.contains(&v.node));
-            comfaas_placement::choose(&views, &request, &mut rand::rng())
+        let wanted = Wanted {
+            request: &request,
+            digest: &deployment.bundle.digest,
+            fresh,
+            may_wait: last_refusal.is_none() && Instant::now() < install_wait_until,
         };
-        let decision = match decision {
-            Ok(d) => d,
+        let decision = match shared.state.choose(&wanted, &tried) {
+            Choice::Node(decision) => decision,
             // Deployed a moment ago: wait for the install rather than fail.
-            Err(e)
-                if e.code == ErrorCode::Unavailable
-                    && last_refusal.is_none()
-                    && Instant::now() < install_wait_until
-                    && lock(&shared.nodes).coming(
-                        function,
-                        &deployment.bundle.digest,
-                        fresh,
-                        Instant::now(),
-                    ) =>
-            {
+            Choice::Installing => {
                 tokio::time::sleep(INSTALL_POLL).await;
                 continue;
             }
-            Err(e) => {
-                if let Some(refusal) = last_refusal {
-                    return refusal;
-                }
-                let report = lock(&shared.nodes).install_report(function, Instant::now());
-                if report.is_empty() {
-                    return fail(e.code, &e.message);
-                }
-                return fail(e.code, &format!("{} ({})", e.message, report.join("; ")));
-            }
+            Choice::Nowhere(error) => return last_refusal.ok_or(error),
         };
-        let node = decision.node.clone();
-        tracing::debug!(invocation = %id, function, node = %node, "{}", decision.reason);
-        tried.push(node.clone());
+        tracing::debug!(invocation = %id, function, node = %decision.node, "{}", decision.reason);
+        tried.push(decision.node.clone());
         // The process count is fitted to the chosen node.
         invocation.procs = Some(decision.procs);
-        let payload: Bytes = match encode(&invocation) {
-            Ok(bytes) => bytes.into(),
-            Err(e) => {
-                return fail(
-                    ErrorCode::BadRequest,
-                    &format!("cannot encode invocation: {e}"),
-                )
-            }
-        };
-        let sent = Instant::now();
-        let token = lock(&shared.nodes).sent(
-            &node,
-            sent + Duration::from_secs_f64(decision.estimate_ms.max(0.0) / 1000.0),
-        );
-        let result = shared
-            .client
-            .send_request(
-                shared.subjects.work(&node),
-                async_nats::Request::new()
-                    .payload(payload)
-                    .timeout(Some(wait + ANSWER_GRACE)),
-            )
-            .await;
-        lock(&shared.nodes).answered(&node, token);
-        let took = sent.elapsed();
-        record(shared, &id, function, &decision, took.as_millis() as u64);
-        if let Ok(message) = &result {
-            let run_ms = message
+        match send(
+            shared,
+            &invocation,
+            &decision,
+            request.run_input_bytes(),
+            wait,
+        )
+        .await?
+        {
+            Sent::Answered(answer) => return Ok(answer),
+            Sent::Refused(answer) => last_refusal = Some(answer),
+            Sent::Unreachable => {}
+        }
+    }
+}
+
+/// What became of one try.
+enum Sent {
+    /// The node ran it (or failed it for good): this is the answer.
+    Answered(Answer),
+    /// The node refused for a reason of its own (full, not installed,
+    /// leaving): another node may take it.
+    Refused(Answer),
+    /// Nobody listens on the node's work subject.
+    Unreachable,
+}
+
+/// Sends `invocation` to the node `decision` chose and reads its answer.
+async fn send(
+    shared: &Shared,
+    invocation: &Invocation,
+    decision: &Decision,
+    input_bytes: u64,
+    wait: Duration,
+) -> Result<Sent, InvocationError> {
+    let node = &decision.node;
+    let payload: Bytes = encode(invocation)
+        .map_err(|e| InvocationError::bad_request(format!("cannot encode invocation: {e}")))?
+        .into();
+    let function = invocation.function.as_str();
+    let sent = Instant::now();
+    let pending = shared
+        .state
+        .begin(&invocation.id, function, decision, input_bytes);
+    let result = shared
+        .client
+        .send_request(
+            shared.subjects.work(node),
+            async_nats::Request::new()
+                .payload(payload)
+                .timeout(Some(wait + ANSWER_GRACE)),
+        )
+        .await;
+    let took = sent.elapsed();
+    let ended = match &result {
+        Ok(message) => Ended::Answered {
+            took_ms: took.as_secs_f64() * 1000.0,
+            run_ms: message
                 .headers
                 .as_ref()
                 .and_then(|hm| reply::get(hm, h::DURATION_MS))
-                .and_then(|ms| ms.parse::<f64>().ok());
-            lock(&shared.nodes).observe(
-                &node,
-                function,
-                decision.procs,
-                input_size,
-                took.as_secs_f64() * 1000.0,
-                run_ms,
-            );
-        }
-        match result {
-            Ok(message) => {
-                let headers = message.headers.unwrap_or_default();
-                let delivered = headers.get(h::REPLIED).is_some();
-                match reply::outcome(Some(&headers)) {
-                    Outcome::Ok => {
-                        return Answer {
-                            function: Some(function.to_owned()),
-                            headers,
-                            body: message.payload,
-                            error: None,
-                            delivered,
-                        }
-                    }
-                    Outcome::Error { code, .. } => {
-                        let answer = Answer {
-                            function: Some(function.to_owned()),
-                            headers,
-                            body: message.payload,
-                            error: Some(code.unwrap_or(ErrorCode::FunctionFailed)),
-                            delivered,
-                        };
-                        if delivered {
-                            return answer;
-                        }
-                        // Refusals that are about this node, not the function.
-                        if matches!(
-                            code,
-                            Some(
-                                ErrorCode::TooManyRequests
-                                    | ErrorCode::NotFound
-                                    | ErrorCode::Unavailable
-                            )
-                        ) {
-                            last_refusal = Some(answer);
-                            continue;
-                        }
-                        return answer;
-                    }
-                    Outcome::Unknown => {
-                        return fail(
-                            ErrorCode::FunctionFailed,
-                            &format!("node {node} sent a reply without a status"),
-                        )
-                    }
+                .and_then(|ms| ms.parse::<f64>().ok()),
+        },
+        Err(e) if e.kind() == RequestErrorKind::NoResponders => Ended::Unreachable,
+        Err(_) => Ended::Failed,
+    };
+    shared.state.end(pending, took.as_millis() as u64, ended);
+    let message = match result {
+        Ok(message) => message,
+        Err(e) => {
+            return match e.kind() {
+                RequestErrorKind::NoResponders => {
+                    tracing::info!(node = %node, "no executor listens on the work subject; marking unreachable");
+                    Ok(Sent::Unreachable)
                 }
-            }
-            Err(e) if e.kind() == RequestErrorKind::NoResponders => {
-                tracing::info!(node = %node, "no executor listens on the work subject; marking unreachable");
-                lock(&shared.nodes).unreachable(&node);
-            }
-            Err(e) if e.kind() == RequestErrorKind::TimedOut => {
-                return fail(
-                    ErrorCode::NodeTimeout,
-                    &format!(
-                        "node {node} did not answer within {}s",
-                        (wait + ANSWER_GRACE).as_secs()
-                    ),
-                );
-            }
-            Err(e) if e.kind() == RequestErrorKind::MaxPayloadExceeded => {
-                return fail(
-                    ErrorCode::TooLarge,
-                    &format!(
-                        "input of {} bytes does not fit in a message: {e}",
-                        input.len()
-                    ),
-                );
-            }
-            Err(e) => {
-                return fail(
-                    ErrorCode::Unavailable,
-                    &format!("cannot reach node {node}: {e}"),
-                );
-            }
+                RequestErrorKind::TimedOut => Err(InvocationError::node_timeout(format!(
+                    "node {node} did not answer within {}s",
+                    (wait + ANSWER_GRACE).as_secs()
+                ))),
+                RequestErrorKind::MaxPayloadExceeded => Err(InvocationError::too_large(format!(
+                    "input of {} bytes does not fit in a message: {e}",
+                    invocation.input.len()
+                ))),
+                _ => Err(InvocationError::unavailable(format!(
+                    "cannot reach node {node}: {e}"
+                ))),
+            };
         }
-    }
+    };
+    let headers = message.headers.unwrap_or_default();
+    let delivered = headers.get(h::REPLIED).is_some();
+    let error = match reply::outcome(Some(&headers)) {
+        Outcome::Ok => None,
+        Outcome::Error { code, .. } => Some(code.unwrap_or(ErrorCode::FunctionFailed)),
+        Outcome::Unknown => {
+            return Err(InvocationError::function_failed(format!(
+                "node {node} sent a reply without a status"
+            )))
+        }
+    };
+    let answer = Answer {
+        function: Some(function.to_owned()),
+        headers,
+        body: message.payload,
+        error,
+        delivered,
+    };
+    // Refusals that are about this node, not the function.
+    let refused = !delivered
+        && matches!(
+            error,
+            Some(ErrorCode::TooManyRequests | ErrorCode::NotFound | ErrorCode::Unavailable)
+        );
+    Ok(if refused {
+        Sent::Refused(answer)
+    } else {
+        Sent::Answered(answer)
+    })
 }
 
 /// The function's deployment: from the watched registry, or read on demand
 /// when the watch has not caught up with a fresh deploy.
-async fn deployment(shared: &Shared, function: &str) -> Result<Option<Arc<Deployment>>, String> {
-    if let Some(d) = lock(&shared.functions).get(function) {
-        return Ok(Some(d.clone()));
+async fn deployment(shared: &Shared, function: &str) -> Result<Arc<Deployment>, InvocationError> {
+    if let Some(deployment) = shared.state.deployment(function) {
+        return Ok(deployment);
     }
     match shared.registry.get(function).await {
-        Ok(found) => Ok(found.map(Arc::new)),
-        Err(e) => Err(format!("cannot read the registry: {e}")),
+        Ok(Some(found)) => Ok(Arc::new(found)),
+        Ok(None) => Err(InvocationError::not_found(format!(
+            "function `{function}` is not deployed"
+        ))),
+        Err(e) => Err(InvocationError::unavailable(format!(
+            "cannot read the registry: {e}"
+        ))),
     }
 }
 
-fn record(shared: &Shared, id: &str, function: &str, decision: &Decision, took_ms: u64) {
-    let mut stats = lock(&shared.stats);
-    if stats.recent.len() == RECENT_DECISIONS {
-        stats.recent.pop_front();
+/// The input object the request names, as the node will fetch it.
+async fn input_object(
+    shared: &Shared,
+    options: &RequestOptions,
+    input: &[u8],
+) -> Result<Option<InputObject>, InvocationError> {
+    let Some(name) = &options.input_object else {
+        return Ok(None);
+    };
+    if !input.is_empty() {
+        return Err(InvocationError::bad_request(format!(
+            "send the input in the body or as {}, not both",
+            h::INPUT_OBJECT
+        )));
     }
-    stats.recent.push_back(PlacementRecord {
-        invocation: id.to_owned(),
-        function: function.to_owned(),
-        node: decision.node.clone(),
-        procs: Some(decision.procs),
-        reason: decision.reason.clone(),
-        took_ms: Some(took_ms),
-        estimate_ms: Some(decision.estimate_ms),
-        candidates: decision
-            .candidates
-            .iter()
-            .map(|(node, estimate_ms)| CandidateEstimate {
-                node: node.clone(),
-                estimate_ms: *estimate_ms,
-            })
-            .collect(),
-    });
+    let info = shared.inputs.info(name).await.map_err(|e| {
+        InvocationError::not_found(format!(
+            "input object `{name}` is not in {}: {e}",
+            names::INPUTS_BUCKET
+        ))
+    })?;
+    Ok(Some(InputObject {
+        name: name.clone(),
+        size: info.size as u64,
+        digest: info.digest.unwrap_or_default(),
+    }))
 }
 
 /// Publishes `answer` on `<prefix>.result.<fn>` (kept in `COMFAAS_RESULTS`)

@@ -1,7 +1,7 @@
 //! Shared plumbing of the comfaas services: how they connect to NATS, read
 //! their layered configuration, create the JetStream resources they share,
-//! read and write the function registry, spell reply headers, and start an
-//! embedded `nats-server`.
+//! read and write the function registry, parse requests and spell reply
+//! headers, and start an embedded `nats-server`.
 //!
 //! Architecture invariant: nothing here knows how a function runs or where
 //! an invocation is placed. It is the NATS side of the house, reused by the
@@ -12,6 +12,7 @@ pub mod nats;
 pub mod objects;
 pub mod registry;
 pub mod reply;
+pub mod request;
 pub mod resources;
 pub mod server;
 pub mod settings;

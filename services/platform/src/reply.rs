@@ -1,7 +1,8 @@
-//! Reply headers of the device-facing format, written and read in one place.
+//! Reply headers of the device-facing format, written and read in one
+//! place: every [`InvocationError`] becomes headers here and nowhere else.
 
 use async_nats::HeaderMap;
-use comfaas_schemas::{names::headers as h, ErrorCode, Tier};
+use comfaas_schemas::{names::headers as h, ErrorCode, InvocationError, Tier};
 
 /// Longest error text put in a header; the rest is cut.
 const MAX_ERROR_TEXT: usize = 2048;
@@ -28,11 +29,11 @@ pub fn ok(meta: &ReplyMeta) -> HeaderMap {
 }
 
 /// Headers of an error reply: `Comfaas-Status: error` plus the micro error pair.
-pub fn error(code: ErrorCode, message: &str, meta: &ReplyMeta) -> HeaderMap {
+pub fn error(error: &InvocationError, meta: &ReplyMeta) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(h::STATUS, h::STATUS_ERROR);
-    headers.insert(h::ERROR_CODE, code.as_u16().to_string().as_str());
-    headers.insert(h::ERROR, header_text(message).as_str());
+    headers.insert(h::ERROR_CODE, error.code.as_u16().to_string().as_str());
+    headers.insert(h::ERROR, header_text(&error.message).as_str());
     add_meta(&mut headers, meta);
     headers
 }
@@ -127,7 +128,8 @@ mod tests {
             tier: Some(Tier::Edge),
             duration_ms: Some(12),
         };
-        let headers = error(ErrorCode::FunctionFailed, "exit 1:\nTraceback\r\n", &meta);
+        let failed = InvocationError::function_failed("exit 1:\nTraceback\r\n");
+        let headers = error(&failed, &meta);
         assert_eq!(
             outcome(Some(&headers)),
             Outcome::Error {

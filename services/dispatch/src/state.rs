@@ -1,0 +1,287 @@
+//! What a dispatcher knows, shared by its tasks: the live node table, the
+//! functions deployed, and its own counters. Every step of an invocation
+//! is one method here (choose, begin, end, finish), each taking the lock
+//! once, so `place.rs` reads as the story of one invocation and never
+//! handles the lock itself.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use comfaas_placement::{Decision, Request};
+use comfaas_schemas::{
+    now_unix_ms, CandidateEstimate, Deployment, DispatchMetrics, ErrorCode, ErrorCount,
+    InvocationError, NodeLoad, PlacementRecord, SCHEMA_VERSION,
+};
+
+use crate::nodes::NodeTable;
+
+/// Placement decisions kept for the metrics report.
+const RECENT_DECISIONS: usize = 32;
+
+/// The dispatcher's shared state behind one lock.
+pub struct State {
+    inner: Mutex<Inner>,
+    started: Instant,
+}
+
+struct Inner {
+    nodes: NodeTable,
+    functions: HashMap<String, Arc<Deployment>>,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Stats {
+    received: u64,
+    succeeded: u64,
+    failed: u64,
+    in_flight: u32,
+    errors: BTreeMap<u16, u64>,
+    recent: VecDeque<PlacementRecord>,
+}
+
+/// What [`State::choose`] found for one try of an invocation.
+pub enum Choice {
+    /// Send it there.
+    Node(Decision),
+    /// No node serves the function yet, but one is installing it (or a
+    /// fresh deploy has not reached the nodes): look again shortly.
+    Installing,
+    /// No node can take it; the message says why, node by node when some
+    /// failed to install it.
+    Nowhere(InvocationError),
+}
+
+/// The function being placed and what may be waited for.
+pub struct Wanted<'a> {
+    /// The request as placement sees it.
+    pub request: &'a Request<'a>,
+    /// The deployment's bundle digest.
+    pub digest: &'a str,
+    /// Deployed moments ago: nodes not heard to have it may still be on their way.
+    pub fresh: bool,
+    /// Whether waiting for an install is still allowed.
+    pub may_wait: bool,
+}
+
+/// How the node answered one try, as [`State::end`] records it.
+pub enum Ended {
+    /// It answered: what the run taught.
+    Answered {
+        /// Time from send to answer at the dispatcher, ms.
+        took_ms: f64,
+        /// The run time the node reported, ms.
+        run_ms: Option<f64>,
+    },
+    /// Nobody listens on its work subject: stop choosing it until it is heard again.
+    Unreachable,
+    /// Anything else (timeout, payload too large): nothing to learn.
+    Failed,
+}
+
+/// A try sent to a node and not yet over: what [`State::end`] needs to close it.
+pub struct Pending<'a> {
+    /// The invocation's id.
+    pub invocation: &'a str,
+    /// The function.
+    pub function: &'a str,
+    /// The decision that sent it.
+    pub decision: &'a Decision,
+    /// The input's size, however it travels (what run time depends on).
+    pub input_bytes: u64,
+    token: u64,
+}
+
+impl State {
+    /// An empty state where a node missing `dead_after` heartbeats is dead.
+    pub fn new(dead_after: u32) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                nodes: NodeTable::new(dead_after),
+                functions: HashMap::new(),
+                stats: Stats::default(),
+            }),
+            started: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Plain data behind the lock: a panicked holder leaves nothing
+        // half-done that matters more than staying up.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A node's heartbeat arrived.
+    pub fn heard(&self, load: NodeLoad) {
+        self.lock().nodes.heard(load, Instant::now());
+    }
+
+    /// A ping to `node` came back after `rtt_ms`.
+    pub fn pinged(&self, node: &str, rtt_ms: f64) {
+        self.lock().nodes.pinged(node, rtt_ms);
+    }
+
+    /// Nodes to ping: every live one.
+    pub fn live_nodes(&self) -> Vec<String> {
+        self.lock().nodes.live_nodes(Instant::now())
+    }
+
+    /// The registry announced a deployment.
+    pub fn deployed(&self, deployment: Deployment) {
+        self.lock()
+            .functions
+            .insert(deployment.manifest.name.clone(), Arc::new(deployment));
+    }
+
+    /// The registry announced a removal.
+    pub fn removed(&self, function: &str) {
+        self.lock().functions.remove(function);
+    }
+
+    /// The deployment of `function` as the registry watch last saw it.
+    pub fn deployment(&self, function: &str) -> Option<Arc<Deployment>> {
+        self.lock().functions.get(function).cloned()
+    }
+
+    /// An invocation arrived.
+    pub fn start(&self) {
+        let stats = &mut self.lock().stats;
+        stats.received += 1;
+        stats.in_flight += 1;
+    }
+
+    /// An invocation was answered, with `error` or not.
+    pub fn finish(&self, error: Option<ErrorCode>) {
+        let stats = &mut self.lock().stats;
+        stats.in_flight = stats.in_flight.saturating_sub(1);
+        match error {
+            None => stats.succeeded += 1,
+            Some(code) => {
+                stats.failed += 1;
+                *stats.errors.entry(code.as_u16()).or_default() += 1;
+            }
+        }
+    }
+
+    /// Chooses a node for `wanted`, skipping the nodes already `tried`.
+    pub fn choose(&self, wanted: &Wanted<'_>, tried: &[String]) -> Choice {
+        let now = Instant::now();
+        let inner = self.lock();
+        let function = wanted.request.function;
+        let mut views = inner.nodes.views(function, now);
+        views.retain(|v| !tried.contains(&v.node));
+        let error = match comfaas_placement::choose(&views, wanted.request, &mut rand::rng()) {
+            Ok(decision) => return Choice::Node(decision),
+            Err(error) => error,
+        };
+        if error.code == ErrorCode::Unavailable
+            && wanted.may_wait
+            && inner
+                .nodes
+                .coming(function, wanted.digest, wanted.fresh, now)
+        {
+            return Choice::Installing;
+        }
+        let report = inner.nodes.install_report(function, now);
+        if report.is_empty() {
+            return Choice::Nowhere(error);
+        }
+        let message = format!("{} ({})", error.message, report.join("; "));
+        Choice::Nowhere(InvocationError::new(error.code, message))
+    }
+
+    /// The invocation is sent to the chosen node, expected to finish by the
+    /// decision's estimate; the returned try names it to [`State::end`].
+    pub fn begin<'a>(
+        &self,
+        invocation: &'a str,
+        function: &'a str,
+        decision: &'a Decision,
+        input_bytes: u64,
+    ) -> Pending<'a> {
+        let done = Instant::now()
+            + std::time::Duration::from_secs_f64(decision.estimate_ms.max(0.0) / 1000.0);
+        let token = self.lock().nodes.sent(&decision.node, done);
+        Pending {
+            invocation,
+            function,
+            decision,
+            input_bytes,
+            token,
+        }
+    }
+
+    /// A try is over: the node is no longer busy with it, what it taught is
+    /// learnt, and the decision is kept for the metrics report.
+    pub fn end(&self, sent: Pending<'_>, took_ms: u64, ended: Ended) {
+        let decision = sent.decision;
+        let node = decision.node.as_str();
+        let record = PlacementRecord {
+            invocation: sent.invocation.to_owned(),
+            function: sent.function.to_owned(),
+            node: node.to_owned(),
+            procs: Some(decision.procs),
+            reason: decision.reason.clone(),
+            took_ms: Some(took_ms),
+            estimate_ms: Some(decision.estimate_ms),
+            candidates: decision
+                .candidates
+                .iter()
+                .map(|(node, estimate_ms)| CandidateEstimate {
+                    node: node.clone(),
+                    estimate_ms: *estimate_ms,
+                })
+                .collect(),
+        };
+        let mut inner = self.lock();
+        inner.nodes.answered(node, sent.token);
+        match ended {
+            Ended::Answered { took_ms, run_ms } => inner.nodes.observe(
+                node,
+                sent.function,
+                decision.procs,
+                sent.input_bytes,
+                took_ms,
+                run_ms,
+            ),
+            Ended::Unreachable => inner.nodes.unreachable(node),
+            Ended::Failed => {}
+        }
+        let recent = &mut inner.stats.recent;
+        if recent.len() == RECENT_DECISIONS {
+            recent.pop_front();
+        }
+        recent.push_back(record);
+    }
+
+    /// The metrics report of dispatcher `id`; forgets nodes long silent.
+    pub fn metrics(&self, id: &str) -> DispatchMetrics {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.nodes.prune(now);
+        let stats = &inner.stats;
+        DispatchMetrics {
+            schema: SCHEMA_VERSION,
+            dispatcher: id.to_owned(),
+            uptime_s: self.started.elapsed().as_secs(),
+            received: stats.received,
+            succeeded: stats.succeeded,
+            failed: stats.failed,
+            in_flight: stats.in_flight,
+            errors: stats
+                .errors
+                .iter()
+                .filter_map(|(code, count)| {
+                    ErrorCode::from_u16(*code).map(|code| ErrorCount {
+                        code,
+                        count: *count,
+                    })
+                })
+                .collect(),
+            nodes: inner.nodes.metrics(now),
+            recent: stats.recent.iter().cloned().collect(),
+            sent_unix_ms: now_unix_ms(),
+        }
+    }
+}

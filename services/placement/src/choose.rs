@@ -1,0 +1,528 @@
+//! The decision: [`choose`] filters the nodes down to those that can take
+//! an invocation (each filter that leaves none says what is missing),
+//! costs each, explores a node never tried when it may be the best, and
+//! breaks near-ties at random.
+
+use comfaas_schemas::{InvocationError, Placement, Procs, Tier};
+use rand::Rng;
+
+use crate::cost::Estimator;
+use crate::view::NodeView;
+
+/// Estimates within this fraction of the best are a tie.
+const TIE: f64 = 0.02;
+/// A node never tried for the function is tried when its (optimistic)
+/// estimate is within this fraction of the best.
+const EXPLORE: f64 = 0.5;
+
+/// The invocation being placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// Function name.
+    pub function: &'a str,
+    /// Where it must or may run.
+    pub placement: &'a Placement,
+    /// MPI processes it takes (exactly 1 for a plain run).
+    pub procs: Procs,
+    /// Bytes of input the node must fetch (0 when it travels in the message).
+    pub input_bytes: u64,
+    /// Bytes of input that travel in the message.
+    pub inline_bytes: u64,
+}
+
+impl Request<'_> {
+    /// The input's size, however it travels: what run time depends on.
+    pub fn run_input_bytes(&self) -> u64 {
+        self.input_bytes.saturating_add(self.inline_bytes)
+    }
+}
+
+/// The chosen node and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Node id.
+    pub node: String,
+    /// Processes to run with there.
+    pub procs: u32,
+    /// The reason in words, for logs and metrics.
+    pub reason: String,
+    /// Its estimated completion time, ms.
+    pub estimate_ms: f64,
+    /// Every eligible node's estimate, ms, best first.
+    pub candidates: Vec<(String, f64)>,
+}
+
+/// One eligible node, costed.
+struct Costed<'a> {
+    /// The node.
+    view: &'a NodeView,
+    /// Processes it would run the job with.
+    procs: u32,
+    /// Its estimated completion time, ms.
+    estimate_ms: f64,
+    /// Never ran the function: a candidate for exploration.
+    untried: bool,
+}
+
+/// Picks the node for `request` among `nodes`, or says why none can take
+/// it: 503 (unavailable) when no node matches the placement, is alive,
+/// serves the function or allows its processes; 429 (busy) when every
+/// one that could has a full queue.
+pub fn choose(
+    nodes: &[NodeView],
+    request: &Request<'_>,
+    rng: &mut impl Rng,
+) -> Result<Decision, InvocationError> {
+    let function = request.function;
+    let placed: Vec<&NodeView> = nodes
+        .iter()
+        .filter(|n| match request.placement {
+            Placement::Auto => true,
+            Placement::Edge => n.tier == Tier::Edge,
+            Placement::Cloud => n.tier == Tier::Cloud,
+            Placement::Node(id) => &n.node == id,
+        })
+        .collect();
+    let where_ = match request.placement {
+        Placement::Auto => String::new(),
+        p => format!(" (placement `{p}`)"),
+    };
+    if placed.is_empty() {
+        return Err(InvocationError::unavailable(format!(
+            "no node matches{where_}"
+        )));
+    }
+    let live: Vec<&NodeView> = placed.into_iter().filter(|n| n.alive).collect();
+    if live.is_empty() {
+        return Err(InvocationError::unavailable(format!(
+            "no live node{where_}"
+        )));
+    }
+    let ready: Vec<&NodeView> = live.into_iter().filter(|n| n.serves).collect();
+    if ready.is_empty() {
+        return Err(InvocationError::unavailable(format!(
+            "no live node{where_} has function `{function}` installed"
+        )));
+    }
+    let sized: Vec<(&NodeView, u32)> = ready
+        .into_iter()
+        .filter_map(|n| Some((n, request.procs.fit(n.max_procs.max(1))?)))
+        .collect();
+    if sized.is_empty() {
+        return Err(InvocationError::unavailable(format!(
+            "no live node{where_} allows {} processes for `{function}`",
+            request.procs.min
+        )));
+    }
+    let roomy: Vec<(&NodeView, u32)> = sized.into_iter().filter(|(n, _)| n.has_room()).collect();
+    if roomy.is_empty() {
+        return Err(InvocationError::busy(format!(
+            "every node{where_} serving `{function}` has a full queue"
+        )));
+    }
+    let estimator = Estimator::new(
+        nodes,
+        &roomy,
+        request.input_bytes,
+        request.run_input_bytes(),
+    );
+    let mut costed: Vec<Costed<'_>> = roomy
+        .iter()
+        .map(|&(view, procs)| Costed {
+            view,
+            procs,
+            estimate_ms: estimator.estimate_ms(view, procs),
+            untried: view.runs.is_empty(),
+        })
+        .collect();
+    costed.sort_by(|a, b| a.estimate_ms.total_cmp(&b.estimate_ms));
+    let best = costed[0].estimate_ms;
+    let candidates: Vec<(String, f64)> = costed
+        .iter()
+        .map(|c| (c.view.node.clone(), c.estimate_ms))
+        .collect();
+    // Learn: try a node never tried (and not being tried now) when it may
+    // well be the best, once another node has taught a run time.
+    let explore = estimator
+        .knows_a_run_time()
+        .then(|| {
+            costed.iter().position(|c| {
+                c.untried && c.view.in_flight == 0 && c.estimate_ms <= best * (1.0 + EXPLORE)
+            })
+        })
+        .flatten();
+    let (index, why) = match explore {
+        Some(i) => (i, "exploring: never ran it yet, "),
+        _ => {
+            let ties = costed
+                .iter()
+                .filter(|c| c.estimate_ms <= best * (1.0 + TIE))
+                .count();
+            (rng.random_range(0..ties), "")
+        }
+    };
+    let chosen = &costed[index];
+    Ok(Decision {
+        reason: format!(
+            "{why}estimated {:.1} ms with {} process(es), best of {} candidate(s){where_}",
+            chosen.estimate_ms,
+            chosen.procs,
+            candidates.len()
+        ),
+        node: chosen.view.node.clone(),
+        procs: chosen.procs,
+        estimate_ms: chosen.estimate_ms,
+        candidates,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::fit::RunFit;
+
+    /// A node from one line: `id tier running/slots [flags]`, where flags
+    /// are `dead`, `missing` (function not installed), `full` (queue full),
+    /// `procs=N` (max_procs), `inflight=N`, `ahead=MS,MS` (our jobs there
+    /// and their time left), `rtt=MS`, `mbps=MB/s` fetch, `run=MS[@PROCS]`
+    /// history (repeatable), `runs=MB:MS,MB:MS…[@PROCS]` history of runs
+    /// with inputs of those sizes, oldest first.
+    fn node(line: &str) -> NodeView {
+        let mut parts = line.split_whitespace();
+        let id = parts.next().unwrap();
+        let tier = parts.next().unwrap().parse().unwrap();
+        let (running, slots) = parts.next().unwrap().split_once('/').unwrap();
+        let mut view = NodeView {
+            node: id.into(),
+            tier,
+            alive: true,
+            serves: true,
+            slots: slots.parse().unwrap(),
+            running: running.parse().unwrap(),
+            queue_capacity: 4,
+            max_procs: 4,
+            ..Default::default()
+        };
+        for flag in parts {
+            match flag {
+                "dead" => view.alive = false,
+                "missing" => view.serves = false,
+                "full" => view.queued = view.slots + view.queue_capacity,
+                f if f.starts_with("procs=") => view.max_procs = f[6..].parse().unwrap(),
+                f if f.starts_with("inflight=") => view.in_flight = f[9..].parse().unwrap(),
+                f if f.starts_with("rtt=") => view.rtt_ms = Some(f[4..].parse().unwrap()),
+                f if f.starts_with("mbps=") => {
+                    view.fetch_bytes_per_s = Some(f[5..].parse::<f64>().unwrap() * 1e6)
+                }
+                f if f.starts_with("run=") => {
+                    let (ms, procs) = f[4..].split_once('@').unwrap_or((&f[4..], "1"));
+                    view.runs
+                        .push((procs.parse().unwrap(), RunFit::new(0, ms.parse().unwrap())));
+                }
+                f if f.starts_with("runs=") => {
+                    let (runs, procs) = f[5..].split_once('@').unwrap_or((&f[5..], "1"));
+                    let mut fit: Option<RunFit> = None;
+                    for run in runs.split(',') {
+                        let (mb, ms) = run.split_once(':').unwrap();
+                        let bytes = mb.parse::<u64>().unwrap() * 1_000_000;
+                        let ms = ms.parse().unwrap();
+                        match &mut fit {
+                            Some(fit) => fit.update(bytes, ms),
+                            None => fit = Some(RunFit::new(bytes, ms)),
+                        }
+                    }
+                    view.runs.push((procs.parse().unwrap(), fit.unwrap()));
+                }
+                f if f.starts_with("ahead=") => {
+                    view.ahead_ms = f[6..].split(',').map(|v| v.parse().unwrap()).collect();
+                    view.in_flight = view.ahead_ms.len() as u32;
+                }
+                other => panic!("unknown flag {other}"),
+            }
+        }
+        view
+    }
+
+    /// One decision: `nodes` as for [`node`]; `request` is `PLACEMENT
+    /// [procs=N|N-M] [input=NMB] [inline=NMB]`, one process and no input
+    /// unless said (`input` is fetched by the node, `inline` travels in the
+    /// message); `expect` is a node id, `node/N` (N the processes it must
+    /// run with), or `error NNN` with the expected code.
+    fn check(nodes: &[&str], request: &str, expect: &str) {
+        let nodes: Vec<NodeView> = nodes.iter().map(|l| node(l)).collect();
+        let line = request;
+        let mut words = line.split_whitespace();
+        let placement: Placement = words.next().unwrap().parse().unwrap();
+        let mut request = Request {
+            function: "f",
+            placement: &placement,
+            procs: Procs::exactly(1),
+            input_bytes: 0,
+            inline_bytes: 0,
+        };
+        let megabytes =
+            |mb: &str| mb.strip_suffix("MB").unwrap().parse::<u64>().unwrap() * 1_000_000;
+        for word in words {
+            match word.split_once('=') {
+                Some(("procs", procs)) => request.procs = procs.parse().unwrap(),
+                Some(("input", mb)) => request.input_bytes = megabytes(mb),
+                Some(("inline", mb)) => request.inline_bytes = megabytes(mb),
+                _ => panic!("unknown request word {word}"),
+            }
+        }
+        // Several seeds: a decision must not depend on luck unless tied.
+        for seed in 0..8 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let got = match choose(&nodes, &request, &mut rng) {
+                Ok(d) if expect.contains('/') => format!("{}/{}", d.node, d.procs),
+                Ok(d) => d.node,
+                Err(e) => format!("error {}", e.code),
+            };
+            assert_eq!(got, expect, "nodes {nodes:?}, request `{line}`");
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        check(&["e1 edge 0/2", "c1 cloud 1/2"], "auto", "e1");
+        check(&["e1 edge 2/2", "c1 cloud 0/2"], "auto", "c1");
+        check(&["e1 edge 0/2 dead", "c1 cloud 1/2"], "auto", "c1");
+        check(&["e1 edge 0/2 missing", "c1 cloud 1/2"], "auto", "c1");
+        check(&["e1 edge 0/2 full", "c1 cloud 1/2"], "auto", "c1");
+        check(&["e1 edge 0/2 inflight=2", "c1 cloud 1/2"], "auto", "c1");
+        check(&["e1 edge 0/2", "c1 cloud 0/2"], "cloud", "c1");
+        check(&["e1 edge 2/2", "c1 cloud 0/2"], "edge", "e1");
+        check(&["e1 edge 0/2", "c1 cloud 0/2"], "node:c1", "c1");
+        check(
+            &["e1 edge 0/2 procs=4", "c1 cloud 1/2 procs=16"],
+            "auto procs=16",
+            "c1",
+        );
+    }
+
+    /// The cases of the placement issue: `node tier running/slots` plus
+    /// `rtt=` ms, `mbps=` fetch MB/s, `run=` ms of history.
+    #[test]
+    fn cost_model_decisions() {
+        // An overloaded edge spills to the cloud despite the round trip.
+        check(
+            &["e1 edge 6/2 run=200", "c1 cloud 0/16 run=200 rtt=40"],
+            "auto",
+            "c1",
+        );
+        // A lightly loaded edge keeps the work: the cloud's round trip costs more.
+        check(
+            &["e1 edge 1/2 run=200", "c1 cloud 0/16 run=200 rtt=40"],
+            "auto",
+            "e1",
+        );
+        // A large input over a slow link stays at the edge, even a busy one...
+        let slow_link = [
+            "e1 edge 3/2 run=2000 mbps=500",
+            "c1 cloud 0/16 run=500 rtt=40 mbps=10",
+        ];
+        check(&slow_link, "auto input=500MB", "e1");
+        // ...while a small one goes where the run is fastest.
+        check(&slow_link, "auto input=1MB", "c1");
+        // A 16-process job needs a cloud site.
+        check(
+            &["e1 edge 0/2 procs=4", "c1 cloud 3/16 procs=16 rtt=60"],
+            "auto procs=16",
+            "c1",
+        );
+        // A slow node (by its history) is avoided; so is a far one.
+        check(
+            &["e1 edge 0/2 run=5000", "c1 cloud 0/2 run=100 rtt=30"],
+            "auto",
+            "c1",
+        );
+        check(
+            &["c1 cloud 0/2 rtt=80", "c2 cloud 0/2 rtt=10"],
+            "auto",
+            "c2",
+        );
+        // More processes shorten a known run: 4 procs on a node whose history is at 1.
+        let e1 = "e1 edge 0/2 run=1000 procs=4";
+        check(
+            &[e1, "c1 cloud 0/16 run=300 rtt=200 procs=16"],
+            "auto procs=4",
+            "e1",
+        );
+        check(
+            &[e1, "c1 cloud 0/16 run=300 rtt=100 procs=16"],
+            "auto procs=4",
+            "c1",
+        );
+        // No history: the first guess, plus what is measured.
+        check(&["e1 edge 0/2", "c1 cloud 0/2 rtt=40"], "auto", "e1");
+    }
+
+    /// The paper's trade-off: a job using as many processes as a site
+    /// allows runs 4-wide at the edge or 16-wide in the cloud; the cloud's
+    /// extra processes win unless the input must cross a slow link.
+    #[test]
+    fn process_ranges_fit_each_node() {
+        let sites = [
+            "e1 edge 0/1 procs=4 run=1600@4 mbps=500",
+            "c1 cloud 0/1 procs=16 run=400@16 rtt=20 mbps=6",
+        ];
+        check(&sites, "auto procs=1-16", "c1/16");
+        check(&sites, "auto procs=1-16 input=1MB", "c1/16");
+        check(&sites, "auto procs=1-16 input=50MB", "e1/4");
+        check(&sites, "edge procs=1-16", "e1/4");
+        check(&sites, "auto procs=8-16 input=50MB", "c1/16");
+        check(&sites, "auto procs=8", "c1/8");
+        // The history at the job's own count counts, not another scaled
+        // (1000 ms at 1 process would make 250 ms at 4, and the edge win).
+        let sites = [
+            "e1 edge 0/1 procs=4 run=1000@1 run=300@4",
+            "c1 cloud 0/1 procs=4 run=260@4 rtt=20",
+        ];
+        check(&sites, "auto procs=4", "c1/4");
+    }
+
+    /// A cloud node that never fetched borrows its tier's measured
+    /// throughput, not the edge's.
+    #[test]
+    fn unmeasured_fetches_borrow_the_tier() {
+        let nodes = [
+            "e1 edge 0/1 procs=4 run=800@4 mbps=400",
+            "c1 cloud 0/1 procs=16 run=200@16 rtt=20 mbps=6",
+            "c2 cloud 0/1 procs=16 run=200@16 rtt=20",
+        ];
+        check(&nodes, "auto procs=1-16 input=16MB", "e1/4");
+        // With no measure anywhere in the cloud, a WAN default still keeps it at the edge.
+        check(&[nodes[0], nodes[2]], "auto procs=1-16 input=16MB", "e1/4");
+        check(&[nodes[0], nodes[2]], "auto procs=1-16", "c2/16");
+    }
+
+    /// The wait at a node whose slots are taken by jobs this dispatcher
+    /// sent is when the first of them should finish.
+    #[test]
+    fn queue_wait_counts_the_jobs_ahead() {
+        let c1 = "c1 cloud 0/1 run=200 rtt=300";
+        // The edge frees its slot in 100 ms: wait for it rather than pay 300 ms away.
+        check(&["e1 edge 0/1 run=200 ahead=100", c1], "auto", "e1");
+        // ...but not for 2 s.
+        check(&["e1 edge 0/1 run=200 ahead=2000", c1], "auto", "c1");
+        // Two slots, two jobs ahead: the sooner one frees a slot.
+        check(&["e1 edge 0/2 run=200 ahead=5000,50", c1], "auto", "e1");
+    }
+
+    /// A node never tried is tried once when it may be the best; a node
+    /// whose optimistic estimate is far off is not; one being tried is not
+    /// tried twice at once.
+    #[test]
+    fn untried_nodes_are_explored() {
+        check(
+            &["c1 cloud 0/1 run=100 rtt=20", "c2 cloud 0/1 rtt=30"],
+            "auto",
+            "c2",
+        );
+        check(
+            &["c1 cloud 0/1 run=100 rtt=20", "c2 cloud 0/1 rtt=500"],
+            "auto",
+            "c1",
+        );
+        check(
+            &[
+                "c1 cloud 0/2 run=100 rtt=20",
+                "c2 cloud 0/2 rtt=30 inflight=1",
+            ],
+            "auto",
+            "c1",
+        );
+        let nodes = [
+            node("c1 cloud 0/1 run=100 rtt=20"),
+            node("c2 cloud 0/1 rtt=30"),
+        ];
+        let request = Request {
+            function: "f",
+            placement: &Placement::Auto,
+            procs: Procs::exactly(1),
+            input_bytes: 0,
+            inline_bytes: 0,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let decision = choose(&nodes, &request, &mut rng).unwrap();
+        assert!(
+            decision.reason.starts_with("exploring"),
+            "{}",
+            decision.reason
+        );
+    }
+
+    /// A run time that grows with the input is learnt as such: `a` is fast
+    /// on small inputs and slow on large ones, `b` takes 500 ms whatever
+    /// the size. A moving average of `a`'s runs (about 1.2 s) would send
+    /// both sizes to `b`.
+    #[test]
+    fn run_time_follows_the_input_size() {
+        let nodes = [
+            "a cloud 0/1 rtt=5 runs=1:100,20:2000,1:100,20:2000",
+            "b cloud 0/1 rtt=5 runs=1:500,20:500,1:500,20:500",
+        ];
+        check(&nodes, "auto inline=1MB", "a");
+        check(&nodes, "auto inline=20MB", "b");
+        // Between and beyond the sizes seen: the line, not the average.
+        check(&nodes, "auto inline=4MB", "a");
+        check(&nodes, "auto inline=100MB", "b");
+    }
+
+    #[test]
+    fn errors() {
+        check(&[], "auto", "error 503");
+        check(&["e1 edge 0/2 dead"], "auto", "error 503");
+        check(&["e1 edge 0/2 missing"], "auto", "error 503");
+        check(&["e1 edge 0/2"], "cloud", "error 503");
+        check(&["e1 edge 0/2"], "node:nope", "error 503");
+        check(&["e1 edge 0/2 procs=4"], "auto procs=16", "error 503");
+        check(
+            &["e1 edge 0/2 full", "c1 cloud 0/2 full"],
+            "auto",
+            "error 429",
+        );
+    }
+
+    #[test]
+    fn ties_are_broken_at_random() {
+        let nodes = [node("a edge 0/2"), node("b edge 0/2")];
+        let request = Request {
+            function: "f",
+            placement: &Placement::Auto,
+            procs: Procs::exactly(1),
+            input_bytes: 0,
+            inline_bytes: 0,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..64 {
+            seen.insert(choose(&nodes, &request, &mut rng).unwrap().node);
+        }
+        assert_eq!(seen.len(), 2);
+    }
+
+    #[test]
+    fn errors_say_what_is_missing() {
+        let nodes = [node("e1 edge 0/2 missing")];
+        let placement = Placement::Cloud;
+        let request = Request {
+            function: "hello",
+            placement: &placement,
+            procs: Procs::exactly(1),
+            input_bytes: 0,
+            inline_bytes: 0,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let err = choose(&nodes, &request, &mut rng).unwrap_err();
+        assert_eq!(err.message, "no node matches (placement `cloud`)");
+        let request = Request {
+            placement: &Placement::Auto,
+            ..request
+        };
+        let err = choose(&nodes, &request, &mut rng).unwrap_err();
+        assert_eq!(err.message, "no live node has function `hello` installed");
+    }
+}
