@@ -257,13 +257,21 @@ fn probe_suffix() -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
-/// Whether `error`, or what caused it, is JetStream's "insufficient storage
-/// resources available".
+/// Whether `error`, or what caused it, is JetStream refusing a stream for
+/// want of storage (error codes 10047 "insufficient storage resources
+/// available" and 10023 "insufficient resources"), found by type.
 fn no_room(error: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+    use async_nats::jetstream::ErrorCode;
     let mut cause = Some(error);
     while let Some(e) = cause {
-        if e.to_string().contains("insufficient storage") {
-            return true;
+        if let Some(CreateStreamErrorKind::JetStream(js)) =
+            e.downcast_ref::<CreateStreamError>().map(|e| e.kind())
+        {
+            return matches!(
+                js.error_code(),
+                ErrorCode::STORAGE_RESOURCES_EXCEEDED | ErrorCode::INSUFFICIENT_RESOURCES
+            );
         }
         cause = e.source();
     }
