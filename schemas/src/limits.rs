@@ -15,7 +15,27 @@ pub struct RunLimits {
     pub max_timeout: Duration,
 }
 
+impl Default for RunLimits {
+    /// 30 s when nothing else is said, at most 15 minutes.
+    fn default() -> Self {
+        Self {
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
 impl RunLimits {
+    /// The default limit in milliseconds, as configuration spells it.
+    pub fn default_timeout_ms(&self) -> u64 {
+        self.default_timeout.as_millis() as u64
+    }
+
+    /// The maximum limit in milliseconds, as configuration spells it.
+    pub fn max_timeout_ms(&self) -> u64 {
+        self.max_timeout.as_millis() as u64
+    }
+
     /// Limits from milliseconds, as configuration spells them.
     pub fn from_ms(default_timeout_ms: u64, max_timeout_ms: u64) -> Self {
         Self {
