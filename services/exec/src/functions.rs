@@ -1,21 +1,17 @@
-//! The functions this node serves, and the loop that installs them as the
-//! registry changes. A new version installs beside the one being served and
-//! replaces it only once ready; a failed install leaves the old one serving.
+//! The functions this node serves: one entry per deployed function, with
+//! the version wanted, its install state and the version serving. A new
+//! version installs beside the one serving and replaces it only once ready;
+//! a failed install leaves the old one serving; a version's files go when
+//! the last run on it ends. The install pipeline lives in `install`; this
+//! table only records what it wants and what it got.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use comfaas_platform::registry::{Registry, RegistryChange, RegistryError};
-use comfaas_runtime::{HandlerPool, Installation, Toolchain, WorkerSpec};
-use comfaas_schemas::{Deployment, FunctionState, InstallState, Mode};
-
-use crate::work::run_env;
-use futures::stream::BoxStream;
-use futures::StreamExt;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use comfaas_runtime::{HandlerPool, Installation, Sandbox};
+use comfaas_schemas::{Deployment, FunctionState, InstallState, Procs};
 
 /// An installed version, shared by the runs using it. Its files are removed
 /// when the last holder lets go (it was replaced or removed, and the last
@@ -26,13 +22,41 @@ pub struct Served {
     pub version: String,
     /// How to run it.
     pub installation: Installation,
+    /// What its runs and warm workers may see.
+    pub sandbox: Sandbox,
     /// The manifest's run time limit.
     pub timeout: Option<Duration>,
     /// The manifest's MPI process count or range.
-    pub procs: Option<comfaas_schemas::Procs>,
+    pub procs: Option<Procs>,
     /// Warm workers, in handler mode.
     pub pool: Option<Arc<HandlerPool>>,
-    root: PathBuf,
+    /// The folder holding the version's bundle, environment and workers.
+    pub root: PathBuf,
+}
+
+/// What a lookup found for a function name.
+pub enum Lookup {
+    /// Ready to run.
+    Ready(Arc<Served>),
+    /// Deployed but not servable here (installing, or its install failed).
+    NotReady(String),
+    /// Not deployed.
+    Unknown,
+}
+
+/// The node's functions, shared by the installer, the worker and the heartbeat.
+#[derive(Clone, Default)]
+pub struct FunctionTable {
+    entries: Arc<Mutex<HashMap<String, Entry>>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+/// One function as this node knows it.
+struct Entry {
+    wanted: Deployment,
+    state: InstallState,
+    reason: Option<String>,
+    serving: Option<Arc<Served>>,
 }
 
 impl Drop for Served {
@@ -50,51 +74,16 @@ impl Drop for Served {
     }
 }
 
-/// One function as this node knows it.
-struct Entry {
-    wanted: Deployment,
-    state: InstallState,
-    reason: Option<String>,
-    serving: Option<Arc<Served>>,
-}
-
-/// What a lookup found for a function name.
-pub enum Lookup {
-    /// Ready to run.
-    Ready(Arc<Served>),
-    /// Deployed but not servable here (installing, or its install failed).
-    NotReady(String),
-    /// Not deployed.
-    Unknown,
-}
-
-/// The node's functions, shared by the installer, the workers and the heartbeat.
-#[derive(Clone)]
-pub struct FunctionTable {
-    entries: Arc<Mutex<HashMap<String, Entry>>>,
-    root: PathBuf,
-    changed: Arc<tokio::sync::Notify>,
-}
-
 impl FunctionTable {
-    /// An empty table installing under `root`.
-    pub fn new(root: PathBuf) -> Self {
-        Self {
-            entries: Arc::default(),
-            root,
-            changed: Arc::default(),
-        }
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Resolves when an install starts, ends or a function is removed, so
     /// the heartbeat tells dispatchers at once instead of up to a period later.
     pub async fn changed(&self) {
         self.changed.notified().await;
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        // A panic while holding the lock leaves plain data behind; keep serving.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Finds what to run for `name`.
@@ -131,9 +120,9 @@ impl FunctionTable {
         states
     }
 
-    /// Records a new wanted deployment; `false` when it is already the one
-    /// installed or being installed.
-    fn want(&self, deployment: &Deployment) -> bool {
+    /// Records a new wanted deployment: `true` when it must be installed,
+    /// `false` when it is already the one installed or being installed.
+    pub fn want(&self, deployment: &Deployment) -> bool {
         let mut entries = self.lock();
         let name = deployment.manifest.name.clone();
         match entries.get_mut(&name) {
@@ -168,11 +157,13 @@ impl FunctionTable {
         }
     }
 
-    /// Applies an install's result if `deployment` is still the one wanted.
-    fn finish(&self, deployment: &Deployment, result: Result<Served, String>) {
+    /// Applies an install's result if `deployment` is still the one wanted;
+    /// otherwise `result` drops (and its files with it). Of a failure only
+    /// the text is kept: it travels in every heartbeat.
+    pub fn finish(&self, deployment: &Deployment, result: Result<Served, impl std::fmt::Display>) {
         let mut entries = self.lock();
         let Some(entry) = entries.get_mut(&deployment.manifest.name) else {
-            return; // removed meanwhile; `result` drops and cleans up
+            return; // removed meanwhile
         };
         if entry.wanted.bundle.digest != deployment.bundle.digest {
             return; // superseded by a newer deploy
@@ -186,173 +177,241 @@ impl FunctionTable {
             Err(reason) => {
                 entry.state = InstallState::Failed;
                 // Bounded: it travels in every heartbeat.
-                entry.reason = Some(comfaas_platform::reply::header_text(&reason));
+                entry.reason = Some(comfaas_platform::reply::header_text(&reason.to_string()));
             }
         }
         self.changed.notify_one();
     }
 
-    fn remove(&self, name: &str) {
+    /// Forgets `name`; its serving version goes when its last run ends.
+    pub fn remove(&self, name: &str) {
         self.lock().remove(name);
         self.changed.notify_one();
     }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-/// Installs every deployment the registry announces until `shutdown`.
-pub async fn install_loop(
-    mut changes: BoxStream<'static, Result<RegistryChange, RegistryError>>,
-    registry: Registry,
-    table: FunctionTable,
-    toolchain: Toolchain,
-    node: String,
-    shutdown: CancellationToken,
-) {
-    let mut installs = JoinSet::new();
-    loop {
-        let change = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(done) = installs.join_next(), if !installs.is_empty() => {
-                if let Err(e) = done {
-                    tracing::error!("install task failed: {e}");
-                }
-                continue;
-            }
-            change = changes.next() => change,
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use comfaas_schemas::{BundleRef, Manifest, SCHEMA_VERSION};
+
+    use super::*;
+
+    fn deployment(name: &str, version: &str, digest: &str) -> Deployment {
+        let manifest = Manifest::from_toml(&format!(
+            "name = \"{name}\"\nversion = \"{version}\"\nruntime = \"python\"\nentry = \"main.py\""
+        ))
+        .unwrap();
+        Deployment {
+            schema: SCHEMA_VERSION,
+            manifest,
+            bundle: BundleRef {
+                object: format!("sha256-{digest}"),
+                digest: format!("sha256:{digest}"),
+                size: 1,
+            },
+            deployed_unix_ms: 0,
+        }
+    }
+
+    /// A served version whose files are the folder `root`.
+    fn served(version: &str, root: &Path) -> Served {
+        std::fs::create_dir_all(root).unwrap();
+        let installation = Installation {
+            runtime: comfaas_schemas::Runtime::Python,
+            bundle_dir: root.join("bundle"),
+            program: "/usr/bin/python3".into(),
+            args: Vec::new(),
+            path: Vec::new(),
         };
-        match change {
-            // watch_forever does not end; if it ever did, stop cleanly.
-            None => break,
-            Some(Err(e)) => tracing::warn!("registry: {e}"),
-            Some(Ok(RegistryChange::Removed(name))) => {
-                tracing::info!(function = %name, "removed");
-                table.remove(&name);
-            }
-            Some(Ok(RegistryChange::Deployed(deployment))) => {
-                if table.want(&deployment) {
-                    installs.spawn(install_one(
-                        *deployment,
-                        registry.clone(),
-                        table.clone(),
-                        toolchain.clone(),
-                        node.clone(),
-                    ));
-                }
-            }
-        }
-    }
-    installs.shutdown().await;
-}
-
-async fn install_one(
-    deployment: Deployment,
-    registry: Registry,
-    table: FunctionTable,
-    toolchain: Toolchain,
-    node: String,
-) {
-    let manifest = &deployment.manifest;
-    tracing::info!(function = %manifest.name, version = %manifest.version,
-        digest = %deployment.bundle.digest, "installing");
-    let started = std::time::Instant::now();
-    let result = install_files(&deployment, &registry, &table.root, &toolchain, &node).await;
-    match &result {
-        Ok(_) => tracing::info!(function = %manifest.name, version = %manifest.version,
-            ms = started.elapsed().as_millis() as u64, "ready"),
-        Err(reason) => tracing::warn!(function = %manifest.name, version = %manifest.version,
-            "install failed: {reason}"),
-    }
-    table.finish(&deployment, result);
-}
-
-/// Tries to read a bundle this many times, each within [`FETCH_TIMEOUT`]:
-/// a fetch stuck on a busy server must not leave a function installing forever.
-const FETCH_ATTEMPTS: u32 = 3;
-const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn fetch_bundle(registry: &Registry, deployment: &Deployment) -> Result<Vec<u8>, String> {
-    let mut last = String::new();
-    for attempt in 1..=FETCH_ATTEMPTS {
-        match tokio::time::timeout(FETCH_TIMEOUT, registry.fetch_bundle(&deployment.bundle)).await {
-            Ok(Ok(bytes)) => return Ok(bytes),
-            // A bundle that is missing or too large will not get better.
-            Ok(Err(e)) if !matches!(e, RegistryError::Nats(_)) => return Err(e.to_string()),
-            Ok(Err(e)) => last = e.to_string(),
-            Err(_) => {
-                last = format!(
-                    "fetching bundle {} took over {}s",
-                    deployment.bundle.object,
-                    FETCH_TIMEOUT.as_secs()
-                )
-            }
-        }
-        tracing::warn!(function = %deployment.manifest.name, attempt, "{last}");
-    }
-    Err(last)
-}
-
-async fn install_files(
-    deployment: &Deployment,
-    registry: &Registry,
-    root: &std::path::Path,
-    toolchain: &Toolchain,
-    node: &str,
-) -> Result<Served, String> {
-    let manifest = &deployment.manifest;
-    let bytes = fetch_bundle(registry, deployment).await?;
-    // A fresh folder per install: a version being replaced keeps its files
-    // until its last run ends.
-    let digest_hex = deployment
-        .bundle
-        .digest
-        .trim_start_matches("sha256:")
-        .chars()
-        .take(16)
-        .collect::<String>();
-    let dir = root
-        .join(&manifest.name)
-        .join(format!("{digest_hex}-{}", uuid::Uuid::new_v4().simple()));
-    let bundle_dir = dir.join("bundle");
-    let digest = deployment.bundle.digest.clone();
-    let unpack_to = bundle_dir.clone();
-    let unpacked =
-        tokio::task::spawn_blocking(move || comfaas_runtime::unpack(&bytes, &digest, &unpack_to))
-            .await
-            .map_err(|e| format!("unpack task failed: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
-    let result = match unpacked {
-        Ok(()) => comfaas_runtime::install(manifest, &bundle_dir, &dir.join("env"), toolchain)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e),
-    };
-    let result = match result {
-        Ok(installation) if manifest.mode == Mode::Handler => {
-            let spec = WorkerSpec {
-                program: installation.program.clone(),
-                args: installation.args.clone(),
-                env: run_env(&installation, &manifest.name, node),
-                work_root: dir.join("workers"),
-            };
-            let workers = manifest.workers.unwrap_or(1);
-            HandlerPool::start(spec, workers)
-                .await
-                .map(|pool| (installation, Some(pool)))
-        }
-        Ok(installation) => Ok((installation, None)),
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok((installation, pool)) => Ok(Served {
-            version: manifest.version.clone(),
+        Served {
+            version: version.to_owned(),
+            sandbox: Sandbox::new(&installation, "f", "edge-1"),
             installation,
-            timeout: manifest.timeout(),
-            procs: manifest.procs,
-            pool,
-            root: dir,
-        }),
-        Err(e) => {
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-            Err(e)
+            timeout: None,
+            procs: None,
+            pool: None,
+            root: root.to_owned(),
         }
+    }
+
+    fn serving(table: &FunctionTable, name: &str) -> Option<String> {
+        match table.lookup(name) {
+            Lookup::Ready(served) => Some(served.version.clone()),
+            _ => None,
+        }
+    }
+
+    fn not_ready(table: &FunctionTable, name: &str) -> Option<String> {
+        match table.lookup(name) {
+            Lookup::NotReady(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    fn state(table: &FunctionTable, name: &str) -> (InstallState, Option<String>) {
+        let states = table.states();
+        let state = states.iter().find(|s| s.name == name).unwrap();
+        (state.state, state.reason.clone())
+    }
+
+    /// Waits for a served version's files to go (removed off the runtime's threads).
+    async fn gone(path: &Path) -> bool {
+        for _ in 0..100 {
+            if !path.exists() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn installing_then_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = FunctionTable::new();
+        assert!(matches!(table.lookup("f"), Lookup::Unknown));
+
+        let v1 = deployment("f", "1", "aa");
+        assert!(table.want(&v1));
+        assert!(!table.want(&v1), "already installing");
+        assert_eq!(not_ready(&table, "f").unwrap(), "it is still installing");
+        assert_eq!(state(&table, "f"), (InstallState::Installing, None));
+
+        table.finish(&v1, Ok::<_, String>(served("1", &dir.path().join("v1"))));
+        assert_eq!(serving(&table, "f").unwrap(), "1");
+        assert_eq!(state(&table, "f"), (InstallState::Ready, None));
+        assert!(!table.want(&v1), "already installed");
+        let states = table.states();
+        assert_eq!(states[0].serving.as_deref(), Some("1"));
+        assert_eq!(states[0].digest, "sha256:aa");
+    }
+
+    #[tokio::test]
+    async fn a_failed_install_keeps_the_old_version_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = FunctionTable::new();
+        let v1 = deployment("f", "1", "aa");
+        table.want(&v1);
+        table.finish(&v1, Ok::<_, String>(served("1", &dir.path().join("v1"))));
+
+        let v2 = deployment("f", "2", "bb");
+        assert!(table.want(&v2));
+        assert_eq!(
+            serving(&table, "f").unwrap(),
+            "1",
+            "serves on while installing"
+        );
+        table.finish(&v2, Err::<Served, _>("no wheel for numpy\nsecond line"));
+        assert_eq!(
+            serving(&table, "f").unwrap(),
+            "1",
+            "serves on after a failure"
+        );
+        let (state, reason) = state(&table, "f");
+        assert_eq!(state, InstallState::Failed);
+        assert_eq!(reason.as_deref(), Some("no wheel for numpy second line"));
+        assert_eq!(table.states()[0].version, "2", "the wanted version");
+        assert!(
+            table.want(&v2),
+            "the same bundle is tried again after a failure"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_first_install_says_why() {
+        let table = FunctionTable::new();
+        let v1 = deployment("f", "1", "aa");
+        table.want(&v1);
+        table.finish(
+            &v1,
+            Err::<Served, _>("entry `main.py` is not a file in the bundle"),
+        );
+        assert_eq!(
+            not_ready(&table, "f").unwrap(),
+            "its install failed: entry `main.py` is not a file in the bundle"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_superseded_install_is_ignored_and_its_files_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = FunctionTable::new();
+        let (v1, v2) = (deployment("f", "1", "aa"), deployment("f", "2", "bb"));
+        table.want(&v1);
+        table.want(&v2);
+        let late = dir.path().join("v1");
+        table.finish(&v1, Ok::<_, String>(served("1", &late)));
+        assert!(not_ready(&table, "f").is_some(), "v1 is not what is wanted");
+        assert_eq!(state(&table, "f").0, InstallState::Installing);
+        assert!(gone(&late).await);
+
+        table.finish(&v2, Ok::<_, String>(served("2", &dir.path().join("v2"))));
+        assert_eq!(serving(&table, "f").unwrap(), "2");
+    }
+
+    #[tokio::test]
+    async fn a_replaced_version_goes_when_its_last_run_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = FunctionTable::new();
+        let (v1, v2) = (deployment("f", "1", "aa"), deployment("f", "2", "bb"));
+        let old = dir.path().join("v1");
+        table.want(&v1);
+        table.finish(&v1, Ok::<_, String>(served("1", &old)));
+        let Lookup::Ready(running) = table.lookup("f") else {
+            panic!("ready")
+        };
+        table.want(&v2);
+        table.finish(&v2, Ok::<_, String>(served("2", &dir.path().join("v2"))));
+        assert_eq!(serving(&table, "f").unwrap(), "2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(old.exists(), "a run still uses it");
+        drop(running);
+        assert!(gone(&old).await);
+    }
+
+    #[tokio::test]
+    async fn removed_functions_are_unknown_and_late_installs_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = FunctionTable::new();
+        let v1 = deployment("f", "1", "aa");
+        table.want(&v1);
+        table.remove("f");
+        assert!(matches!(table.lookup("f"), Lookup::Unknown));
+        let late = dir.path().join("v1");
+        table.finish(&v1, Ok::<_, String>(served("1", &late)));
+        assert!(matches!(table.lookup("f"), Lookup::Unknown));
+        assert!(table.states().is_empty());
+        assert!(gone(&late).await);
+    }
+
+    #[tokio::test]
+    async fn every_change_wakes_the_heartbeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = FunctionTable::new();
+        let changed = |table: &FunctionTable| {
+            let table = table.clone();
+            async move {
+                tokio::time::timeout(Duration::from_millis(50), table.changed())
+                    .await
+                    .is_ok()
+            }
+        };
+        assert!(!changed(&table).await);
+        let v1 = deployment("f", "1", "aa");
+        table.want(&v1);
+        assert!(changed(&table).await, "install started");
+        table.want(&v1);
+        assert!(!changed(&table).await, "nothing new");
+        table.finish(&v1, Ok::<_, String>(served("1", &dir.path().join("v1"))));
+        assert!(changed(&table).await, "install ended");
+        table.remove("f");
+        assert!(changed(&table).await, "removed");
     }
 }

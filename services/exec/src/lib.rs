@@ -1,30 +1,44 @@
 //! The comfaas executor: one per edge or cloud host.
 //!
 //! It watches the function registry and installs every deployed function
-//! into an environment of its own ([`functions`]), consumes invocations from
-//! `<prefix>.work.<node>` and runs them as bounded child processes with at
-//! most `slots` at once and a bounded queue beyond ([`work`]), and publishes
-//! its [`comfaas_schemas::NodeLoad`] every heartbeat ([`load`]).
+//! into an environment of its own (`install`) kept in the table of served
+//! versions (`functions`), takes invocations from `<prefix>.work.<node>`
+//! (`work`) with at most `slots` runs at once and a bounded queue beyond
+//! (`admission`), runs each as a bounded child process or on a warm worker
+//! (`run`) with large inputs from a local cache (`inputs`), and publishes
+//! its [`comfaas_schemas::NodeLoad`] every heartbeat (`load`).
+//!
+//! Dependencies between the modules go one way: `work` uses `admission`,
+//! `functions` and `run`; `run` uses `functions` and `inputs`; `install`
+//! uses `functions`; `load` reads `admission`, `functions` and `inputs`.
 //!
 //! Architecture invariant: the executor never chooses where work runs and
 //! never talks to devices; it answers whoever sent the invocation.
 
+mod admission;
 mod config;
 mod functions;
 mod inputs;
+mod install;
 mod load;
+mod run;
 mod work;
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use comfaas_runtime::Toolchain;
+use comfaas_schemas::RunLimits;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use admission::Admission;
 pub use config::{ExecConfig, ExecFlags};
 use functions::FunctionTable;
-use work::Admission;
+use install::Installer;
+use load::Heartbeat;
+use run::{Outputs, Runner};
+use work::Worker;
 
 /// A configured executor, ready to [`run`](Executor::run).
 pub struct Executor {
@@ -101,7 +115,7 @@ impl Executor {
             config.input_cache_bytes,
         ));
         tokio::fs::create_dir_all(config.data_dir().join("inputs")).await?;
-        let table = FunctionTable::new(config.data_dir().join("functions"));
+        let table = FunctionTable::new();
         let admission = Admission::new(config.slots(), config.queue);
         let max_output = config.max_output(self.client.max_payload());
 
@@ -137,38 +151,46 @@ impl Executor {
                 load::say_leaving(&client, &config).await;
             })
         };
-        tasks.spawn(load::heartbeat(
-            self.client.clone(),
-            config.clone(),
-            table.clone(),
-            admission.clone(),
-            inputs.clone(),
-            available(&self.toolchain),
-            stop_heartbeat.clone(),
-        ));
+        let heartbeat = Heartbeat {
+            client: self.client.clone(),
+            config: config.clone(),
+            table: table.clone(),
+            admission: admission.clone(),
+            inputs: inputs.clone(),
+            runtimes: available(&self.toolchain),
+        };
+        tasks.spawn(heartbeat.run(stop_heartbeat.clone()));
         tasks.spawn(answer_pings(
             self.client.clone(),
             pings,
             stop_heartbeat.clone(),
         ));
-        let stop_installs = shutdown.child_token();
-        tasks.spawn(functions::install_loop(
-            changes,
+        let installer = Installer {
             registry,
-            table.clone(),
-            self.toolchain.clone(),
-            config.node.clone(),
-            stop_installs,
-        ));
-        let worker = work::Worker {
+            table: table.clone(),
+            toolchain: self.toolchain.clone(),
+            node: config.node.clone(),
+            root: config.data_dir().join("functions"),
+        };
+        tasks.spawn(installer.run(changes, shutdown.child_token()));
+        let worker = Worker {
             client: self.client.clone(),
             config: config.clone(),
             table,
             admission,
-            max_output,
-            mpi: self.toolchain.mpi.clone(),
-            inputs,
-            outputs: comfaas_platform::resources::outputs_store(&js).await?,
+            limits: RunLimits::from_ms(config.default_timeout_ms, config.max_timeout_ms),
+            runner: Runner {
+                node: config.node.clone(),
+                runs_dir: config.data_dir().join("runs"),
+                max_output,
+                max_output_object_bytes: config.max_output_object_bytes,
+                mpi: self.toolchain.mpi.clone(),
+                inputs,
+                outputs: Outputs {
+                    store: comfaas_platform::resources::outputs_store(&js).await?,
+                    js,
+                },
+            },
         };
         worker.serve(work_sub, shutdown.clone()).await;
 
@@ -192,12 +214,7 @@ async fn answer_pings(
     stop: CancellationToken,
 ) {
     use futures::StreamExt;
-    loop {
-        let ping = tokio::select! {
-            _ = stop.cancelled() => return,
-            ping = pings.next() => ping,
-        };
-        let Some(ping) = ping else { return };
+    while let Some(Some(ping)) = stop.run_until_cancelled(pings.next()).await {
         if let Some(reply) = ping.reply {
             if let Err(e) = client.publish(reply, bytes::Bytes::new()).await {
                 tracing::debug!("cannot answer a ping: {e}");
@@ -206,6 +223,7 @@ async fn answer_pings(
     }
 }
 
+/// The runtimes this node can install, by name, for the heartbeat.
 fn available(toolchain: &Toolchain) -> Vec<String> {
     comfaas_runtime::available_runtimes(toolchain)
         .into_iter()

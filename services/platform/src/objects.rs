@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use async_nats::jetstream::object_store::{ObjectMetadata, ObjectStore};
+use async_nats::jetstream::Context;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
@@ -39,6 +40,25 @@ pub async fn sha256_of(path: &Path) -> std::io::Result<(String, u64)> {
         size += n as u64;
     }
     Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// Bytes the object store `bucket` can still take: its stream's limit less
+/// what it holds; `None` when it has no limit. A put that does not fit
+/// fails, and async-nats reports that as text only, so callers ask here
+/// instead (stored objects take a little more than their size: chunk
+/// subjects and headers).
+pub async fn free_bytes(js: &Context, bucket: &str) -> Result<Option<u64>, NatsError> {
+    // async-nats keeps the object store `bucket` in the stream `OBJ_<bucket>`.
+    let stream = format!("OBJ_{bucket}");
+    let info = js
+        .get_stream(&stream)
+        .await
+        .map_err(|e| NatsError::new(format!("open stream {stream}"), e))?
+        .get_info()
+        .await
+        .map_err(|e| NatsError::new(format!("read stream {stream}"), e))?;
+    let max = info.config.max_bytes;
+    Ok((max >= 0).then(|| (max as u64).saturating_sub(info.state.bytes)))
 }
 
 /// Puts the file at `path` into `store` as `name`, streamed in

@@ -94,6 +94,35 @@ if __name__ == "__main__":
 /// How long a worker may take to import its module.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Why a warm worker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Its private working directory could not be created.
+    #[error("create {}: {source}", .dir.display())]
+    WorkDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The process could not be started.
+    #[error("cannot start a worker: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The process has no pipes to speak the protocol on.
+    #[error("worker has no pipes")]
+    NoPipes,
+    /// It exited or answered something else than ready (usually an
+    /// import error, in its stderr).
+    #[error("worker did not start: {stderr}")]
+    NotReady {
+        /// The end of its stderr.
+        stderr: String,
+    },
+    /// It did not load the module within this time.
+    #[error("worker did not load the module within {}s", .0.as_secs())]
+    SlowStart(Duration),
+}
+
 /// How to start one worker.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
@@ -170,7 +199,7 @@ impl std::fmt::Debug for HandlerPool {
 impl HandlerPool {
     /// Starts `size` workers and waits until each has loaded the module;
     /// an import error is returned with the worker's stderr.
-    pub async fn start(spec: WorkerSpec, size: u32) -> Result<Arc<Self>, String> {
+    pub async fn start(spec: WorkerSpec, size: u32) -> Result<Arc<Self>, WorkerError> {
         let pool = Arc::new(Self {
             spec,
             idle: Mutex::new(Vec::new()),
@@ -183,9 +212,11 @@ impl HandlerPool {
         Ok(pool)
     }
 
-    async fn spawn(&self) -> Result<Worker, String> {
+    async fn spawn(&self) -> Result<Worker, WorkerError> {
         let dir = self.spec.work_root.join(format!("worker-{}", uuid_like()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        if let Err(source) = tokio::fs::create_dir_all(&dir).await {
+            return Err(WorkerError::WorkDir { dir, source });
+        }
         let mut command = Command::new(&self.spec.program);
         command
             .args(&self.spec.args)
@@ -199,13 +230,11 @@ impl HandlerPool {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("cannot start a worker: {e}"))?;
+        let mut child = command.spawn().map_err(WorkerError::Spawn)?;
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
-            return Err("worker has no pipes".to_owned());
+            return Err(WorkerError::NoPipes);
         };
         let tail = Arc::new(Mutex::new(Vec::new()));
         tokio::spawn(keep_tail(stderr, tail.clone()));
@@ -222,12 +251,11 @@ impl HandlerPool {
                 // Give stderr a moment to arrive: it holds the reason.
                 let _ = tokio::time::timeout(Duration::from_secs(2), worker.child.wait()).await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                Err(format!("worker did not start: {}", worker.stderr_tail()))
+                Err(WorkerError::NotReady {
+                    stderr: worker.stderr_tail(),
+                })
             }
-            Err(_) => Err(format!(
-                "worker did not load the module within {}s",
-                START_TIMEOUT.as_secs()
-            )),
+            Err(_) => Err(WorkerError::SlowStart(START_TIMEOUT)),
         }
     }
 
@@ -270,7 +298,7 @@ impl HandlerPool {
             Some(worker) => worker,
             None => match self.spawn().await {
                 Ok(worker) => worker,
-                Err(e) => return (Exit::SpawnFailed(e), Vec::new(), String::new()),
+                Err(e) => return (Exit::SpawnFailed(e.to_string()), Vec::new(), String::new()),
             },
         };
         // Only this call's stderr belongs in its error.
@@ -282,7 +310,7 @@ impl HandlerPool {
             drop(worker);
             worker = match self.spawn().await {
                 Ok(worker) => worker,
-                Err(e) => return (Exit::SpawnFailed(e), Vec::new(), String::new()),
+                Err(e) => return (Exit::SpawnFailed(e.to_string()), Vec::new(), String::new()),
             };
             if let Err(e) = worker.send(&input).await {
                 let tail = worker.stderr_tail();

@@ -1,6 +1,7 @@
 //! Function runtimes of comfaas: packing and safely unpacking bundles,
-//! installing a function once into its own environment, and running it as a
-//! bounded child process.
+//! installing a function once into its own environment, deciding what its
+//! runs may see ([`Sandbox`]), and running it as a bounded child process or
+//! on a warm worker.
 //!
 //! Architecture invariant: this crate knows nothing of NATS, dispatchers or
 //! placement. It turns a bundle plus a manifest into an [`Installation`] and
@@ -11,11 +12,13 @@ pub mod bundle;
 pub mod handler;
 pub mod install;
 pub mod process;
+pub mod sandbox;
 
 pub use bundle::{pack, unpack, Bundle, BundleError, MAX_UNPACKED_BYTES};
-pub use handler::{HandlerPool, WorkerSpec};
+pub use handler::{HandlerPool, WorkerError, WorkerSpec};
 pub use install::{
     available_runtimes, default_wheelhouse, install, InstallError, Installation, MpiFlavor,
     MpiLauncher, Toolchain,
 };
 pub use process::{run, RunInput, RunOutcome, RunSpec};
+pub use sandbox::{RunDir, Sandbox};

@@ -1,0 +1,202 @@
+//! The install pipeline: the registry announces a deployment, the
+//! [`Installer`] fetches its bundle, unpacks it into a fresh folder,
+//! installs it for its runtime, starts its warm workers in handler mode, and
+//! hands the result to the [`FunctionTable`], which switches to it only if
+//! it is still the version wanted.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use comfaas_platform::registry::{Registry, RegistryChange, RegistryError};
+use comfaas_runtime::{HandlerPool, Sandbox, Toolchain};
+use comfaas_schemas::{Deployment, Mode};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::functions::{FunctionTable, Served};
+
+/// Tries to read a bundle this many times, each within [`FETCH_TIMEOUT`]:
+/// a fetch stuck on a busy server must not leave a function installing forever.
+const FETCH_ATTEMPTS: u32 = 3;
+/// How long one attempt to read a bundle may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The registry's changes, as [`Registry::watch_forever`] gives them.
+pub type Changes = BoxStream<'static, Result<RegistryChange, RegistryError>>;
+
+/// Installs what the registry announces into this node's [`FunctionTable`].
+pub struct Installer {
+    /// Where bundles come from.
+    pub registry: Registry,
+    /// Where installs end up.
+    pub table: FunctionTable,
+    /// The tools installs use.
+    pub toolchain: Toolchain,
+    /// This node's id, for the runs' environment.
+    pub node: String,
+    /// The folder every version gets a folder of its own under.
+    pub root: PathBuf,
+}
+
+/// Why an install did not succeed; its text is the reason the heartbeat
+/// reports and a refused invocation quotes.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallFailure {
+    /// The bundle could not be read from the registry.
+    #[error(transparent)]
+    Fetch(RegistryError),
+    /// Reading the bundle took too long.
+    #[error("fetching bundle {object} took over {}s", .timeout.as_secs())]
+    FetchTimeout {
+        /// The bundle's object name.
+        object: String,
+        /// How long one attempt may take.
+        timeout: Duration,
+    },
+    /// The bundle is not a safe archive of its digest.
+    #[error(transparent)]
+    Unpack(#[from] comfaas_runtime::BundleError),
+    /// The unpacking task died.
+    #[error("unpack task failed: {0}")]
+    UnpackTask(#[source] tokio::task::JoinError),
+    /// The runtime's install failed.
+    #[error(transparent)]
+    Install(#[from] comfaas_runtime::InstallError),
+    /// Handler mode: the warm workers did not start.
+    #[error(transparent)]
+    Workers(#[from] comfaas_runtime::WorkerError),
+}
+
+impl Installer {
+    /// Installs every deployment `changes` announces until `shutdown`;
+    /// installs under way are abandoned then.
+    pub async fn run(self, mut changes: Changes, shutdown: CancellationToken) {
+        let installer = Arc::new(self);
+        let mut installs = JoinSet::new();
+        while let Some(change) = shutdown.run_until_cancelled(changes.next()).await {
+            while let Some(done) = installs.try_join_next() {
+                if let Err(e) = done {
+                    tracing::error!("install task failed: {e}");
+                }
+            }
+            match change {
+                // watch_forever does not end; if it ever did, stop cleanly.
+                None => break,
+                Some(Err(e)) => tracing::warn!("registry: {e}"),
+                Some(Ok(RegistryChange::Removed(name))) => {
+                    tracing::info!(function = %name, "removed");
+                    installer.table.remove(&name);
+                }
+                Some(Ok(RegistryChange::Deployed(deployment))) => {
+                    if installer.table.want(&deployment) {
+                        installs.spawn(installer.clone().install_one(*deployment));
+                    }
+                }
+            }
+        }
+        installs.shutdown().await;
+    }
+
+    async fn install_one(self: Arc<Self>, deployment: Deployment) {
+        let manifest = &deployment.manifest;
+        tracing::info!(function = %manifest.name, version = %manifest.version,
+            digest = %deployment.bundle.digest, "installing");
+        let started = std::time::Instant::now();
+        let result = self.install_files(&deployment).await;
+        match &result {
+            Ok(_) => tracing::info!(function = %manifest.name, version = %manifest.version,
+                ms = started.elapsed().as_millis() as u64, "ready"),
+            Err(reason) => tracing::warn!(function = %manifest.name, version = %manifest.version,
+                "install failed: {reason}"),
+        }
+        self.table.finish(&deployment, result);
+    }
+
+    async fn fetch_bundle(&self, deployment: &Deployment) -> Result<Vec<u8>, InstallFailure> {
+        let mut attempt = 1;
+        loop {
+            let failure = match tokio::time::timeout(
+                FETCH_TIMEOUT,
+                self.registry.fetch_bundle(&deployment.bundle),
+            )
+            .await
+            {
+                Ok(Ok(bytes)) => return Ok(bytes),
+                // A bundle that is missing or too large will not get better.
+                Ok(Err(e)) if !matches!(e, RegistryError::Nats(_)) => {
+                    return Err(InstallFailure::Fetch(e))
+                }
+                Ok(Err(e)) => InstallFailure::Fetch(e),
+                Err(_) => InstallFailure::FetchTimeout {
+                    object: deployment.bundle.object.clone(),
+                    timeout: FETCH_TIMEOUT,
+                },
+            };
+            tracing::warn!(function = %deployment.manifest.name, attempt, "{failure}");
+            if attempt == FETCH_ATTEMPTS {
+                return Err(failure);
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn install_files(&self, deployment: &Deployment) -> Result<Served, InstallFailure> {
+        let bytes = self.fetch_bundle(deployment).await?;
+        // A fresh folder per install: a version being replaced keeps its files
+        // until its last run ends.
+        let digest_hex = deployment
+            .bundle
+            .digest
+            .trim_start_matches("sha256:")
+            .chars()
+            .take(16)
+            .collect::<String>();
+        let dir = self
+            .root
+            .join(&deployment.manifest.name)
+            .join(format!("{digest_hex}-{}", uuid::Uuid::new_v4().simple()));
+        let result = self.install_into(deployment, bytes, &dir).await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+        }
+        result
+    }
+
+    /// Unpacks, installs and (in handler mode) starts workers in `dir`.
+    async fn install_into(
+        &self,
+        deployment: &Deployment,
+        bytes: Vec<u8>,
+        dir: &Path,
+    ) -> Result<Served, InstallFailure> {
+        let manifest = &deployment.manifest;
+        let bundle_dir = dir.join("bundle");
+        let digest = deployment.bundle.digest.clone();
+        let unpack_to = bundle_dir.clone();
+        tokio::task::spawn_blocking(move || comfaas_runtime::unpack(&bytes, &digest, &unpack_to))
+            .await
+            .map_err(InstallFailure::UnpackTask)??;
+        let installation =
+            comfaas_runtime::install(manifest, &bundle_dir, &dir.join("env"), &self.toolchain)
+                .await?;
+        let sandbox = Sandbox::new(&installation, &manifest.name, &self.node);
+        let pool = if manifest.mode == Mode::Handler {
+            let spec = sandbox.worker_spec(&installation, dir.join("workers"));
+            Some(HandlerPool::start(spec, manifest.workers.unwrap_or(1)).await?)
+        } else {
+            None
+        };
+        Ok(Served {
+            version: manifest.version.clone(),
+            installation,
+            sandbox,
+            timeout: manifest.timeout(),
+            procs: manifest.procs,
+            pool,
+            root: dir.to_owned(),
+        })
+    }
+}
