@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use clap::Parser;
-use comfaas_platform::server::{EmbeddedServer, ServerOptions};
 use comfaas_schemas::names::headers as h;
+use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
 use comfaas_tests::{header, points, repo_root, write_wheel, NodeSpec, Platform};
 use hdrhistogram::Histogram;
 
