@@ -3,8 +3,8 @@
 //! dispatcher and executors in-process or as their binaries, and helpers to
 //! write function folders, deploy them and invoke them.
 //!
-//! Integration tests live in `tests/tests/`; the benchmark program in
-//! `src/bin/comfaas-bench.rs`.
+//! Integration tests live in `tests/tests/`; the benchmark programs, which
+//! use this harness too, in the `comfaas-bench` package (`benches/`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -111,7 +111,8 @@ pub fn local_pi(points: &[u8]) -> f64 {
 }
 
 /// A workspace binary (`comfaas`, `comfaas-exec`, `comfaas-dispatch`),
-/// built by `cargo build --bins` next to the test executables.
+/// built by `cargo build --bins` next to the test executables and the
+/// benchmark programs.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let mut dir = exe.parent().expect("exe dir").to_path_buf();

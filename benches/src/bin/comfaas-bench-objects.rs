@@ -8,7 +8,7 @@
 //! 3. The executor's resident memory (sampled from /proc) before and during
 //!    the 500 MB invocation.
 //!
-//! Run: `cargo run --release -p comfaas-tests --bin comfaas-bench-objects`
+//! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench-objects`
 
 use std::path::Path;
 use std::time::{Duration, Instant};

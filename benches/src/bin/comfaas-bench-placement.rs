@@ -23,7 +23,7 @@
 //!    always at the edge, always in the cloud, and placed automatically;
 //!    the total time (first request to last answer) of each.
 //!
-//! Run: `cargo run --release -p comfaas-tests --bin comfaas-bench-placement`
+//! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench-placement`
 //! (`-- --quick` for a smaller matrix, `-- --repeat N` for N runs of each,
 //! `-- --mixed-only` for learning and the mixed workload alone).
 

@@ -8,7 +8,7 @@
 //! 3. Points per second per process of the three Pi functions on the same
 //!    input (1,000,000 points; the server's max payload is raised to 16 MB).
 //!
-//! Run: `cargo run --release -p comfaas-tests --bin comfaas-bench-runtimes`
+//! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench-runtimes`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

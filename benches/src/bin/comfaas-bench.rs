@@ -6,7 +6,7 @@
 //! (c) the full path to a real executor running a trivial Python function.
 //! Each at 1 and at 64 requests in flight; latency p50/p99 and throughput.
 //!
-//! Run: `cargo run --release -p comfaas-tests --bin comfaas-bench`
+//! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
