@@ -3,8 +3,9 @@
 //! dispatcher and executors in-process or as their binaries, and helpers to
 //! write function folders, deploy them and invoke them.
 //!
-//! Integration tests live in `tests/tests/`; the benchmark programs, which
-//! use this harness too, in the `comfaas-bench` package (`benches/`).
+//! Integration tests live in `tests/tests/it/`, one module per area in a
+//! single test binary, `it`; the benchmark programs, which use this harness
+//! too, in the `comfaas-bench` package (`benches/`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
