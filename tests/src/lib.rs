@@ -3,8 +3,9 @@
 //! dispatcher and executors in-process or as their binaries, and helpers to
 //! write function folders, deploy them and invoke them.
 //!
-//! Integration tests live in `tests/tests/`; the benchmark program in
-//! `src/bin/comfaas-bench.rs`.
+//! Integration tests live in `tests/tests/it/`, one module per area in a
+//! single test binary, `it`; the benchmark programs, which use this harness
+//! too, in the `comfaas-bench` package (`benches/`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,9 +17,9 @@ use comfaas_dispatch::{DispatchConfig, Dispatcher};
 use comfaas_exec::{ExecConfig, Executor};
 use comfaas_platform::nats::NatsOptions;
 use comfaas_platform::registry::Registry;
-use comfaas_platform::server::{EmbeddedServer, ServerOptions};
 use comfaas_schemas::names::Subjects;
 use comfaas_schemas::{decode, Deployment, DispatchMetrics, InstallState, NodeLoad, Tier};
+use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -111,7 +112,8 @@ pub fn local_pi(points: &[u8]) -> f64 {
 }
 
 /// A workspace binary (`comfaas`, `comfaas-exec`, `comfaas-dispatch`),
-/// built by `cargo build --bins` next to the test executables.
+/// built by `cargo build --bins` next to the test executables and the
+/// benchmark programs.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let mut dir = exe.parent().expect("exe dir").to_path_buf();

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use comfaas_dispatch::{DispatchConfig, Dispatcher};
 use comfaas_exec::{ExecConfig, Executor};
-use comfaas_platform::link::LinkSpec;
 use comfaas_platform::nats::NatsOptions;
 use comfaas_platform::registry::Registry;
-use comfaas_platform::server::{EmbeddedServer, ServerOptions};
-use comfaas_platform::sites::{self, Sites, SitesOptions};
 use comfaas_schemas::{Tier, MANIFEST_FILE};
+use comfaas_testbed::link::LinkSpec;
+use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
+use comfaas_testbed::sites::{self, Sites, SitesOptions};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -106,7 +106,7 @@ impl Servers {
     }
 }
 
-/// Starts one server, or one per site (see [`comfaas_platform::sites`])
+/// Starts one server, or one per site (see [`comfaas_testbed::sites`])
 /// with the edge's data mirrored at the first cloud site. Returns them and
 /// the executors to start.
 async fn start_servers(options: &DevOptions) -> anyhow::Result<(Servers, Vec<Node>)> {

@@ -47,11 +47,11 @@ enum Command {
         /// Emulated link between the edge and a cloud site, one-way latency
         /// and bandwidth: SITE=LATENCY[/BANDWIDTH], e.g. chicago=20ms/100mbit
         /// (repeatable; the paper's cities have defaults, see docs)
-        #[arg(long = "link", value_parser = comfaas_platform::sites::parse_site_link)]
-        links: Vec<(String, comfaas_platform::link::LinkSpec)>,
+        #[arg(long = "link", value_parser = comfaas_testbed::sites::parse_site_link)]
+        links: Vec<(String, comfaas_testbed::link::LinkSpec)>,
         /// Bandwidth of the edge's uplink, shared by every link to a cloud
         /// site, e.g. 90mbit [default: 90mbit with --sites]
-        #[arg(long, value_parser = comfaas_platform::link::parse_bandwidth)]
+        #[arg(long, value_parser = comfaas_testbed::link::parse_bandwidth)]
         uplink: Option<u64>,
         /// Join the sites over plain loopback, without emulated links or
         /// uplink (those given with --link or --uplink still apply)

@@ -266,8 +266,8 @@ mod tests {
     use std::time::Duration;
 
     use async_nats::jetstream::object_store;
-    use comfaas_platform::server::{EmbeddedServer, ServerOptions};
     use comfaas_schemas::ErrorCode;
+    use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
 
     use super::*;
 

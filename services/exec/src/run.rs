@@ -235,8 +235,8 @@ async fn read_for_handler(path: &Path) -> Result<Bytes, InvocationError> {
 #[cfg(test)]
 mod tests {
     use async_nats::jetstream::object_store;
-    use comfaas_platform::server::{EmbeddedServer, ServerOptions};
     use comfaas_schemas::ErrorCode;
+    use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
     use futures::StreamExt;
 
     use super::*;

@@ -1,23 +1,21 @@
 //! Shared plumbing of the comfaas services: how they connect to NATS, read
 //! their layered configuration, create the JetStream resources they share,
 //! read and write the function registry, parse requests and spell reply
-//! headers, and start an embedded `nats-server`.
+//! headers.
 //!
 //! Architecture invariant: nothing here knows how a function runs or where
 //! an invocation is placed. It is the NATS side of the house, reused by the
-//! dispatcher, the executor, the CLI and the tests.
+//! dispatcher, the executor, the CLI and the tests. Starting servers and
+//! emulating networks is not its job: that is `comfaas-testbed`.
 
-pub mod link;
 pub mod nats;
 pub mod objects;
 pub mod registry;
 pub mod reply;
 pub mod request;
 pub mod resources;
-pub mod server;
 pub mod settings;
 pub mod signals;
-pub mod sites;
 
 /// An error from NATS or JetStream, with what we were doing.
 #[derive(Debug, thiserror::Error)]

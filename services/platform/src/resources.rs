@@ -142,7 +142,7 @@ pub async fn packages_store(
 /// How long large inputs and outputs are kept.
 pub const OBJECT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Disk a bucket of large inputs or outputs may use.
-const DATA_MAX_BYTES: i64 = 16 << 30;
+pub const DATA_MAX_BYTES: i64 = 16 << 30;
 
 /// Large inputs (`Comfaas-Input-Object`), kept for [`OBJECT_TTL`].
 pub async fn inputs_store(js: &jetstream::Context) -> Result<object_store::ObjectStore, NatsError> {
@@ -172,7 +172,7 @@ pub async fn outputs_store(
 
 /// Smallest size an object store is shrunk to when the server cannot
 /// reserve the size asked for.
-const MIN_OBJECT_STORE_BYTES: i64 = 64 << 20;
+pub const MIN_OBJECT_STORE_BYTES: i64 = 64 << 20;
 
 /// Opens the object store `bucket`, creating it when missing with at most
 /// `max_bytes`. JetStream reserves a store's full size against the disk it
@@ -276,44 +276,4 @@ fn no_room(error: &(dyn std::error::Error + 'static)) -> bool {
         cause = e.source();
     }
     false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::server::{EmbeddedServer, ServerOptions};
-
-    /// On a server that may use only 1 GB of disk, the 16 GiB stores are
-    /// created smaller instead of failing the service that opens them.
-    #[tokio::test]
-    async fn stores_shrink_to_the_disk_the_server_allows() {
-        let server = EmbeddedServer::start(ServerOptions {
-            config_text: Some("jetstream {\n  max_file_store: 1GB\n}\n".to_owned()),
-            ..ServerOptions::default()
-        })
-        .await
-        .unwrap();
-        let client = async_nats::connect(server.url()).await.unwrap();
-        let js = jetstream::new(client);
-        let inputs = inputs_store(&js).await.unwrap();
-        let outputs = outputs_store(&js).await.unwrap();
-        let mut sizes = Vec::new();
-        for bucket in [names::INPUTS_BUCKET, names::OUTPUTS_BUCKET] {
-            let mut stream = js.get_stream(format!("OBJ_{bucket}")).await.unwrap();
-            sizes.push(stream.info().await.unwrap().config.max_bytes);
-        }
-        assert!(
-            sizes
-                .iter()
-                .all(|s| *s < DATA_MAX_BYTES && *s >= MIN_OBJECT_STORE_BYTES),
-            "{sizes:?}"
-        );
-        // Usable: a put and a get.
-        inputs
-            .put("x", &mut std::io::Cursor::new(b"data".to_vec()))
-            .await
-            .unwrap();
-        assert!(outputs.get("missing").await.is_err());
-        server.stop().await;
-    }
 }

@@ -6,7 +6,7 @@
 //! (c) the full path to a real executor running a trivial Python function.
 //! Each at 1 and at 64 requests in flight; latency p50/p99 and throughput.
 //!
-//! Run: `cargo run --release -p comfaas-tests --bin comfaas-bench`
+//! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +17,6 @@ use comfaas_platform::reply::{self, ReplyMeta};
 use comfaas_schemas::names::headers as h;
 use comfaas_schemas::{
     decode, encode, now_unix_ms, FunctionState, InstallState, Invocation, NodeLoad, Tier,
-    SCHEMA_VERSION,
 };
 use comfaas_tests::{header, Platform, Process};
 use futures::StreamExt;
@@ -179,18 +178,12 @@ async fn instant_node(
         }
     });
     let load = NodeLoad {
-        schema: SCHEMA_VERSION,
         node: node.to_owned(),
         tier: Tier::Edge,
         site: "bench".to_owned(),
         cores: 2,
         slots: 1024,
-        running: 0,
-        queued: 0,
         queue_capacity: 1024,
-        cpu_load: 0.0,
-        memory_total_bytes: 0,
-        memory_used_bytes: 0,
         max_procs: 1,
         runtimes: vec!["python".to_owned()],
         functions: vec![FunctionState {
@@ -203,10 +196,7 @@ async fn instant_node(
         }],
         heartbeat_ms: 1000,
         sent_unix_ms: now_unix_ms(),
-        leaving: false,
-        input_fetched_bytes: 0,
-        input_cache_hits: 0,
-        input_fetch_bytes_per_s: 0.0,
+        ..NodeLoad::default()
     };
     let subject = p.subjects.node_load(node);
     tokio::spawn(async move {

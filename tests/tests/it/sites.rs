@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use comfaas_platform::server::{wait_for_leaf_link, EmbeddedServer, ServerOptions};
 use comfaas_schemas::names::headers as h;
+use comfaas_testbed::server::{wait_for_leaf_link, EmbeddedServer, ServerOptions};
 use comfaas_tests::{header, repo_root, NodeSpec, Platform};
 
 fn configs() -> std::path::PathBuf {
@@ -176,7 +176,7 @@ async fn edge_events_are_backed_up_in_the_cloud_across_a_cut_link() {
 /// instant one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emulated_links_are_felt_and_each_site_shows_its_round_trip() {
-    use comfaas_platform::sites::{Sites, SitesOptions};
+    use comfaas_testbed::sites::{Sites, SitesOptions};
     let sites = Sites::start(SitesOptions {
         configs: configs(),
         clouds: vec!["chicago".to_owned(), "miami".to_owned()],

@@ -8,7 +8,7 @@
 //! 3. The executor's resident memory (sampled from /proc) before and during
 //!    the 500 MB invocation.
 //!
-//! Run: `cargo run --release -p comfaas-tests --bin comfaas-bench-objects`
+//! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench-objects`
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -59,7 +59,7 @@ async fn main() {
     let config = tempfile::NamedTempFile::new().expect("tempfile");
     std::fs::write(config.path(), "max_payload: 16MB\n").expect("write config");
     let server =
-        comfaas_platform::server::EmbeddedServer::start(comfaas_platform::server::ServerOptions {
+        comfaas_testbed::server::EmbeddedServer::start(comfaas_testbed::server::ServerOptions {
             config_file: Some(config.path().to_path_buf()),
             ..Default::default()
         })

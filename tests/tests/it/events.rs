@@ -147,7 +147,7 @@ async fn a_request_answered_by_the_node_is_published_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_ride_out_a_server_restart_and_see_later_deploys() {
-    use comfaas_platform::server::{EmbeddedServer, ServerOptions};
+    use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
     let store = tempfile::tempdir().unwrap();
     let first = EmbeddedServer::start(ServerOptions {
         store_dir: Some(store.path().to_path_buf()),

@@ -1,5 +1,6 @@
 //! Large inputs through the object store: streamed to the function, cached
-//! by digest on the node, and every failure a clear error.
+//! by digest on the node, and every failure a clear error; the stores sized
+//! to the disk the server allows.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -249,4 +250,45 @@ async fn a_full_output_bucket_is_507_and_leaves_no_object() {
         .unwrap();
     let listed: Vec<_> = store.list().await.unwrap().collect().await;
     assert!(listed.is_empty(), "half-written outputs: {listed:?}");
+}
+
+/// On a server that may use only 1 GB of disk, the 16 GiB stores are
+/// created smaller instead of failing the service that opens them.
+#[tokio::test]
+async fn stores_shrink_to_the_disk_the_server_allows() {
+    use async_nats::jetstream;
+    use comfaas_platform::resources::{
+        inputs_store, outputs_store, DATA_MAX_BYTES, MIN_OBJECT_STORE_BYTES,
+    };
+    use comfaas_schemas::names;
+    use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
+
+    let server = EmbeddedServer::start(ServerOptions {
+        config_text: Some("jetstream {\n  max_file_store: 1GB\n}\n".to_owned()),
+        ..ServerOptions::default()
+    })
+    .await
+    .unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let inputs = inputs_store(&js).await.unwrap();
+    let outputs = outputs_store(&js).await.unwrap();
+    let mut sizes = Vec::new();
+    for bucket in [names::INPUTS_BUCKET, names::OUTPUTS_BUCKET] {
+        let mut stream = js.get_stream(format!("OBJ_{bucket}")).await.unwrap();
+        sizes.push(stream.info().await.unwrap().config.max_bytes);
+    }
+    assert!(
+        sizes
+            .iter()
+            .all(|s| *s < DATA_MAX_BYTES && *s >= MIN_OBJECT_STORE_BYTES),
+        "{sizes:?}"
+    );
+    // Usable: a put and a get.
+    inputs
+        .put("x", &mut std::io::Cursor::new(b"data".to_vec()))
+        .await
+        .unwrap();
+    assert!(outputs.get("missing").await.is_err());
+    server.stop().await;
 }

@@ -3,7 +3,7 @@
 //!
 //! Set-up: one `nats-server` per site (edge, chicago, new-york,
 //! los-angeles, miami), the edge a leaf node of each cloud site through an
-//! emulated WAN link (`comfaas_platform::sites::DEFAULT_LINKS`, all behind
+//! emulated WAN link (`comfaas_testbed::sites::DEFAULT_LINKS`, all behind
 //! the edge's shared uplink, `DEFAULT_UPLINK_BITS_PER_S`), one
 //! executor per site (edge: 1 slot, 4 processes per job; clouds: 1 slot, 16
 //! processes), and the dispatcher at the edge. The job is
@@ -23,7 +23,7 @@
 //!    always at the edge, always in the cloud, and placed automatically;
 //!    the total time (first request to last answer) of each.
 //!
-//! Run: `cargo run --release -p comfaas-tests --bin comfaas-bench-placement`
+//! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench-placement`
 //! (`-- --quick` for a smaller matrix, `-- --repeat N` for N runs of each,
 //! `-- --mixed-only` for learning and the mixed workload alone).
 
@@ -31,9 +31,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use comfaas_platform::link::LinkSpec;
-use comfaas_platform::sites::{Sites, SitesOptions, DEFAULT_LINKS, DEFAULT_UPLINK_BITS_PER_S};
 use comfaas_schemas::names::headers as h;
+use comfaas_testbed::link::LinkSpec;
+use comfaas_testbed::sites::{Sites, SitesOptions, DEFAULT_LINKS, DEFAULT_UPLINK_BITS_PER_S};
 use comfaas_tests::{header, repo_root, NodeSpec, Platform};
 use rand::RngCore;
 

@@ -16,8 +16,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use comfaas_platform::nats::NatsOptions;
+
 use crate::link::{LinkSpec, Uplink, WanLink};
-use crate::nats::NatsOptions;
 use crate::server::{
     multi_leaf_config, wait_for_leaf_link, EmbeddedServer, ServerError, ServerOptions,
 };

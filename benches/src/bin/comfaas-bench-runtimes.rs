@@ -8,7 +8,7 @@
 //! 3. Points per second per process of the three Pi functions on the same
 //!    input (1,000,000 points; the server's max payload is raised to 16 MB).
 //!
-//! Run: `cargo run --release -p comfaas-tests --bin comfaas-bench-runtimes`
+//! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench-runtimes`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use clap::Parser;
-use comfaas_platform::server::{EmbeddedServer, ServerOptions};
 use comfaas_schemas::names::headers as h;
+use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
 use comfaas_tests::{header, points, repo_root, write_wheel, NodeSpec, Platform};
 use hdrhistogram::Histogram;
 
