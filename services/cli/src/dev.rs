@@ -23,28 +23,42 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deploy;
 
-/// What `comfaas dev` starts.
-#[derive(Debug, Clone)]
+/// What `comfaas dev` starts: its command-line flags.
+#[derive(Debug, Clone, clap::Args)]
 pub struct DevOptions {
-    /// Client port of the embedded server.
+    /// Port of the embedded nats-server
+    #[arg(long, default_value_t = 4222)]
     pub port: u16,
-    /// Folder whose sub-folders with a `comfaas.toml` are deployed.
+    /// Folder of functions to deploy
+    #[arg(long, default_value = "functions")]
     pub functions: PathBuf,
-    /// Cloud executors to start besides the edge one.
+    /// Cloud executors to start
+    #[arg(long, default_value_t = 1)]
     pub clouds: u32,
-    /// Slots per executor (0: one per core).
+    /// Slots per executor [default: one per core]
+    #[arg(long, default_value_t = 0)]
     pub slots: u32,
-    /// Sites, one `nats-server` each (`edge` plus cloud sites, the edge a
-    /// leaf node of every cloud site); empty: one server.
+    /// One nats-server per site, e.g. edge,chicago,los-angeles,new-york,miami
+    /// (the edge runs the dispatcher and joins every cloud site by its
+    /// own leaf connection)
+    #[arg(long, value_delimiter = ',')]
     pub sites: Vec<String>,
-    /// Folder of the server configurations (`hub.conf`).
-    pub nats_configs: PathBuf,
-    /// Emulated links given with `--link`, over the defaults.
+    /// Emulated link between the edge and a cloud site, one-way latency
+    /// and bandwidth: SITE=LATENCY[/BANDWIDTH], e.g. chicago=20ms/100mbit
+    /// (repeatable; the paper's cities have defaults, see docs)
+    #[arg(long = "link", value_parser = sites::parse_site_link)]
     pub links: Vec<(String, LinkSpec)>,
-    /// The edge's uplink given with `--uplink`, bits per second.
+    /// Bandwidth of the edge's uplink, shared by every link to a cloud
+    /// site, e.g. 90mbit [default: 90mbit with --sites]
+    #[arg(long, value_parser = comfaas_testbed::link::parse_bandwidth)]
     pub uplink: Option<u64>,
-    /// No emulated links or uplink but those given.
+    /// Join the sites over plain loopback, without emulated links or
+    /// uplink (those given with --link or --uplink still apply)
+    #[arg(long)]
     pub no_wan: bool,
+    /// Folder of the server configurations for --sites
+    #[arg(long, default_value = "nats")]
+    pub nats_configs: PathBuf,
 }
 
 /// One executor `comfaas dev` starts.

@@ -26,41 +26,7 @@ struct Cli {
 enum Command {
     /// Start the embedded default: nats-server, a dispatcher, an edge and a
     /// cloud executor, with every function under --functions deployed
-    Dev {
-        /// Port of the embedded nats-server
-        #[arg(long, default_value_t = 4222)]
-        port: u16,
-        /// Folder of functions to deploy
-        #[arg(long, default_value = "functions")]
-        functions: PathBuf,
-        /// Cloud executors to start
-        #[arg(long, default_value_t = 1)]
-        clouds: u32,
-        /// Slots per executor [default: one per core]
-        #[arg(long, default_value_t = 0)]
-        slots: u32,
-        /// One nats-server per site, e.g. edge,chicago,los-angeles,new-york,miami
-        /// (the edge runs the dispatcher and joins every cloud site by its
-        /// own leaf connection)
-        #[arg(long, value_delimiter = ',')]
-        sites: Vec<String>,
-        /// Emulated link between the edge and a cloud site, one-way latency
-        /// and bandwidth: SITE=LATENCY[/BANDWIDTH], e.g. chicago=20ms/100mbit
-        /// (repeatable; the paper's cities have defaults, see docs)
-        #[arg(long = "link", value_parser = comfaas_testbed::sites::parse_site_link)]
-        links: Vec<(String, comfaas_testbed::link::LinkSpec)>,
-        /// Bandwidth of the edge's uplink, shared by every link to a cloud
-        /// site, e.g. 90mbit [default: 90mbit with --sites]
-        #[arg(long, value_parser = comfaas_testbed::link::parse_bandwidth)]
-        uplink: Option<u64>,
-        /// Join the sites over plain loopback, without emulated links or
-        /// uplink (those given with --link or --uplink still apply)
-        #[arg(long)]
-        no_wan: bool,
-        /// Folder of the server configurations for --sites
-        #[arg(long, default_value = "nats")]
-        nats_configs: PathBuf,
-    },
+    Dev(dev::DevOptions),
     /// Validate, pack and deploy the function in DIR
     Deploy {
         /// Function folder holding comfaas.toml
@@ -167,34 +133,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         &cli.nats,
     )?;
     let subjects = nats.subjects();
-    if let Command::Dev {
-        port,
-        functions,
-        clouds,
-        slots,
-        sites,
-        nats_configs,
-        links,
-        uplink,
-        no_wan,
-    } = cli.command
-    {
+    if let Command::Dev(options) = cli.command {
         let shutdown = comfaas_platform::signals::shutdown_on_signal();
-        return dev::run(
-            dev::DevOptions {
-                port,
-                functions,
-                clouds,
-                slots,
-                sites,
-                nats_configs,
-                links,
-                uplink,
-                no_wan,
-            },
-            shutdown,
-        )
-        .await;
+        return dev::run(options, shutdown).await;
     }
     let client = nats.connect("comfaas cli").await?;
     let registry = || async {
@@ -203,7 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .context("open the registry (is JetStream enabled?)")
     };
     match cli.command {
-        Command::Dev { .. } => unreachable!("handled above"),
+        Command::Dev(_) => unreachable!("handled above"),
         Command::Deploy { dir, wait } => {
             let registry = registry().await?;
             let deployment = deploy::deploy_dir(&registry, &dir).await?;
