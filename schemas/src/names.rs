@@ -23,6 +23,11 @@ pub fn results_backup_stream(edge_domain: &str) -> String {
     format!("{RESULTS_STREAM}_{}", edge_domain.to_uppercase())
 }
 
+/// The stream JetStream keeps the object store `bucket` in: `OBJ_<bucket>`.
+pub fn object_store_stream(bucket: &str) -> String {
+    format!("OBJ_{bucket}")
+}
+
 /// Stream of invocations that failed for good (reserved by the design for
 /// the dead-letter queue; nothing publishes there yet).
 pub const DLQ_STREAM: &str = "COMFAAS_DLQ";

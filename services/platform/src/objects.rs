@@ -48,8 +48,7 @@ pub async fn sha256_of(path: &Path) -> std::io::Result<(String, u64)> {
 /// instead (stored objects take a little more than their size: chunk
 /// subjects and headers).
 pub async fn free_bytes(js: &Context, bucket: &str) -> Result<Option<u64>, NatsError> {
-    // async-nats keeps the object store `bucket` in the stream `OBJ_<bucket>`.
-    let stream = format!("OBJ_{bucket}");
+    let stream = comfaas_schemas::names::object_store_stream(bucket);
     let info = js
         .get_stream(&stream)
         .await

@@ -275,7 +275,10 @@ async fn stores_shrink_to_the_disk_the_server_allows() {
     let outputs = outputs_store(&js).await.unwrap();
     let mut sizes = Vec::new();
     for bucket in [names::INPUTS_BUCKET, names::OUTPUTS_BUCKET] {
-        let mut stream = js.get_stream(format!("OBJ_{bucket}")).await.unwrap();
+        let mut stream = js
+            .get_stream(names::object_store_stream(bucket))
+            .await
+            .unwrap();
         sizes.push(stream.info().await.unwrap().config.max_bytes);
     }
     assert!(
