@@ -163,6 +163,14 @@ impl InvocationError {
     }
 }
 
+/// A value that does not parse (a tier, a placement, a process count, a
+/// duration, a function name, an error code), saying what is wrong in
+/// words; a request carrying one is answered with
+/// [`InvocationError::bad_request`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
 impl From<ErrorCode> for u16 {
     fn from(code: ErrorCode) -> u16 {
         code.as_u16()
@@ -170,9 +178,9 @@ impl From<ErrorCode> for u16 {
 }
 
 impl TryFrom<u16> for ErrorCode {
-    type Error = String;
-    fn try_from(code: u16) -> Result<Self, String> {
-        Self::from_u16(code).ok_or_else(|| format!("unknown error code {code}"))
+    type Error = InvalidValue;
+    fn try_from(code: u16) -> Result<Self, InvalidValue> {
+        Self::from_u16(code).ok_or_else(|| InvalidValue(format!("unknown error code {code}")))
     }
 }
 

@@ -18,7 +18,7 @@ mod messages;
 pub mod names;
 
 pub use codec::{decode, encode, CodecError};
-pub use error::{ErrorCode, InvocationError};
+pub use error::{ErrorCode, InvalidValue, InvocationError};
 pub use limits::{job_procs, RunLimits};
 pub use manifest::{
     parse_duration, validate_function_name, Manifest, ManifestError, Mode, Placement, Procs,

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::InvalidValue;
+
 /// File name of the manifest at the root of a function folder.
 pub const MANIFEST_FILE: &str = "comfaas.toml";
 
@@ -101,13 +103,15 @@ impl std::fmt::Display for Procs {
 }
 
 impl std::str::FromStr for Procs {
-    type Err = String;
+    type Err = InvalidValue;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let number = |t: &str| {
-            t.trim()
-                .parse::<u32>()
-                .map_err(|_| format!("`{text}` is not a process count (`4`) or range (`4-16`)"))
+            t.trim().parse::<u32>().map_err(|_| {
+                InvalidValue(format!(
+                    "`{text}` is not a process count (`4`) or range (`4-16`)"
+                ))
+            })
         };
         let procs = match text.split_once('-') {
             Some((min, max)) => Self {
@@ -117,10 +121,10 @@ impl std::str::FromStr for Procs {
             None => Self::exactly(number(text)?),
         };
         if procs.min == 0 {
-            return Err(format!("`{text}`: at least 1 process"));
+            return Err(InvalidValue(format!("`{text}`: at least 1 process")));
         }
         if procs.min > procs.max {
-            return Err(format!("`{text}`: the range is empty"));
+            return Err(InvalidValue(format!("`{text}`: the range is empty")));
         }
         Ok(procs)
     }
@@ -135,11 +139,11 @@ enum ProcsText {
 }
 
 impl TryFrom<ProcsText> for Procs {
-    type Error = String;
+    type Error = InvalidValue;
 
     fn try_from(text: ProcsText) -> Result<Self, Self::Error> {
         match text {
-            ProcsText::Count(0) => Err("must be at least 1".to_owned()),
+            ProcsText::Count(0) => Err(InvalidValue("must be at least 1".to_owned())),
             ProcsText::Count(n) => Ok(Self::exactly(n)),
             ProcsText::Range(r) => r.parse(),
         }
@@ -241,25 +245,25 @@ pub enum Placement {
 }
 
 impl std::str::FromStr for Placement {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
         match s {
             "" | "auto" => Ok(Self::Auto),
             "edge" => Ok(Self::Edge),
             "cloud" => Ok(Self::Cloud),
             other => match other.strip_prefix("node:") {
                 Some(node) if !node.is_empty() => Ok(Self::Node(node.to_owned())),
-                _ => Err(format!(
+                _ => Err(InvalidValue(format!(
                     "placement `{other}` is not one of auto, edge, cloud, node:<id>"
-                )),
+                ))),
             },
         }
     }
 }
 
 impl TryFrom<String> for Placement {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
         s.parse()
     }
 }
@@ -318,7 +322,7 @@ impl Manifest {
     /// Checks every field's value.
     pub fn validate(&self) -> Result<(), ManifestError> {
         let invalid = |field, reason: String| Err(ManifestError::Invalid { field, reason });
-        if let Err(reason) = validate_function_name(&self.name) {
+        if let Err(InvalidValue(reason)) = validate_function_name(&self.name) {
             return invalid("name", reason);
         }
         if self.version.is_empty()
@@ -349,7 +353,7 @@ impl Manifest {
             );
         }
         if let Some(timeout) = &self.timeout {
-            if let Err(reason) = parse_duration(timeout) {
+            if let Err(InvalidValue(reason)) = parse_duration(timeout) {
                 return invalid("timeout", reason);
             }
         }
@@ -399,7 +403,7 @@ impl Manifest {
 }
 
 /// Checks that a function name is one subject token and a valid KV key.
-pub fn validate_function_name(name: &str) -> Result<(), String> {
+pub fn validate_function_name(name: &str) -> Result<(), InvalidValue> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -412,18 +416,20 @@ pub fn validate_function_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
+        Err(InvalidValue(format!(
             "`{name}` is not a function name: use 1 to 64 lowercase letters, digits, `-` or `_`, starting with a letter or digit"
-        ))
+        )))
     }
 }
 
 /// Parses a duration such as `30s`, `500ms` or `2m`; zero is refused.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, InvalidValue> {
     match humantime::parse_duration(text.trim()) {
-        Ok(d) if d.is_zero() => Err(format!("`{text}` must be longer than zero")),
+        Ok(d) if d.is_zero() => Err(InvalidValue(format!("`{text}` must be longer than zero"))),
         Ok(d) => Ok(d),
-        Err(e) => Err(format!("`{text}` is not a duration like 30s or 500ms: {e}")),
+        Err(e) => Err(InvalidValue(format!(
+            "`{text}` is not a duration like 30s or 500ms: {e}"
+        ))),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ErrorCode, Manifest};
+use crate::{ErrorCode, InvalidValue, Manifest};
 
 /// Version of the message schemas in this crate. Receivers accept any
 /// version: fields they do not know are ignored, fields they miss default.
@@ -48,12 +48,12 @@ impl std::fmt::Display for Tier {
 }
 
 impl std::str::FromStr for Tier {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
         match s {
             "edge" => Ok(Self::Edge),
             "cloud" => Ok(Self::Cloud),
-            _ => Err(format!("tier `{s}` is not edge or cloud")),
+            _ => Err(InvalidValue(format!("tier `{s}` is not edge or cloud"))),
         }
     }
 }

@@ -144,7 +144,7 @@ impl Worker {
     async fn admit_and_run(&self, invocation: &Invocation) -> Result<Reply, InvocationError> {
         let node = &self.config.node;
         let (id, function) = (invocation.id.as_str(), invocation.function.as_str());
-        validate_function_name(function).map_err(InvocationError::bad_request)?;
+        validate_function_name(function).map_err(|e| InvocationError::bad_request(e.0))?;
         let served = self.lookup(function)?;
         // The dispatcher fits the count to this node; else the manifest's,
         // a range fitted here (its fewest when even that does not fit).

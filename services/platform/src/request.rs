@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use comfaas_schemas::names::{headers as h, Subjects};
-use comfaas_schemas::{parse_duration, validate_function_name, InvocationError, Placement, Procs};
+use comfaas_schemas::{
+    parse_duration, validate_function_name, InvalidValue, InvocationError, Placement, Procs,
+};
 
 use crate::reply;
 
@@ -16,7 +18,7 @@ pub fn function_of<'a>(subjects: &Subjects, subject: &'a str) -> Result<&'a str,
     let function = subjects
         .function_of(subject)
         .ok_or_else(|| InvocationError::bad_request(format!("`{subject}` names no function")))?;
-    validate_function_name(function).map_err(InvocationError::bad_request)?;
+    validate_function_name(function).map_err(|e| InvocationError::bad_request(e.0))?;
     Ok(function)
 }
 
@@ -60,7 +62,7 @@ pub fn msg_id(headers: Option<&HeaderMap>) -> Option<String> {
 fn parsed<T>(
     headers: &HeaderMap,
     name: &str,
-    parse: impl FnOnce(&str) -> Result<T, String>,
+    parse: impl FnOnce(&str) -> Result<T, InvalidValue>,
 ) -> Result<Option<T>, InvocationError> {
     reply::get(headers, name)
         .map(|value| parse(&value))

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use comfaas_schemas::InvalidValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -78,7 +79,7 @@ fn write_bandwidth(f: &mut fmt::Formatter<'_>, bits_per_s: u64) -> fmt::Result {
 
 /// Parses a bandwidth such as `100mbit`, `1.5gbit` or `64kbit` to bits per
 /// second; the error says why it is not one.
-pub fn parse_bandwidth(text: &str) -> Result<u64, String> {
+pub fn parse_bandwidth(text: &str) -> Result<u64, InvalidValue> {
     let lower = text.trim().to_ascii_lowercase();
     let split = lower
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -90,16 +91,18 @@ pub fn parse_bandwidth(text: &str) -> Result<u64, String> {
         "mbit" => 1e6,
         "gbit" => 1e9,
         _ => {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "bandwidth `{text}`: the unit must be bit, kbit, mbit or gbit"
-            ))
+            )))
         }
     };
     let number: f64 = number
         .parse()
-        .map_err(|_| format!("bandwidth `{text}` is not a number"))?;
+        .map_err(|_| InvalidValue(format!("bandwidth `{text}` is not a number")))?;
     if !(number > 0.0 && number.is_finite()) {
-        return Err(format!("bandwidth `{text}` must be above zero"));
+        return Err(InvalidValue(format!(
+            "bandwidth `{text}` must be above zero"
+        )));
     }
     Ok((number * scale).round() as u64)
 }
@@ -190,7 +193,10 @@ impl FromStr for LinkSpec {
         };
         let latency = humantime::parse_duration(latency)
             .map_err(|e| error(format!("latency `{latency}`: {e}")))?;
-        let bits_per_s = bandwidth.map(parse_bandwidth).transpose().map_err(error)?;
+        let bits_per_s = bandwidth
+            .map(parse_bandwidth)
+            .transpose()
+            .map_err(|e| error(e.0))?;
         Ok(Self {
             latency,
             bits_per_s,

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use comfaas_platform::nats::NatsOptions;
+use comfaas_schemas::InvalidValue;
 
 use crate::link::{LinkSpec, Uplink, WanLink};
 use crate::server::{
@@ -260,11 +261,15 @@ impl Sites {
 }
 
 /// Parses `site=LATENCY[/BANDWIDTH]`.
-pub fn parse_site_link(text: &str) -> Result<(String, LinkSpec), String> {
+pub fn parse_site_link(text: &str) -> Result<(String, LinkSpec), InvalidValue> {
     let (site, spec) = text.split_once('=').ok_or_else(|| {
-        format!("link `{text}`: expected SITE=LATENCY[/BANDWIDTH], e.g. chicago=20ms/100mbit")
+        InvalidValue(format!(
+            "link `{text}`: expected SITE=LATENCY[/BANDWIDTH], e.g. chicago=20ms/100mbit"
+        ))
     })?;
-    let spec = spec.parse::<LinkSpec>().map_err(|e| e.to_string())?;
+    let spec = spec
+        .parse::<LinkSpec>()
+        .map_err(|e| InvalidValue(e.to_string()))?;
     Ok((site.trim().to_owned(), spec))
 }
 
@@ -290,9 +295,10 @@ mod tests {
                 .to_string(),
             "20ms/100mbit"
         );
-        assert!(parse_site_link("chicago").unwrap_err().contains("SITE="));
+        assert!(parse_site_link("chicago").unwrap_err().0.contains("SITE="));
         assert!(parse_site_link("chicago=fast")
             .unwrap_err()
+            .0
             .contains("latency"));
     }
 }

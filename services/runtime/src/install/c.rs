@@ -1,0 +1,43 @@
+//! `c` and `c-mpi`: compiled once with `cc` or `mpicc`.
+
+use std::path::Path;
+
+use comfaas_schemas::{Manifest, Runtime};
+use tokio::process::Command;
+
+use super::installation::{create_dir, step, InstallError, Installation};
+use super::toolchain::Toolchain;
+
+pub(super) async fn install(
+    manifest: &Manifest,
+    bundle_dir: &Path,
+    entry: &Path,
+    env_dir: &Path,
+    toolchain: &Toolchain,
+) -> Result<Installation, InstallError> {
+    let (compiler, name) = match manifest.runtime {
+        Runtime::CMpi => (toolchain.mpicc.clone(), "mpicc"),
+        _ => (toolchain.cc.clone(), "cc"),
+    };
+    let compiler = compiler.ok_or(InstallError::UnsupportedRuntime(
+        manifest.runtime,
+        "a C compiler",
+    ))?;
+    let bin = env_dir.join("bin");
+    create_dir(&bin).await?;
+    let program = bin.join(&manifest.name);
+    let mut cc = Command::new(compiler);
+    cc.args(["-O2", "-std=c11", "-Wall", "-o"])
+        .arg(&program)
+        .arg(entry)
+        .arg("-lm")
+        .current_dir(bundle_dir);
+    step(name, cc, toolchain).await?;
+    Ok(Installation {
+        runtime: manifest.runtime,
+        bundle_dir: bundle_dir.to_path_buf(),
+        program,
+        args: Vec::new(),
+        path: Vec::new(),
+    })
+}

@@ -1,0 +1,31 @@
+//! `exec`: nothing to install; the entry is any executable in the bundle.
+
+use std::path::Path;
+
+use comfaas_schemas::{Manifest, Runtime};
+
+use super::installation::{InstallError, Installation};
+
+pub(super) fn install(
+    manifest: &Manifest,
+    bundle_dir: &Path,
+    entry: &Path,
+) -> Result<Installation, InstallError> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = std::fs::metadata(entry)
+        .map(|m| m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false);
+    if !executable {
+        return Err(InstallError::BadEntry {
+            entry: manifest.entry.clone(),
+            reason: "is not executable (chmod +x it before deploying)".to_owned(),
+        });
+    }
+    Ok(Installation {
+        runtime: Runtime::Exec,
+        bundle_dir: bundle_dir.to_path_buf(),
+        program: entry.to_path_buf(),
+        args: Vec::new(),
+        path: Vec::new(),
+    })
+}

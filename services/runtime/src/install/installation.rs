@@ -1,0 +1,131 @@
+//! What every runtime's install produces ([`Installation`]: the command
+//! line that runs the function), how it fails ([`InstallError`]), and the
+//! steps they share: running a tool with a time limit and keeping the tail
+//! of its output, creating a folder.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use comfaas_schemas::Runtime;
+use tokio::process::Command;
+
+use super::toolchain::{MpiLauncher, Toolchain};
+
+/// How long one install step (venv creation, package install) may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(600);
+/// Bytes of an install tool's output kept in the error.
+const ERROR_TAIL: usize = 1500;
+
+/// An installed function: how to run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installation {
+    /// The runtime.
+    pub runtime: Runtime,
+    /// The unpacked bundle.
+    pub bundle_dir: PathBuf,
+    /// The program to start (under `mpirun` for MPI runtimes).
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Folders the program needs on its `PATH` (the venv's `bin`).
+    pub path: Vec<PathBuf>,
+}
+
+impl Installation {
+    /// Program and arguments of one run with `procs` processes.
+    pub fn command(&self, procs: u32, mpi: Option<&MpiLauncher>) -> (PathBuf, Vec<OsString>) {
+        match mpi.filter(|_| self.runtime.is_mpi()) {
+            Some(launcher) => {
+                let mut args = launcher.args(procs);
+                args.push(self.program.clone().into_os_string());
+                args.extend(self.args.iter().cloned());
+                (launcher.program.clone(), args)
+            }
+            None => (self.program.clone(), self.args.clone()),
+        }
+    }
+}
+
+/// An install that did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// This node cannot install that runtime.
+    #[error("runtime `{0}` is not available on this node: {1} is missing")]
+    UnsupportedRuntime(Runtime, &'static str),
+    /// The manifest's entry point is not in the bundle.
+    #[error("entry `{0}` is not a file in the bundle")]
+    MissingEntry(String),
+    /// The entry is not usable for the runtime.
+    #[error("entry `{entry}`: {reason}")]
+    BadEntry {
+        /// The entry.
+        entry: String,
+        /// Why.
+        reason: String,
+    },
+    /// A tool failed; its output tail is included.
+    #[error("{step} failed: {detail}")]
+    Step {
+        /// What was run.
+        step: String,
+        /// Exit status and output tail.
+        detail: String,
+    },
+}
+
+pub(super) async fn create_dir(dir: &Path) -> Result<(), InstallError> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| InstallError::Step {
+            step: format!("create {}", dir.display()),
+            detail: e.to_string(),
+        })
+}
+
+/// Runs one install step, turning failure into an error with the output tail.
+pub(super) async fn step(
+    name: &str,
+    mut command: Command,
+    toolchain: &Toolchain,
+) -> Result<(), InstallError> {
+    if let Some(cache) = &toolchain.uv_cache {
+        command.env("UV_CACHE_DIR", cache);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let output = match tokio::time::timeout(STEP_TIMEOUT, command.output()).await {
+        Err(_) => {
+            return Err(InstallError::Step {
+                step: name.to_owned(),
+                detail: format!("timed out after {}s", STEP_TIMEOUT.as_secs()),
+            })
+        }
+        Ok(Err(e)) => {
+            return Err(InstallError::Step {
+                step: name.to_owned(),
+                detail: e.to_string(),
+            })
+        }
+        Ok(Ok(output)) => output,
+    };
+    if output.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stdout));
+    let text = text.trim();
+    let tail_start = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .find(|&i| text.len() - i <= ERROR_TAIL)
+        .unwrap_or(0);
+    Err(InstallError::Step {
+        step: name.to_owned(),
+        detail: format!("{}: {}", output.status, &text[tail_start..]),
+    })
+}

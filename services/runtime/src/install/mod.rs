@@ -1,0 +1,54 @@
+//! Installing a function once, at deploy time, into an environment of its
+//! own, and the command line that runs it afterwards. One file per
+//! runtime, each turning a bundle into an [`Installation`]; adding a
+//! runtime is a file here, its arm in [`install`], and the tool it needs in
+//! [`Toolchain`].
+
+use std::path::Path;
+
+use comfaas_schemas::{Manifest, Runtime};
+
+mod c;
+mod exec;
+mod installation;
+mod java;
+mod python;
+mod rust;
+mod toolchain;
+
+pub use installation::{InstallError, Installation};
+pub use toolchain::{
+    available_runtimes, default_wheelhouse, find_on_path, MpiFlavor, MpiLauncher, Toolchain,
+};
+
+/// Installs `manifest`'s function from `bundle_dir` into `env_dir` (created
+/// here; removed again when the install fails).
+pub async fn install(
+    manifest: &Manifest,
+    bundle_dir: &Path,
+    env_dir: &Path,
+    toolchain: &Toolchain,
+) -> Result<Installation, InstallError> {
+    if let Some(missing) = toolchain.missing(manifest.runtime) {
+        return Err(InstallError::UnsupportedRuntime(manifest.runtime, missing));
+    }
+    let entry = bundle_dir.join(&manifest.entry);
+    if !entry.is_file() {
+        return Err(InstallError::MissingEntry(manifest.entry.clone()));
+    }
+    let result = match manifest.runtime {
+        Runtime::Python | Runtime::PythonMpi => {
+            python::install(manifest, bundle_dir, &entry, env_dir, toolchain).await
+        }
+        Runtime::C | Runtime::CMpi => {
+            c::install(manifest, bundle_dir, &entry, env_dir, toolchain).await
+        }
+        Runtime::Java => java::install(manifest, bundle_dir, &entry, env_dir, toolchain).await,
+        Runtime::RustMpi => rust::install(manifest, bundle_dir, env_dir, toolchain).await,
+        Runtime::Exec => exec::install(manifest, bundle_dir, &entry),
+    };
+    if result.is_err() {
+        let _ = tokio::fs::remove_dir_all(env_dir).await;
+    }
+    result
+}

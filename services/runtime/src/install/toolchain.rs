@@ -1,0 +1,194 @@
+//! The tools installs use, found once at start-up, and which runtimes they
+//! make available on this host.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use comfaas_schemas::Runtime;
+
+/// The tools installs use, found once at start-up.
+#[derive(Debug, Clone)]
+pub struct Toolchain {
+    /// The Python interpreter venvs are made from.
+    pub python: PathBuf,
+    /// `uv`, when installed: much faster venvs and installs.
+    pub uv: Option<PathBuf>,
+    /// uv's cache, kept beside the venvs so installs can hard-link from it.
+    pub uv_cache: Option<PathBuf>,
+    /// Extra folders of wheels to install from (`--find-links`).
+    pub find_links: Vec<PathBuf>,
+    /// Install Python packages only from `find_links`, never from an index.
+    pub no_index: bool,
+    /// `cc` for the `c` runtime.
+    pub cc: Option<PathBuf>,
+    /// `mpicc` for the `c-mpi` runtime.
+    pub mpicc: Option<PathBuf>,
+    /// `javac` and `java` for the `java` runtime.
+    pub java: Option<(PathBuf, PathBuf)>,
+    /// `cargo` for the `rust-mpi` runtime.
+    pub cargo: Option<PathBuf>,
+    /// Shared cargo target folder, so the `mpi` crate is built once per node.
+    pub cargo_target: Option<PathBuf>,
+    /// Build Rust functions with `--offline` (crates must be fetched already).
+    pub cargo_offline: bool,
+    /// `mpirun` and its flavour, for the MPI runtimes.
+    pub mpi: Option<MpiLauncher>,
+}
+
+/// Which MPI implementation `mpirun` belongs to: their flags differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MpiFlavor {
+    /// Open MPI: refuses root without a switch, refuses more processes than
+    /// cores without `--oversubscribe`.
+    OpenMpi,
+    /// MPICH (Hydra): oversubscribes by default.
+    Mpich,
+}
+
+/// The `mpirun` of this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MpiLauncher {
+    /// Its path.
+    pub program: PathBuf,
+    /// Its implementation.
+    pub flavor: MpiFlavor,
+}
+
+impl MpiLauncher {
+    /// Finds `mpirun` (or `mpiexec`) and asks it what it is.
+    pub fn detect() -> Option<Self> {
+        let program = find_on_path("mpirun").or_else(|| find_on_path("mpiexec"))?;
+        let text = version_text(&program)?.to_lowercase();
+        let flavor = if text.contains("open mpi") || text.contains("open-mpi") {
+            MpiFlavor::OpenMpi
+        } else if text.contains("hydra") || text.contains("mpich") {
+            MpiFlavor::Mpich
+        } else {
+            return None;
+        };
+        Some(Self { program, flavor })
+    }
+
+    /// Arguments before the program for a job of `procs` processes.
+    pub fn args(&self, procs: u32) -> Vec<OsString> {
+        match self.flavor {
+            MpiFlavor::OpenMpi => {
+                let mut args: Vec<OsString> = vec!["--oversubscribe".into()];
+                if nix::unistd::geteuid().is_root() {
+                    args.push("--allow-run-as-root".into());
+                }
+                // Containers often forbid the cross-memory-attach syscalls
+                // Open MPI's shared-memory transport tries first.
+                args.extend(
+                    ["--mca", "btl_vader_single_copy_mechanism", "none"].map(OsString::from),
+                );
+                args.extend(["-np".into(), procs.to_string().into()]);
+                args
+            }
+            MpiFlavor::Mpich => vec!["-n".into(), procs.to_string().into()],
+        }
+    }
+}
+
+/// What `program --version` prints, or `None` if it fails or takes over 5 s
+/// (a broken MPI install can hang).
+fn version_text(program: &Path) -> Option<String> {
+    let mut child = std::process::Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    let output = child.wait_with_output().ok()?;
+    Some(
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+impl Toolchain {
+    /// Finds every tool on the `PATH` (blocking: it runs `mpirun --version`); `data_dir` holds uv's cache and the
+    /// shared cargo target folder.
+    pub fn detect(data_dir: &Path) -> Self {
+        let java = find_on_path("javac").zip(find_on_path("java"));
+        Self {
+            python: find_on_path("python3").unwrap_or_else(|| PathBuf::from("python3")),
+            uv: find_on_path("uv"),
+            uv_cache: Some(data_dir.join("uv-cache")),
+            find_links: Vec::new(),
+            no_index: false,
+            cc: find_on_path("cc").or_else(|| find_on_path("gcc")),
+            mpicc: find_on_path("mpicc"),
+            java,
+            cargo: find_on_path("cargo"),
+            cargo_target: Some(data_dir.join("cargo-target")),
+            cargo_offline: false,
+            mpi: MpiLauncher::detect(),
+        }
+    }
+
+    /// The same toolchain without uv (the `python3 -m venv` + pip path).
+    pub fn without_uv(mut self) -> Self {
+        self.uv = None;
+        self
+    }
+
+    /// What is missing on this host for `runtime`, or `None` when it can install it.
+    pub fn missing(&self, runtime: Runtime) -> Option<&'static str> {
+        let python = self.python.is_file();
+        match runtime {
+            Runtime::Python if !python => Some("python3"),
+            Runtime::PythonMpi if !python => Some("python3"),
+            Runtime::C if self.cc.is_none() => Some("cc"),
+            Runtime::CMpi if self.mpicc.is_none() => Some("mpicc"),
+            Runtime::RustMpi if self.cargo.is_none() => Some("cargo"),
+            Runtime::Java if self.java.is_none() => Some("javac and java"),
+            r if r.is_mpi() && self.mpi.is_none() => Some("mpirun (Open MPI or MPICH)"),
+            _ => None,
+        }
+    }
+}
+
+/// The folder of wheels `scripts/setup.sh` fills: `COMFAAS_WHEELHOUSE`,
+/// else `~/.cache/comfaas/wheels`.
+pub fn default_wheelhouse() -> PathBuf {
+    std::env::var_os("COMFAAS_WHEELHOUSE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/comfaas/wheels")
+        })
+}
+
+/// The first executable called `name` on the `PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Runtimes this host can install now.
+pub fn available_runtimes(toolchain: &Toolchain) -> Vec<Runtime> {
+    Runtime::ALL
+        .into_iter()
+        .filter(|r| toolchain.missing(*r).is_none())
+        .collect()
+}
