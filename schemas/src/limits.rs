@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::Procs;
+use crate::manifest::Procs;
 
 /// The time limits a service applies to runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::InvalidValue;
+use crate::error::InvalidValue;
 
 /// File name of the manifest at the root of a function folder.
 pub const MANIFEST_FILE: &str = "comfaas.toml";

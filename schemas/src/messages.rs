@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ErrorCode, InvalidValue, Manifest};
+use crate::error::{ErrorCode, InvalidValue};
+use crate::manifest::Manifest;
 
 /// Version of the message schemas in this crate. Receivers accept any
 /// version: fields they do not know are ignored, fields they miss default.

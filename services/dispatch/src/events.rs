@@ -16,7 +16,8 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{place, Shared};
+use crate::place;
+use crate::shared::Shared;
 
 /// How long the server waits for an ack before redelivering. Long runs
 /// keep their event with progress acks every third of this.

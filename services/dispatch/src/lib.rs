@@ -15,6 +15,7 @@ mod config;
 mod events;
 mod nodes;
 mod place;
+mod shared;
 mod state;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{DispatchConfig, DispatchFlags};
+use shared::Shared;
 use state::State;
 
 /// How often each live node's round trip is measured.
@@ -39,17 +41,6 @@ const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// A configured dispatcher, ready to [`run`](Dispatcher::run).
 pub struct Dispatcher {
     shared: Arc<Shared>,
-}
-
-/// What the dispatcher's tasks share: its connections and its [`State`].
-struct Shared {
-    config: DispatchConfig,
-    client: async_nats::Client,
-    subjects: comfaas_schemas::names::Subjects,
-    registry: Registry,
-    inputs: async_nats::jetstream::object_store::ObjectStore,
-    state: State,
-    permits: Arc<Semaphore>,
 }
 
 impl Dispatcher {

@@ -18,8 +18,8 @@ use comfaas_schemas::{
     InvocationError, SCHEMA_VERSION,
 };
 
+use crate::shared::Shared;
 use crate::state::{Choice, Ended, Wanted};
-use crate::Shared;
 
 /// Time allowed beyond the invocation's own deadline for the node's answer
 /// to travel back.

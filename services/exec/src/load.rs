@@ -11,9 +11,9 @@ use comfaas_schemas::{encode, now_unix_ms, NodeLoad};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
+use crate::config::ExecConfig;
 use crate::functions::FunctionTable;
 use crate::inputs::InputCache;
-use crate::ExecConfig;
 
 /// The least time between two reports sent early because runs started or
 /// ended: at most ten a second, however busy the node.

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, Ticket};
+use crate::config::ExecConfig;
 use crate::functions::{FunctionTable, Lookup, Served};
 use crate::run::{Job, Runner};
-use crate::ExecConfig;
 
 /// How long, after unsubscribing, work already delivered is still refused.
 const DRAIN: Duration = Duration::from_millis(200);
