@@ -1,16 +1,16 @@
 //! `exec`: nothing to install; the entry is any executable in the bundle.
 
-use std::path::Path;
+use comfaas_schemas::Runtime;
 
-use comfaas_schemas::{Manifest, Runtime};
+use super::installation::{InstallError, Installation, Job};
 
-use super::installation::{InstallError, Installation};
-
-pub(super) fn install(
-    manifest: &Manifest,
-    bundle_dir: &Path,
-    entry: &Path,
-) -> Result<Installation, InstallError> {
+pub(super) fn install(job: &Job<'_>) -> Result<Installation, InstallError> {
+    let Job {
+        manifest,
+        bundle_dir,
+        entry,
+        ..
+    } = *job;
     use std::os::unix::fs::PermissionsExt;
     let executable = std::fs::metadata(entry)
         .map(|m| m.permissions().mode() & 0o111 != 0)

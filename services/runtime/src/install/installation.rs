@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use comfaas_schemas::Runtime;
+use comfaas_schemas::{Manifest, Runtime};
 use tokio::process::Command;
 
 use super::toolchain::{MpiLauncher, Toolchain};
@@ -17,6 +17,23 @@ use super::toolchain::{MpiLauncher, Toolchain};
 const STEP_TIMEOUT: Duration = Duration::from_secs(600);
 /// Bytes of an install tool's output kept in the error.
 const ERROR_TAIL: usize = 1500;
+
+/// One install: the function's manifest, its unpacked bundle and entry
+/// file, the folder its environment goes in, and the host's tools. Every
+/// runtime's `install` takes one.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Job<'a> {
+    /// The function's manifest.
+    pub manifest: &'a Manifest,
+    /// The unpacked bundle.
+    pub bundle_dir: &'a Path,
+    /// The manifest's entry inside it (checked to be a file).
+    pub entry: &'a Path,
+    /// Where the function's environment goes (a venv, binaries, classes).
+    pub env_dir: &'a Path,
+    /// The host's tools.
+    pub toolchain: &'a Toolchain,
+}
 
 /// An installed function: how to run it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,20 +1,18 @@
 //! `java`: compiled once with `javac`, run with `java -cp`.
 
-use std::path::Path;
-
-use comfaas_schemas::{Manifest, Runtime};
+use comfaas_schemas::Runtime;
 use tokio::process::Command;
 
-use super::installation::{create_dir, step, InstallError, Installation};
-use super::toolchain::Toolchain;
+use super::installation::{create_dir, step, InstallError, Installation, Job};
 
-pub(super) async fn install(
-    manifest: &Manifest,
-    bundle_dir: &Path,
-    entry: &Path,
-    env_dir: &Path,
-    toolchain: &Toolchain,
-) -> Result<Installation, InstallError> {
+pub(super) async fn install(job: &Job<'_>) -> Result<Installation, InstallError> {
+    let Job {
+        manifest,
+        bundle_dir,
+        entry,
+        env_dir,
+        toolchain,
+    } = *job;
     let (javac, java) = toolchain
         .java
         .clone()

@@ -16,6 +16,7 @@ mod python;
 mod rust;
 mod toolchain;
 
+use installation::Job;
 pub use installation::{InstallError, Installation};
 pub use toolchain::{
     available_runtimes, default_wheelhouse, find_on_path, MpiFlavor, MpiLauncher, Toolchain,
@@ -36,16 +37,19 @@ pub async fn install(
     if !entry.is_file() {
         return Err(InstallError::MissingEntry(manifest.entry.clone()));
     }
+    let job = Job {
+        manifest,
+        bundle_dir,
+        entry: &entry,
+        env_dir,
+        toolchain,
+    };
     let result = match manifest.runtime {
-        Runtime::Python | Runtime::PythonMpi => {
-            python::install(manifest, bundle_dir, &entry, env_dir, toolchain).await
-        }
-        Runtime::C | Runtime::CMpi => {
-            c::install(manifest, bundle_dir, &entry, env_dir, toolchain).await
-        }
-        Runtime::Java => java::install(manifest, bundle_dir, &entry, env_dir, toolchain).await,
-        Runtime::RustMpi => rust::install(manifest, bundle_dir, env_dir, toolchain).await,
-        Runtime::Exec => exec::install(manifest, bundle_dir, &entry),
+        Runtime::Python | Runtime::PythonMpi => python::install(&job).await,
+        Runtime::C | Runtime::CMpi => c::install(&job).await,
+        Runtime::Java => java::install(&job).await,
+        Runtime::RustMpi => rust::install(&job).await,
+        Runtime::Exec => exec::install(&job),
     };
     if result.is_err() {
         let _ = tokio::fs::remove_dir_all(env_dir).await;

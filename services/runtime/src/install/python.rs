@@ -2,22 +2,20 @@
 //! (or `python3 -m venv` + pip), its requirements (and `mpi4py`)
 //! installed into it; handler mode adds the warm worker's loop.
 
+use comfaas_schemas::Runtime;
 use std::ffi::OsString;
-use std::path::Path;
-
-use comfaas_schemas::{Manifest, Runtime};
 use tokio::process::Command;
 
-use super::installation::{step, InstallError, Installation};
-use super::toolchain::Toolchain;
+use super::installation::{step, InstallError, Installation, Job};
 
-pub(super) async fn install(
-    manifest: &Manifest,
-    bundle_dir: &Path,
-    entry: &Path,
-    env_dir: &Path,
-    toolchain: &Toolchain,
-) -> Result<Installation, InstallError> {
+pub(super) async fn install(job: &Job<'_>) -> Result<Installation, InstallError> {
+    let Job {
+        manifest,
+        bundle_dir,
+        entry,
+        env_dir,
+        toolchain,
+    } = *job;
     let python = env_dir.join("bin").join("python");
     let mut requirements: Vec<OsString> =
         manifest.requirements.iter().map(OsString::from).collect();

@@ -1,25 +1,24 @@
 //! `rust-mpi`: a cargo package built once against the `mpi` crate, in a
 //! target folder shared by the node's Rust functions.
 
-use std::path::Path;
-
-use comfaas_schemas::{Manifest, Runtime};
+use comfaas_schemas::Runtime;
 use tokio::process::Command;
 
-use super::installation::{create_dir, step, InstallError, Installation};
-use super::toolchain::Toolchain;
+use super::installation::{create_dir, step, InstallError, Installation, Job};
 
 /// One lock per Rust function name, held across its build and copy.
 static RUST_BUILDS: std::sync::LazyLock<
     std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 > = std::sync::LazyLock::new(Default::default);
 
-pub(super) async fn install(
-    manifest: &Manifest,
-    bundle_dir: &Path,
-    env_dir: &Path,
-    toolchain: &Toolchain,
-) -> Result<Installation, InstallError> {
+pub(super) async fn install(job: &Job<'_>) -> Result<Installation, InstallError> {
+    let Job {
+        manifest,
+        bundle_dir,
+        env_dir,
+        toolchain,
+        ..
+    } = *job;
     let cargo = toolchain
         .cargo
         .clone()
