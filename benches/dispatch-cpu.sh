@@ -7,8 +7,9 @@
 # sampled from /proc every 50 ms until the bench ends.
 set -euo pipefail
 dir="$(cd "${1:-target/release}" && pwd)"
-out="$(mktemp)"
-( cd "$(mktemp -d)" && "$dir/comfaas-bench" >"$out" 2>&1 ) &
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+( cd "$work" && "$dir/comfaas-bench" >"$work/bench.out" 2>&1 ) &
 bench=$!
 ticks=0
 while kill -0 "$bench" 2>/dev/null; do
@@ -20,4 +21,3 @@ while kill -0 "$bench" 2>/dev/null; do
 done
 wait "$bench"
 echo "comfaas-dispatch used $ticks ticks of CPU ($(getconf CLK_TCK) a second) over one comfaas-bench run"
-rm -f "$out"

@@ -147,20 +147,6 @@ impl InvocationError {
     pub fn no_room(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InsufficientStorage, message)
     }
-
-    /// Whether trying again later may succeed (no node now, node silent,
-    /// every node full).
-    pub fn is_transient(&self) -> bool {
-        self.code.is_transient()
-    }
-
-    /// The same error with `prefix: ` before its message.
-    pub fn context(self, prefix: impl std::fmt::Display) -> Self {
-        Self {
-            message: format!("{prefix}: {}", self.message),
-            ..self
-        }
-    }
 }
 
 /// A value that does not parse (a tier, a placement, a process count, a
@@ -210,9 +196,9 @@ mod tests {
         ];
         for (error, code) in cases {
             assert_eq!(error.code.as_u16(), code);
-            assert_eq!(error.is_transient(), [429, 503, 504].contains(&code));
+            assert_eq!(error.code.is_transient(), [429, 503, 504].contains(&code));
         }
-        let error = InvocationError::not_found("no such thing").context("node edge-1");
-        assert_eq!(error.to_string(), "node edge-1: no such thing");
+        let error = InvocationError::not_found("no such thing");
+        assert_eq!(error.to_string(), "no such thing");
     }
 }

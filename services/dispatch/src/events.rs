@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy};
 use async_nats::jetstream::{self, AckKind};
+use comfaas_platform::signals::Tasks;
 use comfaas_schemas::names;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::place;
 use crate::shared::Shared;
@@ -62,7 +62,7 @@ pub async fn serve(
             return;
         }
     };
-    let running = TaskTracker::new();
+    let mut running = Tasks::new("event");
     while let Some(message) = shutdown
         .run_until_cancelled(messages.next())
         .await
@@ -93,7 +93,6 @@ pub async fn serve(
         let Some(permit) = permit else { break };
         running.spawn(handle(shared.clone(), message, permit));
     }
-    running.close();
     running.wait().await;
 }
 

@@ -23,13 +23,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use comfaas_platform::registry::{Registry, RegistryChange, RegistryError};
+use comfaas_platform::signals::Tasks;
 use comfaas_schemas::{decode, encode, NodeLoad};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use config::{DispatchConfig, DispatchFlags};
 use shared::Shared;
@@ -117,7 +117,7 @@ async fn serve_invokes(
     mut invokes: async_nats::Subscriber,
     shutdown: CancellationToken,
 ) {
-    let running = TaskTracker::new();
+    let mut running = Tasks::new("invocation");
     while let Some(Some(message)) = shutdown.run_until_cancelled(invokes.next()).await {
         // At capacity: wait for a permit, but not past shutdown.
         let permit = shared.permits.clone().acquire_owned();
@@ -153,7 +153,6 @@ async fn serve_invokes(
         });
     }
     let _ = invokes.unsubscribe().await;
-    running.close();
     running.wait().await;
 }
 

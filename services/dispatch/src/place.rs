@@ -85,7 +85,7 @@ pub async fn execute(
     };
     // Devices correlate results of their events by the id they gave them.
     if let Some(msg_id) = request::msg_id(headers) {
-        answer.headers.insert(h::MSG_ID, msg_id.as_str());
+        reply::set_msg_id(&mut answer.headers, &msg_id);
     }
     shared.state.finish(answer.error);
     answer
@@ -217,11 +217,7 @@ async fn send(
     let ended = match &result {
         Ok(message) => Ended::Answered {
             took_ms: took.as_secs_f64() * 1000.0,
-            run_ms: message
-                .headers
-                .as_ref()
-                .and_then(|hm| reply::get(hm, h::DURATION_MS))
-                .and_then(|ms| ms.parse::<f64>().ok()),
+            run_ms: message.headers.as_ref().and_then(reply::run_ms),
         },
         Err(e) if e.kind() == RequestErrorKind::NoResponders => Ended::Unreachable,
         Err(_) => Ended::Failed,
@@ -250,7 +246,7 @@ async fn send(
         }
     };
     let headers = message.headers.unwrap_or_default();
-    let delivered = headers.get(h::REPLIED).is_some();
+    let delivered = reply::delivered(&headers);
     let error = match reply::outcome(Some(&headers)) {
         Outcome::Ok => None,
         Outcome::Error { code, .. } => Some(code.unwrap_or(ErrorCode::FunctionFailed)),
@@ -331,8 +327,7 @@ pub async fn publish_result(shared: &Shared, answer: &Answer) {
     let Some(function) = answer.function.as_ref().filter(|_| !answer.delivered) else {
         return;
     };
-    let mut headers = answer.headers.clone();
-    headers.insert(h::FUNCTION, function.as_str());
+    let headers = reply::for_result(&answer.headers, function);
     if let Err(e) = shared
         .client
         .publish_with_headers(

@@ -165,16 +165,17 @@ impl State {
     }
 
     /// Chooses a node for `wanted`, skipping the nodes already `tried`.
+    /// Placement runs on a snapshot, outside the lock.
     pub fn choose(&self, wanted: &Wanted<'_>, tried: &[String]) -> Choice {
         let now = Instant::now();
-        let inner = self.lock();
         let function = wanted.request.function;
-        let mut views = inner.nodes.views(function, now);
+        let mut views = self.lock().nodes.views(function, now);
         views.retain(|v| !tried.contains(&v.node));
         let error = match comfaas_placement::choose(&views, wanted.request, &mut rand::rng()) {
             Ok(decision) => return Choice::Node(decision),
             Err(error) => error,
         };
+        let inner = self.lock();
         if error.code == ErrorCode::Unavailable
             && wanted.may_wait
             && inner

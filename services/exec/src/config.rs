@@ -147,6 +147,11 @@ impl ExecConfig {
         }
     }
 
+    /// The run time limits this node applies.
+    pub fn run_limits(&self) -> comfaas_schemas::RunLimits {
+        comfaas_schemas::RunLimits::from_ms(self.default_timeout_ms, self.max_timeout_ms)
+    }
+
     /// Heartbeat period.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)

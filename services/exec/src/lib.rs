@@ -28,7 +28,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use comfaas_runtime::Toolchain;
-use comfaas_schemas::RunLimits;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -178,7 +177,7 @@ impl Executor {
             config: config.clone(),
             table,
             admission,
-            limits: RunLimits::from_ms(config.default_timeout_ms, config.max_timeout_ms),
+            limits: config.run_limits(),
             runner: Runner {
                 node: config.node.clone(),
                 runs_dir: config.data_dir().join("runs"),

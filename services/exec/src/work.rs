@@ -12,13 +12,12 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use comfaas_platform::reply::{self, ReplyMeta};
-use comfaas_schemas::names::headers as h;
+use comfaas_platform::signals::Tasks;
 use comfaas_schemas::{
     decode, job_procs, now_unix_ms, validate_function_name, Invocation, InvocationError, RunLimits,
 };
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, Ticket};
 use crate::config::ExecConfig;
@@ -49,14 +48,14 @@ struct Reply {
     headers: HeaderMap,
     body: Bytes,
     /// Set when the function ran (successfully or not): where its outcome goes.
-    ran: Option<Ran>,
+    delivery: Option<Delivery>,
     /// The run's queue place and slot, held until its outcome is sent, so
     /// that the load report their release wakes follows the answer.
     ticket: Option<Ticket>,
 }
 
 /// Where the outcome of a run goes besides the dispatcher.
-struct Ran {
+struct Delivery {
     function: String,
     reply_to: Option<String>,
 }
@@ -66,7 +65,7 @@ impl Worker {
     /// delivered and waits for runs under way.
     pub async fn serve(self, mut work: async_nats::Subscriber, shutdown: CancellationToken) {
         let worker = Arc::new(self);
-        let runs = TaskTracker::new();
+        let mut runs = Tasks::new("invocation");
         while let Some(Some(message)) = shutdown.run_until_cancelled(work.next()).await {
             runs.spawn(worker.clone().handle(message));
         }
@@ -85,7 +84,6 @@ impl Worker {
                 publish(&worker.client, reply_to, refusal.headers, refusal.body).await;
             }
         }
-        runs.close();
         runs.wait().await;
     }
 
@@ -99,10 +97,10 @@ impl Worker {
         let client = &self.client;
         // A refusal, or no requester to answer directly: the work request's
         // sender gets the reply (and may try another node after a refusal).
-        let Some(Ran {
+        let Some(Delivery {
             function,
             reply_to: Some(reply_to),
-        }) = reply.ran
+        }) = reply.delivery
         else {
             publish(client, work_reply, reply.headers, reply.body).await;
             return;
@@ -110,10 +108,8 @@ impl Worker {
         // The outcome of a run goes straight to the requester, saving the
         // dispatcher a relay; then to the result subject; then a headers-only
         // notice tells the dispatcher it is done.
-        let mut result_headers = reply.headers.clone();
-        result_headers.insert(h::FUNCTION, function.as_str());
-        let mut notice = reply.headers.clone();
-        notice.insert(h::REPLIED, "true");
+        let result_headers = reply::for_result(&reply.headers, &function);
+        let notice = reply::notice(&reply.headers);
         publish(client, reply_to.into(), reply.headers, reply.body.clone()).await;
         let result = self.config.nats.subjects().result(&function);
         publish(client, result.into(), result_headers, reply.body).await;
@@ -186,7 +182,7 @@ impl Worker {
             Ok(output) => {
                 let mut headers = reply::ok(&meta);
                 if output.stored {
-                    headers.insert(h::OUTPUT_OBJECT, reply::header_text(id).as_str());
+                    reply::set_output_object(&mut headers, id);
                 }
                 (headers, output.body)
             }
@@ -198,7 +194,7 @@ impl Worker {
         Ok(Reply {
             headers,
             body,
-            ran: Some(Ran {
+            delivery: Some(Delivery {
                 function: function.to_owned(),
                 reply_to: invocation.reply_to.clone(),
             }),
@@ -235,7 +231,7 @@ impl Worker {
         Reply {
             headers: reply::error(&refusal, &self.meta(id)),
             body: Bytes::new(),
-            ran: None,
+            delivery: None,
             ticket: None,
         }
     }

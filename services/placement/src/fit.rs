@@ -25,7 +25,7 @@ pub struct RunFit {
 }
 
 /// Weight of the newest run in a [`RunFit`].
-pub const RUN_FIT_ALPHA: f64 = 0.3;
+const RUN_FIT_ALPHA: f64 = 0.3;
 
 /// Input sizes must spread at least this much (standard deviation, bytes)
 /// before a slope is fitted: below it, run time noise would pass for one.

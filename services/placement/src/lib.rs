@@ -43,5 +43,5 @@ mod fit;
 mod view;
 
 pub use choose::{choose, Decision, Request};
-pub use fit::{RunFit, RUN_FIT_ALPHA};
+pub use fit::RunFit;
 pub use view::NodeView;

@@ -53,9 +53,9 @@ pub async fn free_bytes(js: &Context, bucket: &str) -> Result<Option<u64>, NatsE
         .get_stream(&stream)
         .await
         .map_err(|e| NatsError::new(format!("open stream {stream}"), e))?
-        .get_info()
-        .await
-        .map_err(|e| NatsError::new(format!("read stream {stream}"), e))?;
+        // Opening the stream read its info: one request, not two.
+        .cached_info()
+        .clone();
     let max = info.config.max_bytes;
     Ok((max >= 0).then(|| (max as u64).saturating_sub(info.state.bytes)))
 }

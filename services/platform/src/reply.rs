@@ -38,6 +38,42 @@ pub fn error(error: &InvocationError, meta: &ReplyMeta) -> HeaderMap {
     headers
 }
 
+/// `headers` as published on the result subject: with `Comfaas-Function`.
+pub fn for_result(headers: &HeaderMap, function: &str) -> HeaderMap {
+    let mut headers = headers.clone();
+    headers.insert(h::FUNCTION, header_text(function).as_str());
+    headers
+}
+
+/// `headers` of an outcome the node already sent to the requester, as the
+/// headers-only notice to the dispatcher: with `Comfaas-Replied: true`.
+pub fn notice(headers: &HeaderMap) -> HeaderMap {
+    let mut headers = headers.clone();
+    headers.insert(h::REPLIED, "true");
+    headers
+}
+
+/// Whether a work reply is such a notice: the requester has its answer.
+pub fn delivered(headers: &HeaderMap) -> bool {
+    headers.get(h::REPLIED).is_some()
+}
+
+/// The function's run time a reply reports (`Comfaas-Duration-Ms`), ms.
+pub fn run_ms(headers: &HeaderMap) -> Option<f64> {
+    get(headers, h::DURATION_MS).and_then(|ms| ms.parse().ok())
+}
+
+/// Names the object in `comfaas_outputs` that holds a large output.
+pub fn set_output_object(headers: &mut HeaderMap, name: &str) {
+    headers.insert(h::OUTPUT_OBJECT, header_text(name).as_str());
+}
+
+/// Echoes the `Nats-Msg-Id` a device gave its event (already made safe by
+/// `request::msg_id`), so it can match the result to the event.
+pub fn set_msg_id(headers: &mut HeaderMap, msg_id: &str) {
+    headers.insert(h::MSG_ID, header_text(msg_id).as_str());
+}
+
 fn add_meta(headers: &mut HeaderMap, meta: &ReplyMeta) {
     if !meta.invocation_id.is_empty() {
         headers.insert(h::INVOCATION_ID, header_text(&meta.invocation_id).as_str());
@@ -142,6 +178,25 @@ mod tests {
         assert_eq!(get(&headers, h::DURATION_MS).as_deref(), Some("12"));
         assert_eq!(outcome(Some(&ok(&meta))), Outcome::Ok);
         assert_eq!(outcome(None), Outcome::Unknown);
+    }
+
+    #[test]
+    fn results_and_notices_carry_their_marks() {
+        let meta = ReplyMeta {
+            invocation_id: "i1".into(),
+            duration_ms: Some(7),
+            ..ReplyMeta::default()
+        };
+        let mut headers = ok(&meta);
+        assert_eq!(run_ms(&headers), Some(7.0));
+        assert!(!delivered(&headers));
+        assert!(delivered(&notice(&headers)));
+        let result = for_result(&headers, "hello");
+        assert_eq!(get(&result, h::FUNCTION).as_deref(), Some("hello"));
+        set_output_object(&mut headers, "i1");
+        set_msg_id(&mut headers, "dev-1");
+        assert_eq!(get(&headers, h::OUTPUT_OBJECT).as_deref(), Some("i1"));
+        assert_eq!(get(&headers, h::MSG_ID).as_deref(), Some("dev-1"));
     }
 
     #[test]

@@ -258,8 +258,8 @@ fn probe_suffix() -> u128 {
 }
 
 /// Whether `error`, or what caused it, is JetStream refusing a stream for
-/// want of storage (error codes 10047 "insufficient storage resources
-/// available" and 10023 "insufficient resources"), found by type.
+/// want of disk (error code 10047, "insufficient storage resources
+/// available"), found by type.
 fn no_room(error: &(dyn std::error::Error + 'static)) -> bool {
     use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
     use async_nats::jetstream::ErrorCode;
@@ -268,10 +268,7 @@ fn no_room(error: &(dyn std::error::Error + 'static)) -> bool {
         if let Some(CreateStreamErrorKind::JetStream(js)) =
             e.downcast_ref::<CreateStreamError>().map(|e| e.kind())
         {
-            return matches!(
-                js.error_code(),
-                ErrorCode::STORAGE_RESOURCES_EXCEEDED | ErrorCode::INSUFFICIENT_RESOURCES
-            );
+            return js.error_code() == ErrorCode::STORAGE_RESOURCES_EXCEEDED;
         }
         cause = e.source();
     }

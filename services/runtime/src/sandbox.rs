@@ -1,10 +1,11 @@
 //! What a run may see: the [`Sandbox`] of an installed function. Today it
 //! is a scrubbed environment (nothing of the executor's own, so no
 //! credentials leak) and, per run, a private directory that is the run's
-//! working directory, `HOME` and `TMPDIR`, removed afterwards. Every way a
+//! working directory, `HOME` and `TMPDIR`, removed afterwards. Both ways a
 //! function is started (a process per run, or a warm handler-mode worker)
-//! takes what it sees from here, so this is where tighter bounds go: its
-//! own user, resource limits, no network.
+//! start from this environment and nothing else (a worker's own folder,
+//! `HOME` and `TMPDIR` are set by `handler` as it starts), so this is where
+//! tighter bounds go: its own user, resource limits, no network.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -62,7 +63,8 @@ impl Sandbox {
 
     /// The environment every run and every warm worker starts from (a
     /// worker gets its own `HOME` and `TMPDIR` when it starts).
-    pub fn env(&self) -> &[(OsString, OsString)] {
+    #[cfg(test)]
+    fn env(&self) -> &[(OsString, OsString)] {
         &self.env
     }
 

@@ -127,11 +127,6 @@ impl Uplink {
         }
     }
 
-    /// Its bandwidth per direction, bits per second.
-    pub fn bits_per_s(&self) -> u64 {
-        self.bits_per_s
-    }
-
     /// Queues `bytes` read at `now` in `direction`; returns when they have
     /// crossed.
     fn cross(&self, direction: Direction, now: Instant, bytes: usize) -> Instant {
