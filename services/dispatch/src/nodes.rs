@@ -25,6 +25,23 @@ struct Node {
     answers_since_report: u32,
 }
 
+/// What one answered invocation taught: it took `took_ms` at the
+/// dispatcher, of which the node says the function ran `run_ms` with
+/// `procs` processes on `input_bytes` of input.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    /// The function.
+    pub function: &'a str,
+    /// Processes it ran with.
+    pub procs: u32,
+    /// Its input's size, however it travelled.
+    pub input_bytes: u64,
+    /// Send to answer at the dispatcher, ms.
+    pub took_ms: f64,
+    /// The run time the node reported, ms.
+    pub run_ms: Option<f64>,
+}
+
 /// Weight of the newest sample in the round-trip moving average.
 const EWMA_ALPHA: f64 = 0.3;
 
@@ -89,30 +106,20 @@ impl NodeTable {
         !node.unreachable && now.duration_since(node.last_seen) <= period * self.dead_after
     }
 
-    /// What one answered invocation taught: `took_ms` at the dispatcher, of
-    /// which the node says the function ran `run_ms` with `procs` processes
-    /// on `input_bytes` of input.
-    pub fn observe(
-        &mut self,
-        node: &str,
-        function: &str,
-        procs: u32,
-        input_bytes: u64,
-        took_ms: f64,
-        run_ms: Option<f64>,
-    ) {
+    /// What one answered invocation on `node` taught.
+    pub fn observe(&mut self, node: &str, seen: &Observed<'_>) {
         if let Some(n) = self.nodes.get_mut(node).filter(|n| !n.pinged) {
-            let overhead = (took_ms - run_ms.unwrap_or(0.0)).max(0.05);
+            let overhead = (seen.took_ms - seen.run_ms.unwrap_or(0.0)).max(0.05);
             n.rtt_ms = Some(ewma(n.rtt_ms, overhead));
         }
-        if let Some(run_ms) = run_ms {
+        if let Some(run_ms) = seen.run_ms {
             let runs = self
                 .runs
-                .entry((function.to_owned(), node.to_owned()))
+                .entry((seen.function.to_owned(), node.to_owned()))
                 .or_default();
-            runs.entry(procs)
-                .and_modify(|fit| fit.update(input_bytes, run_ms))
-                .or_insert_with(|| RunFit::new(input_bytes, run_ms));
+            runs.entry(seen.procs)
+                .and_modify(|fit| fit.update(seen.input_bytes, run_ms))
+                .or_insert_with(|| RunFit::new(seen.input_bytes, run_ms));
         }
     }
 
@@ -282,6 +289,22 @@ mod tests {
         }
     }
 
+    fn seen(
+        function: &str,
+        procs: u32,
+        input_bytes: u64,
+        took_ms: f64,
+        run_ms: Option<f64>,
+    ) -> Observed<'_> {
+        Observed {
+            function,
+            procs,
+            input_bytes,
+            took_ms,
+            run_ms,
+        }
+    }
+
     #[test]
     fn a_node_dies_after_missing_its_heartbeats() {
         let mut table = NodeTable::new(3);
@@ -296,26 +319,26 @@ mod tests {
         let mut table = NodeTable::new(3);
         let t0 = Instant::now();
         table.heard(load("a"), t0);
-        table.observe("a", "f", 1, 0, 12.0, Some(10.0));
+        table.observe("a", &seen("f", 1, 0, 12.0, Some(10.0)));
         let view = &table.views("f", t0)[0];
         assert_eq!(view.rtt_ms, Some(2.0));
         assert_eq!(view.runs, vec![(1, RunFit::new(0, 10.0))]);
         // Runs are kept per process count, each a fit to the input size
         // (a moving average while the size does not change).
-        table.observe("a", "f", 2, 0, 7.0, Some(6.0));
-        table.observe("a", "f", 1, 0, 12.0, Some(20.0));
+        table.observe("a", &seen("f", 2, 0, 7.0, Some(6.0)));
+        table.observe("a", &seen("f", 1, 0, 12.0, Some(20.0)));
         let view = &table.views("f", t0)[0];
         let predicted: Vec<(u32, f64)> =
             view.runs.iter().map(|(p, f)| (*p, f.predict(0))).collect();
         assert_eq!(predicted, vec![(1, 10.0 + 0.3 * (20.0 - 10.0)), (2, 6.0)]);
         // Larger inputs that took longer teach a slope.
-        table.observe("a", "f", 2, 10_000_000, 70.0, Some(66.0));
+        table.observe("a", &seen("f", 2, 10_000_000, 70.0, Some(66.0)));
         let fit = table.views("f", t0)[0].runs[1].1;
         assert!(fit.predict(20_000_000) > fit.predict(10_000_000), "{fit:?}");
         assert!(table.views("g", t0)[0].runs.is_empty(), "per function");
         // Pings replace round trips taught by answers, which then stop counting.
         table.pinged("a", 30.0);
-        table.observe("a", "f", 1, 0, 100.0, Some(10.0));
+        table.observe("a", &seen("f", 1, 0, 100.0, Some(10.0)));
         assert_eq!(table.views("f", t0)[0].rtt_ms, Some(30.0));
     }
 

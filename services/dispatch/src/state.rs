@@ -14,7 +14,7 @@ use comfaas_schemas::{
     InvocationError, NodeLoad, PlacementRecord, SCHEMA_VERSION,
 };
 
-use crate::nodes::NodeTable;
+use crate::nodes::{NodeTable, Observed};
 
 /// Placement decisions kept for the metrics report.
 const RECENT_DECISIONS: usize = 32;
@@ -240,11 +240,13 @@ impl State {
         match ended {
             Ended::Answered { took_ms, run_ms } => inner.nodes.observe(
                 node,
-                sent.function,
-                decision.procs,
-                sent.input_bytes,
-                took_ms,
-                run_ms,
+                &Observed {
+                    function: sent.function,
+                    procs: decision.procs,
+                    input_bytes: sent.input_bytes,
+                    took_ms,
+                    run_ms,
+                },
             ),
             Ended::Unreachable => inner.nodes.unreachable(node),
             Ended::Failed => {}
