@@ -6,36 +6,23 @@ use tokio::process::Command;
 use super::installation::{create_dir, step, InstallError, Installation, Job};
 
 pub(super) async fn install(job: &Job<'_>) -> Result<Installation, InstallError> {
-    let Job {
-        manifest,
-        bundle_dir,
-        entry,
-        env_dir,
-        toolchain,
-    } = *job;
-    let (compiler, name) = match manifest.runtime {
-        Runtime::CMpi => (toolchain.mpicc.clone(), "mpicc"),
-        _ => (toolchain.cc.clone(), "cc"),
+    let (compiler, name) = match job.manifest.runtime {
+        Runtime::CMpi => (job.toolchain.mpicc.clone(), "mpicc"),
+        _ => (job.toolchain.cc.clone(), "cc"),
     };
     let compiler = compiler.ok_or(InstallError::UnsupportedRuntime(
-        manifest.runtime,
+        job.manifest.runtime,
         "a C compiler",
     ))?;
-    let bin = env_dir.join("bin");
+    let bin = job.env_dir.join("bin");
     create_dir(&bin).await?;
-    let program = bin.join(&manifest.name);
+    let program = bin.join(&job.manifest.name);
     let mut cc = Command::new(compiler);
     cc.args(["-O2", "-std=c11", "-Wall", "-o"])
         .arg(&program)
-        .arg(entry)
+        .arg(job.entry)
         .arg("-lm")
-        .current_dir(bundle_dir);
-    step(name, cc, toolchain).await?;
-    Ok(Installation {
-        runtime: manifest.runtime,
-        bundle_dir: bundle_dir.to_path_buf(),
-        program,
-        args: Vec::new(),
-        path: Vec::new(),
-    })
+        .current_dir(job.bundle_dir);
+    step(name, cc, job.toolchain).await?;
+    Ok(job.installation(program, Vec::new(), Vec::new()))
 }

@@ -35,6 +35,25 @@ pub(super) struct Job<'a> {
     pub toolchain: &'a Toolchain,
 }
 
+impl Job<'_> {
+    /// The installed function: `program` with `args`, with `path` folders
+    /// first on its `PATH`.
+    pub fn installation(
+        &self,
+        program: PathBuf,
+        args: Vec<OsString>,
+        path: Vec<PathBuf>,
+    ) -> Installation {
+        Installation {
+            runtime: self.manifest.runtime,
+            bundle_dir: self.bundle_dir.to_path_buf(),
+            program,
+            args,
+            path,
+        }
+    }
+}
+
 /// An installed function: how to run it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Installation {
