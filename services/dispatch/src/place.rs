@@ -146,6 +146,7 @@ async fn invoke(
             digest: &deployment.bundle.digest,
             fresh,
             may_wait: last_refusal.is_none() && Instant::now() < install_wait_until,
+            explain: last_refusal.is_none(),
         };
         let decision = match shared.state.choose(&wanted, &tried) {
             Choice::Node(decision) => decision,

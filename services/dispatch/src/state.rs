@@ -63,6 +63,9 @@ pub struct Wanted<'a> {
     pub fresh: bool,
     /// Whether waiting for an install is still allowed.
     pub may_wait: bool,
+    /// Whether an error must say why, node by node (not when the caller
+    /// already holds a node's refusal to answer with instead).
+    pub explain: bool,
 }
 
 /// How the node answered one try, as [`State::end`] records it.
@@ -175,6 +178,9 @@ impl State {
             Ok(decision) => return Choice::Node(decision),
             Err(error) => error,
         };
+        if !wanted.explain {
+            return Choice::Nowhere(error);
+        }
         let inner = self.lock();
         if error.code == ErrorCode::Unavailable
             && wanted.may_wait
