@@ -174,7 +174,7 @@ async fn a_large_output_comes_back_as_an_object() {
     p.deploy(&dir, &["edge-1"]).await;
     // Small: inline, as always.
     let reply = p.invoke("big", "1024").await;
-    assert_eq!(reply.payload.len(), 1024);
+    assert_eq!(reply.payload.len(), 1024, "{:?}", reply.headers);
     assert_eq!(header(&reply, h::OUTPUT_OBJECT), "");
     // 5 MB: over the server's 1 MB max payload, so in comfaas_outputs.
     let reply = p.invoke("big", &(5 << 20).to_string()).await;
