@@ -28,7 +28,6 @@ use comfaas_schemas::{decode, encode, NodeLoad};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{DispatchConfig, DispatchFlags};
@@ -94,20 +93,20 @@ impl Dispatcher {
         let events = events::consumer(&js, &shared).await?;
         tracing::info!(id = %shared.config.id, "dispatcher serving {}", shared.subjects.invoke_all());
 
-        let mut tasks = JoinSet::new();
-        let until = || shutdown.clone();
-        tasks.spawn(until().run_until_cancelled_owned(track_nodes(shared.clone(), loads)));
-        tasks.spawn(until().run_until_cancelled_owned(track_functions(shared.clone(), changes)));
-        tasks.spawn(until().run_until_cancelled_owned(publish_metrics(shared.clone())));
-        tasks.spawn(until().run_until_cancelled_owned(ping_nodes(shared.clone())));
-        // Events stop on their own at shutdown, after the ones under way.
-        tasks.spawn(events::serve(shared.clone(), events, shutdown.clone()).map(Some));
-        serve_invokes(shared.clone(), invokes, shutdown.clone()).await;
-        while let Some(result) = tasks.join_next().await {
-            if let Err(e) = result {
-                tracing::warn!("dispatcher task ended abnormally: {e}");
-            }
+        let mut tasks = Tasks::new("dispatcher");
+        // The loops end at shutdown wherever they wait.
+        for task in [
+            track_nodes(shared.clone(), loads).boxed(),
+            track_functions(shared.clone(), changes).boxed(),
+            publish_metrics(shared.clone()).boxed(),
+            ping_nodes(shared.clone()).boxed(),
+        ] {
+            tasks.spawn(shutdown.clone().run_until_cancelled_owned(task));
         }
+        // Events stop on their own at shutdown, after the ones under way.
+        tasks.spawn(events::serve(shared.clone(), events, shutdown.clone()));
+        serve_invokes(shared.clone(), invokes, shutdown.clone()).await;
+        tasks.wait().await;
         Ok(())
     }
 }

@@ -88,8 +88,11 @@ impl Default for ExecConfig {
     }
 }
 
-fn cores() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+/// CPU cores this process may use, read once: the standard library reads
+/// cgroup files to tell, and admission asks on every invocation.
+pub(crate) fn cores() -> u32 {
+    static CORES: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
 }
 
 /// Replaces characters that may not appear in a subject token.

@@ -265,7 +265,6 @@ fn internal() -> InvocationError {
 mod tests {
     use std::time::Duration;
 
-    use async_nats::jetstream::object_store;
     use comfaas_schemas::ErrorCode;
     use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
 
@@ -284,15 +283,10 @@ mod tests {
             let server = EmbeddedServer::start(ServerOptions::default())
                 .await
                 .expect("nats-server starts");
-            let client = async_nats::connect(server.url()).await.unwrap();
-            let js = async_nats::jetstream::new(client);
-            let store = js
-                .create_object_store(object_store::Config {
-                    bucket: "inputs".to_owned(),
-                    ..Default::default()
-                })
+            let (js, store) = server
+                .object_store("inputs", -1)
                 .await
-                .unwrap();
+                .expect("inputs store");
             Self {
                 _server: server,
                 js,

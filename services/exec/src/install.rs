@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use comfaas_platform::registry::{Registry, RegistryChange, RegistryError};
+use comfaas_platform::signals::Tasks;
 use comfaas_runtime::{HandlerPool, Sandbox, Toolchain};
 use comfaas_schemas::{Deployment, Mode};
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::functions::{FunctionTable, Served};
@@ -75,13 +75,8 @@ impl Installer {
     /// installs under way are abandoned then.
     pub async fn run(self, mut changes: Changes, shutdown: CancellationToken) {
         let installer = Arc::new(self);
-        let mut installs = JoinSet::new();
+        let mut installs = Tasks::new("install");
         while let Some(change) = shutdown.run_until_cancelled(changes.next()).await {
-            while let Some(done) = installs.try_join_next() {
-                if let Err(e) = done {
-                    tracing::error!("install task failed: {e}");
-                }
-            }
             match change {
                 // watch_forever does not end; if it ever did, stop cleanly.
                 None => break,
@@ -97,7 +92,7 @@ impl Installer {
                 }
             }
         }
-        installs.shutdown().await;
+        installs.abort().await;
     }
 
     async fn install_one(self: Arc<Self>, deployment: Deployment) {

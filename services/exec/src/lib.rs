@@ -27,8 +27,8 @@ mod work;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use comfaas_platform::signals::Tasks;
 use comfaas_runtime::Toolchain;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use admission::Admission;
@@ -136,7 +136,7 @@ impl Executor {
         tracing::info!(node = %config.node, tier = %config.tier, site = %config.site,
             slots = config.slots(), queue = config.queue, "executor serving {work_subject}");
 
-        let mut tasks = JoinSet::new();
+        let mut tasks = Tasks::new("executor");
         let stop_heartbeat = CancellationToken::new();
         // On shutdown, first tell dispatchers this node is leaving, so they
         // stop sending work while runs under way finish.
@@ -194,11 +194,7 @@ impl Executor {
         worker.serve(work_sub, shutdown.clone()).await;
 
         stop_heartbeat.cancel();
-        while let Some(result) = tasks.join_next().await {
-            if let Err(e) = result {
-                tracing::warn!("executor task ended abnormally: {e}");
-            }
-        }
+        tasks.wait().await;
         if leaving.await.is_err() {
             load::say_leaving(&self.client, &config).await;
         }

@@ -11,7 +11,7 @@ use comfaas_schemas::{encode, now_unix_ms, NodeLoad};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
-use crate::config::ExecConfig;
+use crate::config::{cores, ExecConfig};
 use crate::functions::FunctionTable;
 use crate::inputs::InputCache;
 
@@ -106,7 +106,7 @@ pub async fn say_leaving(client: &async_nats::Client, config: &ExecConfig) {
 /// What the node's configuration and host alone tell: who it is, what it
 /// can take and how busy its CPUs are; nothing running, nothing installed.
 fn node_load(config: &ExecConfig) -> NodeLoad {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let cores = cores();
     NodeLoad {
         node: config.node.clone(),
         tier: config.tier,

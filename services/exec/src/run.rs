@@ -234,7 +234,6 @@ async fn read_for_handler(path: &Path) -> Result<Bytes, InvocationError> {
 
 #[cfg(test)]
 mod tests {
-    use async_nats::jetstream::object_store;
     use comfaas_schemas::ErrorCode;
     use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
     use futures::StreamExt;
@@ -246,16 +245,10 @@ mod tests {
         let server = EmbeddedServer::start(ServerOptions::default())
             .await
             .expect("nats-server starts");
-        let client = async_nats::connect(server.url()).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        let store = js
-            .create_object_store(object_store::Config {
-                bucket: OUTPUTS_BUCKET.to_owned(),
-                max_bytes,
-                ..Default::default()
-            })
+        let (js, store) = server
+            .object_store(OUTPUTS_BUCKET, max_bytes)
             .await
-            .unwrap();
+            .expect("outputs store");
         (server, Outputs { js, store })
     }
 

@@ -6,11 +6,12 @@ use std::future::Future;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// The tasks a service spawns per message (runs, invocations, events):
-/// waited for when the service stops, aborted if the service itself is
-/// dropped (as `comfaas dev` does after its grace period), and a task that
-/// panicked is logged, not lost. Finished tasks are collected at each
-/// spawn, so the set holds about what is under way.
+/// The tasks a service owns (its loops, and what it spawns per message:
+/// runs, invocations, events, installs): waited for when the service
+/// stops, aborted if the service itself is dropped (as `comfaas dev` does
+/// after its grace period), and a task that panicked is logged, not lost.
+/// Finished tasks are collected at each spawn, so the set holds about what
+/// is under way.
 pub struct Tasks {
     set: JoinSet<()>,
     what: &'static str,
@@ -25,12 +26,15 @@ impl Tasks {
         }
     }
 
-    /// Spawns `task`, after collecting the ones already finished.
-    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+    /// Spawns `task` (its output is dropped), after collecting the ones
+    /// already finished.
+    pub fn spawn<T: Send + 'static>(&mut self, task: impl Future<Output = T> + Send + 'static) {
         while let Some(done) = self.set.try_join_next() {
             self.ended(done);
         }
-        self.set.spawn(task);
+        self.set.spawn(async move {
+            task.await;
+        });
     }
 
     /// Waits for every task to finish.
@@ -38,6 +42,11 @@ impl Tasks {
         while let Some(done) = self.set.join_next().await {
             self.ended(done);
         }
+    }
+
+    /// Aborts every task and waits until they are gone.
+    pub async fn abort(mut self) {
+        self.set.shutdown().await;
     }
 
     fn ended(&self, done: Result<(), tokio::task::JoinError>) {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use async_nats::jetstream;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -234,6 +235,25 @@ impl EmbeddedServer {
             _temp: temp,
             _config: written,
         })
+    }
+
+    /// A new connection's JetStream context and an object store `bucket`
+    /// in it holding at most `max_bytes` (-1: no limit), as unit tests of
+    /// what reads or writes object stores need.
+    pub async fn object_store(
+        &self,
+        bucket: &str,
+        max_bytes: i64,
+    ) -> Result<(jetstream::Context, jetstream::object_store::ObjectStore), async_nats::Error> {
+        let js = jetstream::new(async_nats::connect(self.url()).await?);
+        let store = js
+            .create_object_store(jetstream::object_store::Config {
+                bucket: bucket.to_owned(),
+                max_bytes,
+                ..Default::default()
+            })
+            .await?;
+        Ok((js, store))
     }
 
     /// `nats://127.0.0.1:<port>`.
