@@ -25,7 +25,8 @@ pub use manifest::{
     Runtime, MANIFEST_FILE,
 };
 pub use messages::{
-    now_unix_ms, BundleRef, CandidateEstimate, Deployment, DispatchMetrics, ErrorCount,
-    FunctionState, InputObject, InstallState, Invocation, NodeLoad, NodeMetrics, PlacementRecord,
-    Tier, SCHEMA_VERSION,
+    now_unix_ms, BundleRef, CandidateEstimate, Deployment, DeploymentSignature, DispatchMetrics,
+    ErrorCount, FunctionState, InputObject, InstallState, Invocation, NodeLoad, NodeMetrics,
+    PlacementRecord, SignaturePolicy, SigningError, Tier, DEPLOYMENT_SIGNING_DOMAIN,
+    SCHEMA_VERSION,
 };

@@ -207,6 +207,32 @@ pub struct NodeLoad {
     /// first chunk's wait left out), bytes per second; 0 before any fetch.
     #[serde(default)]
     pub input_fetch_bytes_per_s: f64,
+    /// Whether the node installs only deployments signed by an operator key
+    /// it trusts (`required`), or any deployment (`off`, a laptop's open
+    /// mode, and what an older node that does not say means).
+    #[serde(default)]
+    pub signatures: SignaturePolicy,
+}
+
+/// What a node asks of a deployment's signature before installing it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignaturePolicy {
+    /// Unsigned deployments are installed (no trusted operator keys set).
+    #[default]
+    Off,
+    /// Only deployments signed by a trusted operator key are installed.
+    Required,
+}
+
+impl SignaturePolicy {
+    /// `off` or `required`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Required => "required",
+        }
+    }
 }
 
 impl Default for NodeLoad {
@@ -234,6 +260,7 @@ impl Default for NodeLoad {
             input_fetched_bytes: 0,
             input_cache_hits: 0,
             input_fetch_bytes_per_s: 0.0,
+            signatures: SignaturePolicy::Off,
         }
     }
 }
@@ -268,9 +295,141 @@ pub struct Deployment {
     pub manifest: Manifest,
     /// The bundle to install.
     pub bundle: BundleRef,
-    /// When it was deployed (Unix ms).
+    /// When it was deployed (Unix ms). Not signed: a rollback re-puts a
+    /// signed deployment with a new time and its signature stays valid.
     #[serde(default)]
     pub deployed_unix_ms: u64,
+    /// The operator's signature over [`Deployment::signed_bytes`]; `None`
+    /// for an unsigned deployment, which executors that trust operator keys
+    /// refuse.
+    #[serde(default)]
+    pub signature: Option<DeploymentSignature>,
+}
+
+/// An operator's Ed25519 signature of a deployment (see
+/// [`Deployment::signed_bytes`] for exactly what is signed).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentSignature {
+    /// The signer's public nkey (`U…`), which executors look up in their
+    /// `trusted_operators`.
+    pub signer: String,
+    /// The Ed25519 signature, base64url without padding.
+    pub signature: String,
+}
+
+impl std::fmt::Debug for DeploymentSignature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeploymentSignature")
+            .field("signer", &self.signer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The domain separator that starts the bytes a deployment signature
+/// covers, so such a signature can never pass for a signature of anything
+/// else made with the same key (a NATS nonce, another message).
+pub const DEPLOYMENT_SIGNING_DOMAIN: &[u8] = b"comfaas-deployment-v1\0";
+
+impl Deployment {
+    /// The bytes an operator signs: [`DEPLOYMENT_SIGNING_DOMAIN`] followed by
+    /// the canonical JSON of
+    /// `{"bundle": {"digest", "size"}, "function", "manifest", "version"}`:
+    /// the function name, its version, the whole manifest and the bundle's
+    /// `sha256:` digest and size. Canonical means: object keys sorted by
+    /// their bytes at every level, no whitespace, strings escaped as
+    /// `serde_json` does, and every member whose value is `null`, `false`,
+    /// `""`, `[]` or `{}` left out (after its own members were), so that a
+    /// manifest field added later with such a default does not change the
+    /// bytes of deployments signed before it existed. (Hence every manifest
+    /// field must default to one of those values.) Not signed: `schema`,
+    /// `deployed_unix_ms` (a rollback re-puts an old deployment as it was
+    /// signed) and `bundle.object` (the fetched bytes are checked against
+    /// the signed digest and size instead).
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, SigningError> {
+        let manifest = serde_json::to_value(&self.manifest)?;
+        let payload = serde_json::json!({
+            "bundle": { "digest": self.bundle.digest, "size": self.bundle.size },
+            "function": self.manifest.name,
+            "manifest": manifest,
+            "version": self.manifest.version,
+        });
+        let mut out = DEPLOYMENT_SIGNING_DOMAIN.to_vec();
+        if let Some(payload) = canonical::prune(payload) {
+            canonical::write(&payload, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+/// The signed bytes of a deployment could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode the signed bytes of a deployment: {0}")]
+pub struct SigningError(#[from] serde_json::Error);
+
+/// Canonical JSON: sorted keys, no whitespace, empty values left out. Keys
+/// are sorted here rather than by relying on `serde_json`'s map order,
+/// which a feature (`preserve_order`) elsewhere in a build could change.
+mod canonical {
+    use serde_json::Value;
+
+    /// `value` without members (or array items' members) whose value is
+    /// empty; `None` when `value` itself is empty.
+    pub fn prune(value: Value) -> Option<Value> {
+        match value {
+            Value::Null | Value::Bool(false) => None,
+            Value::String(s) if s.is_empty() => None,
+            Value::Array(items) if items.is_empty() => None,
+            // Array items keep their places: only their own members go.
+            Value::Array(items) => Some(Value::Array(
+                items
+                    .into_iter()
+                    .map(|item| prune(item).unwrap_or(Value::Null))
+                    .collect(),
+            )),
+            Value::Object(members) => {
+                let kept: serde_json::Map<String, Value> = members
+                    .into_iter()
+                    .filter_map(|(k, v)| prune(v).map(|v| (k, v)))
+                    .collect();
+                (!kept.is_empty()).then_some(Value::Object(kept))
+            }
+            other => Some(other),
+        }
+    }
+
+    /// Writes `value` with every object's keys sorted.
+    pub fn write(value: &Value, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        match value {
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(item, out)?;
+                }
+                out.push(b']');
+            }
+            Value::Object(members) => {
+                let mut keys: Vec<&String> = members.keys().collect();
+                keys.sort();
+                out.push(b'{');
+                for (i, key) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    serde_json::to_writer(&mut *out, key)?;
+                    out.push(b':');
+                    if let Some(member) = members.get(key) {
+                        write(member, out)?;
+                    }
+                }
+                out.push(b'}');
+            }
+            scalar => serde_json::to_writer(&mut *out, scalar)?,
+        }
+        Ok(())
+    }
 }
 
 /// How often one error code was answered.
@@ -375,6 +534,15 @@ pub struct DispatchMetrics {
     /// When it was sent (Unix ms).
     #[serde(default)]
     pub sent_unix_ms: u64,
+    /// Requests dropped unanswered because their reply subject is not an
+    /// inbox (`_INBOX.…`): answering would publish on whatever subject the
+    /// sender named.
+    #[serde(default)]
+    pub bad_reply_subjects: u64,
+    /// Node load reports ignored because the node they name is not the one
+    /// of the subject they came on (a forgery, or a misconfigured node).
+    #[serde(default)]
+    pub forged_loads: u64,
 }
 
 #[cfg(test)]
@@ -431,6 +599,7 @@ mod tests_support {
             input_fetched_bytes: 1 << 20,
             input_cache_hits: 2,
             input_fetch_bytes_per_s: 2.5e8,
+            signatures: SignaturePolicy::Required,
         }
     }
 
@@ -456,6 +625,10 @@ mod tests_support {
                 size: 10,
             },
             deployed_unix_ms: 1,
+            signature: Some(DeploymentSignature {
+                signer: "UABC".into(),
+                signature: "c2ln".into(),
+            }),
         }
     }
 
@@ -496,6 +669,8 @@ mod tests_support {
                 }],
             }],
             sent_unix_ms: 5,
+            bad_reply_subjects: 1,
+            forged_loads: 2,
         }
     }
 }
@@ -604,6 +779,41 @@ mod tests {
     }
 
     #[test]
+    fn signed_bytes_are_canonical_and_cover_what_matters() {
+        let d = deployment();
+        let bytes = d.signed_bytes().unwrap();
+        let text = std::str::from_utf8(&bytes[DEPLOYMENT_SIGNING_DOMAIN.len()..]).unwrap();
+        assert!(bytes.starts_with(b"comfaas-deployment-v1\0"));
+        // Sorted keys at every level, no whitespace, empty members left out
+        // (description, requirements, procs, workers, a default mode is kept
+        // as it is a non-empty string).
+        assert_eq!(
+            text,
+            r#"{"bundle":{"digest":"sha256:ab","size":10},"function":"hello","manifest":{"entry":"main.py","mode":"script","name":"hello","placement":"node:edge-1","runtime":"python","timeout":"5s","version":"1.0.0"},"version":"1.0.0"}"#
+        );
+        // Not covered: the time, the schema, the object name, the signature.
+        let mut same = d.clone();
+        same.deployed_unix_ms = 99;
+        same.schema = 7;
+        same.bundle.object = "elsewhere".into();
+        same.signature = None;
+        assert_eq!(same.signed_bytes().unwrap(), bytes);
+        // Covered: every manifest field, the digest and the size.
+        let changes: [fn(&mut Deployment); 5] = [
+            |d| d.manifest.entry = "evil.py".into(),
+            |d| d.manifest.requirements.push("evil".into()),
+            |d| d.manifest.version = "1.0.1".into(),
+            |d| d.bundle.digest = "sha256:cd".into(),
+            |d| d.bundle.size = 11,
+        ];
+        for change in changes {
+            let mut other = d.clone();
+            change(&mut other);
+            assert_ne!(other.signed_bytes().unwrap(), bytes, "{other:?}");
+        }
+    }
+
+    #[test]
     fn error_codes_round_trip_and_are_distinct() {
         let mut seen = std::collections::HashSet::new();
         for code in ErrorCode::ALL {
@@ -643,6 +853,10 @@ mod readme {
             ("FunctionState", fields(&load.functions[0])),
             ("Deployment", fields(&deployment)),
             ("BundleRef", fields(&deployment.bundle)),
+            (
+                "DeploymentSignature",
+                fields(deployment.signature.as_ref().unwrap()),
+            ),
             ("DispatchMetrics", fields(&metrics)),
             ("ErrorCount", fields(&metrics.errors[0])),
             ("NodeMetrics", fields(&metrics.nodes[0])),

@@ -41,6 +41,16 @@ pub const INPUTS_BUCKET: &str = "comfaas_inputs";
 /// Object store of large outputs.
 pub const OUTPUTS_BUCKET: &str = "comfaas_outputs";
 
+/// KV bucket of secrets, one value per secret name: operators write it,
+/// executors read it, nobody else may (see `SECURITY.md`).
+pub const SECRETS_BUCKET: &str = "comfaas_secrets";
+
+/// The first token of every reply subject (an inbox): `_INBOX.…`. A node
+/// and a dispatcher answer only on subjects under it, never on `$JS.`,
+/// `$KV.`, `$SYS.`, `$O.` or the platform's own subjects. A client
+/// connected with an nkey uses `_INBOX.<its public key>` as its prefix.
+pub const INBOX_PREFIX: &str = "_INBOX";
+
 /// Header names of the device-facing format (see `schemas/README.md`).
 pub mod headers {
     /// Request: an object in `comfaas_inputs` that is the input.
