@@ -45,6 +45,30 @@ pub const OUTPUTS_BUCKET: &str = "comfaas_outputs";
 /// executors read it, nobody else may (see `SECURITY.md`).
 pub const SECRETS_BUCKET: &str = "comfaas_secrets";
 
+/// Longest secret name.
+pub const MAX_SECRET_NAME: usize = 64;
+
+/// Checks a secret name: shaped like an environment variable and a file
+/// name at once (`[A-Za-z_][A-Za-z0-9_]*`, at most [`MAX_SECRET_NAME`]
+/// characters), so it is a KV key, a file `secrets/<NAME>` in a run's
+/// directory and a variable name, with nothing to escape in any of them.
+pub fn validate_secret_name(name: &str) -> Result<(), crate::InvalidValue> {
+    let mut chars = name.chars();
+    let starts_well = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !starts_well
+        || name.len() > MAX_SECRET_NAME
+        || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(crate::InvalidValue(format!(
+            "secret name `{}` must be 1 to {MAX_SECRET_NAME} of letters, digits and `_`, not starting with a digit",
+            name.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
 /// The first token of every reply subject (an inbox): `_INBOX.…`. A node
 /// and a dispatcher answer only on subjects under it, never on `$JS.`,
 /// `$KV.`, `$SYS.`, `$O.` or the platform's own subjects. A client
@@ -219,6 +243,26 @@ mod tests {
         assert_eq!(s.dispatch_metrics("d1"), "comfaas.dispatch.d1.metrics");
         let t = Subjects::new("acme.faas");
         assert_eq!(t.invoke("x"), "acme.faas.invoke.x");
+    }
+
+    #[test]
+    fn secret_names_are_variable_and_file_shaped() {
+        for ok in ["API_KEY", "db_password", "_X", "a1", &"A".repeat(64)] {
+            assert!(validate_secret_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "1KEY",
+            "A-B",
+            "a.b",
+            "../x",
+            "a/b",
+            "a b",
+            "é",
+            &"A".repeat(65),
+        ] {
+            assert!(validate_secret_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -14,8 +14,10 @@ pub mod registry;
 pub mod reply;
 pub mod request;
 pub mod resources;
+pub mod secrets;
 pub mod settings;
 pub mod signals;
+pub mod signing;
 
 /// An error from NATS or JetStream, with what we were doing.
 #[derive(Debug, thiserror::Error)]

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
+use sha2::Digest as _;
 use tokio::io::AsyncReadExt;
 
+use crate::signing::{KeyError, Signer};
 use crate::{resources, NatsError};
 
 /// Largest bundle accepted, so a hostile or mistaken deploy cannot exhaust
@@ -47,6 +49,20 @@ pub enum RegistryError {
         /// Versions in the history.
         kept: String,
     },
+    /// The deployment could not be signed.
+    #[error(transparent)]
+    Sign(#[from] KeyError),
+    /// The stored bundle's SHA-256 is not the one its deployment says (and
+    /// signs): it was replaced.
+    #[error("bundle {object} has digest {actual}, its deployment says {expected}")]
+    DigestMismatch {
+        /// Object name.
+        object: String,
+        /// Announced (signed) digest.
+        expected: String,
+        /// Digest of the stored bytes.
+        actual: String,
+    },
     /// The stored bundle is not the size its deployment says.
     #[error("bundle {object} has {actual} bytes, its deployment says {expected}")]
     SizeMismatch {
@@ -73,6 +89,8 @@ pub enum RegistryChange {
 pub struct Registry {
     functions: kv::Store,
     packages: object_store::ObjectStore,
+    /// Signs what [`Registry::deploy`] stores, when set.
+    signer: Option<std::sync::Arc<Signer>>,
 }
 
 impl Registry {
@@ -81,11 +99,28 @@ impl Registry {
         Ok(Self {
             functions: resources::functions_bucket(js).await?,
             packages: resources::packages_store(js).await?,
+            signer: None,
         })
     }
 
+    /// This registry, signing every deployment it stores with `signer`
+    /// (the operator's key); rollbacks re-put deployments as they were
+    /// signed.
+    pub fn signing_with(self, signer: Signer) -> Self {
+        Self {
+            signer: Some(std::sync::Arc::new(signer)),
+            ..self
+        }
+    }
+
+    /// The public key deployments are signed with, if any.
+    pub fn signer(&self) -> Option<String> {
+        self.signer.as_ref().map(|s| s.public_key())
+    }
+
     /// Stores a bundle (unless a bundle of that digest is already stored)
-    /// and makes `manifest` the function's current deployment.
+    /// and makes `manifest` the function's current deployment, signed when
+    /// this registry has a signer.
     ///
     /// `digest` is `sha256:<hex>` of `bundle`, computed by the packer.
     pub async fn deploy(
@@ -106,7 +141,7 @@ impl Registry {
                 .await
                 .map_err(|e| NatsError::new(format!("upload bundle {object}"), e))?;
         }
-        let deployment = Deployment {
+        let mut deployment = Deployment {
             schema: comfaas_schemas::SCHEMA_VERSION,
             manifest,
             bundle: BundleRef {
@@ -115,7 +150,11 @@ impl Registry {
                 size,
             },
             deployed_unix_ms: now_unix_ms(),
+            signature: None,
         };
+        if let Some(signer) = &self.signer {
+            signer.sign(&mut deployment)?;
+        }
         self.put(&deployment).await?;
         Ok(deployment)
     }
@@ -282,7 +321,9 @@ impl Registry {
         Ok(deleted)
     }
 
-    /// Reads a bundle, refusing one larger than announced or than the limit.
+    /// Reads a bundle, refusing one larger than the limit, or whose size or
+    /// SHA-256 is not the one announced (signed, when the deployment is):
+    /// whoever can write the package store could have replaced it.
     pub async fn fetch_bundle(&self, bundle: &BundleRef) -> Result<Vec<u8>, RegistryError> {
         if bundle.size > MAX_BUNDLE_BYTES {
             return Err(RegistryError::BundleTooLarge { size: bundle.size });
@@ -303,6 +344,14 @@ impl Registry {
                 object: bundle.object.clone(),
                 expected: bundle.size,
                 actual: data.len() as u64,
+            });
+        }
+        let actual = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&data)));
+        if actual != bundle.digest {
+            return Err(RegistryError::DigestMismatch {
+                object: bundle.object.clone(),
+                expected: bundle.digest.clone(),
+                actual,
             });
         }
         Ok(data)

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use comfaas_schemas::names::{headers as h, Subjects};
+use comfaas_schemas::names::{headers as h, Subjects, INBOX_PREFIX};
 use comfaas_schemas::{
     parse_duration, validate_function_name, InvalidValue, InvocationError, Placement, Procs,
 };
@@ -20,6 +20,30 @@ pub fn function_of<'a>(subjects: &Subjects, subject: &'a str) -> Result<&'a str,
         .ok_or_else(|| InvocationError::bad_request(format!("`{subject}` names no function")))?;
     validate_function_name(function).map_err(|e| InvocationError::bad_request(e.0))?;
     Ok(function)
+}
+
+/// Whether `subject` is shaped like a reply subject (an inbox): `_INBOX.`
+/// then one or more tokens, none empty, none a wildcard, no whitespace.
+/// A node and a dispatcher publish an answer only on such a subject:
+/// whoever sends a request chooses its reply subject, and answering on
+/// `$JS.API.…`, `$KV.…` or `comfaas.…` would let them make the service
+/// purge a stream, write a bucket or forge a result with its identity.
+/// This holds in every mode, with or without NATS permissions.
+pub fn is_reply_subject(subject: &str) -> bool {
+    let Some(rest) = subject
+        .strip_prefix(INBOX_PREFIX)
+        .and_then(|r| r.strip_prefix('.'))
+    else {
+        return false;
+    };
+    rest.split('.').all(|token| {
+        !token.is_empty()
+            && token != "*"
+            && token != ">"
+            && !token
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '>')
+    })
 }
 
 /// What a request's headers ask for; every field optional.
@@ -115,6 +139,35 @@ mod tests {
                 error.message.starts_with(&format!("header {name}: ")),
                 "{error}"
             );
+        }
+    }
+
+    #[test]
+    fn only_inboxes_are_reply_subjects() {
+        for ok in ["_INBOX.abc", "_INBOX.abc.1", "_INBOX.UAB3XYZ.kq9.42"] {
+            assert!(is_reply_subject(ok), "{ok}");
+        }
+        for bad in [
+            "$JS.API.STREAM.PURGE.COMFAAS_RESULTS",
+            "$KV.comfaas_functions.x",
+            "$SYS.REQ.SERVER.PING",
+            "$O.comfaas_packages.C.x",
+            "comfaas.result.x",
+            "comfaas.work.edge-1",
+            "_INBOX",
+            "_INBOX.",
+            "_INBOX..a",
+            "_INBOX.a.",
+            "_INBOX.*",
+            "_INBOX.a.>",
+            "_INBOX.a*b",
+            "_INBOX.a b",
+            "_INBOX.a\tb",
+            "_INBOXES.a",
+            "x._INBOX.a",
+            "",
+        ] {
+            assert!(!is_reply_subject(bad), "{bad}");
         }
     }
 

@@ -94,21 +94,50 @@ pub async fn backup_edge(js: &jetstream::Context, edge_domain: &str) -> Result<(
 }
 
 /// The function registry bucket.
+pub async fn functions_bucket(js: &jetstream::Context) -> Result<kv::Store, NatsError> {
+    kv_bucket(
+        js,
+        names::FUNCTIONS_BUCKET,
+        "comfaas deployed functions, one manifest per name",
+        FUNCTION_HISTORY,
+    )
+    .await
+}
+
+/// The secrets bucket, created when missing: what `comfaas secret set`
+/// writes. Only the latest value of a secret is kept. Executors only open
+/// it (`secrets::fetch`), never create it.
+pub async fn secrets_bucket(js: &jetstream::Context) -> Result<kv::Store, NatsError> {
+    kv_bucket(
+        js,
+        names::SECRETS_BUCKET,
+        "comfaas secrets, one value per name; operators write, executors read",
+        1,
+    )
+    .await
+}
+
+/// Opens the KV bucket `bucket`, creating it when missing with `history`
+/// revisions per key.
 ///
 /// Created as its backing stream (what `create_key_value` would make):
 /// async-nats's `create_key_value` first reads account info in a shape that
 /// nats-server 2.9 (Debian 12's) does not send, while the bucket itself
 /// works on 2.9 unchanged.
-pub async fn functions_bucket(js: &jetstream::Context) -> Result<kv::Store, NatsError> {
-    let bucket = names::FUNCTIONS_BUCKET;
+async fn kv_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    history: i64,
+) -> Result<kv::Store, NatsError> {
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }
     js.get_or_create_stream(stream::Config {
         name: format!("KV_{bucket}"),
-        description: Some("comfaas deployed functions, one manifest per name".to_owned()),
+        description: Some(description.to_owned()),
         subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: FUNCTION_HISTORY,
+        max_messages_per_subject: history,
         storage: stream::StorageType::File,
         allow_rollup: true,
         deny_delete: true,
