@@ -90,12 +90,16 @@ pub async fn wait_installed(
 pub fn report(deployment: &Deployment, installs: &Installs) -> bool {
     let m = &deployment.manifest;
     println!(
-        "deployed {} {} ({}, bundle {} of {} bytes)",
+        "deployed {} {} ({}, bundle {} of {} bytes, {})",
         m.name,
         m.version,
         m.runtime,
         &deployment.bundle.digest[..deployment.bundle.digest.len().min(19)],
-        deployment.bundle.size
+        deployment.bundle.size,
+        match &deployment.signature {
+            Some(s) => format!("signed by {}", s.signer),
+            None => "unsigned".to_owned(),
+        }
     );
     if installs.is_empty() {
         println!("  no executor is running: it installs when one starts");

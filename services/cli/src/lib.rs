@@ -1,6 +1,6 @@
 //! The `comfaas` command-line interface: operators' and developers' entry
 //! to the platform (`dev`, `deploy`, `invoke`, `ls`, `rm`, `nodes`,
-//! `iot-sim`). The functions behind each command are public so tests and
+//! `iot-sim`, `secret`). The functions behind each command are public so tests and
 //! the embedded default reuse them.
 //!
 //! Architecture invariant: the CLI speaks only the public contract
@@ -12,3 +12,4 @@ pub mod dev;
 pub mod inspect;
 pub mod invoke;
 pub mod iot;
+pub mod secret;

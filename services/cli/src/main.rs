@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use comfaas::{deploy, dev, inspect, invoke, iot};
+use comfaas::{deploy, dev, inspect, invoke, iot, secret};
 use comfaas_platform::nats::{NatsFlags, NatsOptions};
 use comfaas_platform::registry::Registry;
 
@@ -34,6 +34,15 @@ enum Command {
         /// Seconds to wait for executors to install it (0: do not wait)
         #[arg(long, default_value_t = 120)]
         wait: u64,
+        /// The operator's nkey seed file (or .creds) to sign the deployment
+        /// with; executors that trust operator keys refuse unsigned ones
+        #[arg(long, env = "COMFAAS_SIGNING_KEY", value_name = "FILE")]
+        signing_key: Option<PathBuf>,
+    },
+    /// Set, remove or list the secrets functions read as files
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
     },
     /// Invoke a function and print its output
     Invoke {
@@ -109,6 +118,26 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Set a secret; its value is read from stdin (or --from-file), never
+    /// from the command line
+    Set {
+        /// Secret name: letters, digits and `_`
+        name: String,
+        /// Read the value from this file instead of stdin
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+    },
+    /// Remove a secret
+    Rm {
+        /// Secret name
+        name: String,
+    },
+    /// List the secrets' names (never their values)
+    Ls,
+}
+
 #[tokio::main]
 async fn main() {
     comfaas_platform::signals::init_logging("warn");
@@ -145,8 +174,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Dev(_) => unreachable!("handled above"),
-        Command::Deploy { dir, wait } => {
-            let registry = registry().await?;
+        Command::Deploy {
+            dir,
+            wait,
+            signing_key,
+        } => {
+            let mut registry = registry().await?;
+            match signing_key {
+                Some(path) => {
+                    let signer = comfaas_platform::signing::Signer::from_file(&path)?;
+                    registry = registry.signing_with(signer);
+                }
+                None => eprintln!(
+                    "comfaas: warning: deploying unsigned (no --signing-key): \
+                     executors that trust operator keys will refuse it"
+                ),
+            }
             let deployment = deploy::deploy_dir(&registry, &dir).await?;
             deploy::wait_and_report(&client, &subjects, &deployment, wait).await?;
             collect_garbage(&registry).await;
@@ -212,6 +255,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             collect_garbage(&registry).await;
         }
         Command::Nodes => inspect::nodes(&client, &subjects).await?,
+        Command::Secret { command } => {
+            let js = nats.jetstream(client.clone());
+            let store = comfaas_platform::secrets::SecretStore::open_or_create(&js).await?;
+            match command {
+                SecretCommand::Set { name, from_file } => {
+                    // Checked before waiting on stdin for a value.
+                    comfaas_schemas::names::validate_secret_name(&name)?;
+                    let value = secret::read_value(from_file.as_deref())?;
+                    secret::set(&store, &name, &value).await?;
+                }
+                SecretCommand::Rm { name } => secret::rm(&store, &name).await?,
+                SecretCommand::Ls => secret::ls(&store).await?,
+            }
+        }
         Command::BackupEdge { domain } => {
             // The mirrors live on the site we are connected to.
             let js = async_nats::jetstream::new(client.clone());

@@ -118,6 +118,18 @@ async fn serve_invokes(
 ) {
     let mut running = Tasks::new("invocation");
     while let Some(Some(message)) = shutdown.run_until_cancelled(invokes.next()).await {
+        // The requester chose the reply subject: one that is not an inbox
+        // would make this dispatcher, or the node it places the call on,
+        // publish there (purge a stream, write a bucket). No answer is
+        // possible, so none is sent and the function does not run.
+        if let Some(reply) = message.reply.as_deref() {
+            if !comfaas_platform::request::is_reply_subject(reply) {
+                tracing::warn!(subject = %message.subject, reply,
+                    "request whose reply subject is not an inbox dropped");
+                shared.state.bad_reply_subject();
+                continue;
+            }
+        }
         // At capacity: wait for a permit, but not past shutdown.
         let permit = shared.permits.clone().acquire_owned();
         let Some(Ok(permit)) = shutdown.run_until_cancelled(permit).await else {
@@ -193,8 +205,14 @@ async fn track_nodes(shared: Arc<Shared>, mut loads: async_nats::Subscriber) {
             {
                 shared.state.heard(load)
             }
-            Ok(load) => tracing::warn!(subject = %message.subject, node = %load.node,
-                "ignoring a node load whose node id does not match its subject"),
+            // Believing it would let anyone who can publish there steer
+            // placement (a fake node with huge capacity) or take a real
+            // node out (`leaving`).
+            Ok(load) => {
+                tracing::warn!(subject = %message.subject, node = %load.node, leaving = load.leaving,
+                    "ignoring a node load whose node id does not match its subject");
+                shared.state.forged_load();
+            }
             Err(e) => tracing::warn!(subject = %message.subject, "ignoring invalid node load: {e}"),
         }
     }

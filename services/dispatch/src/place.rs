@@ -123,7 +123,11 @@ async fn invoke(
         procs: None,
         received_unix_ms: received,
         deadline_unix_ms: Some(received + wait.as_millis() as u64),
-        reply_to: reply_to.map(str::to_owned),
+        // Only ever an inbox (checked on arrival; again here, as this is
+        // where the node is told to publish).
+        reply_to: reply_to
+            .filter(|r| request::is_reply_subject(r))
+            .map(str::to_owned),
         input_object,
     };
     let request = Request {

@@ -39,6 +39,8 @@ struct Stats {
     in_flight: u32,
     errors: BTreeMap<u16, u64>,
     recent: VecDeque<PlacementRecord>,
+    bad_reply_subjects: u64,
+    forged_loads: u64,
 }
 
 /// What [`State::choose`] found for one try of an invocation.
@@ -118,6 +120,16 @@ impl State {
     /// A node's heartbeat arrived.
     pub fn heard(&self, load: NodeLoad) {
         self.lock().nodes.heard(load, Instant::now());
+    }
+
+    /// A request was dropped: its reply subject is not an inbox.
+    pub fn bad_reply_subject(&self) {
+        self.lock().stats.bad_reply_subjects += 1;
+    }
+
+    /// A node load naming another node than its subject's was ignored.
+    pub fn forged_load(&self) {
+        self.lock().stats.forged_loads += 1;
     }
 
     /// A ping to `node` came back after `rtt_ms`.
@@ -291,6 +303,8 @@ impl State {
             nodes: inner.nodes.metrics(now),
             recent: stats.recent.iter().cloned().collect(),
             sent_unix_ms: now_unix_ms(),
+            bad_reply_subjects: stats.bad_reply_subjects,
+            forged_loads: stats.forged_loads,
         }
     }
 }

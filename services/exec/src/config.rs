@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Args;
 use comfaas_platform::nats::{NatsFlags, NatsOptions};
-use comfaas_schemas::Tier;
+use comfaas_platform::signing::TrustedOperators;
+use comfaas_schemas::{SignaturePolicy, Tier};
 use serde::{Deserialize, Serialize};
 
 /// Headroom left under the server's max payload for reply headers.
@@ -58,6 +59,10 @@ pub struct ExecConfig {
     /// Largest output a run may write; beyond `max_output_bytes` it goes to
     /// the object store `comfaas_outputs` and the reply names it.
     pub max_output_object_bytes: u64,
+    /// Public nkeys (`U…`) of the operators whose signed deployments this
+    /// node installs; empty: any deployment, signed or not (open mode, a
+    /// laptop), which the node's load report says (`signatures: off`).
+    pub trusted_operators: Vec<String>,
 }
 
 impl Default for ExecConfig {
@@ -84,6 +89,7 @@ impl Default for ExecConfig {
             cargo_target_dir: PathBuf::new(),
             input_cache_bytes: 8 << 30,
             max_output_object_bytes: 1 << 30,
+            trusted_operators: Vec::new(),
         }
     }
 }
@@ -120,7 +126,23 @@ impl ExecConfig {
         if self.heartbeat_ms == 0 {
             anyhow::bail!("heartbeat_ms must be above zero");
         }
+        self.trusted()?;
         Ok(())
+    }
+
+    /// The operator keys this node trusts, each checked.
+    pub fn trusted(&self) -> anyhow::Result<TrustedOperators> {
+        TrustedOperators::new(&self.trusted_operators)
+            .map_err(|e| anyhow::anyhow!("trusted_operators: {e}"))
+    }
+
+    /// Whether this node requires deployments to be signed.
+    pub fn signatures(&self) -> SignaturePolicy {
+        if self.trusted_operators.is_empty() {
+            SignaturePolicy::Off
+        } else {
+            SignaturePolicy::Required
+        }
     }
 
     /// Runs at once.
@@ -206,4 +228,9 @@ pub struct ExecFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// Install only deployments signed by this operator public key (U…);
+    /// repeat for several. None: any deployment (open mode)
+    #[arg(long = "trusted-operator", value_name = "KEY")]
+    #[serde(rename = "trusted_operators", skip_serializing_if = "Vec::is_empty")]
+    pub trusted_operators: Vec<String>,
 }

@@ -157,6 +157,34 @@ impl FunctionTable {
         }
     }
 
+    /// Records that `deployment` was refused before any install (its
+    /// signature did not hold): it is the deployment this node was asked
+    /// for, failed with `reason`, and whatever version was serving goes on
+    /// serving. Deploying a good one again installs it.
+    pub fn refuse(&self, deployment: &Deployment, reason: &str) {
+        let mut entries = self.lock();
+        let reason = Some(comfaas_platform::reply::header_text(reason));
+        match entries.get_mut(&deployment.manifest.name) {
+            Some(e) => {
+                e.wanted = deployment.clone();
+                e.state = InstallState::Failed;
+                e.reason = reason;
+            }
+            None => {
+                entries.insert(
+                    deployment.manifest.name.clone(),
+                    Entry {
+                        wanted: deployment.clone(),
+                        state: InstallState::Failed,
+                        reason,
+                        serving: None,
+                    },
+                );
+            }
+        }
+        self.changed.notify_one();
+    }
+
     /// Applies an install's result if `deployment` is still the one wanted;
     /// otherwise `result` drops (and its files with it). Of a failure only
     /// the text is kept: it travels in every heartbeat.
@@ -217,6 +245,7 @@ mod tests {
                 size: 1,
             },
             deployed_unix_ms: 0,
+            signature: None,
         }
     }
 
@@ -321,6 +350,34 @@ mod tests {
         assert!(
             table.want(&v2),
             "the same bundle is tried again after a failure"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_deployment_fails_and_the_old_version_serves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = FunctionTable::new();
+        let v1 = deployment("f", "1", "aa");
+        table.want(&v1);
+        table.finish(&v1, Ok::<_, String>(served("1", &dir.path().join("v1"))));
+        // A forgery of the same bundle: refused, v1 serves on.
+        let forged = deployment("f", "1-evil", "aa");
+        table.refuse(&forged, "deployment refused: it is unsigned");
+        assert_eq!(serving(&table, "f").unwrap(), "1");
+        let states = table.states();
+        assert_eq!(states[0].state, InstallState::Failed);
+        assert_eq!(states[0].version, "1-evil");
+        assert_eq!(
+            states[0].reason.as_deref(),
+            Some("deployment refused: it is unsigned")
+        );
+        // The genuine deployment again is installed again.
+        assert!(table.want(&v1));
+        // A refused first deployment is not servable and says why.
+        table.refuse(&deployment("g", "1", "bb"), "deployment refused: signed by unknown key UX");
+        assert_eq!(
+            not_ready(&table, "g").unwrap(),
+            "its install failed: deployment refused: signed by unknown key UX"
         );
     }
 

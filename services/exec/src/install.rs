@@ -2,7 +2,10 @@
 //! [`Installer`] fetches its bundle, unpacks it into a fresh folder,
 //! installs it for its runtime, starts its warm workers in handler mode, and
 //! hands the result to the [`FunctionTable`], which switches to it only if
-//! it is still the version wanted.
+//! it is still the version wanted. When the node trusts operator keys, a
+//! deployment is installed only if one of them signed it, and only with a
+//! bundle whose SHA-256 and size are the signed ones; anything else is
+//! refused before a byte is fetched or run, and the version serving goes on.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +13,7 @@ use std::time::Duration;
 
 use comfaas_platform::registry::{Registry, RegistryChange, RegistryError};
 use comfaas_platform::signals::Tasks;
+use comfaas_platform::signing::TrustedOperators;
 use comfaas_runtime::{HandlerPool, Sandbox, Toolchain};
 use comfaas_schemas::{Deployment, Mode};
 use futures::stream::BoxStream;
@@ -39,6 +43,8 @@ pub struct Installer {
     pub node: String,
     /// The folder every version gets a folder of its own under.
     pub root: PathBuf,
+    /// Whose signed deployments are installed (none: any deployment).
+    pub trust: TrustedOperators,
 }
 
 /// Why an install did not succeed; its text is the reason the heartbeat
@@ -48,6 +54,10 @@ pub enum InstallFailure {
     /// The bundle could not be read from the registry.
     #[error(transparent)]
     Fetch(RegistryError),
+    /// The bundle read is not the one the deployment names (and signs):
+    /// its size or SHA-256 differ. It was replaced in the package store.
+    #[error("deployment refused: {0}")]
+    Refused(RegistryError),
     /// Reading the bundle took too long.
     #[error("fetching bundle {object} took over {}s", .timeout.as_secs())]
     FetchTimeout {
@@ -86,7 +96,11 @@ impl Installer {
                     installer.table.remove(&name);
                 }
                 Some(Ok(RegistryChange::Deployed(deployment))) => {
-                    if installer.table.want(&deployment) {
+                    if let Err(refusal) = installer.trust.check(&deployment) {
+                        let m = &deployment.manifest;
+                        tracing::warn!(function = %m.name, version = %m.version, "{refusal}");
+                        installer.table.refuse(&deployment, &refusal.to_string());
+                    } else if installer.table.want(&deployment) {
                         installs.spawn(installer.clone().install_one(*deployment));
                     }
                 }
@@ -120,6 +134,9 @@ impl Installer {
             .await
             {
                 Ok(Ok(bytes)) => return Ok(bytes),
+                Ok(Err(
+                    e @ (RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. }),
+                )) => return Err(InstallFailure::Refused(e)),
                 // A bundle that is missing or too large will not get better.
                 Ok(Err(e)) if !matches!(e, RegistryError::Nats(_)) => {
                     return Err(InstallFailure::Fetch(e))

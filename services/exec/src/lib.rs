@@ -42,6 +42,7 @@ use work::Worker;
 /// A configured executor, ready to [`run`](Executor::run).
 pub struct Executor {
     config: Arc<ExecConfig>,
+    trust: comfaas_platform::signing::TrustedOperators,
     client: async_nats::Client,
     toolchain: Toolchain,
 }
@@ -49,6 +50,13 @@ pub struct Executor {
 impl Executor {
     /// Connects to NATS and prepares the data directory.
     pub async fn connect(config: ExecConfig) -> anyhow::Result<Self> {
+        // A trusted key that does not parse fails here, not at every deploy.
+        let trust = config.trusted()?;
+        if trust.policy() == comfaas_schemas::SignaturePolicy::Off {
+            tracing::warn!(
+                "no trusted operator keys: deployments are installed unsigned (open mode)"
+            );
+        }
         let data_dir = config.data_dir();
         // Nothing is served yet: what a previous run of this node left
         // (installs, run directories after a crash) is stale.
@@ -88,6 +96,7 @@ impl Executor {
             .await?;
         Ok(Self {
             config: Arc::new(config),
+            trust,
             client,
             toolchain,
         })
@@ -170,6 +179,7 @@ impl Executor {
             toolchain: self.toolchain.clone(),
             node: config.node.clone(),
             root: config.data_dir().join("functions"),
+            trust: self.trust,
         };
         tasks.spawn(installer.run(changes, shutdown.child_token()));
         let worker = Worker {
@@ -211,6 +221,12 @@ async fn answer_pings(
     use futures::StreamExt;
     while let Some(Some(ping)) = stop.run_until_cancelled(pings.next()).await {
         if let Some(reply) = ping.reply {
+            // Only an inbox: a ping "answered" on `$JS.API.…` would be a
+            // request made with this node's identity.
+            if !comfaas_platform::request::is_reply_subject(&reply) {
+                tracing::warn!(reply = %reply, "ping with a reply subject that is not an inbox dropped");
+                continue;
+            }
             if let Err(e) = client.publish(reply, bytes::Bytes::new()).await {
                 tracing::debug!("cannot answer a ping: {e}");
             }

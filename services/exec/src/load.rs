@@ -118,6 +118,7 @@ fn node_load(config: &ExecConfig) -> NodeLoad {
         max_procs: config.max_procs(),
         heartbeat_ms: config.heartbeat_ms,
         sent_unix_ms: now_unix_ms(),
+        signatures: config.signatures(),
         ..NodeLoad::default()
     }
 }

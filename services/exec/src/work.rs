@@ -4,7 +4,10 @@
 //! it can still end before its deadline. The run itself is `run`'s; the
 //! reply goes straight to the requester, then to the result subject, then a
 //! headers-only notice to the dispatcher. A refusal goes to the dispatcher
-//! only, which may try another node.
+//! only, which may try another node. Nothing is ever published on a reply
+//! subject that is not an inbox (`request::is_reply_subject`): a work
+//! message whose own reply subject is not one is dropped, an invocation
+//! whose `reply_to` is not one is refused (400) before it runs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +15,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use comfaas_platform::reply::{self, ReplyMeta};
+use comfaas_platform::request::is_reply_subject;
 use comfaas_platform::signals::Tasks;
 use comfaas_schemas::{
     decode, job_procs, now_unix_ms, validate_function_name, Invocation, InvocationError, RunLimits,
@@ -73,7 +77,7 @@ impl Worker {
         // elsewhere instead of waiting for a node that is going.
         let _ = work.unsubscribe().await;
         while let Ok(Some(message)) = tokio::time::timeout(DRAIN, work.next()).await {
-            if let Some(reply_to) = message.reply {
+            if let Some(reply_to) = message.reply.filter(|r| is_reply_subject(r)) {
                 let refusal = worker.refuse(
                     "",
                     InvocationError::unavailable(format!(
@@ -92,6 +96,14 @@ impl Worker {
             tracing::warn!(subject = %message.subject, "work message without a reply subject dropped");
             return;
         };
+        // Whoever sent it chose the reply subject: answering anything but an
+        // inbox would publish there with this node's identity (purge a
+        // stream, write a bucket, forge a result).
+        if !is_reply_subject(&work_reply) {
+            tracing::warn!(subject = %message.subject, reply = %work_reply,
+                "work message whose reply subject is not an inbox dropped");
+            return;
+        }
         let mut reply = self.answer(&message.payload).await;
         let _held = reply.ticket.take();
         let client = &self.client;
@@ -140,6 +152,14 @@ impl Worker {
     async fn admit_and_run(&self, invocation: &Invocation) -> Result<Reply, InvocationError> {
         let node = &self.config.node;
         let (id, function) = (invocation.id.as_str(), invocation.function.as_str());
+        if let Some(reply_to) = invocation.reply_to.as_deref() {
+            if !is_reply_subject(reply_to) {
+                tracing::warn!(invocation = id, reply_to, "reply_to is not an inbox");
+                return Err(InvocationError::bad_request(format!(
+                    "node {node} refuses invocation {id}: its reply_to `{reply_to}` is not an inbox (`_INBOX.…`)"
+                )));
+            }
+        }
         validate_function_name(function).map_err(|e| InvocationError::bad_request(e.0))?;
         let served = self.lookup(function)?;
         // The dispatcher fits the count to this node; else the manifest's,
