@@ -17,6 +17,7 @@ use comfaas_dispatch::{DispatchConfig, Dispatcher};
 use comfaas_exec::{ExecConfig, Executor};
 use comfaas_platform::nats::NatsOptions;
 use comfaas_platform::registry::Registry;
+use comfaas_platform::signing::Signer;
 use comfaas_schemas::names::Subjects;
 use comfaas_schemas::{decode, Deployment, DispatchMetrics, InstallState, NodeLoad, Tier};
 use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
@@ -212,8 +213,12 @@ pub struct Platform {
     pub nats: TestNats,
     /// A client for the test's own requests.
     pub client: async_nats::Client,
-    /// The registry.
+    /// The registry; it signs what it deploys with [`Platform::operator`].
     pub registry: Registry,
+    /// The operator's signing key: nodes started with
+    /// [`NodeSpec::trusting`] this key's public key install what
+    /// [`Platform::deploy`] deploys, and refuse anything unsigned.
+    pub operator: Signer,
     /// Subject names.
     pub subjects: Subjects,
     /// Temporary folder for data dirs and function folders.
@@ -246,6 +251,8 @@ pub struct NodeSpec {
     pub site: Option<(String, Option<String>)>,
     /// Period of its load report, ms.
     pub heartbeat_ms: u64,
+    /// Operator keys whose signed deployments it installs (none: any).
+    pub trusted_operators: Vec<String>,
 }
 
 impl NodeSpec {
@@ -263,6 +270,15 @@ impl NodeSpec {
             max_output_object_bytes: 1 << 30,
             site: None,
             heartbeat_ms: 1000,
+            trusted_operators: Vec::new(),
+        }
+    }
+
+    /// This node, installing only deployments signed by `operator`.
+    pub fn trusting(self, operator: &Signer) -> Self {
+        Self {
+            trusted_operators: vec![operator.public_key()],
+            ..self
         }
     }
 
@@ -288,10 +304,15 @@ impl Platform {
 
     async fn on_nats(nats: TestNats) -> Self {
         let client = nats.client().await;
+        let operator = Signer::generate();
         let registry = Registry::open(&async_nats::jetstream::new(client.clone()))
             .await
-            .expect("open registry");
+            .expect("open registry")
+            .signing_with(
+                Signer::from_seed(&operator.seed().expect("seed")).expect("operator key"),
+            );
         Self {
+            operator,
             subjects: nats.options().subjects(),
             nats,
             client,
@@ -357,6 +378,7 @@ impl Platform {
             input_cache_bytes: spec.input_cache_bytes,
             max_output_object_bytes: spec.max_output_object_bytes,
             heartbeat_ms: spec.heartbeat_ms,
+            trusted_operators: spec.trusted_operators,
             // Tests reach no package index: wheels come from the wheelhouse
             // scripts/setup.sh fills, crates from cargo's local registry.
             find_links: [vec![wheelhouse()], spec.extra_wheels].concat(),
@@ -397,7 +419,8 @@ impl Platform {
         dir
     }
 
-    /// Deploys `dir` and waits until every node in `nodes` serves it.
+    /// Deploys `dir`, signed by [`Platform::operator`], and waits until
+    /// every node in `nodes` serves it.
     pub async fn deploy(&self, dir: &Path, nodes: &[&str]) -> Deployment {
         let deployment = comfaas::deploy::deploy_dir(&self.registry, dir)
             .await

@@ -374,7 +374,10 @@ mod tests {
         // The genuine deployment again is installed again.
         assert!(table.want(&v1));
         // A refused first deployment is not servable and says why.
-        table.refuse(&deployment("g", "1", "bb"), "deployment refused: signed by unknown key UX");
+        table.refuse(
+            &deployment("g", "1", "bb"),
+            "deployment refused: signed by unknown key UX",
+        );
         assert_eq!(
             not_ready(&table, "g").unwrap(),
             "its install failed: deployment refused: signed by unknown key UX"

@@ -10,4 +10,5 @@ mod inputs;
 mod invoke;
 mod runtimes;
 mod sites;
+mod trust;
 mod versions;
