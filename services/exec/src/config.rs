@@ -234,3 +234,43 @@ pub struct ExecFlags {
     #[serde(rename = "trusted_operators", skip_serializing_if = "Vec::is_empty")]
     pub trusted_operators: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        flags: ExecFlags,
+    }
+
+    fn from_flags(args: &[&str]) -> ExecConfig {
+        use clap::Parser as _;
+        let cli = Cli::parse_from([&["comfaas-exec"], args].concat());
+        comfaas_platform::settings::load(&ExecConfig::default(), None, &cli.flags).unwrap()
+    }
+
+    #[test]
+    fn trusted_operators_come_from_repeated_flags_and_are_checked() {
+        let (a, b) = (
+            comfaas_platform::signing::Signer::generate().public_key(),
+            comfaas_platform::signing::Signer::generate().public_key(),
+        );
+        let config = from_flags(&["--trusted-operator", &a, "--trusted-operator", &b]);
+        assert_eq!(config.trusted_operators, vec![a, b]);
+        assert!(config.validate().is_ok());
+        assert_eq!(config.signatures(), SignaturePolicy::Required);
+
+        let open = from_flags(&[]);
+        assert!(open.trusted_operators.is_empty());
+        assert_eq!(open.signatures(), SignaturePolicy::Off);
+
+        let typo = from_flags(&["--trusted-operator", "UABC"]);
+        let error = typo.validate().unwrap_err().to_string();
+        assert!(
+            error.starts_with("trusted_operators: `UABC` is not a public nkey"),
+            "{error}"
+        );
+    }
+}
