@@ -177,7 +177,7 @@ impl TrustedOperators {
         let Some(signature) = &deployment.signature else {
             return Err(Refusal::Unsigned);
         };
-        if !self.keys.iter().any(|k| *k == signature.signer) {
+        if !self.keys.contains(&signature.signer) {
             return Err(Refusal::UnknownSigner(signature.signer.clone()));
         }
         verify(deployment, signature)
