@@ -207,6 +207,27 @@ pub struct NodeLoad {
     /// first chunk's wait left out), bytes per second; 0 before any fetch.
     #[serde(default)]
     pub input_fetch_bytes_per_s: f64,
+    /// How this node confines runs; the default (empty strings) is what a
+    /// node from before sandboxes sends.
+    #[serde(default)]
+    pub sandbox: SandboxReport,
+}
+
+/// How a node confines its runs, as its load report tells.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxReport {
+    /// `bwrap` (user, mount, pid and network namespaces) or `none`
+    /// (configured explicitly: runs are plain child processes).
+    #[serde(default)]
+    pub isolation: String,
+    /// Which cgroups bound each run's memory and processes: `v1`, `v2`,
+    /// or `none` (rlimits alone, where neither is writable).
+    #[serde(default)]
+    pub cgroups: String,
+    /// Whether every function runs as a user of its own (the executor is
+    /// root); otherwise runs keep the executor's user, in namespaces.
+    #[serde(default)]
+    pub function_users: bool,
 }
 
 impl Default for NodeLoad {
@@ -234,6 +255,7 @@ impl Default for NodeLoad {
             input_fetched_bytes: 0,
             input_cache_hits: 0,
             input_fetch_bytes_per_s: 0.0,
+            sandbox: SandboxReport::default(),
         }
     }
 }
@@ -431,6 +453,11 @@ mod tests_support {
             input_fetched_bytes: 1 << 20,
             input_cache_hits: 2,
             input_fetch_bytes_per_s: 2.5e8,
+            sandbox: SandboxReport {
+                isolation: "bwrap".into(),
+                cgroups: "v1".into(),
+                function_users: true,
+            },
         }
     }
 
@@ -449,6 +476,10 @@ mod tests_support {
                 placement: Placement::Node("edge-1".into()),
                 mode: Default::default(),
                 workers: None,
+                env: Default::default(),
+                network: false,
+                secrets: vec![],
+                limits: Default::default(),
             },
             bundle: BundleRef {
                 object: "sha256-ab".into(),
