@@ -47,6 +47,7 @@ impl Job<'_> {
         Installation {
             runtime: self.manifest.runtime,
             bundle_dir: self.bundle_dir.to_path_buf(),
+            env_dir: self.env_dir.to_path_buf(),
             program,
             args,
             path,
@@ -61,6 +62,9 @@ pub struct Installation {
     pub runtime: Runtime,
     /// The unpacked bundle.
     pub bundle_dir: PathBuf,
+    /// The environment built for it (a venv, binaries, classes); it may
+    /// not exist (runtime `exec`).
+    pub env_dir: PathBuf,
     /// The program to start (under `mpirun` for MPI runtimes).
     pub program: PathBuf,
     /// Its arguments.
