@@ -246,6 +246,8 @@ pub struct NodeSpec {
     pub site: Option<(String, Option<String>)>,
     /// Period of its load report, ms.
     pub heartbeat_ms: u64,
+    /// How it confines runs (bwrap by default, as in production).
+    pub sandbox: comfaas_runtime::SandboxConfig,
 }
 
 impl NodeSpec {
@@ -263,6 +265,7 @@ impl NodeSpec {
             max_output_object_bytes: 1 << 30,
             site: None,
             heartbeat_ms: 1000,
+            sandbox: comfaas_runtime::SandboxConfig::default(),
         }
     }
 
@@ -363,6 +366,7 @@ impl Platform {
             no_index: true,
             cargo_offline: true,
             cargo_target_dir: repo_root().join("target").join("comfaas-functions"),
+            sandbox: spec.sandbox,
             ..ExecConfig::default()
         };
         let executor = Executor::connect(config).await.expect("start executor");

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Args;
 use comfaas_platform::nats::{NatsFlags, NatsOptions};
-use comfaas_schemas::Tier;
+use comfaas_runtime::SandboxConfig;
+use comfaas_schemas::{ByteSize, ResourceLimits, Tier};
 use serde::{Deserialize, Serialize};
 
 /// Headroom left under the server's max payload for reply headers.
@@ -58,6 +59,11 @@ pub struct ExecConfig {
     /// Largest output a run may write; beyond `max_output_bytes` it goes to
     /// the object store `comfaas_outputs` and the reply names it.
     pub max_output_object_bytes: u64,
+    /// How runs are confined (`[sandbox]`).
+    pub sandbox: SandboxConfig,
+    /// Limits of a run its manifest leaves out (`[limits]`: `memory`,
+    /// `procs`, `open_files`, `file_size`, `cpu_time`).
+    pub limits: ResourceLimits,
 }
 
 impl Default for ExecConfig {
@@ -84,7 +90,22 @@ impl Default for ExecConfig {
             cargo_target_dir: PathBuf::new(),
             input_cache_bytes: 8 << 30,
             max_output_object_bytes: 1 << 30,
+            sandbox: SandboxConfig::default(),
+            limits: default_limits(),
         }
+    }
+}
+
+/// A run's limits unless its manifest or the configuration says otherwise:
+/// 1 GiB of memory, 256 processes and threads, 1024 open files, files up to
+/// 1 GiB, and no CPU time limit (the run's timeout bounds it).
+pub fn default_limits() -> ResourceLimits {
+    ResourceLimits {
+        memory: Some(ByteSize(1 << 30)),
+        procs: Some(256),
+        open_files: Some(1024),
+        file_size: Some(ByteSize(1 << 30)),
+        cpu_time: None,
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use comfaas_platform::registry::{Registry, RegistryChange, RegistryError};
 use comfaas_platform::signals::Tasks;
-use comfaas_runtime::{HandlerPool, Sandbox, Toolchain};
+use comfaas_runtime::{HandlerPool, Sandboxes, Toolchain};
 use comfaas_schemas::{Deployment, Mode};
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -35,6 +35,8 @@ pub struct Installer {
     pub table: FunctionTable,
     /// The tools installs use.
     pub toolchain: Toolchain,
+    /// What confines the runs of what is installed.
+    pub sandboxes: Sandboxes,
     /// This node's id, for the runs' environment.
     pub node: String,
     /// The folder every version gets a folder of its own under.
@@ -68,6 +70,12 @@ pub enum InstallFailure {
     /// Handler mode: the warm workers did not start.
     #[error(transparent)]
     Workers(#[from] comfaas_runtime::WorkerError),
+    /// The version's folder or sandbox could not be made.
+    #[error(transparent)]
+    Sandbox(#[from] comfaas_runtime::SandboxError),
+    /// The sandbox task died.
+    #[error("sandbox task failed: {0}")]
+    SandboxTask(#[source] tokio::task::JoinError),
 }
 
 impl Installer {
@@ -153,6 +161,16 @@ impl Installer {
             .root
             .join(&deployment.manifest.name)
             .join(format!("{digest_hex}-{}", uuid::Uuid::new_v4().simple()));
+        // Readable by the function's own group only.
+        let (sandboxes, root, name, made) = (
+            self.sandboxes.clone(),
+            self.root.clone(),
+            deployment.manifest.name.clone(),
+            dir.clone(),
+        );
+        tokio::task::spawn_blocking(move || sandboxes.make_version_dir(&root, &name, &made))
+            .await
+            .map_err(InstallFailure::SandboxTask)??;
         let result = self.install_into(deployment, bytes, &dir).await;
         if result.is_err() {
             let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -177,7 +195,9 @@ impl Installer {
         let installation =
             comfaas_runtime::install(manifest, &bundle_dir, &dir.join("env"), &self.toolchain)
                 .await?;
-        let sandbox = Sandbox::new(&installation, &manifest.name, &self.node);
+        let sandbox = self
+            .sandboxes
+            .sandbox(&installation, manifest, &self.node)?;
         let pool = if manifest.mode == Mode::Handler {
             let spec = sandbox.worker_spec(&installation, dir.join("workers"));
             Some(HandlerPool::start(spec, manifest.workers.unwrap_or(1)).await?)

@@ -129,11 +129,17 @@ mod tests {
         let check = |text: &str| {
             std::fs::write(&file, text).unwrap();
             let file = file.clone();
-            async move { check_requirements_file(&file).await.map_err(|e| e.to_string()) }
+            async move {
+                check_requirements_file(&file)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
         };
-        assert!(check("# tools\nnumpy==1.26  # pinned\n\nrequests[socks]>=2\n")
-            .await
-            .is_ok());
+        assert!(
+            check("# tools\nnumpy==1.26  # pinned\n\nrequests[socks]>=2\n")
+                .await
+                .is_ok()
+        );
         for (text, says) in [
             ("numpy\n--index-url http://evil/simple\n", "line 2"),
             ("--extra-index-url=http://evil\n", "options are not allowed"),

@@ -140,9 +140,11 @@ impl Toolchain {
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let mut tool_env = Vec::new();
         for (key, default) in [("CARGO_HOME", ".cargo"), ("RUSTUP_HOME", ".rustup")] {
-            let value = std::env::var_os(key)
-                .map(PathBuf::from)
-                .or_else(|| home.as_ref().map(|h| h.join(default)).filter(|d| d.is_dir()));
+            let value = std::env::var_os(key).map(PathBuf::from).or_else(|| {
+                home.as_ref()
+                    .map(|h| h.join(default))
+                    .filter(|d| d.is_dir())
+            });
             if let Some(value) = value {
                 tool_env.push((key.into(), value.into_os_string()));
             }
@@ -154,8 +156,8 @@ impl Toolchain {
             .collect();
         path.extend(std::env::split_paths(crate::sandbox::SYSTEM_PATH));
         path.dedup();
-        let tool_path = std::env::join_paths(path)
-            .unwrap_or_else(|_| crate::sandbox::SYSTEM_PATH.into());
+        let tool_path =
+            std::env::join_paths(path).unwrap_or_else(|_| crate::sandbox::SYSTEM_PATH.into());
         Self {
             // The distribution's interpreter first: runs see /usr, and an
             // interpreter under a home folder (pyenv) is out of their reach.

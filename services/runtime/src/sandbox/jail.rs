@@ -1,12 +1,20 @@
 //! Starting one confined process: the bubblewrap command line (what the
-//! process sees), the user it starts as, and its limits applied from
-//! outside without a race. bwrap is started with `--block-fd 0`: its
-//! sandboxed child (pid 1 of the new pid namespace, from which everything
-//! the function starts descends) waits for one byte on stdin before it
-//! executes anything of the function's. Meanwhile the executor finds that
-//! child's pid, puts it into the run's cgroup, sets its rlimits with
-//! `prlimit`, and only then writes the byte. No `pre_exec`, no unsafe code,
-//! no extra file descriptor to leak into concurrent spawns.
+//! process sees), the user it starts as, and its limits, all in place
+//! before anything of the function's runs, without a race and without
+//! unsafe code (`pre_exec`).
+//!
+//! The process is `/bin/sh -c 'ulimit ...; exec bwrap ... 3<&0'`, started
+//! as the function's user: the shell sets the rlimits on itself (lowering
+//! one's own limits needs no privilege, whereas `prlimit` on another
+//! user's process needs `CAP_SYS_RESOURCE`, which root lacks in some
+//! containers), then becomes bwrap with stdin also on fd 3. bwrap's
+//! `--block-fd 3` makes its sandboxed child (pid 1 of the new pid
+//! namespace, which everything the function starts descends from) wait for
+//! one byte on fd 3 before it executes anything of the function's, and
+//! then close fd 3 (stdin stays open for the function). Meanwhile the
+//! executor finds that child's pid, puts it into the run's cgroup, and only
+//! then writes the byte to stdin. The shell also keeps bwrap off stdin's
+//! fd 0, which `--block-fd 0` would close for the function.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -35,10 +43,6 @@ pub(super) struct Bwrap {
     pub system: Vec<OsString>,
     /// The cgroups runs are bounded with.
     pub cgroups: Cgroups,
-    /// `prlimit(1)`, when rlimits must be set by the run's first process on
-    /// itself: the executor may not set another user's limits (root without
-    /// `CAP_SYS_RESOURCE`, as in some containers). Costs an exec per run.
-    pub prlimit: Option<PathBuf>,
 }
 
 /// How to start the processes of one run or warm worker: inside bwrap (or,
@@ -162,18 +166,11 @@ impl Jail {
                 .envs(env.iter().map(|(k, v)| (k, v)));
             return command;
         };
-        let rlimits = rlimits(&self.limits, self.cpu_time, &bwrap.cgroups);
-        let mut command = match &bwrap.prlimit {
-            Some(prlimit) if !rlimits.is_empty() => {
-                let mut command = Command::new(prlimit);
-                for (resource, soft, hard) in &rlimits {
-                    command.arg(format!("--{}={soft}:{hard}", resource.1));
-                }
-                command.arg("--").arg(&bwrap.program);
-                command
-            }
-            _ => Command::new(&bwrap.program),
-        };
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(launcher(&self.limits, self.cpu_time, &bwrap.cgroups))
+            .arg(&bwrap.program);
         command.args([
             "--unshare-user",
             "--unshare-pid",
@@ -184,7 +181,7 @@ impl Jail {
             // No TIOCSTI into a terminal, no signals to the executor's group.
             "--new-session",
             "--block-fd",
-            "0",
+            "3",
         ]);
         if !self.network {
             command.arg("--unshare-net");
@@ -216,8 +213,8 @@ impl Jail {
     }
 
     /// Confines the bwrap started as `pid` (from [`Jail::command`]): finds
-    /// its sandboxed child, puts it into a new cgroup and sets its rlimits.
-    /// The caller then writes one byte to its stdin to let it run. A bwrap
+    /// its sandboxed child and puts it into a new cgroup (its rlimits are set
+    /// already). The caller then writes one byte to its stdin to let it run. A bwrap
     /// that failed before making its child is not an error here: nothing of
     /// the function runs, and its exit status and stderr say why.
     pub(crate) async fn confine(&self, pid: Option<u32>) -> Result<Confined, String> {
@@ -225,10 +222,6 @@ impl Jail {
             return Ok(self.confined(None));
         };
         let pid = pid.ok_or("bwrap has no pid")?;
-        let rlimits = match bwrap.prlimit {
-            Some(_) => Vec::new(), // set by prlimit(1) as it started
-            None => rlimits(&self.limits, self.cpu_time, &bwrap.cgroups),
-        };
         let limits = self.limits;
         let confined = tokio::task::spawn_blocking(move || -> Result<_, String> {
             let Some(child) = sandboxed_child(pid) else {
@@ -241,8 +234,7 @@ impl Jail {
             let applied = cgroup
                 .as_ref()
                 .map_or(Ok(()), |group| group.attach(child))
-                .map_err(|e| format!("cannot move the run into its cgroup: {e}"))
-                .and_then(|()| set_rlimits(child, &rlimits));
+                .map_err(|e| format!("cannot move the run into its cgroup: {e}"));
             match applied {
                 Ok(()) => Ok(cgroup),
                 // It died during setup: its stderr tells why.
@@ -382,57 +374,40 @@ fn alive(pid: u32) -> bool {
     })
 }
 
-/// A resource and its name for `prlimit(1)`.
-type Resource = (rustix::process::Resource, &'static str);
-
-/// The rlimits of a run's first process, inherited by everything it
-/// starts: open files, file size, CPU time (soft: SIGXCPU; a second later
-/// SIGKILL), and, where no cgroup bounds the run, processes (per user:
-/// each function has its own; with a cgroup the run's own count is the
-/// bound, as a per-user count would add up a function's concurrent runs)
-/// and memory (the data segment).
-fn rlimits(
-    limits: &ResourceLimits,
-    cpu_time: bool,
-    cgroups: &Cgroups,
-) -> Vec<(Resource, u64, u64)> {
-    use rustix::process::Resource as R;
-    let mut out = Vec::new();
+/// The shell script that sets a run's rlimits on itself, then becomes
+/// bwrap (`$0`, its arguments `$@`) with stdin on fd 3 as well: open files,
+/// file size (in 512-byte blocks, as `sh` counts), CPU time (soft: SIGXCPU;
+/// a second later, hard: SIGKILL), and, where no cgroup bounds the run,
+/// processes (per user: each function has its own; with a cgroup the run's
+/// own count is the bound, as a per-user count would add up a function's
+/// concurrent runs) and memory (the data segment, in KiB). A limit that
+/// cannot be set stops it before bwrap starts.
+fn launcher(limits: &ResourceLimits, cpu_time: bool, cgroups: &Cgroups) -> String {
+    let mut steps = Vec::new();
     if let Some(files) = limits.open_files {
-        out.push(((R::Nofile, "nofile"), files.into(), files.into()));
+        steps.push(format!("ulimit -n {files}"));
     }
     if let Some(size) = limits.file_size {
-        out.push(((R::Fsize, "fsize"), size.0, size.0));
+        steps.push(format!("ulimit -f {}", (size.0 / 512).max(1)));
     }
     if let (true, Some(cpu)) = (cpu_time, limits.cpu_time) {
         let seconds = cpu.as_secs() + u64::from(cpu.subsec_nanos() > 0);
-        out.push(((R::Cpu, "cpu"), seconds, seconds + 1));
+        steps.push(format!("ulimit -S -t {seconds}"));
+        steps.push(format!("ulimit -H -t {}", seconds + 1));
     }
     if !cgroups.bounds_runs() {
         if let Some(procs) = limits.procs {
-            out.push(((R::Nproc, "nproc"), procs.into(), procs.into()));
+            // bash and busybox call it -u, dash -p.
+            steps.push(format!(
+                "{{ ulimit -u {procs} 2>/dev/null || ulimit -p {procs}; }}"
+            ));
         }
         if let Some(memory) = limits.memory {
-            out.push(((R::Data, "data"), memory.0, memory.0));
+            steps.push(format!("ulimit -d {}", (memory.0 / 1024).max(1)));
         }
     }
-    out
-}
-
-/// Sets `rlimits` on process `pid` (the executor may: same user, or
-/// `CAP_SYS_RESOURCE`).
-fn set_rlimits(pid: u32, rlimits: &[(Resource, u64, u64)]) -> Result<(), String> {
-    use rustix::process::{prlimit, Pid, Rlimit};
-    let target = Pid::from_raw(pid as i32).ok_or("bad pid")?;
-    for ((resource, name), soft, hard) in rlimits {
-        let limit = Rlimit {
-            current: Some(*soft),
-            maximum: Some(*hard),
-        };
-        prlimit(Some(target), *resource, limit)
-            .map_err(|e| format!("cannot set the run's {name} limit: {e}"))?;
-    }
-    Ok(())
+    steps.push("exec \"$0\" \"$@\" 3<&0".to_owned());
+    steps.join(" && ")
 }
 
 /// Creates `dir` (0700, owned by `identity`) and its `secrets/` (0500) with
@@ -502,6 +477,46 @@ mod tests {
         for (hit, text) in cases {
             assert_eq!(hit.to_string(), text);
         }
+    }
+
+    #[test]
+    fn the_launcher_sets_each_limit_before_bwrap() {
+        let limits = ResourceLimits {
+            memory: Some(ByteSize(256 << 20)),
+            procs: Some(64),
+            open_files: Some(256),
+            file_size: Some(ByteSize(64 << 20)),
+            cpu_time: Some(Duration::from_millis(1500)),
+        };
+        assert_eq!(
+            launcher(&limits, true, &Cgroups::None),
+            "ulimit -n 256 && ulimit -f 131072 && ulimit -S -t 2 && ulimit -H -t 3 && \
+             { ulimit -u 64 2>/dev/null || ulimit -p 64; } && ulimit -d 262144 && \
+             exec \"$0\" \"$@\" 3<&0"
+        );
+        let cgroups = Cgroups::V2 {
+            parent: PathBuf::from("/sys/fs/cgroup/comfaas"),
+        };
+        assert_eq!(
+            launcher(&limits, false, &cgroups),
+            "ulimit -n 256 && ulimit -f 131072 && exec \"$0\" \"$@\" 3<&0",
+            "a worker has no CPU time limit; the cgroup bounds memory and processes"
+        );
+        // The script really sets them: the shell reports what it set.
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(launcher(&limits, true, &Cgroups::None))
+            .arg("/bin/sh")
+            .arg("-c")
+            .arg("ulimit -n; ulimit -S -t; ulimit -H -t; ulimit -d")
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "256\n2\n3\n262144\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]

@@ -51,9 +51,6 @@ pub const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// File name of a run's input inside its private directory, when the input
 /// came in the invocation message but a file is needed (MPI jobs).
 const INPUT_FILE: &str = "input";
-/// util-linux's `prlimit`, for hosts where the executor may not set the
-/// rlimits of its runs' processes itself.
-const PRLIMIT: &str = "/usr/bin/prlimit";
 /// File the node's function uids are kept in, in its data directory.
 const UIDS_FILE: &str = "sandbox-uids";
 /// Host folders every run sees read-only, where they exist (links such as
@@ -162,23 +159,10 @@ impl Sandboxes {
                 Err(_) => {}
             }
         }
-        let prlimit = if may_set_others_rlimits() {
-            None
-        } else {
-            let prlimit = Path::new(PRLIMIT);
-            if !prlimit.is_file() {
-                return Err(SandboxError::Config(format!(
-                    "the executor may not set its runs' rlimits (root without CAP_SYS_RESOURCE) \
-                     and {PRLIMIT} (util-linux) is missing"
-                )));
-            }
-            Some(prlimit.to_owned())
-        };
         let bwrap = Arc::new(Bwrap {
             program: config.bwrap.clone(),
             system,
             cgroups: Cgroups::detect(node),
-            prlimit,
         });
         let sandboxes = Self {
             isolation: Isolation::Bwrap,
@@ -219,7 +203,7 @@ impl Sandboxes {
         jail.network = false;
         let command = jail.command(Path::new("/bin/true"), &[], Path::new("/"), &[]);
         let mut command = command.into_std();
-        // No block on stdin here: an empty stdin ends the wait at once.
+        // No byte to wait for: an empty stdin ends the wait at once.
         let output = command
             .stdin(std::process::Stdio::null())
             .output()
@@ -335,21 +319,6 @@ impl Sandboxes {
         };
         Ok(Sandbox { env, jail })
     }
-}
-
-/// Whether this process may set the rlimits of a run's processes: they are
-/// its own user's, or it has `CAP_SYS_RESOURCE` (bit 24 of `CapEff`).
-fn may_set_others_rlimits() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let caps = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-            u64::from_str_radix(caps.trim(), 16).ok()
-        })
-        .is_some_and(|caps| caps & (1 << 24) != 0)
 }
 
 /// Checks that every folder above `dir` lets others pass (bwrap, started

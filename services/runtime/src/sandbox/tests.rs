@@ -278,6 +278,13 @@ async fn a_run_sees_its_files_and_the_system_and_nothing_else() {
 }
 
 #[tokio::test]
+async fn the_input_reaches_stdin_inside_the_sandbox() {
+    let node = Node::start(ResourceLimits::default());
+    let (_, sandbox) = node.install("reader", "");
+    assert_eq!(stdout(&node.sh(&sandbox, "cat; echo").await), "in");
+}
+
+#[tokio::test]
 async fn a_daemon_dies_with_its_run() {
     let node = Node::start(ResourceLimits::default());
     let (_, sandbox) = node.install("daemon", "");
