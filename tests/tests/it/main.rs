@@ -9,5 +9,6 @@ mod events;
 mod inputs;
 mod invoke;
 mod runtimes;
+mod sandbox;
 mod sites;
 mod versions;
