@@ -222,7 +222,7 @@ impl std::fmt::Display for ByteSize {
     /// The largest binary unit that divides it exactly: `256 MiB`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
-            if self.0 != 0 && self.0 % (1u64 << shift) == 0 {
+            if self.0 != 0 && self.0.is_multiple_of(1u64 << shift) {
                 return write!(f, "{} {unit}", self.0 >> shift);
             }
         }

@@ -212,8 +212,11 @@ async fn sandbox_cost(p: &Platform, total: usize) {
         for (mode, extra) in [("script", ""), ("handler", "mode = \"handler\"\n")] {
             let name = format!("{mode}-{}", node.trim_end_matches("-1"));
             let manifest = format!("{extra}placement = \"node:{node}\"");
-            p.deploy(&p.function(&name, &manifest, &[("main.py", &source)]), &[node])
-                .await;
+            p.deploy(
+                &p.function(&name, &manifest, &[("main.py", &source)]),
+                &[node],
+            )
+            .await;
         }
     }
     println!("| mode | invocations | p50 µs, bwrap | p50 µs, none | added µs |");
@@ -258,8 +261,7 @@ async fn bare_process_cost(p: &Platform, total: usize) {
     let limits = comfaas_exec::default_limits();
     let mut rows = Vec::new();
     for config in [SandboxConfig::default(), SandboxConfig::none()] {
-        let sandboxes =
-            Sandboxes::open(&config, limits, &data, "bench").expect("sandbox opens");
+        let sandboxes = Sandboxes::open(&config, limits, &data, "bench").expect("sandbox opens");
         let sandbox = sandboxes
             .sandbox(&installation, &manifest, "bench")
             .expect("sandbox");

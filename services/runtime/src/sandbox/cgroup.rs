@@ -44,6 +44,12 @@ impl Cgroups {
     /// Finds what this host lets the executor use, with a group of its own
     /// for node `node` (emptied of what a previous run of it left).
     pub fn detect(node: &str) -> Self {
+        // The run's first process is found through its parent's children
+        // list (CONFIG_PROC_CHILDREN): without it there is nothing to attach.
+        let me = std::process::id();
+        if !Path::new(&format!("/proc/{me}/task/{me}/children")).exists() {
+            return Self::None;
+        }
         let (Ok(mountinfo), Ok(own)) = (
             std::fs::read_to_string("/proc/self/mountinfo"),
             std::fs::read_to_string("/proc/self/cgroup"),

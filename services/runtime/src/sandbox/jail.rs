@@ -224,7 +224,7 @@ impl Jail {
         let pid = pid.ok_or("bwrap has no pid")?;
         let limits = self.limits;
         let confined = tokio::task::spawn_blocking(move || -> Result<_, String> {
-            let Some(child) = sandboxed_child(pid) else {
+            let Some(child) = sandboxed_child(pid)? else {
                 return Ok(None);
             };
             let cgroup = bwrap
@@ -343,24 +343,27 @@ const DEVICES: [&str; 27] = [
 ];
 
 /// The pid of the process bwrap `pid` cloned into the new namespaces,
-/// once it exists; `None` if bwrap ended first (or took too long).
-fn sandboxed_child(pid: u32) -> Option<u32> {
+/// once it exists; `None` if bwrap ended first (nothing of the function
+/// runs then). An error if it cannot be found while bwrap lives on: that
+/// run must not be released unbounded.
+fn sandboxed_child(pid: u32) -> Result<Option<u32>, String> {
     let children = format!("/proc/{pid}/task/{pid}/children");
     let started = Instant::now();
     loop {
-        match std::fs::read_to_string(&children) {
-            Ok(text) => {
-                if let Some(child) = text.split_whitespace().next().and_then(|c| c.parse().ok()) {
-                    return Some(child);
-                }
-                if !alive(pid) {
-                    return None;
-                }
-            }
-            Err(_) => return None,
+        let found = std::fs::read_to_string(&children)
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse().ok());
+        if found.is_some() {
+            return Ok(found);
+        }
+        if !alive(pid) {
+            return Ok(None);
         }
         if started.elapsed() > SETUP_TIMEOUT {
-            return None;
+            return Err(format!(
+                "bwrap made no sandbox within {}s",
+                SETUP_TIMEOUT.as_secs()
+            ));
         }
         std::thread::sleep(Duration::from_micros(50));
     }
