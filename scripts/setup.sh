@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what comfaas needs and is missing; safe to run again.
 #   nats-server >= 2.9, Python 3 with venv support, uv, OpenMPI with headers,
-#   libclang (for the MPI work), and cargo-nextest when absent.
+#   libclang (for the MPI work), bubblewrap (the run sandbox), and
+#   cargo-nextest when absent.
 set -euo pipefail
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -26,6 +27,9 @@ have_pkg libclang-dev || missing+=(libclang-dev)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
 command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
+# Every run is sandboxed with bubblewrap (the executor refuses to start
+# without it unless sandbox.isolation = "none").
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"

@@ -21,12 +21,13 @@ pub use codec::{decode, encode, CodecError};
 pub use error::{ErrorCode, InvalidValue, InvocationError};
 pub use limits::{job_procs, RunLimits};
 pub use manifest::{
-    parse_duration, validate_function_name, Manifest, ManifestError, Mode, Placement, Procs,
-    Runtime, MANIFEST_FILE,
+    check_requirement, parse_duration, validate_env_name, validate_function_name,
+    validate_secret_name, ByteSize, Manifest, ManifestError, Mode, Placement, Procs,
+    ResourceLimits, Runtime, MANIFEST_FILE,
 };
 pub use messages::{
     now_unix_ms, BundleRef, CandidateEstimate, Deployment, DeploymentSignature, DispatchMetrics,
     ErrorCount, FunctionState, InputObject, InstallState, Invocation, NodeLoad, NodeMetrics,
-    PlacementRecord, SignaturePolicy, SigningError, Tier, DEPLOYMENT_SIGNING_DOMAIN,
+    PlacementRecord, SandboxReport, SignaturePolicy, SigningError, Tier, DEPLOYMENT_SIGNING_DOMAIN,
     SCHEMA_VERSION,
 };

@@ -1,5 +1,6 @@
 //! The function manifest, `comfaas.toml`, and its validation.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,24 @@ const KNOWN_KEYS: &[&str] = &[
     "placement",
     "mode",
     "workers",
+    "env",
+    "network",
+    "secrets",
+    "limits",
+];
+
+/// Keys of the `[limits]` table.
+const LIMIT_KEYS: &[&str] = &["memory", "procs", "open_files", "file_size", "cpu_time"];
+
+/// Environment variables a manifest may not set: the platform sets them
+/// for every run (`COMFAAS_*` too).
+const RESERVED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "PWD",
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
 ];
 
 /// A function's manifest, as written in `comfaas.toml`.
@@ -58,6 +77,180 @@ pub struct Manifest {
     /// Warm workers per node in handler mode (default 1).
     #[serde(default)]
     pub workers: Option<u32>,
+    /// Environment variables of every run, besides those the platform sets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Whether runs may use the network; by default a run has a network
+    /// namespace of its own with nothing in it but loopback.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network: bool,
+    /// Names of secrets each run gets as the file `secrets/<NAME>` in its
+    /// directory (never in its environment or arguments).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Resource limits of each run; the executor's defaults fill the rest.
+    #[serde(default, skip_serializing_if = "ResourceLimits::is_empty")]
+    pub limits: ResourceLimits,
+}
+
+/// The resource limits of a run (`[limits]` in a manifest, `[limits]` in
+/// the executor's configuration for the defaults); every field optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ResourceLimits {
+    /// Memory of the whole run (every process), e.g. `"256MB"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+    /// Processes and threads of the whole run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub procs: Option<u32>,
+    /// Open files per process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u32>,
+    /// Largest file a process may write, e.g. `"64MB"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size: Option<ByteSize>,
+    /// CPU time per process, e.g. `"30s"` (a warm worker is not bound by
+    /// it: its calls are bound by their timeout).
+    #[serde(
+        default,
+        with = "duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_time: Option<Duration>,
+}
+
+impl ResourceLimits {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// These limits, each one absent taken from `defaults`.
+    pub fn or(self, defaults: Self) -> Self {
+        Self {
+            memory: self.memory.or(defaults.memory),
+            procs: self.procs.or(defaults.procs),
+            open_files: self.open_files.or(defaults.open_files),
+            file_size: self.file_size.or(defaults.file_size),
+            cpu_time: self.cpu_time.or(defaults.cpu_time),
+        }
+    }
+
+    /// Checks that every limit set leaves a run room to start.
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        let at_least = |what: &str, value: u64, min: u64, shown: String| {
+            if value < min {
+                Err(InvalidValue(format!(
+                    "{what} {shown} is below the least of {min}"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(memory) = self.memory {
+            at_least("memory", memory.0, 4 << 20, memory.to_string())?;
+        }
+        if let Some(procs) = self.procs {
+            at_least("procs", procs.into(), 1, procs.to_string())?;
+        }
+        if let Some(files) = self.open_files {
+            at_least("open_files", files.into(), 8, files.to_string())?;
+        }
+        if let Some(size) = self.file_size {
+            at_least("file_size", size.0, 1, size.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// A number of bytes, written `"256MB"`, `"1GiB"`, `"512k"` or a plain
+/// integer. Units are binary whatever their spelling (1 MB = 1 MiB =
+/// 2^20 bytes), as in most container tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "SizeText", into = "String")]
+pub struct ByteSize(pub u64);
+
+/// How a [`ByteSize`] may be written.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeText {
+    Count(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeText> for ByteSize {
+    type Error = InvalidValue;
+    fn try_from(text: SizeText) -> Result<Self, InvalidValue> {
+        match text {
+            SizeText::Count(n) => Ok(Self(n)),
+            SizeText::Text(t) => t.parse(),
+        }
+    }
+}
+
+impl From<ByteSize> for String {
+    fn from(size: ByteSize) -> String {
+        size.to_string()
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = InvalidValue;
+    fn from_str(text: &str) -> Result<Self, InvalidValue> {
+        let bad = || InvalidValue(format!("`{text}` is not a size like 256MB, 1GiB or 65536"));
+        let trimmed = text.trim();
+        let digits = trimmed
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(trimmed.len());
+        let number: u64 = trimmed[..digits].parse().map_err(|_| bad())?;
+        let shift = match trimmed[digits..].trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "kb" | "kib" => 10,
+            "m" | "mb" | "mib" => 20,
+            "g" | "gb" | "gib" => 30,
+            "t" | "tb" | "tib" => 40,
+            _ => return Err(bad()),
+        };
+        number
+            .checked_mul(1 << shift)
+            .map(Self)
+            .ok_or_else(|| InvalidValue(format!("`{text}` is too large")))
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    /// The largest binary unit that divides it exactly: `256 MiB`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if self.0 != 0 && self.0.is_multiple_of(1u64 << shift) {
+                return write!(f, "{} {unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{} bytes", self.0)
+    }
+}
+
+/// `Option<Duration>` as text such as `"30s"`, for limits.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => super::parse_duration(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// How many MPI processes a job takes: `4` (exactly), or `"4-16"` (at
@@ -313,6 +506,17 @@ impl Manifest {
         if let Some(unknown) = table.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
             return Err(ManifestError::UnknownField(unknown.clone()));
         }
+        if let Some(toml::Value::Table(limits)) = table.get("limits") {
+            if let Some(unknown) = limits.keys().find(|k| !LIMIT_KEYS.contains(&k.as_str())) {
+                return Err(ManifestError::Invalid {
+                    field: "limits",
+                    reason: format!(
+                        "unknown limit `{unknown}` (known limits: {})",
+                        LIMIT_KEYS.join(", ")
+                    ),
+                });
+            }
+        }
         let manifest: Manifest =
             toml::from_str(text).map_err(|e| ManifestError::Syntax(e.message().to_owned()))?;
         manifest.validate()?;
@@ -383,15 +587,26 @@ impl Manifest {
                 return invalid("workers", "only handler mode has workers".to_owned());
             }
         }
-        if let Some(bad) = self
-            .requirements
-            .iter()
-            .find(|r| r.trim().is_empty() || r.trim_start().starts_with('-'))
-        {
-            return invalid(
-                "requirements",
-                format!("`{bad}` is not a package requirement (options are not allowed)"),
-            );
+        for requirement in &self.requirements {
+            if let Err(InvalidValue(reason)) = check_requirement(requirement) {
+                return invalid("requirements", reason);
+            }
+        }
+        for (name, value) in &self.env {
+            if let Err(InvalidValue(reason)) = validate_env_name(name) {
+                return invalid("env", reason);
+            }
+            if value.contains('\0') {
+                return invalid("env", format!("the value of `{name}` holds a NUL byte"));
+            }
+        }
+        for name in &self.secrets {
+            if let Err(InvalidValue(reason)) = validate_secret_name(name) {
+                return invalid("secrets", reason);
+            }
+        }
+        if let Err(InvalidValue(reason)) = self.limits.validate() {
+            return invalid("limits", reason);
         }
         Ok(())
     }
@@ -399,6 +614,76 @@ impl Manifest {
     /// The run time limit, if the manifest sets one.
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout.as_deref().and_then(|t| parse_duration(t).ok())
+    }
+}
+
+/// Checks one line of Python requirements (a manifest entry, or a line of
+/// a bundle's `requirements.txt`): a package name with versions, extras
+/// and markers only. Options (`--index-url`, `-i`, `-f`, `-r`, `-e`,
+/// `--trusted-host`, ...), URLs and paths are refused, so a function
+/// installs only from the sources the executor is configured with.
+pub fn check_requirement(line: &str) -> Result<(), InvalidValue> {
+    let text = line.trim();
+    let refuse = |why: &str| {
+        Err(InvalidValue(format!(
+            "`{text}` is not a package requirement ({why})"
+        )))
+    };
+    if text.is_empty() {
+        return refuse("it is empty");
+    }
+    if text.split_whitespace().any(|token| token.starts_with('-')) {
+        return refuse("options are not allowed");
+    }
+    if text.contains("://") || text.contains('@') {
+        return refuse("URLs and direct references are not allowed");
+    }
+    if text.starts_with(['.', '/', '~']) || text.contains('\\') {
+        return refuse("paths are not allowed");
+    }
+    let first = text.chars().next().unwrap_or(' ');
+    if !first.is_ascii_alphanumeric() {
+        return refuse("it must start with a package name");
+    }
+    Ok(())
+}
+
+/// Checks an environment variable name a manifest sets: letters, digits
+/// and `_`, not starting with a digit, and none the platform sets itself.
+pub fn validate_env_name(name: &str) -> Result<(), InvalidValue> {
+    let shaped = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !shaped {
+        return Err(InvalidValue(format!(
+            "`{name}` is not an environment variable name (letters, digits and `_`)"
+        )));
+    }
+    if RESERVED_ENV.contains(&name) || name.starts_with("COMFAAS_") {
+        return Err(InvalidValue(format!(
+            "`{name}` is set by the platform and cannot be overridden"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a secret's name: 1 to 64 letters, digits, `_`, `-` or `.`, not
+/// starting with `.` (it is a file name in the run's directory and a key in
+/// the secrets bucket).
+pub fn validate_secret_name(name: &str) -> Result<(), InvalidValue> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidValue(format!(
+            "`{name}` is not a secret name: use 1 to 64 letters, digits, `_`, `-` or `.`, not starting with `.`"
+        )))
     }
 }
 
@@ -501,6 +786,124 @@ entry = "main.py"
             "field `requirements`",
         );
         check("procs = \"four\"", "not a process count");
+        check("requirements = [\"pkg @ https://evil/pkg.whl\"]", "URLs");
+        check("requirements = [\"./local-pkg\"]", "paths are not allowed");
+        check(
+            "requirements = [\"numpy -i http://evil\"]",
+            "options are not allowed",
+        );
+        check(
+            "requirements = [\"numpy>=1.26; python_version >= '3.9'\"]",
+            "ok",
+        );
+    }
+
+    #[test]
+    fn env_network_and_secrets_are_checked() {
+        check("network = true", "ok");
+        check("network = \"yes\"", "invalid type");
+        check("env = { LOG_LEVEL = \"debug\", _X1 = \"\" }", "ok");
+        check("env = { PATH = \"/tmp\" }", "cannot be overridden");
+        check("env = { HOME = \"/\" }", "cannot be overridden");
+        check("env = { COMFAAS_NODE = \"x\" }", "cannot be overridden");
+        check("env = { LD_PRELOAD = \"/x.so\" }", "cannot be overridden");
+        check(
+            "env = { \"A-B\" = \"1\" }",
+            "not an environment variable name",
+        );
+        check(
+            "env = { \"1A\" = \"1\" }",
+            "not an environment variable name",
+        );
+        check("env = { A = \"\\u0000\" }", "NUL byte");
+        check("env = { A = 1 }", "invalid type");
+        check("secrets = [\"DB_PASSWORD\", \"api.key-2\"]", "ok");
+        check("secrets = [\"../etc\"]", "field `secrets`");
+        check("secrets = [\".hidden\"]", "field `secrets`");
+        check("secrets = [\"\"]", "field `secrets`");
+    }
+
+    #[test]
+    fn limits_are_typed_and_checked() {
+        check("[limits]\nmemory = \"256MB\"\nprocs = 64\nopen_files = 256\nfile_size = \"64MB\"\ncpu_time = \"30s\"", "ok");
+        check("[limits]\nmemory = 268435456", "ok");
+        check("[limits]\nmemory = \"lots\"", "not a size");
+        check("[limits]\nmemory = \"1MB\"", "below the least");
+        check("[limits]\nprocs = 0", "below the least");
+        check("[limits]\nopen_files = 2", "below the least");
+        check("[limits]\ncpu_time = \"soon\"", "not a duration");
+        check("[limits]\ncpu_time = \"0s\"", "longer than zero");
+        check("[limits]\nmemroy = \"1GB\"", "unknown limit `memroy`");
+        check("limits = 3", "invalid type");
+        let text = format!("{HELLO}[limits]\nmemory = \"256MB\"\ncpu_time = \"2s\"\n");
+        let manifest = Manifest::from_toml(&text).unwrap();
+        let limits = manifest.limits;
+        assert_eq!(limits.memory, Some(ByteSize(256 << 20)));
+        assert_eq!(limits.memory.unwrap().to_string(), "256 MiB");
+        assert_eq!(limits.cpu_time, Some(Duration::from_secs(2)));
+        let defaults = ResourceLimits {
+            memory: Some(ByteSize(1 << 30)),
+            procs: Some(128),
+            ..ResourceLimits::default()
+        };
+        let merged = limits.or(defaults);
+        assert_eq!(
+            merged.memory,
+            Some(ByteSize(256 << 20)),
+            "the manifest wins"
+        );
+        assert_eq!(merged.procs, Some(128), "defaults fill the rest");
+        let bytes = crate::encode(&manifest).unwrap();
+        assert_eq!(crate::decode::<Manifest>(&bytes).unwrap(), manifest);
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        for (text, bytes) in [
+            ("65536", 65536),
+            ("512k", 512 << 10),
+            ("256MB", 256 << 20),
+            ("256 MiB", 256 << 20),
+            ("1GiB", 1 << 30),
+            ("2g", 2 << 30),
+        ] {
+            assert_eq!(text.parse::<ByteSize>().unwrap(), ByteSize(bytes), "{text}");
+        }
+        for bad in ["", "MB", "1.5GB", "-1", "12 parsecs", "99999999999T"] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad}");
+        }
+        assert_eq!(ByteSize(1536).to_string(), "1536 bytes");
+        assert_eq!(ByteSize(3 << 30).to_string(), "3 GiB");
+    }
+
+    #[test]
+    fn requirement_lines_refuse_options_urls_and_paths() {
+        for ok in [
+            "numpy",
+            "numpy==1.26.4",
+            "requests[socks]>=2,<3",
+            "Foo_bar.baz~=1.0",
+        ] {
+            assert!(check_requirement(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "--index-url http://evil/simple",
+            "--extra-index-url=http://evil",
+            "-i http://evil",
+            "-f http://evil/wheels",
+            "--trusted-host evil",
+            "-r other.txt",
+            "-c constraints.txt",
+            "-e git+https://evil/x",
+            "https://evil/x.whl",
+            "git+https://evil/x",
+            "x @ file:///etc/passwd",
+            "/etc/passwd",
+            "../outside",
+            "",
+        ] {
+            assert!(check_requirement(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -212,6 +212,27 @@ pub struct NodeLoad {
     /// mode, and what an older node that does not say means).
     #[serde(default)]
     pub signatures: SignaturePolicy,
+    /// How this node confines runs; the default (empty strings) is what a
+    /// node from before sandboxes sends.
+    #[serde(default)]
+    pub sandbox: SandboxReport,
+}
+
+/// How a node confines its runs, as its load report tells.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxReport {
+    /// `bwrap` (user, mount, pid and network namespaces) or `none`
+    /// (configured explicitly: runs are plain child processes).
+    #[serde(default)]
+    pub isolation: String,
+    /// Which cgroups bound each run's memory and processes: `v1`, `v2`,
+    /// or `none` (rlimits alone, where neither is writable).
+    #[serde(default)]
+    pub cgroups: String,
+    /// Whether every function runs as a user of its own (the executor is
+    /// root); otherwise runs keep the executor's user, in namespaces.
+    #[serde(default)]
+    pub function_users: bool,
 }
 
 /// What a node asks of a deployment's signature before installing it.
@@ -261,6 +282,7 @@ impl Default for NodeLoad {
             input_cache_hits: 0,
             input_fetch_bytes_per_s: 0.0,
             signatures: SignaturePolicy::Off,
+            sandbox: SandboxReport::default(),
         }
     }
 }
@@ -600,6 +622,11 @@ mod tests_support {
             input_cache_hits: 2,
             input_fetch_bytes_per_s: 2.5e8,
             signatures: SignaturePolicy::Required,
+            sandbox: SandboxReport {
+                isolation: "bwrap".into(),
+                cgroups: "v1".into(),
+                function_users: true,
+            },
         }
     }
 
@@ -618,6 +645,10 @@ mod tests_support {
                 placement: Placement::Node("edge-1".into()),
                 mode: Default::default(),
                 workers: None,
+                env: Default::default(),
+                network: false,
+                secrets: vec![],
+                limits: Default::default(),
             },
             bundle: BundleRef {
                 object: "sha256-ab".into(),

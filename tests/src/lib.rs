@@ -253,6 +253,8 @@ pub struct NodeSpec {
     pub heartbeat_ms: u64,
     /// Operator keys whose signed deployments it installs (none: any).
     pub trusted_operators: Vec<String>,
+    /// How it confines runs (bwrap by default, as in production).
+    pub sandbox: comfaas_runtime::SandboxConfig,
 }
 
 impl NodeSpec {
@@ -271,6 +273,7 @@ impl NodeSpec {
             site: None,
             heartbeat_ms: 1000,
             trusted_operators: Vec::new(),
+            sandbox: comfaas_runtime::SandboxConfig::default(),
         }
     }
 
@@ -385,6 +388,7 @@ impl Platform {
             no_index: true,
             cargo_offline: true,
             cargo_target_dir: repo_root().join("target").join("comfaas-functions"),
+            sandbox: spec.sandbox,
             ..ExecConfig::default()
         };
         let executor = Executor::connect(config).await.expect("start executor");

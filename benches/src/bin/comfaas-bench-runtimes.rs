@@ -7,8 +7,13 @@
 //!    path (dispatcher + executor): req/s, p50, p99.
 //! 3. Points per second per process of the three Pi functions on the same
 //!    input (1,000,000 points; the server's max payload is raised to 16 MB).
+//! 4. What the sandbox adds: p50 of a script-mode and a warm handler-mode
+//!    invocation through the full path on a node with `sandbox.isolation =
+//!    "bwrap"` and on one with `"none"`, in the same run; and p50 of a bare
+//!    process run (`/bin/true`, no NATS) with and without it.
 //!
 //! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench-runtimes`
+//! (`--only-sandbox` for part 4 alone).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +37,9 @@ struct Args {
     /// Pi runs per language and process count
     #[arg(long, default_value_t = 5)]
     pi_runs: usize,
+    /// Measure only what the sandbox adds (part 4)
+    #[arg(long)]
+    only_sandbox: bool,
 }
 
 async fn cold_deploys(p: &Platform, rounds: usize) {
@@ -193,6 +201,105 @@ async fn pi_rates(p: &Platform, runs: usize) {
     }
 }
 
+/// Part 4: the same functions on a sandboxed node and an unconfined one,
+/// one invocation at a time, alternating rounds so both see the same
+/// machine.
+async fn sandbox_cost(p: &Platform, total: usize) {
+    println!("\n### What the sandbox adds (p50, one in flight, same run)\n");
+    let source =
+        std::fs::read_to_string(repo_root().join("functions/sensor-stats/main.py")).expect("read");
+    for node in ["boxed-1", "bare-1"] {
+        for (mode, extra) in [("script", ""), ("handler", "mode = \"handler\"\n")] {
+            let name = format!("{mode}-{}", node.trim_end_matches("-1"));
+            let manifest = format!("{extra}placement = \"node:{node}\"");
+            p.deploy(
+                &p.function(&name, &manifest, &[("main.py", &source)]),
+                &[node],
+            )
+            .await;
+        }
+    }
+    println!("| mode | invocations | p50 µs, bwrap | p50 µs, none | added µs |");
+    println!("|---|---:|---:|---:|---:|");
+    for (mode, n) in [("script", (total / 2).max(20)), ("handler", total * 5)] {
+        let (boxed, bare) = (format!("{mode}-boxed"), format!("{mode}-bare"));
+        let _ = measure(p, &boxed, 1, 10).await;
+        let _ = measure(p, &bare, 1, 10).await;
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            on.push(measure(p, &boxed, 1, n / 5).await.0);
+            off.push(measure(p, &bare, 1, n / 5).await.0);
+        }
+        on.sort_unstable();
+        off.sort_unstable();
+        let (on, off) = (on[2], off[2]);
+        println!(
+            "| {mode} | {n} | {on} | {off} | {} |",
+            on as i64 - off as i64
+        );
+    }
+    bare_process_cost(p, total).await;
+}
+
+/// p50 of running `/bin/true` as a run, with the sandbox and without.
+async fn bare_process_cost(p: &Platform, total: usize) {
+    use comfaas_runtime::{RunInput, RunSpec, SandboxConfig, Sandboxes};
+    let data = p.scratch.path().join("bare-process");
+    let manifest = comfaas_schemas::Manifest::from_toml(
+        "name = \"truth\"\nversion = \"1\"\nruntime = \"exec\"\nentry = \"true\"\n",
+    )
+    .expect("manifest");
+    let installation = comfaas_runtime::Installation {
+        runtime: comfaas_schemas::Runtime::Exec,
+        bundle_dir: data.join("bundle"),
+        env_dir: data.join("env"),
+        program: "/bin/true".into(),
+        args: Vec::new(),
+        path: Vec::new(),
+    };
+    std::fs::create_dir_all(&installation.bundle_dir).expect("mkdir");
+    let limits = comfaas_exec::default_limits();
+    let mut rows = Vec::new();
+    for config in [SandboxConfig::default(), SandboxConfig::none()] {
+        let sandboxes = Sandboxes::open(&config, limits, &data, "bench").expect("sandbox opens");
+        let sandbox = sandboxes
+            .sandbox(&installation, &manifest, "bench")
+            .expect("sandbox");
+        let mut hist = Histogram::<u64>::new(3).expect("histogram");
+        for i in 0..total.max(50) {
+            let started = Instant::now();
+            let dir = sandbox
+                .enter(data.join("runs").join(i.to_string()), "bench")
+                .await
+                .expect("run dir");
+            let outcome = comfaas_runtime::run(RunSpec {
+                program: "/bin/true".into(),
+                args: Vec::new(),
+                cwd: dir.dir().to_owned(),
+                env: dir.env().to_vec(),
+                input: RunInput::Bytes(Bytes::new()),
+                timeout: Duration::from_secs(10),
+                max_output: 1 << 20,
+                spill: None,
+                jail: dir.jail().clone(),
+            })
+            .await;
+            dir.remove().await;
+            assert_eq!(outcome.exit, comfaas_runtime::process::Exit::Success);
+            hist.record(started.elapsed().as_micros() as u64)
+                .expect("record");
+        }
+        rows.push(hist.value_at_quantile(0.5));
+    }
+    println!(
+        "| bare process (/bin/true, no NATS) | {} | {} | {} | {} |",
+        total.max(50),
+        rows[0],
+        rows[1],
+        rows[0] as i64 - rows[1] as i64
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -222,8 +329,27 @@ async fn main() {
             .await,
         );
     }
+    for (node, isolation) in [
+        ("boxed-1", comfaas_runtime::SandboxConfig::default()),
+        ("bare-1", comfaas_runtime::SandboxConfig::none()),
+    ] {
+        drop(
+            p.executor(NodeSpec {
+                slots: 2,
+                queue: 64,
+                sandbox: isolation,
+                ..NodeSpec::edge(node)
+            })
+            .await,
+        );
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    if args.only_sandbox {
+        sandbox_cost(&p, args.invocations).await;
+        return;
+    }
     cold_deploys(&p, args.deploys).await;
     warm_against_script(&p, args.invocations).await;
     pi_rates(&p, args.pi_runs).await;
+    sandbox_cost(&p, args.invocations).await;
 }

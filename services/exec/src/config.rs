@@ -6,7 +6,8 @@ use std::time::Duration;
 use clap::Args;
 use comfaas_platform::nats::{NatsFlags, NatsOptions};
 use comfaas_platform::signing::TrustedOperators;
-use comfaas_schemas::{SignaturePolicy, Tier};
+use comfaas_runtime::SandboxConfig;
+use comfaas_schemas::{ByteSize, ResourceLimits, SignaturePolicy, Tier};
 use serde::{Deserialize, Serialize};
 
 /// Headroom left under the server's max payload for reply headers.
@@ -63,6 +64,11 @@ pub struct ExecConfig {
     /// node installs; empty: any deployment, signed or not (open mode, a
     /// laptop), which the node's load report says (`signatures: off`).
     pub trusted_operators: Vec<String>,
+    /// How runs are confined (`[sandbox]`).
+    pub sandbox: SandboxConfig,
+    /// Limits of a run its manifest leaves out (`[limits]`: `memory`,
+    /// `procs`, `open_files`, `file_size`, `cpu_time`).
+    pub limits: ResourceLimits,
 }
 
 impl Default for ExecConfig {
@@ -90,7 +96,22 @@ impl Default for ExecConfig {
             input_cache_bytes: 8 << 30,
             max_output_object_bytes: 1 << 30,
             trusted_operators: Vec::new(),
+            sandbox: SandboxConfig::default(),
+            limits: default_limits(),
         }
+    }
+}
+
+/// A run's limits unless its manifest or the configuration says otherwise:
+/// 1 GiB of memory, 256 processes and threads, 1024 open files, files up to
+/// 1 GiB, and no CPU time limit (the run's timeout bounds it).
+pub fn default_limits() -> ResourceLimits {
+    ResourceLimits {
+        memory: Some(ByteSize(1 << 30)),
+        procs: Some(256),
+        open_files: Some(1024),
+        file_size: Some(ByteSize(1 << 30)),
+        cpu_time: None,
     }
 }
 

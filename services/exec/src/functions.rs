@@ -229,6 +229,8 @@ mod tests {
 
     use comfaas_schemas::{BundleRef, Manifest, SCHEMA_VERSION};
 
+    use comfaas_runtime::Sandboxes;
+
     use super::*;
 
     fn deployment(name: &str, version: &str, digest: &str) -> Deployment {
@@ -255,13 +257,20 @@ mod tests {
         let installation = Installation {
             runtime: comfaas_schemas::Runtime::Python,
             bundle_dir: root.join("bundle"),
+            env_dir: root.join("env"),
             program: "/usr/bin/python3".into(),
             args: Vec::new(),
             path: Vec::new(),
         };
         Served {
             version: version.to_owned(),
-            sandbox: Sandbox::new(&installation, "f", "edge-1"),
+            sandbox: Sandboxes::none()
+                .sandbox(
+                    &installation,
+                    &deployment("f", version, "00").manifest,
+                    "edge-1",
+                )
+                .unwrap(),
             installation,
             timeout: None,
             procs: None,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use comfaas_platform::registry::{Registry, RegistryChange, RegistryError};
 use comfaas_platform::signals::Tasks;
 use comfaas_platform::signing::TrustedOperators;
-use comfaas_runtime::{HandlerPool, Sandbox, Toolchain};
+use comfaas_runtime::{HandlerPool, Sandboxes, Toolchain};
 use comfaas_schemas::{Deployment, Mode};
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -39,12 +39,16 @@ pub struct Installer {
     pub table: FunctionTable,
     /// The tools installs use.
     pub toolchain: Toolchain,
+    /// What confines the runs of what is installed.
+    pub sandboxes: Sandboxes,
     /// This node's id, for the runs' environment.
     pub node: String,
     /// The folder every version gets a folder of its own under.
     pub root: PathBuf,
     /// Whose signed deployments are installed (none: any deployment).
     pub trust: TrustedOperators,
+    /// Where the secrets a manifest names are read, when a version installs.
+    pub secrets: async_nats::jetstream::Context,
 }
 
 /// Why an install did not succeed; its text is the reason the heartbeat
@@ -78,6 +82,15 @@ pub enum InstallFailure {
     /// Handler mode: the warm workers did not start.
     #[error(transparent)]
     Workers(#[from] comfaas_runtime::WorkerError),
+    /// The version's folder or sandbox could not be made.
+    #[error(transparent)]
+    Sandbox(#[from] comfaas_runtime::SandboxError),
+    /// A secret the manifest names could not be read (or is not set).
+    #[error(transparent)]
+    Secrets(#[from] comfaas_platform::secrets::SecretError),
+    /// The sandbox task died.
+    #[error("sandbox task failed: {0}")]
+    SandboxTask(#[source] tokio::task::JoinError),
 }
 
 impl Installer {
@@ -170,6 +183,16 @@ impl Installer {
             .root
             .join(&deployment.manifest.name)
             .join(format!("{digest_hex}-{}", uuid::Uuid::new_v4().simple()));
+        // Readable by the function's own group only.
+        let (sandboxes, root, name, made) = (
+            self.sandboxes.clone(),
+            self.root.clone(),
+            deployment.manifest.name.clone(),
+            dir.clone(),
+        );
+        tokio::task::spawn_blocking(move || sandboxes.make_version_dir(&root, &name, &made))
+            .await
+            .map_err(InstallFailure::SandboxTask)??;
         let result = self.install_into(deployment, bytes, &dir).await;
         if result.is_err() {
             let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -194,7 +217,17 @@ impl Installer {
         let installation =
             comfaas_runtime::install(manifest, &bundle_dir, &dir.join("env"), &self.toolchain)
                 .await?;
-        let sandbox = Sandbox::new(&installation, &manifest.name, &self.node);
+        // Read once per installed version: after `comfaas secret set`, a
+        // redeploy (or rollback) hands runs the new value.
+        let secrets = comfaas_platform::secrets::fetch(&self.secrets, &manifest.secrets)
+            .await?
+            .into_iter()
+            .map(|secret| secret.into_parts())
+            .collect();
+        let sandbox = self
+            .sandboxes
+            .sandbox(&installation, manifest, &self.node)?
+            .with_secrets(secrets);
         let pool = if manifest.mode == Mode::Handler {
             let spec = sandbox.worker_spec(&installation, dir.join("workers"));
             Some(HandlerPool::start(spec, manifest.workers.unwrap_or(1)).await?)

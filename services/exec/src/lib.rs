@@ -28,11 +28,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use comfaas_platform::signals::Tasks;
-use comfaas_runtime::Toolchain;
+use comfaas_runtime::{Sandboxes, Toolchain};
 use tokio_util::sync::CancellationToken;
 
 use admission::Admission;
-pub use config::{ExecConfig, ExecFlags};
+pub use config::{default_limits, ExecConfig, ExecFlags};
 use functions::FunctionTable;
 use install::Installer;
 use load::Heartbeat;
@@ -45,6 +45,7 @@ pub struct Executor {
     trust: comfaas_platform::signing::TrustedOperators,
     client: async_nats::Client,
     toolchain: Toolchain,
+    sandboxes: Sandboxes,
 }
 
 impl Executor {
@@ -68,9 +69,31 @@ impl Executor {
                     .with_context(|| format!("clean {}", dir.display()))?;
             }
         }
-        tokio::fs::create_dir_all(data_dir.join("runs"))
-            .await
-            .with_context(|| format!("create data directory {}", data_dir.display()))?;
+        // Runs as functions' users pass through these folders, never list them.
+        for dir in [
+            data_dir.clone(),
+            data_dir.join("runs"),
+            data_dir.join("inputs"),
+        ] {
+            use std::os::unix::fs::PermissionsExt;
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .with_context(|| format!("create data directory {}", dir.display()))?;
+            tokio::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+                .await
+                .with_context(|| format!("chmod {}", dir.display()))?;
+        }
+        // Refuses to start when runs cannot be confined as configured.
+        let sandboxes = {
+            let (sandbox, limits) = (config.sandbox.clone(), config.limits);
+            let (dir, node) = (data_dir.clone(), config.node.clone());
+            tokio::task::spawn_blocking(move || Sandboxes::open(&sandbox, limits, &dir, &node))
+                .await
+                .context("set up the sandbox")??
+        };
+        let report = sandboxes.report();
+        tracing::info!(isolation = %report.isolation, cgroups = %report.cgroups,
+            function_users = report.function_users, "runs are sandboxed");
         // Probing tools runs `mpirun --version` and friends: not on a worker thread.
         let probe_dir = data_dir.clone();
         let mut toolchain = tokio::task::spawn_blocking(move || Toolchain::detect(&probe_dir))
@@ -99,6 +122,7 @@ impl Executor {
             trust,
             client,
             toolchain,
+            sandboxes,
         })
     }
 
@@ -122,7 +146,6 @@ impl Executor {
             comfaas_platform::resources::inputs_store(&config.nats.jetstream(bulk)).await?,
             config.input_cache_bytes,
         ));
-        tokio::fs::create_dir_all(config.data_dir().join("inputs")).await?;
         let table = FunctionTable::new();
         let admission = Admission::new(config.slots(), config.queue);
         let max_output = config.max_output(self.client.max_payload());
@@ -166,6 +189,7 @@ impl Executor {
             admission: admission.clone(),
             inputs: inputs.clone(),
             runtimes: available(&self.toolchain),
+            sandbox: self.sandboxes.report(),
         };
         tasks.spawn(heartbeat.run(stop_heartbeat.clone()));
         tasks.spawn(answer_pings(
@@ -177,9 +201,11 @@ impl Executor {
             registry,
             table: table.clone(),
             toolchain: self.toolchain.clone(),
+            sandboxes: self.sandboxes.clone(),
             node: config.node.clone(),
             root: config.data_dir().join("functions"),
             trust: self.trust,
+            secrets: js.clone(),
         };
         tasks.spawn(installer.run(changes, shutdown.child_token()));
         let worker = Worker {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use comfaas_schemas::{encode, now_unix_ms, NodeLoad};
+use comfaas_schemas::{encode, now_unix_ms, NodeLoad, SandboxReport};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
@@ -33,6 +33,8 @@ pub struct Heartbeat {
     pub inputs: Arc<InputCache>,
     /// Runtimes this node can install.
     pub runtimes: Vec<String>,
+    /// How runs are confined here.
+    pub sandbox: SandboxReport,
 }
 
 impl Heartbeat {
@@ -85,6 +87,7 @@ impl Heartbeat {
             input_fetched_bytes: fetch.fetched_bytes,
             input_cache_hits: fetch.cache_hits,
             input_fetch_bytes_per_s: fetch.bytes_per_s,
+            sandbox: self.sandbox.clone(),
             ..node_load(&self.config)
         }
     }

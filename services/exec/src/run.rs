@@ -117,6 +117,8 @@ impl Runner {
                     self.node
                 );
                 Err(match exit {
+                    // A limit named: the function failed within its bounds.
+                    _ if outcome.limit.is_some() => InvocationError::function_failed(message),
                     Exit::TimedOut => InvocationError::function_timeout(message),
                     Exit::OutputTooLarge => InvocationError::too_large(message),
                     _ => InvocationError::function_failed(message),
@@ -164,6 +166,7 @@ impl Runner {
             timeout: job.timeout,
             max_output: self.max_output,
             spill: Some((private.spill_file(), self.max_output_object_bytes)),
+            jail: private.jail().clone(),
         })
         .await;
         // A large output goes to the object store before its file goes.

@@ -17,10 +17,11 @@ use bytes::Bytes;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::Semaphore;
 
 use crate::process::{Exit, RunOutcome, STDERR_TAIL_BYTES};
+use crate::sandbox::{Confined, Jail, LimitHit};
 
 /// File name of the worker script in a handler function's environment.
 pub const WORKER_FILE: &str = "comfaas_worker.py";
@@ -108,6 +109,9 @@ pub enum WorkerError {
     /// The process could not be started.
     #[error("cannot start a worker: {0}")]
     Spawn(#[source] std::io::Error),
+    /// Its limits could not be applied.
+    #[error("cannot confine a worker: {0}")]
+    Confine(String),
     /// The process has no pipes to speak the protocol on.
     #[error("worker has no pipes")]
     NoPipes,
@@ -134,6 +138,8 @@ pub struct WorkerSpec {
     pub env: Vec<(OsString, OsString)>,
     /// Where each worker gets a private working directory.
     pub work_root: PathBuf,
+    /// What confines each worker (its directory is added writable).
+    pub jail: Jail,
 }
 
 struct Worker {
@@ -142,6 +148,7 @@ struct Worker {
     stdout: BufReader<ChildStdout>,
     stderr: Arc<Mutex<Vec<u8>>>,
     dir: PathBuf,
+    confined: Option<Confined>,
 }
 
 impl Worker {
@@ -176,6 +183,9 @@ impl Drop for Worker {
     fn drop(&mut self) {
         if let Some(group) = self.group() {
             let _ = killpg(group, Signal::SIGKILL);
+        }
+        if let Some(confined) = self.confined.take() {
+            confined.release_now();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -214,17 +224,17 @@ impl HandlerPool {
 
     async fn spawn(&self) -> Result<Worker, WorkerError> {
         let dir = self.spec.work_root.join(format!("worker-{}", uuid_like()));
-        if let Err(source) = tokio::fs::create_dir_all(&dir).await {
+        let jail = self.spec.jail.for_worker(&dir);
+        if let Err(source) = jail.make_private_dir(&dir).await {
             return Err(WorkerError::WorkDir { dir, source });
         }
-        let mut command = Command::new(&self.spec.program);
+        let mut env = self.spec.env.clone();
+        env.extend([
+            ("HOME".into(), dir.clone().into()),
+            ("TMPDIR".into(), dir.clone().into()),
+        ]);
+        let mut command = jail.command(&self.spec.program, &self.spec.args, &dir, &env);
         command
-            .args(&self.spec.args)
-            .current_dir(&dir)
-            .env_clear()
-            .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
-            .env("HOME", &dir)
-            .env("TMPDIR", &dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -238,13 +248,21 @@ impl HandlerPool {
         };
         let tail = Arc::new(Mutex::new(Vec::new()));
         tokio::spawn(keep_tail(stderr, tail.clone()));
+        // Sandboxed once, at start: its calls cost nothing more.
+        let confined = jail.confine(child.id()).await;
         let mut worker = Worker {
             child,
             stdin,
             stdout: BufReader::new(stdout),
             stderr: tail,
             dir,
+            confined: None,
         };
+        worker.confined = Some(confined.map_err(WorkerError::Confine)?);
+        if jail.is_confined() {
+            // Released: bwrap's child waits for this byte.
+            let _ = worker.stdin.write_all(&[0]).await;
+        }
         match tokio::time::timeout(START_TIMEOUT, worker.read_frame(1024)).await {
             Ok(Ok(Some((2, _)))) => Ok(worker),
             Ok(_) => {
@@ -270,10 +288,10 @@ impl HandlerPool {
     /// worker counts against the timeout.
     pub async fn call(&self, input: Bytes, timeout: Duration, max_output: usize) -> RunOutcome {
         let started = Instant::now();
-        let (exit, stdout, stderr_tail) =
+        let (exit, stdout, stderr_tail, limit) =
             match tokio::time::timeout(timeout, self.exchange(input, max_output)).await {
                 // Dropping the exchange drops its worker, which kills its group.
-                Err(_) => (Exit::TimedOut, Vec::new(), String::new()),
+                Err(_) => (Exit::TimedOut, Vec::new(), String::new(), None),
                 Ok(done) => done,
             };
         RunOutcome {
@@ -282,15 +300,21 @@ impl HandlerPool {
             stdout_file: None,
             stderr_tail,
             duration: started.elapsed(),
+            limit,
         }
     }
 
-    async fn exchange(&self, input: Bytes, max_output: usize) -> (Exit, Vec<u8>, String) {
+    async fn exchange(
+        &self,
+        input: Bytes,
+        max_output: usize,
+    ) -> (Exit, Vec<u8>, String, Option<LimitHit>) {
         let Ok(_permit) = self.permits.acquire().await else {
             return (
                 Exit::SpawnFailed("pool closed".to_owned()),
                 Vec::new(),
                 String::new(),
+                None,
             );
         };
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
@@ -298,7 +322,14 @@ impl HandlerPool {
             Some(worker) => worker,
             None => match self.spawn().await {
                 Ok(worker) => worker,
-                Err(e) => return (Exit::SpawnFailed(e.to_string()), Vec::new(), String::new()),
+                Err(e) => {
+                    return (
+                        Exit::SpawnFailed(e.to_string()),
+                        Vec::new(),
+                        String::new(),
+                        None,
+                    )
+                }
             },
         };
         // Only this call's stderr belongs in its error.
@@ -310,7 +341,14 @@ impl HandlerPool {
             drop(worker);
             worker = match self.spawn().await {
                 Ok(worker) => worker,
-                Err(e) => return (Exit::SpawnFailed(e.to_string()), Vec::new(), String::new()),
+                Err(e) => {
+                    return (
+                        Exit::SpawnFailed(e.to_string()),
+                        Vec::new(),
+                        String::new(),
+                        None,
+                    )
+                }
             };
             if let Err(e) = worker.send(&input).await {
                 let tail = worker.stderr_tail();
@@ -318,6 +356,7 @@ impl HandlerPool {
                     Exit::SpawnFailed(format!("worker closed its input: {e}")),
                     Vec::new(),
                     tail,
+                    None,
                 );
             }
         }
@@ -326,16 +365,25 @@ impl HandlerPool {
                 let _ = tokio::time::timeout(Duration::from_secs(1), worker.child.wait()).await;
                 let status = worker.child.try_wait().ok().flatten();
                 use std::os::unix::process::ExitStatusExt;
-                let exit = Exit::Failed {
-                    code: status.and_then(|s| s.code()),
-                    signal: status.and_then(|s| s.signal()),
-                };
-                (exit, Vec::new(), worker.stderr_tail())
+                let (code, signal) = (
+                    status.and_then(|s| s.code()),
+                    status.and_then(|s| s.signal()),
+                );
+                let limit = worker
+                    .confined
+                    .as_ref()
+                    .and_then(|c| c.limit_hit(code, signal));
+                (
+                    Exit::Failed { code, signal },
+                    Vec::new(),
+                    worker.stderr_tail(),
+                    limit,
+                )
             }
-            Ok(None) => (Exit::OutputTooLarge, Vec::new(), String::new()),
+            Ok(None) => (Exit::OutputTooLarge, Vec::new(), String::new(), None),
             Ok(Some((0, output))) => {
                 self.release(worker);
-                (Exit::Success, output, String::new())
+                (Exit::Success, output, String::new(), None)
             }
             Ok(Some((_, traceback))) => {
                 self.release(worker);
@@ -343,6 +391,7 @@ impl HandlerPool {
                     Exit::Raised,
                     Vec::new(),
                     String::from_utf8_lossy(&traceback).into_owned(),
+                    None,
                 )
             }
         }

@@ -21,4 +21,6 @@ pub use install::{
     MpiLauncher, Toolchain,
 };
 pub use process::{run, RunInput, RunOutcome, RunSpec};
-pub use sandbox::{RunDir, Sandbox};
+pub use sandbox::{
+    Identity, Isolation, Jail, LimitHit, RunDir, Sandbox, SandboxConfig, SandboxError, Sandboxes,
+};

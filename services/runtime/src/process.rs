@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
+
+use crate::sandbox::{Jail, LimitHit};
 
 /// Bytes of stderr kept for error messages (the tail, where tracebacks end).
 pub const STDERR_TAIL_BYTES: usize = 2048;
@@ -37,6 +38,8 @@ pub struct RunSpec {
     /// Where stdout over `max_output` spills, and how much it may hold;
     /// `None`: over `max_output` is too large.
     pub spill: Option<(PathBuf, u64)>,
+    /// What confines it.
+    pub jail: Jail,
 }
 
 /// The input of a run.
@@ -84,13 +87,28 @@ pub struct RunOutcome {
     pub stderr_tail: String,
     /// Wall-clock time from start to end.
     pub duration: Duration,
+    /// The limit it hit, when a failure is known to come from one.
+    pub limit: Option<LimitHit>,
 }
 
 impl RunOutcome {
+    /// An outcome without output: a run that could not start or was killed.
+    pub(crate) fn empty(exit: Exit, duration: Duration) -> Self {
+        Self {
+            exit,
+            stdout: Vec::new(),
+            stdout_file: None,
+            stderr_tail: String::new(),
+            duration,
+            limit: None,
+        }
+    }
+
     /// A one-line description of a failure, with the stderr tail.
     pub fn describe_failure(&self, timeout: Duration) -> String {
         let what = match &self.exit {
             Exit::Success => return String::new(),
+            _ if self.limit.is_some() => self.limit.map(|l| l.to_string()).unwrap_or_default(),
             Exit::Failed {
                 code: Some(code), ..
             } => format!("function exited with status {code}"),
@@ -139,12 +157,10 @@ fn humantime_ms(d: Duration) -> String {
 /// Runs `spec` to completion, never longer than its timeout.
 pub async fn run(spec: RunSpec) -> RunOutcome {
     let started = Instant::now();
-    let mut command = Command::new(&spec.program);
+    let mut command = spec
+        .jail
+        .command(&spec.program, &spec.args, &spec.cwd, &spec.env);
     command
-        .args(&spec.args)
-        .current_dir(&spec.cwd)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -154,13 +170,10 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
-            return RunOutcome {
-                exit: Exit::SpawnFailed(format!("{}: {e}", spec.program.display())),
-                stdout: Vec::new(),
-                stdout_file: None,
-                stderr_tail: String::new(),
-                duration: started.elapsed(),
-            }
+            return RunOutcome::empty(
+                Exit::SpawnFailed(format!("{}: {e}", spec.program.display())),
+                started.elapsed(),
+            )
         }
     };
     let group = child.id().map(|id| Pid::from_raw(id as i32));
@@ -168,14 +181,27 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         kill_group(group);
-        return RunOutcome {
-            exit: Exit::SpawnFailed("no pipes to the child".to_owned()),
-            stdout: Vec::new(),
-            stdout_file: None,
-            stderr_tail: String::new(),
-            duration: started.elapsed(),
-        };
+        return RunOutcome::empty(
+            Exit::SpawnFailed("no pipes to the child".to_owned()),
+            started.elapsed(),
+        );
     };
+    // Limits go on before the function's first instruction: bwrap's child
+    // waits for this byte on stdin.
+    let confined = match spec.jail.confine(child.id()).await {
+        Ok(confined) => confined,
+        Err(e) => {
+            kill_group(group);
+            return RunOutcome::empty(
+                Exit::SpawnFailed(format!("cannot confine the run: {e}")),
+                started.elapsed(),
+            );
+        }
+    };
+    if spec.jail.is_confined() {
+        // A bwrap that already failed closed its stdin: its stderr says why.
+        let _ = stdin.write_all(&[0]).await;
+    }
     let input = spec.input.clone();
     let feed = async move {
         // A function that does not read its input closes the pipe: not an error.
@@ -214,16 +240,10 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
     // Whatever happened, nothing the function started outlives the run.
     kill_group(group);
     let duration = started.elapsed();
-    match result {
+    let outcome = match result {
         Err(_) => {
             let _ = child.wait().await;
-            RunOutcome {
-                exit: Exit::TimedOut,
-                stdout: Vec::new(),
-                stdout_file: None,
-                stderr_tail: String::new(),
-                duration,
-            }
+            RunOutcome::empty(Exit::TimedOut, duration)
         }
         Ok((out, stderr_tail, status)) => {
             let exit = match (&out, status) {
@@ -243,15 +263,22 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
                 Some(Output::Spilled(path, size)) => (Vec::new(), Some((path, size))),
                 None => (Vec::new(), None),
             };
+            let limit = match exit {
+                Exit::Failed { code, signal } => confined.limit_hit(code, signal),
+                _ => None,
+            };
             RunOutcome {
                 exit,
                 stdout,
                 stdout_file,
                 stderr_tail,
                 duration,
+                limit,
             }
         }
-    }
+    };
+    confined.release();
+    outcome
 }
 
 fn kill_group(group: Option<Pid>) {
@@ -341,6 +368,7 @@ mod tests {
             timeout: Duration::from_millis(timeout_ms),
             max_output: 1024,
             spill: None,
+            jail: Jail::none(),
         }
     }
 

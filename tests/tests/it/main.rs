@@ -9,6 +9,7 @@ mod events;
 mod inputs;
 mod invoke;
 mod runtimes;
+mod sandbox;
 mod sites;
 mod trust;
 mod versions;

@@ -196,7 +196,8 @@ def handle(data):
     if text == "hang":
         time.sleep(60)
     print("a print goes to stderr, not into the protocol")
-    return {"pid": os.getpid(), "calls": CALLS, "echo": text}
+    # Each worker has a pid namespace (every one is pid 2) and a folder of its own.
+    return {"worker": os.getcwd(), "calls": CALLS, "echo": text}
 "#;
     let dir = p.function(
         "warm",
@@ -206,7 +207,10 @@ def handle(data):
     p.deploy(&dir, &["edge-1"]).await;
     let first = json(&p.invoke("warm", "a").await);
     let second = json(&p.invoke("warm", "b").await);
-    assert_eq!(first["pid"], second["pid"], "one warm worker serves both");
+    assert_eq!(
+        first["worker"], second["worker"],
+        "one warm worker serves both"
+    );
     assert_eq!(second["calls"], 2, "the module stayed loaded");
     assert_eq!(second["echo"], "b");
 
@@ -218,8 +222,8 @@ def handle(data):
         reply.headers
     );
     assert_eq!(
-        json(&p.invoke("warm", "c").await)["pid"],
-        first["pid"],
+        json(&p.invoke("warm", "c").await)["worker"],
+        first["worker"],
         "an exception keeps the worker"
     );
 
@@ -231,13 +235,16 @@ def handle(data):
         reply.headers
     );
     let after_exit = json(&p.invoke("warm", "d").await);
-    assert_ne!(after_exit["pid"], first["pid"], "a dead worker is replaced");
+    assert_ne!(
+        after_exit["worker"], first["worker"],
+        "a dead worker is replaced"
+    );
 
     let reply = p.invoke("warm", "hang").await;
     assert_eq!(header(&reply, h::ERROR_CODE), "408");
     let after_hang = json(&p.invoke("warm", "e").await);
     assert_ne!(
-        after_hang["pid"], after_exit["pid"],
+        after_hang["worker"], after_exit["worker"],
         "a hung worker is killed and replaced"
     );
 }

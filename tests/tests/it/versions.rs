@@ -247,6 +247,10 @@ async fn hostile_bundles_are_refused_and_nothing_is_installed() {
         placement: Default::default(),
         mode: Default::default(),
         workers: None,
+        env: Default::default(),
+        network: false,
+        secrets: vec![],
+        limits: Default::default(),
     };
     let cases = [
         (

@@ -23,6 +23,6 @@ pub(super) async fn install(job: &Job<'_>) -> Result<Installation, InstallError>
         .arg(job.entry)
         .arg("-lm")
         .current_dir(job.bundle_dir);
-    step(name, cc, job.toolchain).await?;
+    step(name, cc, job.toolchain, job.env_dir).await?;
     Ok(job.installation(program, Vec::new(), Vec::new()))
 }

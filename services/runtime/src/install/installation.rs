@@ -47,6 +47,7 @@ impl Job<'_> {
         Installation {
             runtime: self.manifest.runtime,
             bundle_dir: self.bundle_dir.to_path_buf(),
+            env_dir: self.env_dir.to_path_buf(),
             program,
             args,
             path,
@@ -61,6 +62,9 @@ pub struct Installation {
     pub runtime: Runtime,
     /// The unpacked bundle.
     pub bundle_dir: PathBuf,
+    /// The environment built for it (a venv, binaries, classes); it may
+    /// not exist (runtime `exec`).
+    pub env_dir: PathBuf,
     /// The program to start (under `mpirun` for MPI runtimes).
     pub program: PathBuf,
     /// Its arguments.
@@ -101,6 +105,14 @@ pub enum InstallError {
         /// Why.
         reason: String,
     },
+    /// A line of the bundle's `requirements.txt` is not a plain requirement.
+    #[error("requirements.txt line {line}: {reason}")]
+    Requirement {
+        /// Its number, from 1.
+        line: usize,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A tool failed; its output tail is included.
     #[error("{step} failed: {detail}")]
     Step {
@@ -120,12 +132,37 @@ pub(super) async fn create_dir(dir: &Path) -> Result<(), InstallError> {
         })
 }
 
-/// Runs one install step, turning failure into an error with the output tail.
+/// Runs one install step of the version whose environment is `env_dir`,
+/// turning failure into an error with the output tail. The step gets a
+/// scrubbed environment, nothing of the executor's: `PATH` (the folders of
+/// the tools found, then the system's), `HOME` (a folder of the install),
+/// `LANG`, and what the tools need to work offline from this node's caches
+/// (uv's cache, cargo's home); pip and uv read no configuration file.
 pub(super) async fn step(
     name: &str,
     mut command: Command,
     toolchain: &Toolchain,
+    env_dir: &Path,
 ) -> Result<(), InstallError> {
+    let home = env_dir.with_extension("home");
+    create_dir(&home).await?;
+    // What the runtime's install set itself (CARGO_TARGET_DIR) stays.
+    let own: Vec<(OsString, OsString)> = command
+        .as_std()
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+        .collect();
+    command
+        .env_clear()
+        .env("PATH", &toolchain.tool_path)
+        .env("HOME", &home)
+        .env("LANG", "C.UTF-8")
+        .env("PIP_CONFIG_FILE", "/dev/null")
+        .env("PIP_NO_INPUT", "1")
+        .env("UV_NO_CONFIG", "1")
+        .env("UV_PYTHON_DOWNLOADS", "never")
+        .envs(toolchain.tool_env.iter().map(|(k, v)| (k, v)))
+        .envs(own);
     if let Some(cache) = &toolchain.uv_cache {
         command.env("UV_CACHE_DIR", cache);
     }

@@ -31,7 +31,7 @@ pub(super) async fn install(job: &Job<'_>) -> Result<Installation, InstallError>
         .arg(&classes)
         .arg(job.entry)
         .current_dir(job.bundle_dir);
-    step("javac", compile, job.toolchain).await?;
+    step("javac", compile, job.toolchain, job.env_dir).await?;
     // Small heaps and one GC thread: functions are short and many.
     Ok(job.installation(
         java,

@@ -8,6 +8,38 @@ use tokio::process::Command;
 
 use super::installation::{step, InstallError, Installation, Job};
 
+/// Checks every line of a bundle's `requirements.txt` with the rule of the
+/// manifest's requirements: no options (`--index-url`, `-r`, `-e`, ...), no
+/// URLs, no paths; blank lines and comments are fine.
+async fn check_requirements_file(file: &std::path::Path) -> Result<(), InstallError> {
+    let text = tokio::fs::read_to_string(file)
+        .await
+        .map_err(|e| InstallError::Requirement {
+            line: 0,
+            reason: format!("cannot read it: {e}"),
+        })?;
+    for (number, line) in text.lines().enumerate() {
+        // pip joins a line ending in `\` with the next: refuse rather than
+        // check a line pip would not see.
+        let content = line.split(" #").next().unwrap_or_default().trim();
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let refused = if content.ends_with('\\') {
+            Err("continued lines are not allowed".to_owned())
+        } else {
+            comfaas_schemas::check_requirement(content).map_err(|e| e.0)
+        };
+        if let Err(reason) = refused {
+            return Err(InstallError::Requirement {
+                line: number + 1,
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn install(job: &Job<'_>) -> Result<Installation, InstallError> {
     let python = job.env_dir.join("bin").join("python");
     let mut requirements: Vec<OsString> = job
@@ -18,6 +50,7 @@ pub(super) async fn install(job: &Job<'_>) -> Result<Installation, InstallError>
         .collect();
     let requirements_file = job.bundle_dir.join("requirements.txt");
     if requirements.is_empty() && requirements_file.is_file() {
+        check_requirements_file(&requirements_file).await?;
         requirements = vec!["-r".into(), requirements_file.into_os_string()];
     }
     if job.manifest.runtime == Runtime::PythonMpi {
@@ -34,31 +67,37 @@ pub(super) async fn install(job: &Job<'_>) -> Result<Installation, InstallError>
     match &job.toolchain.uv {
         Some(uv) => {
             let mut venv = Command::new(uv);
-            venv.arg("venv")
+            // Not the executor's folder: uv looks for configuration there.
+            venv.current_dir(job.bundle_dir)
+                .arg("venv")
                 .arg("--quiet")
                 .arg("--python")
                 .arg(&job.toolchain.python)
                 .arg(job.env_dir);
-            step("uv venv", venv, job.toolchain).await?;
+            step("uv venv", venv, job.toolchain, job.env_dir).await?;
             if !requirements.is_empty() {
                 let mut pip = Command::new(uv);
-                pip.args(["pip", "install", "--quiet", "--python"])
+                pip.current_dir(job.bundle_dir)
+                    .args(["pip", "install", "--quiet", "--python"])
                     .arg(&python)
                     .args(&sources)
                     .args(&requirements);
-                step("uv pip install", pip, job.toolchain).await?;
+                step("uv pip install", pip, job.toolchain, job.env_dir).await?;
             }
         }
         None => {
             let mut venv = Command::new(&job.toolchain.python);
-            venv.args(["-m", "venv"]).arg(job.env_dir);
-            step("python3 -m venv", venv, job.toolchain).await?;
+            venv.current_dir(job.bundle_dir)
+                .args(["-m", "venv"])
+                .arg(job.env_dir);
+            step("python3 -m venv", venv, job.toolchain, job.env_dir).await?;
             if !requirements.is_empty() {
                 let mut pip = Command::new(job.env_dir.join("bin").join("pip"));
-                pip.args(["install", "--quiet", "--disable-pip-version-check"])
+                pip.current_dir(job.bundle_dir)
+                    .args(["install", "--quiet", "--disable-pip-version-check"])
                     .args(&sources)
                     .args(&requirements);
-                step("pip install", pip, job.toolchain).await?;
+                step("pip install", pip, job.toolchain, job.env_dir).await?;
             }
         }
     }
@@ -77,4 +116,45 @@ pub(super) async fn install(job: &Job<'_>) -> Result<Installation, InstallError>
     }
     args.push(job.entry.into());
     Ok(job.installation(python, args, vec![job.env_dir.join("bin")]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_requirements_file_may_name_packages_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("requirements.txt");
+        let check = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            let file = file.clone();
+            async move {
+                check_requirements_file(&file)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        assert!(
+            check("# tools\nnumpy==1.26  # pinned\n\nrequests[socks]>=2\n")
+                .await
+                .is_ok()
+        );
+        for (text, says) in [
+            ("numpy\n--index-url http://evil/simple\n", "line 2"),
+            ("--extra-index-url=http://evil\n", "options are not allowed"),
+            ("-i http://evil\n", "options"),
+            ("-f http://evil/wheels\n", "options"),
+            ("--trusted-host evil\n", "options"),
+            ("-r ../../other.txt\n", "options"),
+            ("-e git+https://evil/x\n", "options"),
+            ("https://evil/x.whl\n", "URLs"),
+            ("x @ file:///etc/passwd\n", "URLs"),
+            ("numpy \\\n--index-url http://evil\n", "continued lines"),
+        ] {
+            let refused = check(text).await.unwrap_err();
+            assert!(refused.contains(says), "{text:?}: {refused}");
+            assert!(refused.starts_with("requirements.txt line"), "{refused}");
+        }
+    }
 }

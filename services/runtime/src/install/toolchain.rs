@@ -35,6 +35,13 @@ pub struct Toolchain {
     pub cargo_offline: bool,
     /// `mpirun` and its flavour, for the MPI runtimes.
     pub mpi: Option<MpiLauncher>,
+    /// `PATH` of install steps: the folders of the tools found, then the
+    /// system's; nothing else of the executor's.
+    pub tool_path: OsString,
+    /// What install steps keep of the executor's environment: where cargo
+    /// and rustup keep their crates and toolchains (`CARGO_HOME`,
+    /// `RUSTUP_HOME`, resolved), so offline builds find them.
+    pub tool_env: Vec<(OsString, OsString)>,
 }
 
 /// Which MPI implementation `mpirun` belongs to: their flags differ.
@@ -128,19 +135,49 @@ impl Toolchain {
     /// shared cargo target folder.
     pub fn detect(data_dir: &Path) -> Self {
         let java = find_on_path("javac").zip(find_on_path("java"));
+        let cargo = find_on_path("cargo");
+        let uv = find_on_path("uv");
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let mut tool_env = Vec::new();
+        for (key, default) in [("CARGO_HOME", ".cargo"), ("RUSTUP_HOME", ".rustup")] {
+            let value = std::env::var_os(key).map(PathBuf::from).or_else(|| {
+                home.as_ref()
+                    .map(|h| h.join(default))
+                    .filter(|d| d.is_dir())
+            });
+            if let Some(value) = value {
+                tool_env.push((key.into(), value.into_os_string()));
+            }
+        }
+        let mut path: Vec<PathBuf> = [&cargo, &uv]
+            .into_iter()
+            .flatten()
+            .filter_map(|tool| tool.parent().map(Path::to_path_buf))
+            .collect();
+        path.extend(std::env::split_paths(crate::sandbox::SYSTEM_PATH));
+        path.dedup();
+        let tool_path =
+            std::env::join_paths(path).unwrap_or_else(|_| crate::sandbox::SYSTEM_PATH.into());
         Self {
-            python: find_on_path("python3").unwrap_or_else(|| PathBuf::from("python3")),
-            uv: find_on_path("uv"),
+            // The distribution's interpreter first: runs see /usr, and an
+            // interpreter under a home folder (pyenv) is out of their reach.
+            python: Some(PathBuf::from("/usr/bin/python3"))
+                .filter(|p| p.is_file())
+                .or_else(|| find_on_path("python3"))
+                .unwrap_or_else(|| PathBuf::from("python3")),
+            uv,
             uv_cache: Some(data_dir.join("uv-cache")),
             find_links: Vec::new(),
             no_index: false,
             cc: find_on_path("cc").or_else(|| find_on_path("gcc")),
             mpicc: find_on_path("mpicc"),
             java,
-            cargo: find_on_path("cargo"),
+            cargo,
             cargo_target: Some(data_dir.join("cargo-target")),
             cargo_offline: false,
             mpi: MpiLauncher::detect(),
+            tool_path,
+            tool_env,
         }
     }
 
