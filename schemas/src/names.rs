@@ -41,6 +41,31 @@ pub const INPUTS_BUCKET: &str = "comfaas_inputs";
 /// Object store of large outputs.
 pub const OUTPUTS_BUCKET: &str = "comfaas_outputs";
 
+/// KV bucket of function secrets: operators write, executors read, nobody
+/// else (see `SECURITY.md`).
+pub const SECRETS_BUCKET: &str = "comfaas_secrets";
+
+/// The stream a creator of object stores makes, and deletes at once, to
+/// find how much disk the server can still reserve. One fixed name, so a
+/// permission can name it.
+pub const STORAGE_PROBE_STREAM: &str = "COMFAAS_PROBE";
+
+/// First token of every reply subject (NATS's inbox convention). A client
+/// connected with an nkey uses `_INBOX.<its public key>` as its prefix, so
+/// that it may be allowed to subscribe to its own replies only.
+pub const INBOX_PREFIX: &str = "_INBOX";
+
+/// The inbox prefix of the identity with public key `public_key`:
+/// `_INBOX.<public_key>`.
+pub fn inbox_prefix_of(public_key: &str) -> String {
+    format!("{INBOX_PREFIX}.{public_key}")
+}
+
+/// The KV bucket `bucket`'s stream: `KV_<bucket>`.
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
 /// Header names of the device-facing format (see `schemas/README.md`).
 pub mod headers {
     /// Request: an object in `comfaas_inputs` that is the input.
@@ -167,6 +192,26 @@ impl Subjects {
     /// `<prefix>.dispatch.*.metrics`.
     pub fn dispatch_metrics_all(&self) -> String {
         self.dispatch_metrics("*")
+    }
+
+    /// `<prefix>.result.<fn>` etc. are all under `<prefix>.>`.
+    pub fn all(&self) -> String {
+        format!("{}.>", self.prefix)
+    }
+
+    /// `<prefix>.work.*`: every node's work subject.
+    pub fn work_all(&self) -> String {
+        self.work("*")
+    }
+
+    /// `<prefix>.node.*.ping`.
+    pub fn node_ping_all(&self) -> String {
+        self.node_ping("*")
+    }
+
+    /// `<prefix>.dlq.>`.
+    pub fn dlq_all(&self) -> String {
+        self.dlq(">")
     }
 
     /// `<prefix>.dlq.<fn>`: dead letters of a function, kept in

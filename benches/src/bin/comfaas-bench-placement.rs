@@ -158,6 +158,7 @@ async fn main() {
         links: links.clone(),
         uplink: Some(DEFAULT_UPLINK_BITS_PER_S),
         edge_port: None,
+        security: None,
     })
     .await
     .expect("start sites");

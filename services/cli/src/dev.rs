@@ -171,6 +171,7 @@ async fn start_servers(options: &DevOptions) -> anyhow::Result<(Servers, Vec<Nod
         links,
         uplink,
         edge_port: Some(options.port),
+        security: None,
     })
     .await?;
     if let Some(uplink) = &started.uplink {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use comfaas::{deploy, dev, inspect, invoke, iot};
+use comfaas::{auth, deploy, dev, inspect, invoke, iot};
 use comfaas_platform::nats::{NatsFlags, NatsOptions};
 use comfaas_platform::registry::Registry;
 
@@ -27,6 +27,10 @@ enum Command {
     /// Start the embedded default: nats-server, a dispatcher, an edge and a
     /// cloud executor, with every function under --functions deployed
     Dev(dev::DevOptions),
+    /// Credentials of a secure site: NKeys per role and node, the server
+    /// configuration include, TLS
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
     /// Validate, pack and deploy the function in DIR
     Deploy {
         /// Function folder holding comfaas.toml
@@ -133,6 +137,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         &cli.nats,
     )?;
     let subjects = nats.subjects();
+    if let Command::Auth(command) = cli.command {
+        return auth::run(command, &nats.prefix);
+    }
     if let Command::Dev(options) = cli.command {
         let shutdown = comfaas_platform::signals::shutdown_on_signal();
         return dev::run(options, shutdown).await;
@@ -144,7 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .context("open the registry (is JetStream enabled?)")
     };
     match cli.command {
-        Command::Dev(_) => unreachable!("handled above"),
+        Command::Dev(_) | Command::Auth(_) => unreachable!("handled above"),
         Command::Deploy { dir, wait } => {
             let registry = registry().await?;
             let deployment = deploy::deploy_dir(&registry, &dir).await?;
