@@ -166,6 +166,7 @@ async fn main() {
         edge,
         clouds: cloud_sites,
         uplink,
+        ..
     } = sites;
     let p = Platform::on(edge.server).await;
     // Always-edge queues many jobs: let them wait as long as they need.

@@ -55,6 +55,9 @@ impl Dispatcher {
         let subjects = config.nats.subjects();
         comfaas_platform::resources::results_stream(&js, &subjects).await?;
         let inputs = comfaas_platform::resources::inputs_store(&js).await?;
+        // Executors write large outputs but, on a secure site, may not
+        // create the store: the dispatcher does (see platform::auth).
+        comfaas_platform::resources::outputs_store(&js).await?;
         Ok(Self {
             shared: Arc::new(Shared {
                 state: State::new(config.dead_after_heartbeats),

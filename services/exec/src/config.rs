@@ -58,6 +58,10 @@ pub struct ExecConfig {
     /// Largest output a run may write; beyond `max_output_bytes` it goes to
     /// the object store `comfaas_outputs` and the reply names it.
     pub max_output_object_bytes: u64,
+    /// Operator public keys whose signed deployments this node installs
+    /// (empty: unsigned deployments are accepted, laptop mode).
+    #[serde(default)]
+    pub trusted_operators: Vec<String>,
 }
 
 impl Default for ExecConfig {
@@ -84,6 +88,7 @@ impl Default for ExecConfig {
             cargo_target_dir: PathBuf::new(),
             input_cache_bytes: 8 << 30,
             max_output_object_bytes: 1 << 30,
+            trusted_operators: Vec::new(),
         }
     }
 }
