@@ -220,7 +220,18 @@ impl Grant {
         self.publish(format!("{}.>", names::INBOX_PREFIX))
     }
 
-    fn build(self) -> Permissions {
+    fn build(mut self) -> Permissions {
+        // Capabilities overlap (creating a stream also reads its info):
+        // each subject once, in the order first granted.
+        for list in [
+            &mut self.publish,
+            &mut self.subscribe,
+            &mut self.deny_publish,
+            &mut self.deny_subscribe,
+        ] {
+            let mut seen = std::collections::HashSet::new();
+            list.retain(|s| seen.insert(s.clone()));
+        }
         Permissions {
             publish: Rules {
                 allow: self.publish,
@@ -404,7 +415,8 @@ pub fn quoted(text: &str) -> String {
 
 /// The role table of `SECURITY.md` ("Roles"), one row per role and
 /// direction, written from [`Role::permissions`] so the doc cannot drift
-/// (a unit test compares them).
+/// (a unit test compares them). Each `$JS.API.…` subject stands for its
+/// domain form `$JS.*.API.…` too, which the table leaves out.
 pub fn roles_markdown(scope: &Scope) -> String {
     let mut out = String::from(
         "| role | direction | allowed | denied |\n|---|---|---|---|\n",
@@ -421,6 +433,7 @@ pub fn roles_markdown(scope: &Scope) -> String {
                     "–".to_owned()
                 } else {
                     v.iter()
+                        .filter(|s| !s.starts_with(js::API_ANY_DOMAIN))
                         .map(|s| format!("`{s}`"))
                         .collect::<Vec<_>>()
                         .join("<br>")
