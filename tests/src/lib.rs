@@ -277,10 +277,16 @@ impl TestNats {
     /// Reloads the server's configuration and waits until `options` may
     /// connect (the reload is asynchronous).
     pub async fn reload_until_accepted(&self, options: &NatsOptions) {
+        // The server says when a reload is complete; a client that connects
+        // before then may see its subscriptions re-checked mid-way.
+        const RELOADED: &str = "Reloaded server configuration";
+        let reloads = self.server.log_lines(RELOADED).len();
         self.server.reload().expect("reload");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if options.connect("comfaas test reload probe").await.is_ok() {
+            if self.server.log_lines(RELOADED).len() > reloads
+                && options.connect("comfaas test reload probe").await.is_ok()
+            {
                 return;
             }
             assert!(

@@ -435,6 +435,14 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }
 
+/// The public key of the seed in `file`.
+pub fn public_key(file: &Path) -> anyhow::Result<String> {
+    let seed = comfaas_platform::nats::read_seed(file)?;
+    Ok(nkeys::KeyPair::from_seed(&seed)
+        .with_context(|| format!("read the nkey seed {}", file.display()))?
+        .public_key())
+}
+
 /// What to tell the operator after an identity was added.
 pub fn reload_hint(auth: &AuthDir) -> String {
     format!(
