@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use comfaas::auth::AuthDir;
 use comfaas_dispatch::{DispatchConfig, Dispatcher};
 use comfaas_exec::{ExecConfig, Executor};
-use comfaas::auth::AuthDir;
 use comfaas_platform::auth::Role;
 use comfaas_platform::nats::NatsOptions;
 use comfaas_platform::registry::Registry;

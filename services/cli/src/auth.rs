@@ -86,7 +86,12 @@ pub struct AuthDir {
 }
 
 /// Roles with one identity of their own at the top of the folder.
-const SINGLE_ROLES: [Role; 4] = [Role::Device, Role::Operator, Role::Dispatcher, Role::Observer];
+const SINGLE_ROLES: [Role; 4] = [
+    Role::Device,
+    Role::Operator,
+    Role::Dispatcher,
+    Role::Observer,
+];
 
 /// Writes `contents` to `path` readable by its owner only.
 fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
@@ -236,7 +241,12 @@ impl AuthDir {
     /// Adds the executor node `name` (`DIR/nodes/<name>.nk`) and rewrites
     /// the configuration; the seed file.
     pub fn add_node(&mut self, name: &str) -> anyhow::Result<PathBuf> {
-        self.add(Role::Executor { node: name.to_owned() }, name)?;
+        self.add(
+            Role::Executor {
+                node: name.to_owned(),
+            },
+            name,
+        )?;
         self.write()?;
         Ok(self.node_file(name))
     }
@@ -486,7 +496,10 @@ pub fn run(command: AuthCommand, prefix: &str) -> anyhow::Result<()> {
             let auth = init(&dir, prefix, &options)?;
             println!("credentials written to {}", dir.display());
             for identity in auth.identities() {
-                println!("  {:<10} {:<12} {}", identity.role, identity.name, identity.public_key);
+                println!(
+                    "  {:<10} {:<12} {}",
+                    identity.role, identity.name, identity.public_key
+                );
             }
             println!(
                 "start the server with the include: nats-server -c {} -js",
@@ -543,10 +556,15 @@ mod tests {
             assert!(dir.join(file).is_file(), "{file}");
         }
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(dir.join("nodes/edge-1.nk")).unwrap().permissions(),
+            &std::fs::metadata(dir.join("nodes/edge-1.nk"))
+                .unwrap()
+                .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
-        assert!(init(&dir, "comfaas", &options).is_err(), "never overwrites keys");
+        assert!(
+            init(&dir, "comfaas", &options).is_err(),
+            "never overwrites keys"
+        );
         let mut auth = AuthDir::open(auth.dir()).unwrap();
         let file = auth.add_device("sensor-7").unwrap();
         let seed = comfaas_platform::nats::read_seed(&file).unwrap();

@@ -370,8 +370,14 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
             println!("  COMFAAS_NATS_URL={url} comfaas nodes");
         }
         Some(a) => {
-            let ca = a.tls_ca().map(|c| c.display().to_string()).unwrap_or_default();
-            println!("credentials (NKey seeds, one per role and node) in {}", a.dir().display());
+            let ca = a
+                .tls_ca()
+                .map(|c| c.display().to_string())
+                .unwrap_or_default();
+            println!(
+                "credentials (NKey seeds, one per role and node) in {}",
+                a.dir().display()
+            );
             println!(
                 "  as a device:   comfaas --nats-url {url} --nkey {} --tls-ca {ca} invoke hello --data '{{\"name\":\"x\"}}' -v",
                 a.role_file("device").display()

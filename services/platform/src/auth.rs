@@ -317,23 +317,27 @@ impl Role {
             Self::Dispatcher => {
                 let events = names::EVENTS_STREAM;
                 let consumer = names::DISPATCH_EVENTS_CONSUMER;
-                g.subscribe(format!("{} {}", s.invoke_all(), names::DISPATCH_QUEUE_GROUP))
-                    .subscribe(s.node_load_all())
-                    .publish(s.work_all())
-                    .publish(s.node_ping_all())
-                    .publish(s.result_all())
-                    .publish(s.dispatch_metrics_all())
-                    .publish(s.dlq_all())
-                    .answer_requests()
-                    .create_all()
-                    .read_kv(names::FUNCTIONS_BUCKET)
-                    .read_objects(names::INPUTS_BUCKET)
-                    .api(format!("CONSUMER.INFO.{events}.{consumer}"))
-                    .api(format!("CONSUMER.CREATE.{events}.{consumer}"))
-                    .api(format!("CONSUMER.CREATE.{events}.{consumer}.>"))
-                    .api(format!("CONSUMER.DURABLE.CREATE.{events}.{consumer}"))
-                    .api(format!("CONSUMER.MSG.NEXT.{events}.{consumer}"))
-                    .publish(format!("{}.{events}.{consumer}.>", js::ACK));
+                g.subscribe(format!(
+                    "{} {}",
+                    s.invoke_all(),
+                    names::DISPATCH_QUEUE_GROUP
+                ))
+                .subscribe(s.node_load_all())
+                .publish(s.work_all())
+                .publish(s.node_ping_all())
+                .publish(s.result_all())
+                .publish(s.dispatch_metrics_all())
+                .publish(s.dlq_all())
+                .answer_requests()
+                .create_all()
+                .read_kv(names::FUNCTIONS_BUCKET)
+                .read_objects(names::INPUTS_BUCKET)
+                .api(format!("CONSUMER.INFO.{events}.{consumer}"))
+                .api(format!("CONSUMER.CREATE.{events}.{consumer}"))
+                .api(format!("CONSUMER.CREATE.{events}.{consumer}.>"))
+                .api(format!("CONSUMER.DURABLE.CREATE.{events}.{consumer}"))
+                .api(format!("CONSUMER.MSG.NEXT.{events}.{consumer}"))
+                .publish(format!("{}.{events}.{consumer}.>", js::ACK));
             }
             Self::Executor { node } => {
                 g.subscribe(s.work(node))
@@ -418,9 +422,7 @@ pub fn quoted(text: &str) -> String {
 /// (a unit test compares them). Each `$JS.API.…` subject stands for its
 /// domain form `$JS.*.API.…` too, which the table leaves out.
 pub fn roles_markdown(scope: &Scope) -> String {
-    let mut out = String::from(
-        "| role | direction | allowed | denied |\n|---|---|---|---|\n",
-    );
+    let mut out = String::from("| role | direction | allowed | denied |\n|---|---|---|---|\n");
     for role in Role::table() {
         let p = role.permissions(scope, "<pubkey>");
         let name = match &role {
@@ -462,10 +464,20 @@ mod tests {
         let p = perms(Role::Executor {
             node: "edge-1".to_owned(),
         });
-        assert!(p.subscribe.allow.contains(&"comfaas.work.edge-1".to_owned()));
+        assert!(p
+            .subscribe
+            .allow
+            .contains(&"comfaas.work.edge-1".to_owned()));
         assert!(p.subscribe.allow.contains(&"_INBOX.UKEY.>".to_owned()));
-        assert!(!p.subscribe.allow.iter().any(|s| s.contains('>') && s.starts_with("comfaas")));
-        assert!(p.publish.allow.contains(&"comfaas.node.edge-1.load".to_owned()));
+        assert!(!p
+            .subscribe
+            .allow
+            .iter()
+            .any(|s| s.contains('>') && s.starts_with("comfaas")));
+        assert!(p
+            .publish
+            .allow
+            .contains(&"comfaas.node.edge-1.load".to_owned()));
         assert!(!p.publish.allow.iter().any(|s| s.starts_with("$KV.")));
         assert!(!p.publish.allow.iter().any(|s| s.contains("STREAM.CREATE")));
         assert!(!p.publish.allow.iter().any(|s| s.contains("STREAM.PURGE")));

@@ -314,7 +314,13 @@ impl EmbeddedServer {
     pub fn log_lines(&self, needle: &str) -> Vec<String> {
         self.recent
             .lock()
-            .map(|lines| lines.iter().filter(|l| l.contains(needle)).cloned().collect())
+            .map(|lines| {
+                lines
+                    .iter()
+                    .filter(|l| l.contains(needle))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -5,9 +5,9 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use async_nats::HeaderMap;
+use comfaas_platform::auth::Role;
 use comfaas_schemas::names::headers as h;
 use comfaas_schemas::{decode, encode, InputObject, Invocation, NodeLoad};
-use comfaas_platform::auth::Role;
 use comfaas_tests::{header, local_pi, points, repo_root, request, NodeSpec, Platform, Security};
 use futures::StreamExt;
 
@@ -208,13 +208,7 @@ async fn a_large_output_comes_back_as_an_object(security: Security) {
     let out = p.scratch.path().join("out.bin");
     let status = std::process::Command::new(comfaas_tests::binary("comfaas"))
         .args(p.cli_args("device"))
-        .args([
-            "invoke",
-            "big",
-            "--data",
-            "3145728",
-            "--output-file",
-        ])
+        .args(["invoke", "big", "--data", "3145728", "--output-file"])
         .arg(&out)
         .status()
         .unwrap();

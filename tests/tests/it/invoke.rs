@@ -13,7 +13,10 @@ fn error_of(reply: &async_nats::Message) -> (String, String) {
     (header(reply, h::ERROR_CODE), header(reply, h::ERROR))
 }
 
-open_and_secure!(deploy_then_invoke_hello, unknown_function_is_404_and_bad_requests_are_400);
+open_and_secure!(
+    deploy_then_invoke_hello,
+    unknown_function_is_404_and_bad_requests_are_400
+);
 
 async fn deploy_then_invoke_hello(security: Security) {
     let p = Platform::with_edge_and_cloud_in(security).await;

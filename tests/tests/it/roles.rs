@@ -13,8 +13,8 @@ use async_nats::HeaderMap;
 use comfaas_platform::auth::Role;
 use comfaas_platform::nats::NatsOptions;
 use comfaas_schemas::names::{self, headers as h};
-use comfaas_tests::{header, repo_root, NodeSpec, Platform};
 use comfaas_testbed::server::{wait_for_leaf_link, EmbeddedServer, LeafAuth, ServerOptions};
+use comfaas_tests::{header, repo_root, NodeSpec, Platform};
 use futures::StreamExt;
 
 /// How long a refused message is given to show up anyway.
@@ -110,7 +110,9 @@ async fn a_device_cannot_deploy_remove_or_read_the_registry() {
     assert!(device.request(read.clone(), "".into()).await.is_err());
     logged(&p, &read).await;
     assert!(
-        comfaas_platform::registry::Registry::open(&js).await.is_err(),
+        comfaas_platform::registry::Registry::open(&js)
+            .await
+            .is_err(),
         "a device opened the registry"
     );
 
@@ -301,12 +303,13 @@ async fn strangers_and_plaintext_are_refused_and_a_reload_admits_a_new_device() 
         dir.add_device("late").unwrap()
     };
     assert!(
-        with_key(new.clone()).connect("before reload").await.is_err(),
+        with_key(new.clone())
+            .connect("before reload")
+            .await
+            .is_err(),
         "a new key is refused until the server reloads"
     );
-    p.nats
-        .reload_until_accepted(&with_key(new.clone()))
-        .await;
+    p.nats.reload_until_accepted(&with_key(new.clone())).await;
     with_key(new).connect("after reload").await.unwrap();
 }
 
@@ -338,11 +341,8 @@ async fn a_leaf_without_the_link_credentials_cannot_join_the_hub() {
     let leaf_with = |link: Option<LeafAuth>| {
         let remote = remote.clone();
         async move {
-            let text = comfaas_testbed::server::multi_leaf_config_with(
-                "leaf",
-                &[remote],
-                link.as_ref(),
-            );
+            let text =
+                comfaas_testbed::server::multi_leaf_config_with("leaf", &[remote], link.as_ref());
             EmbeddedServer::start(ServerOptions {
                 config_text: Some(text),
                 ..ServerOptions::default()
