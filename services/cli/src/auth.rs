@@ -8,12 +8,15 @@
 //! Layout (scripts rely on it):
 //! - `DIR/server.conf`: the include for any site's server (client
 //!   authorization, and `tls {}` with `--tls`);
+//! - `DIR/nats.conf`: one server with the include and JetStream;
 //! - `DIR/hub.conf`, `DIR/leaf.conf`: the secure counterparts of
 //!   `nats/hub.conf` and `nats/leaf.conf` (same environment variables),
 //!   including `server.conf` and requiring the leaf link's password (and
 //!   TLS);
 //! - `DIR/{device,operator,dispatcher,observer}.nk`, `DIR/nodes/<node>.nk`,
 //!   `DIR/devices/<name>.nk`: NKey user seeds, mode 0600;
+//! - `DIR/operator.pub`: the operator's public key, the one executors
+//!   trust for signed deployments (`--trusted-operator`);
 //! - `DIR/users.toml`: role → public keys, the leaf password and the
 //!   options, from which the configuration is written again (mode 0600);
 //! - `DIR/tls/{ca.pem,ca-key.pem,server.pem,server-key.pem}` with `--tls`.
@@ -32,6 +35,8 @@ use serde::{Deserialize, Serialize};
 pub const USERS_FILE: &str = "users.toml";
 /// The server configuration include.
 pub const SERVER_CONF: &str = "server.conf";
+/// A single server's configuration: the include and JetStream.
+pub const SINGLE_CONF: &str = "nats.conf";
 /// A cloud site's configuration (accepts the leaf link).
 pub const HUB_CONF: &str = "hub.conf";
 /// An edge site's configuration (joins a hub over the leaf link).
@@ -154,6 +159,9 @@ pub fn init(dir: &Path, prefix: &str, options: &InitOptions) -> anyhow::Result<A
     };
     for role in SINGLE_ROLES {
         let public_key = new_identity(&auth.role_file(role.kind()))?;
+        if role == Role::Operator {
+            std::fs::write(dir.join("operator.pub"), format!("{public_key}\n"))?;
+        }
         auth.state.users.push(Identity {
             role: role.kind().to_owned(),
             name: role.kind().to_owned(),
@@ -411,6 +419,18 @@ impl AuthDir {
             server.push_str(&auth::tls_block(&tls));
         }
         std::fs::write(self.server_conf(), server)?;
+        // JetStream in the file, not only by `-js`: nats-server 2.9 shuts
+        // JetStream down on a reload (as `add-device` asks for) when only
+        // the flag enabled it.
+        std::fs::write(
+            self.dir.join(SINGLE_CONF),
+            format!(
+                "# One server with the identities of {SERVER_CONF}.\n\
+                 # Start: nats-server -c {} -sd <dir>; reload: nats-server --signal reload\n\
+                 include \"{SERVER_CONF}\"\njetstream {{}}\n",
+                self.dir.join(SINGLE_CONF).display()
+            ),
+        )?;
         let hub = format!(
             "# A cloud site (nats/hub.conf) with the identities of {SERVER_CONF} and a leaf\n\
              # port that takes only the site's leaf link.\n\
@@ -502,8 +522,10 @@ pub fn run(command: AuthCommand, prefix: &str) -> anyhow::Result<()> {
                 );
             }
             println!(
-                "start the server with the include: nats-server -c {} -js",
-                auth.server_conf().display()
+                "start the server: nats-server -c {} -sd <store dir> (sites: {} / {})",
+                auth.dir().join(SINGLE_CONF).display(),
+                auth.dir().join(HUB_CONF).display(),
+                auth.dir().join(LEAF_CONF).display()
             );
             if let Some(ca) = auth.tls_ca() {
                 println!("clients trust the CA with --tls-ca {}", ca.display());
@@ -542,6 +564,7 @@ mod tests {
         let auth = init(&dir, "comfaas", &options).unwrap();
         for file in [
             "server.conf",
+            "nats.conf",
             "hub.conf",
             "leaf.conf",
             "users.toml",
@@ -549,6 +572,7 @@ mod tests {
             "operator.nk",
             "dispatcher.nk",
             "observer.nk",
+            "operator.pub",
             "nodes/edge-1.nk",
             "tls/ca.pem",
             "tls/server.pem",

@@ -29,6 +29,24 @@ fn write_config(text: &str, dir: Option<&Path>) -> Result<tempfile::NamedTempFil
     Ok(file)
 }
 
+/// `config` with JetStream on in `store_dir`: its `jetstream {` block
+/// gains the store, or one is added.
+fn with_jetstream_store(config: &str, store_dir: &Path) -> String {
+    let store = format!(
+        "jetstream {{\n  store_dir: \"{}\"",
+        store_dir
+            .display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    );
+    if config.contains("jetstream {") {
+        config.replacen("jetstream {", &store, 1)
+    } else {
+        format!("{config}{store}\n}}\n")
+    }
+}
+
 /// How long a starting server may take before we give up.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -225,7 +243,8 @@ impl EmbeddedServer {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 let dir = include.parent().unwrap_or(Path::new("."));
-                let text = format!("include \"{name}\"\n{}", text.as_deref().unwrap_or(""));
+                let text = with_jetstream_store(text.as_deref().unwrap_or(""), &store_dir);
+                let text = format!("include \"{name}\"\n{text}");
                 Some(write_config(&text, Some(dir))?)
             }
             (None, Some(text), None) => Some(write_config(text, None)?),
@@ -238,11 +257,16 @@ impl EmbeddedServer {
         {
             command.arg("-c").arg(config);
         }
+        // With an include (a server whose identities are reloaded),
+        // JetStream is in the written configuration instead: a reload
+        // re-reads the file, and nats-server 2.9 shuts JetStream down on
+        // a reload when only the `-js` flag enabled it.
+        if options.include.is_none() || options.config_file.is_some() {
+            command.arg("-js").arg("-sd").arg(&store_dir);
+        }
         command
-            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .args(["-a", "127.0.0.1", "-p"])
             .arg(options.port.map_or("-1".to_owned(), |p| p.to_string()))
-            .arg("-sd")
-            .arg(&store_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
