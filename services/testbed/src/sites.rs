@@ -121,7 +121,7 @@ impl Site {
 /// The edge and its cloud sites, linked and ready.
 pub struct Sites {
     /// Auth and TLS, when on.
-    pub security: Option<SiteSecurity>,
+    pub security: Option<Box<SiteSecurity>>,
     /// The edge site.
     pub edge: Site,
     /// The cloud sites, in the order given.
@@ -234,7 +234,7 @@ impl Sites {
                 link,
             });
         }
-        let security = options.security.clone();
+        let security = options.security.clone().map(Box::new);
         let edge = EmbeddedServer::start(ServerOptions {
             port: options.edge_port,
             config_text: Some(multi_leaf_config_with(
