@@ -55,9 +55,6 @@ impl Dispatcher {
         let subjects = config.nats.subjects();
         comfaas_platform::resources::results_stream(&js, &subjects).await?;
         let inputs = comfaas_platform::resources::inputs_store(&js).await?;
-        // Executors write large outputs but, on a secure site, may not
-        // create the store: the dispatcher does (see platform::auth).
-        comfaas_platform::resources::outputs_store(&js).await?;
         Ok(Self {
             shared: Arc::new(Shared {
                 state: State::new(config.dead_after_heartbeats),
@@ -94,6 +91,10 @@ impl Dispatcher {
         let changes = shared.registry.watch_forever();
         let js = shared.config.nats.jetstream(client.clone());
         let events = events::consumer(&js, &shared).await?;
+        // Executors write large outputs but, on a secure site, may not
+        // create the store: the dispatcher does (see platform::auth),
+        // after the events stream, which must get its disk first.
+        comfaas_platform::resources::outputs_store(&js).await?;
         tracing::info!(id = %shared.config.id, "dispatcher serving {}", shared.subjects.invoke_all());
 
         let mut tasks = Tasks::new("dispatcher");
