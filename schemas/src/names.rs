@@ -75,6 +75,22 @@ pub fn validate_secret_name(name: &str) -> Result<(), crate::InvalidValue> {
 /// connected with an nkey uses `_INBOX.<its public key>` as its prefix.
 pub const INBOX_PREFIX: &str = "_INBOX";
 
+/// The stream a creator of object stores makes, and deletes at once, to
+/// find how much disk the server can still reserve. One fixed name, so a
+/// permission can name it.
+pub const STORAGE_PROBE_STREAM: &str = "COMFAAS_PROBE";
+
+/// The inbox prefix of the identity with public key `public_key`:
+/// `_INBOX.<public_key>`.
+pub fn inbox_prefix_of(public_key: &str) -> String {
+    format!("{INBOX_PREFIX}.{public_key}")
+}
+
+/// The KV bucket `bucket`'s stream: `KV_<bucket>`.
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
 /// Header names of the device-facing format (see `schemas/README.md`).
 pub mod headers {
     /// Request: an object in `comfaas_inputs` that is the input.
@@ -201,6 +217,26 @@ impl Subjects {
     /// `<prefix>.dispatch.*.metrics`.
     pub fn dispatch_metrics_all(&self) -> String {
         self.dispatch_metrics("*")
+    }
+
+    /// `<prefix>.result.<fn>` etc. are all under `<prefix>.>`.
+    pub fn all(&self) -> String {
+        format!("{}.>", self.prefix)
+    }
+
+    /// `<prefix>.work.*`: every node's work subject.
+    pub fn work_all(&self) -> String {
+        self.work("*")
+    }
+
+    /// `<prefix>.node.*.ping`.
+    pub fn node_ping_all(&self) -> String {
+        self.node_ping("*")
+    }
+
+    /// `<prefix>.dlq.>`.
+    pub fn dlq_all(&self) -> String {
+        self.dlq(">")
     }
 
     /// `<prefix>.dlq.<fn>`: dead letters of a function, kept in

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use comfaas::auth::AuthDir;
 use comfaas_dispatch::{DispatchConfig, Dispatcher};
 use comfaas_exec::{ExecConfig, Executor};
+use comfaas_platform::auth::Role;
 use comfaas_platform::nats::NatsOptions;
 use comfaas_platform::registry::Registry;
 use comfaas_platform::signing::Signer;
@@ -130,18 +132,76 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Whether a test platform's NATS is open (a laptop) or secure: every
+/// role connects with its own NKey under the permissions of
+/// `comfaas_platform::auth`, over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// No auth, plain TCP.
+    Open,
+    /// `comfaas auth init --tls`: NKeys per role, TLS on the client port.
+    Secure,
+}
+
+/// The credentials of a secure test server.
+pub struct TestAuth {
+    /// The folder `comfaas auth init` wrote.
+    pub dir: std::sync::Mutex<AuthDir>,
+    _temp: tempfile::TempDir,
+}
+
+impl TestAuth {
+    /// A copy of the auth folder's current state.
+    pub fn snapshot(&self) -> AuthDir {
+        self.dir.lock().expect("auth lock").clone()
+    }
+}
+
 /// A running `nats-server` with JetStream, stopped on drop.
 pub struct TestNats {
-    server: EmbeddedServer,
+    /// The server.
+    pub server: EmbeddedServer,
+    /// Its credentials, when secure.
+    pub auth: Option<TestAuth>,
 }
 
 impl TestNats {
     /// Starts a server on a free loopback port with a temporary store.
     pub async fn start() -> Self {
-        let server = EmbeddedServer::start(ServerOptions::default())
-            .await
-            .expect("start nats-server (run scripts/setup.sh to install it)");
-        Self { server }
+        Self::start_with(Security::Open).await
+    }
+
+    /// Starts a server, open or secure (`comfaas auth init --tls`, the
+    /// server started with its include).
+    pub async fn start_with(security: Security) -> Self {
+        let auth = match security {
+            Security::Open => None,
+            Security::Secure => {
+                let temp = tempfile::tempdir().expect("tempdir");
+                let dir = comfaas::auth::init(
+                    &temp.path().join("auth"),
+                    comfaas_schemas::names::DEFAULT_PREFIX,
+                    &comfaas::auth::InitOptions {
+                        tls: true,
+                        nodes: vec!["edge-1".to_owned(), "cloud-1".to_owned()],
+                        hosts: Vec::new(),
+                        edge_domain: comfaas_platform::auth::DEFAULT_EDGE_DOMAIN.to_owned(),
+                    },
+                )
+                .expect("auth init");
+                Some(TestAuth {
+                    dir: std::sync::Mutex::new(dir),
+                    _temp: temp,
+                })
+            }
+        };
+        let server = EmbeddedServer::start(ServerOptions {
+            include: auth.as_ref().map(|a| a.snapshot().server_conf()),
+            ..ServerOptions::default()
+        })
+        .await
+        .expect("start nats-server (run scripts/setup.sh to install it)");
+        Self { server, auth }
     }
 
     /// Its URL.
@@ -149,14 +209,118 @@ impl TestNats {
         self.server.url()
     }
 
-    /// Connection options for services.
+    /// Connection options for services (open), or for the operator
+    /// (secure).
     pub fn options(&self) -> NatsOptions {
-        NatsOptions::for_url(self.url())
+        self.options_for(&Role::Operator)
     }
 
-    /// A new client.
+    /// Connection options with the identity of `role` (open: no identity).
+    /// An executor node without an identity yet gets one (`add-node`,
+    /// then a reload of the server): call [`TestNats::identity_for`] first.
+    pub fn options_for(&self, role: &Role) -> NatsOptions {
+        match &self.auth {
+            None => NatsOptions::for_url(self.url()),
+            Some(auth) => {
+                let auth = auth.snapshot();
+                let file = match role {
+                    Role::Executor { node } => auth.node_file(node),
+                    other => auth.role_file(other.kind()),
+                };
+                auth.nats_options(self.url(), file)
+            }
+        }
+    }
+
+    /// Connection options of the device `name` (`device`: the default
+    /// one), added to the server first when new.
+    pub async fn device_options(&self, name: &str) -> NatsOptions {
+        let Some(auth) = &self.auth else {
+            return NatsOptions::for_url(self.url());
+        };
+        let (file, added) = {
+            let mut dir = auth.dir.lock().expect("auth lock");
+            let file = dir.device_file(name);
+            if file.is_file() {
+                (file, false)
+            } else {
+                (dir.add_device(name).expect("add device"), true)
+            }
+        };
+        let options = auth.snapshot().nats_options(self.url(), file);
+        if added {
+            self.reload_until_accepted(&options).await;
+        }
+        options
+    }
+
+    /// Makes sure the node `node` has an identity (secure mode), adding it
+    /// and reloading the server when it has none.
+    pub async fn identity_for(&self, node: &str) {
+        let Some(auth) = &self.auth else { return };
+        let added = {
+            let mut dir = auth.dir.lock().expect("auth lock");
+            if dir.node_file(node).is_file() {
+                false
+            } else {
+                dir.add_node(node).expect("add node");
+                true
+            }
+        };
+        if added {
+            let options = self.options_for(&Role::Executor {
+                node: node.to_owned(),
+            });
+            self.reload_until_accepted(&options).await;
+        }
+    }
+
+    /// Reloads the server's configuration and waits until `options` may
+    /// connect (the reload is asynchronous).
+    pub async fn reload_until_accepted(&self, options: &NatsOptions) {
+        // The server says when a reload is complete; a client that connects
+        // before then may see its subscriptions re-checked mid-way.
+        const RELOADED: &str = "Reloaded server configuration";
+        let reloads = self.server.log_lines(RELOADED).len();
+        self.server.reload().expect("reload");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.server.log_lines(RELOADED).len() > reloads
+                && options.connect("comfaas test reload probe").await.is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not accept a new identity within 10 s of a reload"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A new client: open, or the observer's (it may watch loads,
+    /// metrics and results).
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect")
+        self.options_for(&Role::Observer)
+            .connect("comfaas test observer")
+            .await
+            .expect("connect")
+    }
+
+    /// A new client with the identity of `role`.
+    pub async fn client_as(&self, role: &Role) -> async_nats::Client {
+        if let Role::Executor { node } = role {
+            self.identity_for(node).await;
+        }
+        self.options_for(role)
+            .connect(&format!("comfaas test {}", role.kind()))
+            .await
+            .expect("connect")
+    }
+
+    /// Server log lines of permission violations so far.
+    pub fn violations(&self) -> Vec<String> {
+        self.server.log_lines("Violation")
     }
 
     /// Waits (at most 30 s) until node `node` under the default prefix
@@ -211,8 +375,11 @@ impl Service {
 pub struct Platform {
     /// The server.
     pub nats: TestNats,
-    /// A client for the test's own requests.
+    /// A client for the test's own requests (secure: the operator's).
     pub client: async_nats::Client,
+    /// The client invocations and input uploads go through (secure: the
+    /// default device's; open: `client` again).
+    pub device: async_nats::Client,
     /// The registry; it signs what it deploys with [`Platform::operator`].
     pub registry: Registry,
     /// The operator's signing key: nodes started with
@@ -297,17 +464,44 @@ impl NodeSpec {
 impl Platform {
     /// A fresh server, no services yet.
     pub async fn start() -> Self {
-        Self::on_nats(TestNats::start().await).await
+        Self::start_with(Security::Open).await
     }
 
-    /// The platform on an already started server.
+    /// A fresh secure server (NKeys per role, TLS), no services yet.
+    pub async fn start_secure() -> Self {
+        Self::start_with(Security::Secure).await
+    }
+
+    /// A fresh server, open or secure, no services yet.
+    pub async fn start_with(security: Security) -> Self {
+        Self::on_nats(TestNats::start_with(security).await).await
+    }
+
+    /// The platform on an already started (open) server.
     pub async fn on(server: EmbeddedServer) -> Self {
-        Self::on_nats(TestNats { server }).await
+        Self::on_nats(TestNats { server, auth: None }).await
     }
 
     async fn on_nats(nats: TestNats) -> Self {
-        let client = nats.client().await;
-        let operator = Signer::generate();
+        let client = nats.client_as(&Role::Operator).await;
+        let device = match nats.auth {
+            None => client.clone(),
+            Some(_) => nats
+                .device_options("device")
+                .await
+                .connect("comfaas test device")
+                .await
+                .expect("connect as the device"),
+        };
+        // The operator creates the registry (in secure mode only the
+        // operator and the dispatcher create streams and buckets).
+        // Secure: the site's own operator key signs, and every node trusts
+        // it; open: a key of the test's, trusted by nodes that ask for it.
+        let operator = match &nats.auth {
+            None => Signer::generate(),
+            Some(auth) => Signer::from_file(&auth.snapshot().role_file("operator"))
+                .expect("the site's operator key"),
+        };
         let registry = Registry::open(&async_nats::jetstream::new(client.clone()))
             .await
             .expect("open registry")
@@ -319,14 +513,58 @@ impl Platform {
             subjects: nats.options().subjects(),
             nats,
             client,
+            device,
             registry,
             scratch: tempfile::tempdir().expect("tempdir"),
         }
     }
 
+    /// In a secure platform, panics listing the permission violations the
+    /// server logged: a legitimate path must need no permission its role
+    /// lacks. (Open: nothing to check.)
+    pub fn assert_no_violations(&self) {
+        let violations = self.nats.violations();
+        assert!(
+            violations.is_empty(),
+            "permission violations on the legitimate path:\n{}",
+            violations.join("\n")
+        );
+    }
+
+    /// Flags for the `comfaas` binary to reach this platform as `role`
+    /// (`device`, `operator`, …): the URL, and in secure mode its key and
+    /// the CA.
+    pub fn cli_args(&self, role: &str) -> Vec<String> {
+        let mut args = vec!["--nats-url".to_owned(), self.nats.url().to_owned()];
+        if let Some(auth) = &self.nats.auth {
+            let auth = auth.snapshot();
+            args.push("--nkey".to_owned());
+            args.push(auth.role_file(role).display().to_string());
+            if let Some(ca) = auth.tls_ca() {
+                args.push("--tls-ca".to_owned());
+                args.push(ca.display().to_string());
+            }
+        }
+        args
+    }
+
+    /// Whether this platform is secure.
+    pub fn security(&self) -> Security {
+        if self.nats.auth.is_some() {
+            Security::Secure
+        } else {
+            Security::Open
+        }
+    }
+
     /// A server with one dispatcher, one edge and one cloud executor.
     pub async fn with_edge_and_cloud() -> Self {
-        let p = Self::start().await;
+        Self::with_edge_and_cloud_in(Security::Open).await
+    }
+
+    /// As [`with_edge_and_cloud`](Self::with_edge_and_cloud), open or secure.
+    pub async fn with_edge_and_cloud_in(security: Security) -> Self {
+        let p = Self::start_with(security).await;
         drop(p.dispatcher().await);
         drop(p.executor(NodeSpec::edge("edge-1")).await);
         drop(p.executor(NodeSpec::cloud("cloud-1")).await);
@@ -341,7 +579,7 @@ impl Platform {
     /// Starts a dispatcher with `config` (its NATS options are replaced).
     pub async fn dispatcher_with(&self, config: DispatchConfig) -> Service {
         let dispatcher = Dispatcher::connect(DispatchConfig {
-            nats: self.nats.options(),
+            nats: self.nats.options_for(&Role::Dispatcher),
             ..config
         })
         .await
@@ -366,7 +604,12 @@ impl Platform {
                 js_domain: domain.clone(),
                 ..NatsOptions::for_url(url)
             },
-            None => self.nats.options(),
+            None => {
+                self.nats.identity_for(&spec.node).await;
+                self.nats.options_for(&Role::Executor {
+                    node: spec.node.clone(),
+                })
+            }
         };
         let config = ExecConfig {
             nats,
@@ -381,7 +624,11 @@ impl Platform {
             input_cache_bytes: spec.input_cache_bytes,
             max_output_object_bytes: spec.max_output_object_bytes,
             heartbeat_ms: spec.heartbeat_ms,
-            trusted_operators: spec.trusted_operators,
+            // A secure site's nodes install only what its operator signed.
+            trusted_operators: match &self.nats.auth {
+                None => spec.trusted_operators,
+                Some(_) => vec![self.operator.public_key()],
+            },
             // Tests reach no package index: wheels come from the wheelhouse
             // scripts/setup.sh fills, crates from cargo's local registry.
             find_links: [vec![wheelhouse()], spec.extra_wheels].concat(),
@@ -490,7 +737,7 @@ impl Platform {
         headers: HeaderMap,
     ) -> async_nats::Message {
         request(
-            &self.client,
+            &self.device,
             &self.subjects.invoke(function),
             headers,
             input.into(),
@@ -517,7 +764,7 @@ impl Platform {
             .path()
             .join(format!("input-{}", uuid::Uuid::new_v4().simple()));
         std::fs::write(&file, bytes).expect("write input");
-        let js = async_nats::jetstream::new(self.client.clone());
+        let js = async_nats::jetstream::new(self.device.clone());
         let store = comfaas_platform::resources::inputs_store(&js)
             .await
             .expect("inputs store");

@@ -158,6 +158,7 @@ async fn main() {
         links: links.clone(),
         uplink: Some(DEFAULT_UPLINK_BITS_PER_S),
         edge_port: None,
+        security: None,
     })
     .await
     .expect("start sites");
@@ -165,6 +166,7 @@ async fn main() {
         edge,
         clouds: cloud_sites,
         uplink,
+        ..
     } = sites;
     let p = Platform::on(edge.server).await;
     // Always-edge queues many jobs: let them wait as long as they need.

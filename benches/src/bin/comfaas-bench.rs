@@ -5,6 +5,9 @@
 //!     (a responder on its work subject that heartbeats like an executor);
 //! (c) the full path to a real executor running a trivial Python function.
 //! Each at 1 and at 64 requests in flight; latency p50/p99 and throughput.
+//! With `--security both`, (b) and (c) run again in the same run on a
+//! secure site (every role on its own NKey under its permissions, TLS on
+//! the client port), compared with the open (a): what auth adds.
 //!
 //! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench`
 
@@ -13,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
+use comfaas_platform::auth::Role;
 use comfaas_platform::reply::{self, ReplyMeta};
 use comfaas_schemas::names::headers as h;
 use comfaas_schemas::{
     decode, encode, now_unix_ms, FunctionState, InstallState, Invocation, NodeLoad, Tier,
 };
-use comfaas_tests::{header, Platform, Process};
+use comfaas_tests::{header, Platform, Process, Security};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 
@@ -33,6 +37,9 @@ struct Args {
     /// Requests per run for (c), which spawns a Python process per call
     #[arg(long, default_value_t = 300)]
     requests_exec: usize,
+    /// open, secure (NKeys per role + TLS), or both in one run
+    #[arg(long, default_value = "open", value_parser = ["open", "secure", "both"])]
+    security: String,
 }
 
 const PAYLOAD: &[u8] = br#"{"name":"bench","readings":[21.0,21.2,20.9,21.1]}"#;
@@ -222,7 +229,17 @@ struct Run {
 
 /// Measures `runs`, prints a table with ratios to the (a) row of the same
 /// in-flight count, and returns nothing: the table is the output.
-async fn table(client: &async_nats::Client, title: &str, runs: &[Run], warmup: usize) {
+/// Prints the table of `runs`, each compared with the (a) of the same
+/// number in flight: from these runs, else from `base` (the open run's, for
+/// a secure site where no role may run a bare echo). Returns the (a)
+/// figures measured.
+async fn table(
+    client: &async_nats::Client,
+    title: &str,
+    runs: &[Run],
+    warmup: usize,
+    base: &[(usize, Figures)],
+) -> Vec<(usize, Figures)> {
     for run in runs {
         let _ = measure(client, &run.subject, 4, warmup).await;
     }
@@ -239,9 +256,15 @@ async fn table(client: &async_nats::Client, title: &str, runs: &[Run], warmup: u
     println!("| path | in flight | requests | p50 µs | p99 µs | req/s | p50 ÷ (a) | p99 ÷ (a) | req/s ÷ (a) | p50 added to (a) |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (run, f) in &results {
-        let Some((_, base)) = results
+        let Some(base) = results
             .iter()
             .find(|(r, _)| r.name.starts_with("(a)") && r.in_flight == run.in_flight)
+            .map(|(_, f)| f)
+            .or_else(|| {
+                base.iter()
+                    .find(|(n, _)| *n == run.in_flight)
+                    .map(|(_, f)| f)
+            })
         else {
             continue;
         };
@@ -259,12 +282,51 @@ async fn table(client: &async_nats::Client, title: &str, runs: &[Run], warmup: u
             f.p50_us as i64 - base.p50_us as i64
         );
     }
+    results
+        .into_iter()
+        .filter(|(r, _)| r.name.starts_with("(a)"))
+        .map(|(r, f)| (r.in_flight, f))
+        .collect()
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let p = Platform::start().await;
+    let mut base = Vec::new();
+    if args.security != "secure" {
+        base = run(&args, Security::Open, &base).await;
+    }
+    if args.security != "open" {
+        run(&args, Security::Secure, &base).await;
+    }
+}
+
+/// The flags that give a binary `role`'s identity on `p` (none when open).
+fn identity_args(
+    p: &Platform,
+    seed: impl FnOnce(&comfaas::auth::AuthDir) -> std::path::PathBuf,
+) -> Vec<String> {
+    match &p.nats.auth {
+        None => Vec::new(),
+        Some(auth) => {
+            let auth = auth.snapshot();
+            let mut args = vec!["--nkey".to_owned(), seed(&auth).display().to_string()];
+            if let Some(ca) = auth.tls_ca() {
+                args.push("--tls-ca".to_owned());
+                args.push(ca.display().to_string());
+            }
+            args
+        }
+    }
+}
+
+/// One run of every path on an open or a secure site; returns its (a).
+async fn run(args: &Args, security: Security, base: &[(usize, Figures)]) -> Vec<(usize, Figures)> {
+    let secure = security == Security::Secure;
+    let label = if secure { " [secure: NKeys + TLS]" } else { "" };
+    let p = Platform::start_with(security).await;
+    p.nats.identity_for("exec-1").await;
+    p.nats.identity_for("instant-1").await;
     let url = p.nats.url().to_owned();
     let data_dir = p
         .scratch
@@ -273,10 +335,20 @@ async fn main() {
         .to_string_lossy()
         .into_owned();
     // Deployed shape first: every service a process of its own.
-    let mut dispatcher = Process::spawn("comfaas-dispatch", &["--nats-url", &url]);
-    let _executor = Process::spawn(
-        "comfaas-exec",
-        &[
+    let dispatcher_args: Vec<String> = ["--nats-url".to_owned(), url.clone()]
+        .into_iter()
+        .chain(identity_args(&p, |a| a.role_file("dispatcher")))
+        .collect();
+    let dispatcher_args: Vec<&str> = dispatcher_args.iter().map(String::as_str).collect();
+    let mut dispatcher = Process::spawn("comfaas-dispatch", &dispatcher_args);
+    // The dispatcher creates the streams and stores the executor uses (on
+    // a secure site an executor may not).
+    p.nats.wait_for_dispatcher().await;
+    let exec_identity = identity_args(&p, |a| a.node_file("exec-1"));
+    let exec_args: Vec<&str> = exec_identity
+        .iter()
+        .map(String::as_str)
+        .chain([
             "--nats-url",
             &url,
             "--node",
@@ -287,8 +359,9 @@ async fn main() {
             "128",
             "--data-dir",
             &data_dir,
-        ],
-    );
+        ])
+        .collect();
+    let _executor = Process::spawn("comfaas-exec", &exec_args);
     let echo_script = [(
         "main.py",
         "import sys\nsys.stdout.write(sys.stdin.read())\n",
@@ -300,10 +373,20 @@ async fn main() {
     let echo_fn = p.function("echo", "placement = \"node:exec-1\"", &echo_script);
     p.deploy(&echo_fn, &["exec-1"]).await;
 
-    // The responders get a connection of their own, as separate processes would.
-    let responder = p.nats.client().await;
-    echo(responder.clone(), "bench.echo").await;
-    forward(p.nats.client().await, "bench.forward", "bench.echo").await;
+    // The responders get a connection of their own, as separate processes
+    // would; on a secure site the instant node has a node's identity, and
+    // no role may run a bare echo (its (a) is the open run's).
+    if !secure {
+        let responder = p.nats.client().await;
+        echo(responder.clone(), "bench.echo").await;
+        forward(p.nats.client().await, "bench.forward", "bench.echo").await;
+    }
+    let responder = p
+        .nats
+        .client_as(&Role::Executor {
+            node: "instant-1".to_owned(),
+        })
+        .await;
     instant_node(
         responder,
         &p,
@@ -313,10 +396,10 @@ async fn main() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // heartbeats reach the dispatcher
-    let client = p.nats.client().await;
+    let client = p.device.clone();
 
     // (name, subject, requests at 1 in flight, requests at 64 in flight)
-    let paths: Vec<(&'static str, String, usize, usize)> = vec![
+    let mut paths: Vec<(&'static str, String, usize, usize)> = vec![
         (
             "(a) plain NATS echo",
             "bench.echo".to_owned(),
@@ -342,6 +425,10 @@ async fn main() {
             args.requests_exec,
         ),
     ];
+    if secure {
+        paths.drain(..2);
+    }
+    let bare = if secure { 0 } else { 2 };
     // Every path at 1 then at 64 in flight; `take` keeps the first paths.
     let runs = |take: usize| -> Vec<Run> {
         [1usize, 64]
@@ -360,11 +447,12 @@ async fn main() {
             .collect()
     };
     let warmup = 50.min(args.requests_exec);
-    table(
+    let measured = table(
         &client,
-        "Dispatcher and executor as separate processes (`comfaas-dispatch`, `comfaas-exec`):",
-        &runs(4),
+        &format!("Dispatcher and executor as separate processes (`comfaas-dispatch`, `comfaas-exec`){label}:"),
+        &runs(bare + 2),
         warmup,
+        base,
     )
     .await;
 
@@ -374,9 +462,11 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     table(
         &client,
-        "Dispatcher in-process, as `comfaas dev` runs it:",
-        &runs(3),
+        &format!("Dispatcher in-process, as `comfaas dev` runs it{label}:"),
+        &runs(bare + 1),
         warmup,
+        base,
     )
     .await;
+    measured
 }

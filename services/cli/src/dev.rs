@@ -14,6 +14,8 @@ use comfaas_dispatch::{DispatchConfig, Dispatcher};
 use comfaas_exec::{ExecConfig, Executor};
 use comfaas_platform::nats::NatsOptions;
 use comfaas_platform::registry::Registry;
+use comfaas_platform::signing::Signer;
+use comfaas_runtime::SandboxConfig;
 use comfaas_schemas::{Tier, MANIFEST_FILE};
 use comfaas_testbed::link::LinkSpec;
 use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
@@ -21,6 +23,7 @@ use comfaas_testbed::sites::{self, Sites, SitesOptions};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::AuthDir;
 use crate::deploy;
 
 /// What `comfaas dev` starts: its command-line flags.
@@ -59,6 +62,61 @@ pub struct DevOptions {
     /// Folder of the server configurations for --sites
     #[arg(long, default_value = "nats")]
     pub nats_configs: PathBuf,
+    /// Auth on: every service connects with its own role's NKey under
+    /// least-privilege permissions, TLS on every client and leaf link
+    #[arg(long)]
+    pub secure: bool,
+    /// Credentials folder for --secure, made when missing
+    /// [default: $XDG_STATE_HOME/comfaas/auth, or ~/.local/state/comfaas/auth]
+    #[arg(long, requires = "secure")]
+    pub auth_dir: Option<PathBuf>,
+}
+
+/// Where `comfaas dev --secure` keeps its credentials by default.
+fn default_auth_dir() -> PathBuf {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    state.join("comfaas").join("auth")
+}
+
+/// The executors `comfaas dev` starts, by name.
+fn node_names(options: &DevOptions) -> Vec<String> {
+    if options.sites.is_empty() {
+        std::iter::once("edge-1".to_owned())
+            .chain((1..=options.clouds).map(|i| format!("cloud-{i}")))
+            .collect()
+    } else {
+        options.sites.iter().map(|s| format!("{s}-1")).collect()
+    }
+}
+
+/// The credentials of `comfaas dev --secure`: the folder given (or the
+/// default one), made with TLS when missing, with an identity for every
+/// node this run starts.
+fn prepare_auth(options: &DevOptions) -> anyhow::Result<AuthDir> {
+    let dir = options.auth_dir.clone().unwrap_or_else(default_auth_dir);
+    let mut auth = if dir.join(crate::auth::USERS_FILE).is_file() {
+        AuthDir::open(&dir)?
+    } else {
+        crate::auth::init(
+            &dir,
+            comfaas_schemas::names::DEFAULT_PREFIX,
+            &crate::auth::InitOptions {
+                tls: true,
+                nodes: Vec::new(),
+                hosts: Vec::new(),
+                edge_domain: sites::EDGE_SITE.to_owned(),
+            },
+        )?
+    };
+    for node in node_names(options) {
+        if !auth.node_file(&node).is_file() {
+            auth.add_node(&node)?;
+        }
+    }
+    Ok(auth)
 }
 
 /// One executor `comfaas dev` starts.
@@ -123,13 +181,17 @@ impl Servers {
 /// Starts one server, or one per site (see [`comfaas_testbed::sites`])
 /// with the edge's data mirrored at the first cloud site. Returns them and
 /// the executors to start.
-async fn start_servers(options: &DevOptions) -> anyhow::Result<(Servers, Vec<Node>)> {
+async fn start_servers(
+    options: &DevOptions,
+    auth: Option<&AuthDir>,
+) -> anyhow::Result<(Servers, Vec<Node>)> {
     if options.sites.is_empty() {
         if !options.links.is_empty() || options.uplink.is_some() || options.no_wan {
             anyhow::bail!("--link, --uplink and --no-wan need --sites");
         }
         let server = EmbeddedServer::start(ServerOptions {
             port: Some(options.port),
+            include: auth.map(AuthDir::server_conf),
             ..ServerOptions::default()
         })
         .await?;
@@ -171,6 +233,16 @@ async fn start_servers(options: &DevOptions) -> anyhow::Result<(Servers, Vec<Nod
         links,
         uplink,
         edge_port: Some(options.port),
+        security: auth.map(|auth| sites::SiteSecurity {
+            include: auth.server_conf(),
+            leaf_port: auth.leaf_port_block(),
+            leaf: comfaas_testbed::server::LeafAuth {
+                user: comfaas_platform::auth::LEAF_USER.to_owned(),
+                password: auth.leaf_password().to_owned(),
+                ca_file: auth.tls_ca(),
+            },
+            probe: auth.nats_options("", auth.role_file("dispatcher")),
+        }),
     })
     .await?;
     if let Some(uplink) = &started.uplink {
@@ -202,7 +274,7 @@ async fn start_servers(options: &DevOptions) -> anyhow::Result<(Servers, Vec<Nod
     }
     // The edge's data is kept in the cloud: the first cloud site mirrors it.
     let backup = &started.clouds[0];
-    let client = NatsOptions::for_url(backup.server.url())
+    let client = as_role(auth, backup.server.url(), "operator")
         .connect("comfaas dev backup")
         .await?;
     comfaas_platform::resources::backup_edge(&async_nats::jetstream::new(client), sites::EDGE_SITE)
@@ -214,9 +286,24 @@ async fn start_servers(options: &DevOptions) -> anyhow::Result<(Servers, Vec<Nod
     Ok((Servers::Sites(started), nodes))
 }
 
+/// Options at `url`, with the identity of `role` (`operator`, …) when
+/// secure.
+fn as_role(auth: Option<&AuthDir>, url: &str, role: &str) -> NatsOptions {
+    match auth {
+        Some(auth) => auth.nats_options(url, auth.role_file(role)),
+        None => NatsOptions::for_url(url),
+    }
+}
+
 /// Runs the embedded platform until `shutdown`.
 pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let (servers, nodes) = start_servers(&options).await?;
+    let auth = if options.secure {
+        Some(prepare_auth(&options)?)
+    } else {
+        None
+    };
+    let auth = auth.as_ref();
+    let (servers, nodes) = start_servers(&options, auth).await?;
     let url = servers.edge().url().to_owned();
     println!(
         "nats-server with JetStream at {url} (store {})",
@@ -225,9 +312,9 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     let data = tempfile::Builder::new().prefix("comfaas-dev-").tempdir()?;
 
     let mut services = JoinSet::new();
-    let nats = NatsOptions::for_url(&url);
+    let nats = as_role(auth, &url, "operator");
     let dispatcher = Dispatcher::connect(DispatchConfig {
-        nats: nats.clone(),
+        nats: as_role(auth, &url, "dispatcher"),
         id: "dispatch-dev".to_owned(),
         ..DispatchConfig::default()
     })
@@ -236,9 +323,25 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     // Wheels fetched by scripts/setup.sh spare the index a trip; one cargo
     // target folder lets both executors share the Rust build.
     let wheelhouse = Some(comfaas_runtime::default_wheelhouse()).filter(|d| d.is_dir());
-    for node in nodes {
+    // Secure: each node on its own key, installing only what the
+    // operator signed.
+    let trusted_operators = auth
+        .map(|a| crate::auth::public_key(&a.role_file("operator")))
+        .transpose()?
+        .into_iter()
+        .collect::<Vec<_>>();
+    for (index, node) in (0u32..).zip(nodes) {
+        let node_nats = match auth {
+            Some(a) => NatsOptions {
+                nkey_file: Some(a.node_file(&node.name)),
+                tls_ca_file: a.tls_ca(),
+                ..node.nats
+            },
+            None => node.nats,
+        };
         let config = ExecConfig {
-            nats: node.nats,
+            nats: node_nats,
+            trusted_operators: trusted_operators.clone(),
             find_links: wheelhouse.iter().cloned().collect(),
             cargo_target_dir: data.path().join("cargo-target"),
             data_dir: data.path().join(&node.name),
@@ -247,6 +350,9 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
             site: node.site,
             slots: options.slots,
             max_procs: node.max_procs,
+            // Executors sharing this host hand out uids from ranges of
+            // their own, so no two functions share a user.
+            sandbox: node_sandbox(index),
             ..ExecConfig::default()
         };
         println!("executor {} ({}) started", config.node, config.tier);
@@ -255,16 +361,51 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     }
 
     let client = nats.connect("comfaas dev").await?;
-    let registry = Registry::open(&nats.jetstream(client.clone())).await?;
+    let mut registry = Registry::open(&nats.jetstream(client.clone())).await?;
+    if let Some(a) = auth {
+        // Secure: the nodes install only what the operator signed.
+        registry = registry.signing_with(Signer::from_file(&a.role_file("operator"))?);
+    }
     deploy_all(&client, &registry, &nats, &options.functions).await;
     println!();
     println!("comfaas is up. Try:");
-    println!("  comfaas invoke hello --data '{{\"name\":\"x\"}}' -v");
-    println!(
-        "  nats -s {url} req {} '{{\"name\":\"x\"}}'",
-        nats.subjects().invoke("hello")
-    );
-    println!("  COMFAAS_NATS_URL={url} comfaas nodes");
+    match auth {
+        None => {
+            println!("  comfaas invoke hello --data '{{\"name\":\"x\"}}' -v");
+            println!(
+                "  nats -s {url} req {} '{{\"name\":\"x\"}}'",
+                nats.subjects().invoke("hello")
+            );
+            println!("  COMFAAS_NATS_URL={url} comfaas nodes");
+        }
+        Some(a) => {
+            let ca = a
+                .tls_ca()
+                .map(|c| c.display().to_string())
+                .unwrap_or_default();
+            println!(
+                "credentials (NKey seeds, one per role and node) in {}",
+                a.dir().display()
+            );
+            println!(
+                "  as a device:   comfaas --nats-url {url} --nkey {} --tls-ca {ca} invoke hello --data '{{\"name\":\"x\"}}' -v",
+                a.role_file("device").display()
+            );
+            println!(
+                "  as the operator: comfaas --nats-url {url} --nkey {} --tls-ca {ca} nodes",
+                a.role_file("operator").display()
+            );
+            println!(
+                "  nats CLI:      nats -s {url} --nkey {} --tlsca {ca} req {} '{{\"name\":\"x\"}}'",
+                a.role_file("device").display(),
+                nats.subjects().invoke("hello")
+            );
+            println!(
+                "  more devices:  comfaas auth add-device NAME {} (then the server reloads its configuration)",
+                a.dir().display()
+            );
+        }
+    }
     println!("Ctrl-C stops everything.");
 
     shutdown.cancelled().await;
@@ -322,5 +463,15 @@ pub async fn deploy_all(
             }
             Err(e) => eprintln!("{}: {e:#}", d.manifest.name),
         }
+    }
+}
+
+/// The sandbox of the `index`th executor of this host: the default, with a
+/// uid range of its own.
+fn node_sandbox(index: u32) -> SandboxConfig {
+    let default = SandboxConfig::default();
+    SandboxConfig {
+        uid_base: default.uid_base + index * default.uid_count,
+        ..default
     }
 }

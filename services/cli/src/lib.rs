@@ -1,5 +1,5 @@
 //! The `comfaas` command-line interface: operators' and developers' entry
-//! to the platform (`dev`, `deploy`, `invoke`, `ls`, `rm`, `nodes`,
+//! to the platform (`auth`, `dev`, `deploy`, `invoke`, `ls`, `rm`, `nodes`,
 //! `iot-sim`, `secret`). The functions behind each command are public so tests and
 //! the embedded default reuse them.
 //!
@@ -7,6 +7,7 @@
 //! (subjects, headers, the registry); it has no back door into services,
 //! except `dev`, which hosts them in-process.
 
+pub mod auth;
 pub mod deploy;
 pub mod dev;
 pub mod inspect;

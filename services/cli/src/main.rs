@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use comfaas::{deploy, dev, inspect, invoke, iot, secret};
+use comfaas::{auth, deploy, dev, inspect, invoke, iot, secret};
 use comfaas_platform::nats::{NatsFlags, NatsOptions};
 use comfaas_platform::registry::Registry;
 
@@ -27,6 +27,10 @@ enum Command {
     /// Start the embedded default: nats-server, a dispatcher, an edge and a
     /// cloud executor, with every function under --functions deployed
     Dev(dev::DevOptions),
+    /// Credentials of a secure site: NKeys per role and node, the server
+    /// configuration include, TLS
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
     /// Validate, pack and deploy the function in DIR
     Deploy {
         /// Function folder holding comfaas.toml
@@ -35,7 +39,8 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         wait: u64,
         /// The operator's nkey seed file (or .creds) to sign the deployment
-        /// with; executors that trust operator keys refuse unsigned ones
+        /// with (default: the `--nkey` seed, the operator's identity);
+        /// executors that trust operator keys refuse unsigned ones
         #[arg(long, env = "COMFAAS_SIGNING_KEY", value_name = "FILE")]
         signing_key: Option<PathBuf>,
     },
@@ -162,6 +167,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         &cli.nats,
     )?;
     let subjects = nats.subjects();
+    if let Command::Auth(command) = cli.command {
+        return auth::run(command, &nats.prefix);
+    }
     if let Command::Dev(options) = cli.command {
         let shutdown = comfaas_platform::signals::shutdown_on_signal();
         return dev::run(options, shutdown).await;
@@ -173,20 +181,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .context("open the registry (is JetStream enabled?)")
     };
     match cli.command {
-        Command::Dev(_) => unreachable!("handled above"),
+        Command::Dev(_) | Command::Auth(_) => unreachable!("handled above"),
         Command::Deploy {
             dir,
             wait,
             signing_key,
         } => {
             let mut registry = registry().await?;
-            match signing_key {
+            // The operator's identity on NATS is also its signing key.
+            match signing_key.or_else(|| nats.nkey_file.clone()) {
                 Some(path) => {
                     let signer = comfaas_platform::signing::Signer::from_file(&path)?;
                     registry = registry.signing_with(signer);
                 }
                 None => eprintln!(
-                    "comfaas: warning: deploying unsigned (no --signing-key): \
+                    "comfaas: warning: deploying unsigned (no --signing-key or --nkey): \
                      executors that trust operator keys will refuse it"
                 ),
             }

@@ -91,6 +91,10 @@ impl Dispatcher {
         let changes = shared.registry.watch_forever();
         let js = shared.config.nats.jetstream(client.clone());
         let events = events::consumer(&js, &shared).await?;
+        // Executors write large outputs but, on a secure site, may not
+        // create the store: the dispatcher does (see platform::auth),
+        // after the events stream, which must get its disk first.
+        comfaas_platform::resources::outputs_store(&js).await?;
         tracing::info!(id = %shared.config.id, "dispatcher serving {}", shared.subjects.invoke_all());
 
         let mut tasks = Tasks::new("dispatcher");

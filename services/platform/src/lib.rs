@@ -8,6 +8,7 @@
 //! dispatcher, the executor, the CLI and the tests. Starting servers and
 //! emulating networks is not its job: that is `comfaas-testbed`.
 
+pub mod auth;
 pub mod nats;
 pub mod objects;
 pub mod registry;

@@ -10,7 +10,8 @@ use crate::NatsError;
 /// The default server URL.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
-/// Connection options shared by all binaries (`--nats-url`, `--creds`; a CA file via config).
+/// Connection options shared by all binaries (`--nats-url`, `--creds`,
+/// `--nkey`, `--tls-ca`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NatsOptions {
@@ -18,7 +19,11 @@ pub struct NatsOptions {
     pub nats_url: String,
     /// NATS credentials file (JWT + nkey seed).
     pub creds_file: Option<PathBuf>,
-    /// CA certificate to trust for TLS.
+    /// NKey user seed file (`SU…`, as `comfaas auth init` writes): the
+    /// identity of a role in a secure site. Replies then come to
+    /// `_INBOX.<public key>`, the one inbox this identity may read.
+    pub nkey_file: Option<PathBuf>,
+    /// CA certificate to trust for TLS; set, the connection requires TLS.
     pub tls_ca_file: Option<PathBuf>,
     /// Subject prefix.
     pub prefix: String,
@@ -33,6 +38,7 @@ impl Default for NatsOptions {
         Self {
             nats_url: DEFAULT_URL.to_owned(),
             creds_file: None,
+            nkey_file: None,
             tls_ca_file: None,
             prefix: comfaas_schemas::names::DEFAULT_PREFIX.to_owned(),
             js_domain: None,
@@ -51,6 +57,14 @@ pub struct NatsFlags {
     #[arg(long = "creds", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub creds_file: Option<PathBuf>,
+    /// NKey seed file of this identity (see `comfaas auth init`)
+    #[arg(long = "nkey", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nkey_file: Option<PathBuf>,
+    /// CA certificate of the server (the connection then requires TLS)
+    #[arg(long = "tls-ca", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
     /// JetStream domain of the registry and data (e.g. `edge`, from a cloud site)
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,6 +120,15 @@ impl NatsOptions {
                 .await
                 .map_err(|e| NatsError::new(format!("read credentials {}", creds.display()), e))?;
         }
+        if let Some(file) = &self.nkey_file {
+            let seed = read_seed(file)?;
+            let public_key = nkeys::KeyPair::from_seed(&seed)
+                .map_err(|e| NatsError::new(format!("read the nkey seed {}", file.display()), e))?
+                .public_key();
+            options = options
+                .nkey(seed)
+                .custom_inbox_prefix(comfaas_schemas::names::inbox_prefix_of(&public_key));
+        }
         if let Some(capacity) = subscription_capacity {
             options = options.subscription_capacity(capacity);
         }
@@ -117,4 +140,21 @@ impl NatsOptions {
             .await
             .map_err(|e| NatsError::new(format!("connect to NATS at {}", self.nats_url), e))
     }
+}
+
+/// The seed in `file`: its first non-empty line, trimmed (a `.nk` file may
+/// end with a newline or carry the public key after it).
+pub fn read_seed(file: &std::path::Path) -> Result<String, NatsError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| NatsError::new(format!("read the nkey seed {}", file.display()), e))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with('S'))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            NatsError::new(
+                format!("read the nkey seed {}", file.display()),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "no seed (SU…) in the file"),
+            )
+        })
 }

@@ -134,7 +134,7 @@ async fn kv_bucket(
         return Ok(store);
     }
     js.get_or_create_stream(stream::Config {
-        name: format!("KV_{bucket}"),
+        name: names::kv_stream(bucket),
         description: Some(description.to_owned()),
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: history,
@@ -258,7 +258,8 @@ async fn object_store(
 /// The largest size, halving from `from`, that the server can reserve for a
 /// stream now, found with a throw-away probe stream.
 async fn reservable_bytes(js: &jetstream::Context, from: i64) -> i64 {
-    let name = format!("COMFAAS_PROBE_{}", probe_suffix());
+    // One fixed name, so that a permission can name it (see `auth`).
+    let name = names::STORAGE_PROBE_STREAM.to_owned();
     let mut size = from;
     while size > MIN_OBJECT_STORE_BYTES {
         let probe = js
@@ -277,13 +278,6 @@ async fn reservable_bytes(js: &jetstream::Context, from: i64) -> i64 {
         size /= 2;
     }
     MIN_OBJECT_STORE_BYTES
-}
-
-/// A name part unlikely to collide: the time in nanoseconds.
-fn probe_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
 }
 
 /// Whether `error`, or what caused it, is JetStream refusing a stream for

@@ -3,11 +3,49 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+/// The environment variable naming the `nats-server` binary to run.
+pub const NATS_SERVER_ENV: &str = "COMFAAS_NATS_SERVER";
+
+/// Log lines of the server kept for [`EmbeddedServer::log_lines`].
+const LOG_LINES_KEPT: usize = 5000;
+
+/// Writes a configuration to a temporary file (in `dir`, when given).
+fn write_config(text: &str, dir: Option<&Path>) -> Result<tempfile::NamedTempFile, ServerError> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("comfaas-nats-").suffix(".conf");
+    let mut file = match dir {
+        Some(dir) => builder.tempfile_in(dir),
+        None => builder.tempfile(),
+    }
+    .map_err(ServerError::StoreDir)?;
+    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(ServerError::StoreDir)?;
+    Ok(file)
+}
+
+/// `config` with JetStream on in `store_dir`: its `jetstream {` block
+/// gains the store, or one is added.
+fn with_jetstream_store(config: &str, store_dir: &Path) -> String {
+    let store = format!(
+        "jetstream {{\n  store_dir: \"{}\"",
+        store_dir
+            .display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    );
+    if config.contains("jetstream {") {
+        config.replacen("jetstream {", &store, 1)
+    } else {
+        format!("{config}{store}\n}}\n")
+    }
+}
 
 /// How long a starting server may take before we give up.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -21,13 +59,20 @@ pub struct ServerOptions {
     pub store_dir: Option<PathBuf>,
     /// A server configuration file (leaf nodes, domains, accounts…).
     pub config_file: Option<PathBuf>,
-    /// The `nats-server` binary; `nats-server` on the `PATH` by default.
+    /// The `nats-server` binary; by default `$COMFAAS_NATS_SERVER`, else
+    /// `nats-server` on the `PATH`.
     pub binary: Option<PathBuf>,
     /// Environment variables the configuration file refers to (`$NAME`).
     pub env: Vec<(String, String)>,
     /// A configuration given as text (used when `config_file` is `None`),
     /// written to a temporary file for the server.
     pub config_text: Option<String>,
+    /// A configuration include (e.g. the `server.conf` of `comfaas auth
+    /// init`: identities, permissions, TLS), used when `config_file` is
+    /// `None`: the configuration (`config_text`, if any) is written beside
+    /// it, since nats-server resolves an include relative to the including
+    /// file.
+    pub include: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -65,14 +110,43 @@ impl ServerOptions {
 /// leaf connection each: `remotes` are `host:port` of the hubs' leaf ports
 /// (or of emulated links in front of them).
 pub fn multi_leaf_config(site: &str, remotes: &[String]) -> String {
+    multi_leaf_config_with(site, remotes, None)
+}
+
+/// As [`multi_leaf_config`], each link authenticated (and over TLS when
+/// the link's CA is given) as `link` says.
+pub fn multi_leaf_config_with(site: &str, remotes: &[String], link: Option<&LeafAuth>) -> String {
     let urls: Vec<String> = remotes
         .iter()
-        .map(|r| format!("    {{ url: \"nats-leaf://{r}\" }}"))
+        .map(|r| match link {
+            None => format!("    {{ url: \"nats-leaf://{r}\" }}"),
+            Some(link) => {
+                let url = format!("nats-leaf://{}:{}@{r}", link.user, link.password);
+                match &link.ca_file {
+                    Some(ca) => format!(
+                        "    {{ url: \"{url}\", tls: {{ ca_file: \"{}\" }} }}",
+                        ca.display()
+                    ),
+                    None => format!("    {{ url: \"{url}\" }}"),
+                }
+            }
+        })
         .collect();
     format!(
         "server_name: {site}\njetstream {{\n  domain: {site}\n}}\nleafnodes {{\n  remotes: [\n{}\n  ]\n}}\n",
         urls.join("\n")
     )
+}
+
+/// How a leaf authenticates its link to a hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafAuth {
+    /// The leaf link's user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// The CA that signed the hub's certificate: the link uses TLS.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Waits until a message published through `leaf` reaches `hub`: the leaf
@@ -83,7 +157,9 @@ pub async fn wait_for_leaf_link(
     timeout: Duration,
 ) -> Result<(), ServerError> {
     use futures::StreamExt;
-    let subject = format!("_comfaas.link.{}", leaf.new_inbox().replace('.', "-"));
+    // An inbox of the hub's client: in a secure site an identity may read
+    // its own inbox only, and one that answers requests may publish there.
+    let subject = hub.new_inbox();
     let mut probe = hub
         .subscribe(subject.clone())
         .await
@@ -133,6 +209,7 @@ pub struct EmbeddedServer {
     url: String,
     port: u16,
     store_dir: PathBuf,
+    recent: Arc<Mutex<std::collections::VecDeque<String>>>,
     _temp: Option<tempfile::TempDir>,
     _config: Option<tempfile::NamedTempFile>,
 }
@@ -151,22 +228,26 @@ impl EmbeddedServer {
                 (Some(temp), dir)
             }
         };
+        // `COMFAAS_NATS_SERVER` picks another binary for a whole run (the
+        // suite is run against Debian's 2.9 and a current release).
         let binary = options
             .binary
             .clone()
+            .or_else(|| std::env::var_os(NATS_SERVER_ENV).map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("nats-server"));
         let mut command = Command::new(&binary);
-        let written = match (&options.config_file, &options.config_text) {
-            (None, Some(text)) => {
-                let mut file = tempfile::Builder::new()
-                    .prefix("comfaas-nats-")
-                    .suffix(".conf")
-                    .tempfile()
-                    .map_err(ServerError::StoreDir)?;
-                std::io::Write::write_all(&mut file, text.as_bytes())
-                    .map_err(ServerError::StoreDir)?;
-                Some(file)
+        let written = match (&options.config_file, &options.config_text, &options.include) {
+            (None, text, Some(include)) => {
+                let name = include
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let dir = include.parent().unwrap_or(Path::new("."));
+                let text = with_jetstream_store(text.as_deref().unwrap_or(""), &store_dir);
+                let text = format!("include \"{name}\"\n{text}");
+                Some(write_config(&text, Some(dir))?)
             }
+            (None, Some(text), None) => Some(write_config(text, None)?),
             _ => None,
         };
         if let Some(config) = options
@@ -176,11 +257,16 @@ impl EmbeddedServer {
         {
             command.arg("-c").arg(config);
         }
+        // With an include (a server whose identities are reloaded),
+        // JetStream is in the written configuration instead: a reload
+        // re-reads the file, and nats-server 2.9 shuts JetStream down on
+        // a reload when only the `-js` flag enabled it.
+        if options.include.is_none() || options.config_file.is_some() {
+            command.arg("-js").arg("-sd").arg(&store_dir);
+        }
         command
-            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .args(["-a", "127.0.0.1", "-p"])
             .arg(options.port.map_or("-1".to_owned(), |p| p.to_string()))
-            .arg("-sd")
-            .arg(&store_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -221,10 +307,19 @@ impl EmbeddedServer {
             let tail = log.iter().rev().take(5).rev().cloned().collect::<Vec<_>>();
             return Err(ServerError::NotReady(tail.join(" | ")));
         };
-        // Keep draining its log so the server never blocks on a full pipe.
+        // Keep draining its log so the server never blocks on a full pipe,
+        // keeping the last lines for tests (permission violations).
+        let recent = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let kept = recent.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 tracing::trace!(target: "nats-server", "{line}");
+                if let Ok(mut kept) = kept.lock() {
+                    if kept.len() == LOG_LINES_KEPT {
+                        kept.pop_front();
+                    }
+                    kept.push_back(line);
+                }
             }
         });
         Ok(Self {
@@ -232,9 +327,39 @@ impl EmbeddedServer {
             url: format!("nats://127.0.0.1:{port}"),
             port,
             store_dir,
+            recent,
             _temp: temp,
             _config: written,
         })
+    }
+
+    /// The server's recent log lines (the last few thousand) containing
+    /// `needle`, e.g. `"Permissions Violation"` or `"Authorization Error"`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.recent
+            .lock()
+            .map(|lines| {
+                lines
+                    .iter()
+                    .filter(|l| l.contains(needle))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Asks the server to reload its configuration (SIGHUP, as
+    /// `nats-server --signal reload` sends), e.g. after `comfaas auth
+    /// add-device` rewrote the include.
+    pub fn reload(&self) -> Result<(), ServerError> {
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| ServerError::NotReady("the server has exited".to_owned()))?;
+        let pid = i32::try_from(pid)
+            .map_err(|_| ServerError::NotReady(format!("process id {pid} out of range")))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGHUP)
+            .map_err(|e| ServerError::NotReady(format!("signal the server: {e}")))
     }
 
     /// A new connection's JetStream context and an object store `bucket`

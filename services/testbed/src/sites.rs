@@ -21,7 +21,8 @@ use comfaas_schemas::InvalidValue;
 
 use crate::link::{LinkSpec, Uplink, WanLink};
 use crate::server::{
-    multi_leaf_config, wait_for_leaf_link, EmbeddedServer, ServerError, ServerOptions,
+    multi_leaf_config_with, wait_for_leaf_link, EmbeddedServer, LeafAuth, ServerError,
+    ServerOptions,
 };
 
 /// The edge site's name (and JetStream domain).
@@ -68,6 +69,27 @@ pub struct SitesOptions {
     pub uplink: Option<u64>,
     /// Client port of the edge server; `None` picks a free one.
     pub edge_port: Option<u16>,
+    /// Auth and TLS on every server and link (`comfaas dev --sites
+    /// --secure`); `None`: open, as on a laptop.
+    pub security: Option<SiteSecurity>,
+}
+
+/// What makes a set of sites secure: every server takes only the
+/// identities of one include, every leaf link authenticates (and uses TLS
+/// when the include does).
+#[derive(Debug, Clone)]
+pub struct SiteSecurity {
+    /// The server configuration include (`comfaas auth init`'s
+    /// `server.conf`: identities, permissions, client TLS).
+    pub include: PathBuf,
+    /// Lines inside a hub's `leafnodes {}` block: the leaf link's
+    /// authorization, and TLS.
+    pub leaf_port: String,
+    /// How the edge authenticates its links.
+    pub leaf: LeafAuth,
+    /// How the link probes connect: an identity that may publish on
+    /// inboxes and read its own (the dispatcher's); the URL is replaced.
+    pub probe: NatsOptions,
 }
 
 /// One running site.
@@ -98,6 +120,8 @@ impl Site {
 
 /// The edge and its cloud sites, linked and ready.
 pub struct Sites {
+    /// Auth and TLS, when on.
+    pub security: Option<Box<SiteSecurity>>,
     /// The edge site.
     pub edge: Site,
     /// The cloud sites, in the order given.
@@ -165,9 +189,19 @@ impl Sites {
                 site: name.clone(),
                 source: e,
             })?;
-            let server =
-                EmbeddedServer::start(ServerOptions::hub(&options.configs, name, leaf_port))
-                    .await?;
+            let hub = match &options.security {
+                None => ServerOptions::hub(&options.configs, name, leaf_port),
+                // The hub of nats/hub.conf, with the leaf port's auth.
+                Some(security) => ServerOptions {
+                    include: Some(security.include.clone()),
+                    config_text: Some(format!(
+                        "server_name: {name}\njetstream {{\n  domain: {name}\n}}\nleafnodes {{\n  port: {leaf_port}\n{}}}\n",
+                        security.leaf_port
+                    )),
+                    ..ServerOptions::default()
+                },
+            };
+            let server = EmbeddedServer::start(hub).await?;
             // Behind an uplink, a site without a link of its own gets an
             // instant one, so that its traffic crosses the uplink too.
             let spec = options
@@ -200,9 +234,15 @@ impl Sites {
                 link,
             });
         }
+        let security = options.security.clone().map(Box::new);
         let edge = EmbeddedServer::start(ServerOptions {
             port: options.edge_port,
-            config_text: Some(multi_leaf_config(EDGE_SITE, &remotes)),
+            config_text: Some(multi_leaf_config_with(
+                EDGE_SITE,
+                &remotes,
+                security.as_ref().map(|s| &s.leaf),
+            )),
+            include: security.as_ref().map(|s| s.include.clone()),
             ..ServerOptions::default()
         })
         .await?;
@@ -212,6 +252,7 @@ impl Sites {
             link: None,
         };
         let sites = Self {
+            security,
             edge,
             clouds,
             uplink,
@@ -222,11 +263,18 @@ impl Sites {
 
     /// Waits until every cloud site exchanges messages with the edge.
     pub async fn wait_linked(&self, timeout: Duration) -> Result<(), ServerError> {
+        let probe = self.security.as_ref().map(|s| s.probe.clone());
         let connect = |url: &str, name: &str| {
-            let url = url.to_owned();
+            let options = match &probe {
+                Some(probe) => NatsOptions {
+                    nats_url: url.to_owned(),
+                    ..probe.clone()
+                },
+                None => NatsOptions::for_url(url),
+            };
             let name = name.to_owned();
             async move {
-                NatsOptions::for_url(&url)
+                options
                     .connect(&format!("comfaas link probe {name}"))
                     .await
                     .map_err(|e| ServerError::NotReady(format!("connect to {name}: {e}")))

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use comfaas_schemas::names::headers as h;
-use comfaas_tests::{header, repo_root, NodeSpec, Platform};
+use comfaas_tests::{header, repo_root, NodeSpec, Platform, Security};
 use futures::StreamExt;
 
 async fn publish_event(p: &Platform, function: &str, msg_id: &str, body: &str) {
-    let js = async_nats::jetstream::new(p.client.clone());
+    // Devices publish events.
+    let js = async_nats::jetstream::new(p.device.clone());
     let mut headers = HeaderMap::new();
     headers.insert(h::MSG_ID, msg_id);
     js.publish_with_headers(p.subjects.event(function), headers, body.to_owned().into())
@@ -28,9 +29,10 @@ async fn next_result(results: &mut async_nats::Subscriber) -> async_nats::Messag
         .expect("result stream")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_without_reply_reaches_the_result_subject() {
-    let p = Platform::with_edge_and_cloud().await;
+open_and_secure!(an_event_without_reply_reaches_the_result_subject);
+
+async fn an_event_without_reply_reaches_the_result_subject(security: Security) {
+    let p = Platform::with_edge_and_cloud_in(security).await;
     p.deploy(&repo_root().join("functions/hello"), &["edge-1", "cloud-1"])
         .await;
     let mut results = p
@@ -58,6 +60,27 @@ async fn an_event_without_reply_reaches_the_result_subject() {
     assert_eq!(header(&result, h::STATUS), "error");
     assert_eq!(header(&result, h::ERROR_CODE), "404");
     assert_eq!(header(&result, h::MSG_ID), "dev-7-2");
+
+    // Results are kept in their stream, which an observer reads.
+    let observer = async_nats::jetstream::new(p.nats.client().await);
+    let mut stream = observer
+        .get_stream(comfaas_schemas::names::RESULTS_STREAM)
+        .await
+        .unwrap();
+    assert!(stream.info().await.unwrap().state.messages >= 2);
+    let kept = stream
+        .get_last_raw_message_by_subject(&p.subjects.result("hello"))
+        .await
+        .unwrap();
+    assert_eq!(header_of(&kept.headers, h::MSG_ID), "dev-7-1");
+    p.assert_no_violations();
+}
+
+fn header_of(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

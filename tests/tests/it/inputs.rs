@@ -5,9 +5,10 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use async_nats::HeaderMap;
+use comfaas_platform::auth::Role;
 use comfaas_schemas::names::headers as h;
 use comfaas_schemas::{decode, encode, InputObject, Invocation, NodeLoad};
-use comfaas_tests::{header, local_pi, points, repo_root, request, NodeSpec, Platform};
+use comfaas_tests::{header, local_pi, points, repo_root, request, NodeSpec, Platform, Security};
 use futures::StreamExt;
 
 fn with_object(name: &str, procs: Option<u32>) -> HeaderMap {
@@ -87,9 +88,13 @@ async fn a_50_mb_input_gives_the_local_answer_and_is_fetched_once() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn input_object_errors_are_clear_and_leave_nothing_behind() {
-    let p = Platform::start().await;
+open_and_secure!(
+    input_object_errors_are_clear_and_leave_nothing_behind,
+    a_large_output_comes_back_as_an_object
+);
+
+async fn input_object_errors_are_clear_and_leave_nothing_behind(security: Security) {
+    let p = Platform::start_with(security).await;
     drop(p.dispatcher().await);
     drop(
         p.executor(NodeSpec {
@@ -140,8 +145,10 @@ async fn input_object_errors_are_clear_and_leave_nothing_behind() {
         }),
         ..comfaas_tests::invocation("tampered", "count")
     };
+    // Only a dispatcher may send work to a node.
+    let dispatcher = p.nats.client_as(&Role::Dispatcher).await;
     let reply = request(
-        &p.client,
+        &dispatcher,
         &p.subjects.work("edge-1"),
         HeaderMap::new(),
         encode(&invocation).unwrap().into(),
@@ -159,11 +166,11 @@ async fn input_object_errors_are_clear_and_leave_nothing_behind() {
         "half-written files: {left:?}"
     );
     assert_eq!(left.len(), 1, "only the small input is cached: {left:?}");
+    p.assert_no_violations();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_output_comes_back_as_an_object() {
-    let p = Platform::start().await;
+async fn a_large_output_comes_back_as_an_object(security: Security) {
+    let p = Platform::start_with(security).await;
     drop(p.dispatcher().await);
     drop(p.executor(NodeSpec::edge("edge-1")).await);
     let dir = p.function(
@@ -182,7 +189,8 @@ async fn a_large_output_comes_back_as_an_object() {
     assert!(reply.payload.is_empty());
     let name = header(&reply, h::OUTPUT_OBJECT);
     assert_eq!(name, header(&reply, h::INVOCATION_ID));
-    let js = async_nats::jetstream::new(p.client.clone());
+    // The device that asked reads it by name.
+    let js = async_nats::jetstream::new(p.device.clone());
     let store = comfaas_platform::resources::outputs_store(&js)
         .await
         .unwrap();
@@ -199,20 +207,14 @@ async fn a_large_output_comes_back_as_an_object() {
     // The CLI fetches it transparently.
     let out = p.scratch.path().join("out.bin");
     let status = std::process::Command::new(comfaas_tests::binary("comfaas"))
-        .args([
-            "--nats-url",
-            p.nats.url(),
-            "invoke",
-            "big",
-            "--data",
-            "3145728",
-            "--output-file",
-        ])
+        .args(p.cli_args("device"))
+        .args(["invoke", "big", "--data", "3145728", "--output-file"])
         .arg(&out)
         .status()
         .unwrap();
     assert!(status.success());
     assert_eq!(std::fs::metadata(&out).unwrap().len(), 3 << 20);
+    p.assert_no_violations();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,16 +6,20 @@
 use async_nats::HeaderMap;
 use comfaas_schemas::names::headers as h;
 use comfaas_schemas::{encode, Invocation};
-use comfaas_tests::{header, repo_root, request, NodeSpec, Platform};
+use comfaas_tests::{header, repo_root, request, NodeSpec, Platform, Security};
 
 fn error_of(reply: &async_nats::Message) -> (String, String) {
     assert_eq!(header(reply, h::STATUS), "error", "expected an error reply");
     (header(reply, h::ERROR_CODE), header(reply, h::ERROR))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deploy_then_invoke_hello() {
-    let p = Platform::with_edge_and_cloud().await;
+open_and_secure!(
+    deploy_then_invoke_hello,
+    unknown_function_is_404_and_bad_requests_are_400
+);
+
+async fn deploy_then_invoke_hello(security: Security) {
+    let p = Platform::with_edge_and_cloud_in(security).await;
     p.deploy(&repo_root().join("functions/hello"), &["edge-1", "cloud-1"])
         .await;
 
@@ -34,6 +38,7 @@ async fn deploy_then_invoke_hello() {
     assert_eq!(tier, if node == "edge-1" { "edge" } else { "cloud" });
     assert_eq!(header(&reply, h::INVOCATION_ID).len(), 32);
     assert!(header(&reply, h::DURATION_MS).parse::<u64>().is_ok());
+    p.assert_no_violations();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,9 +70,8 @@ async fn sensor_stats_flags_the_spike() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_function_is_404_and_bad_requests_are_400() {
-    let p = Platform::with_edge_and_cloud().await;
+async fn unknown_function_is_404_and_bad_requests_are_400(security: Security) {
+    let p = Platform::with_edge_and_cloud_in(security).await;
     let reply = p.invoke("nope", "{}").await;
     assert_eq!(
         error_of(&reply),
@@ -75,7 +79,7 @@ async fn unknown_function_is_404_and_bad_requests_are_400() {
     );
 
     let reply = request(
-        &p.client,
+        &p.device,
         "comfaas.invoke.Not_A_Name",
         HeaderMap::new(),
         "x".into(),
@@ -100,6 +104,7 @@ async fn unknown_function_is_404_and_bad_requests_are_400() {
         assert_eq!(code, "400", "{name}: {value}");
         assert!(message.contains(expect), "{message}");
     }
+    p.assert_no_violations();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,10 +4,30 @@
 //! Every test starts its own `nats-server` through the harness; nextest runs
 //! each test in its own process.
 
+/// Makes two tests of each named `async fn(Security)`: `<name>::open` and
+/// `<name>::secure` (every role on its own NKey under the permissions of
+/// `comfaas_platform::auth`, over TLS), so that a permission a role lacks
+/// fails the secure one.
+macro_rules! open_and_secure {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn open() {
+                super::$name(comfaas_tests::Security::Open).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn secure() {
+                super::$name(comfaas_tests::Security::Secure).await
+            }
+        }
+    )+};
+}
+
 mod binaries;
 mod events;
 mod inputs;
 mod invoke;
+mod roles;
 mod runtimes;
 mod sandbox;
 mod sites;

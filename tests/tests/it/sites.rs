@@ -183,6 +183,7 @@ async fn emulated_links_are_felt_and_each_site_shows_its_round_trip() {
         links: [("miami".to_owned(), "40ms/50mbit".parse().unwrap())].into(),
         uplink: Some(500_000_000),
         edge_port: None,
+        security: None,
     })
     .await
     .unwrap();

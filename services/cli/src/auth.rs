@@ -1,0 +1,602 @@
+//! `comfaas auth`: the credentials of a secure site. `init DIR` makes one
+//! NKey identity per role and per executor node, the server configuration
+//! include naming them with their permissions (`DIR/server.conf`, from
+//! [`comfaas_platform::auth`]), the leaf link's credentials, and with
+//! `--tls` a small CA and a server certificate; `add-device` and
+//! `add-node` add one identity and rewrite the include.
+//!
+//! Layout (scripts rely on it):
+//! - `DIR/server.conf`: the include for any site's server (client
+//!   authorization, and `tls {}` with `--tls`);
+//! - `DIR/nats.conf`: one server with the include and JetStream;
+//! - `DIR/hub.conf`, `DIR/leaf.conf`: the secure counterparts of
+//!   `nats/hub.conf` and `nats/leaf.conf` (same environment variables),
+//!   including `server.conf` and requiring the leaf link's password (and
+//!   TLS);
+//! - `DIR/{device,operator,dispatcher,observer}.nk`, `DIR/nodes/<node>.nk`,
+//!   `DIR/devices/<name>.nk`: NKey user seeds, mode 0600;
+//! - `DIR/operator.pub`: the operator's public key, the one executors
+//!   trust for signed deployments (`--trusted-operator`);
+//! - `DIR/users.toml`: role → public keys, the leaf password and the
+//!   options, from which the configuration is written again (mode 0600);
+//! - `DIR/tls/{ca.pem,ca-key.pem,server.pem,server-key.pem}` with `--tls`.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use comfaas_platform::auth::{self, Role, Scope, ServerTls, User};
+use comfaas_platform::nats::NatsOptions;
+use comfaas_schemas::names::Subjects;
+use serde::{Deserialize, Serialize};
+
+/// The state file of an auth folder.
+pub const USERS_FILE: &str = "users.toml";
+/// The server configuration include.
+pub const SERVER_CONF: &str = "server.conf";
+/// A single server's configuration: the include and JetStream.
+pub const SINGLE_CONF: &str = "nats.conf";
+/// A cloud site's configuration (accepts the leaf link).
+pub const HUB_CONF: &str = "hub.conf";
+/// An edge site's configuration (joins a hub over the leaf link).
+pub const LEAF_CONF: &str = "leaf.conf";
+
+/// What `comfaas auth init` makes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct InitOptions {
+    /// Make a CA and a server certificate; clients and leaf links then
+    /// must use TLS (clients pass --tls-ca DIR/tls/ca.pem)
+    #[arg(long)]
+    pub tls: bool,
+    /// Executor nodes to make an identity for, e.g. edge-1,cloud-1
+    #[arg(long, value_delimiter = ',', default_value = "edge-1,cloud-1")]
+    pub nodes: Vec<String>,
+    /// Host names or addresses the server certificate is valid for,
+    /// besides localhost and 127.0.0.1 (repeatable)
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+    /// The edge site's JetStream domain (a cloud site may mirror its streams)
+    #[arg(long, default_value = auth::DEFAULT_EDGE_DOMAIN)]
+    pub edge_domain: String,
+}
+
+/// One identity of `users.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    /// `device`, `operator`, `dispatcher`, `executor` or `observer`.
+    pub role: String,
+    /// The device's or node's name (the role's own name otherwise).
+    pub name: String,
+    /// Its NKey public key.
+    pub public_key: String,
+}
+
+/// `users.toml`: everything the configuration is written from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    prefix: String,
+    edge_domain: String,
+    tls: bool,
+    leaf_password: String,
+    #[serde(rename = "user")]
+    users: Vec<Identity>,
+}
+
+/// An auth folder, as `comfaas auth init` wrote it.
+#[derive(Debug, Clone)]
+pub struct AuthDir {
+    dir: PathBuf,
+    state: State,
+}
+
+/// Roles with one identity of their own at the top of the folder.
+const SINGLE_ROLES: [Role; 4] = [
+    Role::Device,
+    Role::Operator,
+    Role::Dispatcher,
+    Role::Observer,
+];
+
+/// Writes `contents` to `path` readable by its owner only.
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    file.write_all(contents)
+        .with_context(|| format!("write {}", path.display()))
+}
+
+/// A new NKey user written to `path`; its public key.
+fn new_identity(path: &Path) -> anyhow::Result<String> {
+    let key = nkeys::KeyPair::new_user();
+    let seed = key.seed().context("encode the nkey seed")?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    write_private(path, format!("{seed}\n").as_bytes())?;
+    Ok(key.public_key())
+}
+
+/// Whether `name` is one subject token (a node or device name).
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    anyhow::ensure!(
+        valid,
+        "`{name}` must be letters, digits, `-` or `_` (one subject token)"
+    );
+    Ok(())
+}
+
+/// Makes an auth folder at `dir` (which must not hold one yet) for
+/// subjects under `prefix`.
+pub fn init(dir: &Path, prefix: &str, options: &InitOptions) -> anyhow::Result<AuthDir> {
+    anyhow::ensure!(
+        !dir.join(USERS_FILE).exists(),
+        "{} already holds credentials; add to it with `comfaas auth add-device` / `add-node`",
+        dir.display()
+    );
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let mut password = [0u8; 24];
+    rand::fill(&mut password);
+    let mut auth = AuthDir {
+        dir: dir.to_path_buf(),
+        state: State {
+            prefix: prefix.to_owned(),
+            edge_domain: options.edge_domain.clone(),
+            tls: options.tls,
+            leaf_password: password.iter().map(|b| format!("{b:02x}")).collect(),
+            users: Vec::new(),
+        },
+    };
+    for role in SINGLE_ROLES {
+        let public_key = new_identity(&auth.role_file(role.kind()))?;
+        if role == Role::Operator {
+            std::fs::write(dir.join("operator.pub"), format!("{public_key}\n"))?;
+        }
+        auth.state.users.push(Identity {
+            role: role.kind().to_owned(),
+            name: role.kind().to_owned(),
+            public_key,
+        });
+    }
+    for node in &options.nodes {
+        auth.add(Role::Executor { node: node.clone() }, node)?;
+    }
+    if options.tls {
+        write_tls(&dir.join("tls"), &options.hosts)?;
+    }
+    auth.write()?;
+    Ok(auth)
+}
+
+/// A CA and a server certificate for `localhost`, `127.0.0.1` and `hosts`.
+fn write_tls(dir: &Path, hosts: &[String]) -> anyhow::Result<()> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    std::fs::create_dir_all(dir)?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "comfaas site CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    names.extend(hosts.iter().cloned());
+    let key = KeyPair::generate()?;
+    let mut server = CertificateParams::new(names)?;
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "comfaas nats-server");
+    // Servers use it for clients and for the leaf link, both directions.
+    server.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = server.signed_by(&key, &ca_cert, &ca_key)?;
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
+    write_private(&dir.join("ca-key.pem"), ca_key.serialize_pem().as_bytes())?;
+    std::fs::write(dir.join("server.pem"), cert.pem())?;
+    write_private(&dir.join("server-key.pem"), key.serialize_pem().as_bytes())?;
+    Ok(())
+}
+
+impl AuthDir {
+    /// Opens the auth folder `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(USERS_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "read {} (make the folder with `comfaas auth init`)",
+                path.display()
+            )
+        })?;
+        let state = toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            state,
+        })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Adds the device `name` (`DIR/devices/<name>.nk`) and rewrites the
+    /// configuration; the seed file.
+    pub fn add_device(&mut self, name: &str) -> anyhow::Result<PathBuf> {
+        self.add(Role::Device, name)?;
+        self.write()?;
+        Ok(self.device_file(name))
+    }
+
+    /// Adds the executor node `name` (`DIR/nodes/<name>.nk`) and rewrites
+    /// the configuration; the seed file.
+    pub fn add_node(&mut self, name: &str) -> anyhow::Result<PathBuf> {
+        self.add(
+            Role::Executor {
+                node: name.to_owned(),
+            },
+            name,
+        )?;
+        self.write()?;
+        Ok(self.node_file(name))
+    }
+
+    fn add(&mut self, role: Role, name: &str) -> anyhow::Result<()> {
+        check_name(name)?;
+        anyhow::ensure!(
+            !self
+                .state
+                .users
+                .iter()
+                .any(|u| u.role == role.kind() && u.name == name),
+            "{} `{name}` exists already",
+            role.kind()
+        );
+        let file = match &role {
+            Role::Executor { .. } => self.node_file(name),
+            _ => self.device_file(name),
+        };
+        let public_key = new_identity(&file)?;
+        self.state.users.push(Identity {
+            role: role.kind().to_owned(),
+            name: name.to_owned(),
+            public_key,
+        });
+        Ok(())
+    }
+
+    /// The seed file of a role with one identity (`device`, `operator`,
+    /// `dispatcher`, `observer`).
+    pub fn role_file(&self, kind: &str) -> PathBuf {
+        self.dir.join(format!("{kind}.nk"))
+    }
+
+    /// The seed file of node `node`.
+    pub fn node_file(&self, node: &str) -> PathBuf {
+        self.dir.join("nodes").join(format!("{node}.nk"))
+    }
+
+    /// The seed file of device `name` (`device`: the default device).
+    pub fn device_file(&self, name: &str) -> PathBuf {
+        if name == Role::Device.kind() {
+            self.role_file(name)
+        } else {
+            self.dir.join("devices").join(format!("{name}.nk"))
+        }
+    }
+
+    /// The server configuration include.
+    pub fn server_conf(&self) -> PathBuf {
+        self.dir.join(SERVER_CONF)
+    }
+
+    /// The CA certificate clients trust, with `--tls`.
+    pub fn tls_ca(&self) -> Option<PathBuf> {
+        self.state.tls.then(|| self.dir.join("tls").join("ca.pem"))
+    }
+
+    /// The server's certificate and key, with `--tls`.
+    pub fn server_tls(&self) -> Option<ServerTls> {
+        let tls = self.dir.join("tls");
+        self.state.tls.then(|| ServerTls {
+            cert_file: tls.join("server.pem").display().to_string(),
+            key_file: tls.join("server-key.pem").display().to_string(),
+            ca_file: tls.join("ca.pem").display().to_string(),
+        })
+    }
+
+    /// The leaf link's password (user [`auth::LEAF_USER`]).
+    pub fn leaf_password(&self) -> &str {
+        &self.state.leaf_password
+    }
+
+    /// The URL a leaf joins the hub's leaf port at `host_port` with,
+    /// credentials included.
+    pub fn leaf_url(&self, host_port: &str) -> String {
+        format!(
+            "nats-leaf://{}:{}@{host_port}",
+            auth::LEAF_USER,
+            self.state.leaf_password
+        )
+    }
+
+    /// Connection options at `url` with the identity in `seed_file`.
+    pub fn nats_options(&self, url: &str, seed_file: PathBuf) -> NatsOptions {
+        NatsOptions {
+            nkey_file: Some(seed_file),
+            tls_ca_file: self.tls_ca(),
+            prefix: self.state.prefix.clone(),
+            ..NatsOptions::for_url(url)
+        }
+    }
+
+    /// The identities, as in `users.toml`.
+    pub fn identities(&self) -> &[Identity] {
+        &self.state.users
+    }
+
+    fn scope(&self) -> Scope {
+        Scope {
+            subjects: Subjects::new(self.state.prefix.clone()),
+            edge_domain: self.state.edge_domain.clone(),
+        }
+    }
+
+    /// The configuration blocks of the leaf port (hub side): the leaf
+    /// link's password, and TLS with `--tls`.
+    pub fn leaf_port_block(&self) -> String {
+        let mut block = format!(
+            "  authorization {{\n    user: {}\n    password: {}\n  }}\n",
+            auth::quoted(auth::LEAF_USER),
+            auth::quoted(&self.state.leaf_password)
+        );
+        if let Some(tls) = self.server_tls() {
+            block.push_str(&indent(&auth::tls_block(&tls)));
+        }
+        block
+    }
+
+    /// One remote of a leaf's configuration joining the hub at `url` (a
+    /// URL or a `$VARIABLE`), verifying the hub's certificate with `--tls`.
+    pub fn remote_block(&self, url: &str) -> String {
+        match self.server_tls() {
+            Some(tls) => format!(
+                "    {{ url: {url}, tls: {{ ca_file: {} }} }}",
+                auth::quoted(&tls.ca_file)
+            ),
+            None => format!("    {{ url: {url} }}"),
+        }
+    }
+
+    /// Writes `server.conf`, `hub.conf`, `leaf.conf` and `users.toml` from
+    /// the identities.
+    pub fn write(&self) -> anyhow::Result<()> {
+        let users: Vec<User> = self
+            .state
+            .users
+            .iter()
+            .filter_map(|u| {
+                let role = match u.role.as_str() {
+                    "device" => Role::Device,
+                    "operator" => Role::Operator,
+                    "dispatcher" => Role::Dispatcher,
+                    "observer" => Role::Observer,
+                    "executor" => Role::Executor {
+                        node: u.name.clone(),
+                    },
+                    _ => return None,
+                };
+                Some(User {
+                    role,
+                    public_key: u.public_key.clone(),
+                })
+            })
+            .collect();
+        let mut server = String::from(
+            "# Written by `comfaas auth`: every identity of this site and what it may do\n\
+             # (see SECURITY.md, \"Roles\"). Include it in the server's configuration.\n",
+        );
+        server.push_str(&auth::authorization_block(&users, &self.scope()));
+        if let Some(tls) = self.server_tls() {
+            server.push_str(&auth::tls_block(&tls));
+        }
+        std::fs::write(self.server_conf(), server)?;
+        // JetStream in the file, not only by `-js`: nats-server 2.9 shuts
+        // JetStream down on a reload (as `add-device` asks for) when only
+        // the flag enabled it.
+        std::fs::write(
+            self.dir.join(SINGLE_CONF),
+            format!(
+                "# One server with the identities of {SERVER_CONF}.\n\
+                 # Start: nats-server -c {} -sd <dir>; reload: nats-server --signal reload\n\
+                 include \"{SERVER_CONF}\"\njetstream {{}}\n",
+                self.dir.join(SINGLE_CONF).display()
+            ),
+        )?;
+        let hub = format!(
+            "# A cloud site (nats/hub.conf) with the identities of {SERVER_CONF} and a leaf\n\
+             # port that takes only the site's leaf link.\n\
+             # Start: COMFAAS_SITE=chicago COMFAAS_LEAF_PORT=7422 nats-server -c {} -js -sd <dir>\n\
+             include \"{SERVER_CONF}\"\n\
+             server_name: $COMFAAS_SITE\njetstream {{\n  domain: $COMFAAS_SITE\n}}\n\
+             leafnodes {{\n  port: $COMFAAS_LEAF_PORT\n{}}}\n",
+            self.dir.join(HUB_CONF).display(),
+            self.leaf_port_block()
+        );
+        std::fs::write(self.dir.join(HUB_CONF), hub)?;
+        let leaf = format!(
+            "# An edge site (nats/leaf.conf) with the identities of {SERVER_CONF}, joining\n\
+             # a hub over the leaf link. The URL carries the link's credentials:\n\
+             #   COMFAAS_HUB_LEAF_URL=nats-leaf://{}:<leaf_password in users.toml>@hub:7422\n\
+             # Start: COMFAAS_SITE=edge COMFAAS_HUB_LEAF_URL=… nats-server -c {} -js -sd <dir>\n\
+             include \"{SERVER_CONF}\"\n\
+             server_name: $COMFAAS_SITE\njetstream {{\n  domain: $COMFAAS_SITE\n}}\n\
+             leafnodes {{\n  remotes: [\n{}\n  ]\n}}\n",
+            auth::LEAF_USER,
+            self.dir.join(LEAF_CONF).display(),
+            self.remote_block("$COMFAAS_HUB_LEAF_URL")
+        );
+        std::fs::write(self.dir.join(LEAF_CONF), leaf)?;
+        let state = toml::to_string_pretty(&self.state).context("encode users.toml")?;
+        write_private(&self.dir.join(USERS_FILE), state.as_bytes())
+    }
+}
+
+/// `text` indented by two spaces, line by line.
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+/// The public key of the seed in `file`.
+pub fn public_key(file: &Path) -> anyhow::Result<String> {
+    let seed = comfaas_platform::nats::read_seed(file)?;
+    Ok(nkeys::KeyPair::from_seed(&seed)
+        .with_context(|| format!("read the nkey seed {}", file.display()))?
+        .public_key())
+}
+
+/// What to tell the operator after an identity was added.
+pub fn reload_hint(auth: &AuthDir) -> String {
+    format!(
+        "{} rewritten: the server must reload it (`nats-server --signal reload` or SIGHUP)",
+        auth.server_conf().display()
+    )
+}
+
+/// The `comfaas auth` subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AuthCommand {
+    /// Make the credentials of a site: one NKey per role and node, the
+    /// server configuration include, optionally TLS
+    Init {
+        /// Folder to write (must not hold credentials yet)
+        dir: PathBuf,
+        /// What to make.
+        #[command(flatten)]
+        options: InitOptions,
+    },
+    /// Add a device identity (DIR/devices/NAME.nk)
+    AddDevice {
+        /// Device name
+        name: String,
+        /// The auth folder
+        dir: PathBuf,
+    },
+    /// Add an executor node identity (DIR/nodes/NAME.nk)
+    AddNode {
+        /// Node id
+        name: String,
+        /// The auth folder
+        dir: PathBuf,
+    },
+}
+
+/// Runs `comfaas auth …` for subjects under `prefix`.
+pub fn run(command: AuthCommand, prefix: &str) -> anyhow::Result<()> {
+    match command {
+        AuthCommand::Init { dir, options } => {
+            let auth = init(&dir, prefix, &options)?;
+            println!("credentials written to {}", dir.display());
+            for identity in auth.identities() {
+                println!(
+                    "  {:<10} {:<12} {}",
+                    identity.role, identity.name, identity.public_key
+                );
+            }
+            println!(
+                "start the server: nats-server -c {} -sd <store dir> (sites: {} / {})",
+                auth.dir().join(SINGLE_CONF).display(),
+                auth.dir().join(HUB_CONF).display(),
+                auth.dir().join(LEAF_CONF).display()
+            );
+            if let Some(ca) = auth.tls_ca() {
+                println!("clients trust the CA with --tls-ca {}", ca.display());
+            }
+        }
+        AuthCommand::AddDevice { name, dir } => {
+            let mut auth = AuthDir::open(&dir)?;
+            let file = auth.add_device(&name)?;
+            println!("device {name}: {}", file.display());
+            println!("{}", reload_hint(&auth));
+        }
+        AuthCommand::AddNode { name, dir } => {
+            let mut auth = AuthDir::open(&dir)?;
+            let file = auth.add_node(&name)?;
+            println!("node {name}: {}", file.display());
+            println!("{}", reload_hint(&auth));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_the_layout_and_add_rewrites_the_include() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("auth");
+        let options = InitOptions {
+            tls: true,
+            nodes: vec!["edge-1".to_owned()],
+            hosts: vec![],
+            edge_domain: "edge".to_owned(),
+        };
+        let auth = init(&dir, "comfaas", &options).unwrap();
+        for file in [
+            "server.conf",
+            "nats.conf",
+            "hub.conf",
+            "leaf.conf",
+            "users.toml",
+            "device.nk",
+            "operator.nk",
+            "dispatcher.nk",
+            "observer.nk",
+            "operator.pub",
+            "nodes/edge-1.nk",
+            "tls/ca.pem",
+            "tls/server.pem",
+        ] {
+            assert!(dir.join(file).is_file(), "{file}");
+        }
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.join("nodes/edge-1.nk"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(
+            init(&dir, "comfaas", &options).is_err(),
+            "never overwrites keys"
+        );
+        let mut auth = AuthDir::open(auth.dir()).unwrap();
+        let file = auth.add_device("sensor-7").unwrap();
+        let seed = comfaas_platform::nats::read_seed(&file).unwrap();
+        let public = nkeys::KeyPair::from_seed(&seed).unwrap().public_key();
+        let conf = std::fs::read_to_string(dir.join("server.conf")).unwrap();
+        assert!(conf.contains(&public));
+        assert!(conf.contains(&format!("_INBOX.{public}.>")));
+        assert!(auth.add_device("sensor-7").is_err());
+        assert!(auth.add_node("a.b").is_err());
+    }
+}
