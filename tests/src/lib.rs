@@ -364,6 +364,13 @@ pub struct Service {
 }
 
 impl Service {
+    /// Whether it has stopped (returned or panicked) on its own.
+    pub fn has_stopped(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
+impl Service {
     /// Stops the service and waits until it has.
     pub async fn stop(self) {
         self.shutdown.cancel();

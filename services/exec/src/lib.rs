@@ -132,7 +132,23 @@ impl Executor {
         let config = self.config;
         let subjects = config.nats.subjects();
         let js = config.nats.jetstream(self.client.clone());
-        let registry = comfaas_platform::registry::Registry::open(&js).await?;
+        // What the node uses but may not create (on a secure site only
+        // operators and dispatchers create streams): waited for, so nodes
+        // may start first.
+        let Some(registry) = when_ready("the registry", &shutdown, || {
+            comfaas_platform::registry::Registry::open(&js)
+        })
+        .await
+        else {
+            return Ok(());
+        };
+        let Some(outputs_store) = when_ready("the outputs store", &shutdown, || {
+            comfaas_platform::resources::outputs_store(&js)
+        })
+        .await
+        else {
+            return Ok(());
+        };
         // Inputs come over a connection of their own that buffers little.
         let bulk = config
             .nats
@@ -141,9 +157,17 @@ impl Executor {
                 Some(inputs::BUFFERED_CHUNKS),
             )
             .await?;
+        let bulk_js = config.nats.jetstream(bulk);
         let inputs = Arc::new(inputs::InputCache::new(
             config.data_dir().join("inputs"),
-            comfaas_platform::resources::inputs_store(&config.nats.jetstream(bulk)).await?,
+            match when_ready("the inputs store", &shutdown, || {
+                comfaas_platform::resources::inputs_store(&bulk_js)
+            })
+            .await
+            {
+                Some(store) => store,
+                None => return Ok(()),
+            },
             config.input_cache_bytes,
         ));
         let table = FunctionTable::new();
@@ -222,7 +246,7 @@ impl Executor {
                 mpi: self.toolchain.mpi.clone(),
                 inputs,
                 outputs: Outputs {
-                    store: comfaas_platform::resources::outputs_store(&js).await?,
+                    store: outputs_store,
                     js,
                 },
             },
@@ -266,4 +290,31 @@ fn available(toolchain: &Toolchain) -> Vec<String> {
         .into_iter()
         .map(|r| r.as_str().to_owned())
         .collect()
+}
+
+/// How long to wait between tries to open what the node may not create.
+const NOT_READY_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens `what` with `open`, trying again every [`NOT_READY_RETRY`] (with a
+/// warning naming why) until it works, or `None` once `shutdown` is
+/// cancelled.
+async fn when_ready<T, E, F, Fut>(what: &str, shutdown: &CancellationToken, open: F) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    loop {
+        match shutdown.run_until_cancelled(open()).await? {
+            Ok(value) => return Some(value),
+            Err(e) => tracing::warn!(
+                "cannot open {what} yet ({e}); an operator or a dispatcher creates it; \
+                 trying again in {}s",
+                NOT_READY_RETRY.as_secs()
+            ),
+        }
+        shutdown
+            .run_until_cancelled(tokio::time::sleep(NOT_READY_RETRY))
+            .await?;
+    }
 }

@@ -383,3 +383,25 @@ async fn a_leaf_without_the_link_credentials_cannot_join_the_hub() {
         .await
         .unwrap();
 }
+
+/// On a secure site a node may not create the stores it uses; started
+/// before the dispatcher that creates them, it waits instead of exiting,
+/// and serves once they exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_the_dispatcher_waits_for_its_stores() {
+    let p = Platform::start_secure().await;
+    let node = p.executor(NodeSpec::edge("edge-1")).await;
+    // Longer than the refused creates take (the old node gave up between
+    // 8 s and 20 s).
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(
+        !node.has_stopped(),
+        "the node gave up before its stores existed"
+    );
+    drop(p.dispatcher().await);
+    p.deploy(&repo_root().join("functions/hello"), &["edge-1"])
+        .await;
+    let reply = p.invoke("hello", r#"{"name":"early"}"#).await;
+    assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    assert_eq!(header(&reply, h::NODE), "edge-1");
+}
