@@ -65,6 +65,14 @@ if ! ls "$WHEELHOUSE"/mpi4py-*.whl >/dev/null 2>&1; then
   python3 -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
     --dest "$WHEELHOUSE" mpi4py
 fi
+# A Python NATS client (nats-py, with nkeys for NKey identities): the tests
+# use it to try the `nats` CLI examples from another real client.
+PYCLIENT="${COMFAAS_PYCLIENT:-$HOME/.cache/comfaas/pyclient}"
+if ! "$PYCLIENT/bin/python" -c 'import nats, nkeys' >/dev/null 2>&1; then
+  say "installing nats-py and nkeys into $PYCLIENT"
+  uv venv --quiet --allow-existing --python /usr/bin/python3 "$PYCLIENT"
+  uv pip install --quiet --python "$PYCLIENT/bin/python" nats-py nkeys
+fi
 here="$(cd "$(dirname "$0")/.." && pwd)"
 if [ -f "$here/functions/pi-mpi-rs/Cargo.toml" ]; then
   cargo fetch --quiet --locked --manifest-path "$here/functions/pi-mpi-rs/Cargo.toml"

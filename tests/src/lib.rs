@@ -40,6 +40,25 @@ pub fn wheelhouse() -> PathBuf {
     comfaas_runtime::default_wheelhouse()
 }
 
+/// The Python of the venv holding nats-py and nkeys that `scripts/setup.sh`
+/// makes (`COMFAAS_PYCLIENT`, else `~/.cache/comfaas/pyclient`): another
+/// real NATS client, to try the `nats` CLI examples with.
+pub fn nats_py() -> PathBuf {
+    let venv = std::env::var_os("COMFAAS_PYCLIENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/comfaas/pyclient")
+        });
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup.sh",
+        python.display()
+    );
+    python
+}
+
 /// Writes a minimal pure-Python wheel of package `name` (module
 /// `import_name`) at `version` into `dir`, whose module says its version.
 /// Tests install from such wheels instead of a package index.

@@ -507,6 +507,12 @@ pub enum AuthCommand {
         /// The auth folder
         dir: PathBuf,
     },
+    /// Print the public key of a seed file and the inbox prefix its replies
+    /// must use (e.g. `nats --inbox-prefix …` for a device)
+    Show {
+        /// A seed file (`.nk`)
+        file: PathBuf,
+    },
 }
 
 /// Runs `comfaas auth …` for subjects under `prefix`.
@@ -530,6 +536,14 @@ pub fn run(command: AuthCommand, prefix: &str) -> anyhow::Result<()> {
             if let Some(ca) = auth.tls_ca() {
                 println!("clients trust the CA with --tls-ca {}", ca.display());
             }
+        }
+        AuthCommand::Show { file } => {
+            let key = public_key(&file)?;
+            println!("public key:   {key}");
+            println!(
+                "inbox prefix: {}",
+                comfaas_schemas::names::inbox_prefix_of(&key)
+            );
         }
         AuthCommand::AddDevice { name, dir } => {
             let mut auth = AuthDir::open(&dir)?;

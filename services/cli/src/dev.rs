@@ -395,8 +395,11 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
                 "  as the operator: comfaas --nats-url {url} --nkey {} --tls-ca {ca} nodes",
                 a.role_file("operator").display()
             );
+            // A device may subscribe only to its own inbox prefix.
+            let device_inbox = crate::auth::public_key(&a.role_file("device"))
+                .map(|key| comfaas_schemas::names::inbox_prefix_of(&key))?;
             println!(
-                "  nats CLI:      nats -s {url} --nkey {} --tlsca {ca} req {} '{{\"name\":\"x\"}}'",
+                "  nats CLI:      nats -s {url} --nkey {} --tlsca {ca} --inbox-prefix {device_inbox} req {} '{{\"name\":\"x\"}}'",
                 a.role_file("device").display(),
                 nats.subjects().invoke("hello")
             );

@@ -405,3 +405,82 @@ async fn a_node_started_before_the_dispatcher_waits_for_its_stores() {
     assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
     assert_eq!(header(&reply, h::NODE), "edge-1");
 }
+
+/// What `comfaas dev --secure` prints for the `nats` CLI, done by another
+/// real client (nats-py): a device connects with its NKey seed over TLS and
+/// requests on `comfaas.invoke.hello`. Its replies come only to its own
+/// inbox prefix: the same request with the default `_INBOX.` prefix is
+/// refused by the server, and the device still works afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_cli_example_works_for_a_device_from_nats_py() {
+    const CLIENT: &str = r#"
+import asyncio, ssl, sys
+import nats
+
+async def main():
+    url, seed, ca, subject, prefix = sys.argv[1:6]
+    errors = []
+    async def on_error(e):
+        errors.append(str(e))
+    options = dict(servers=[url], nkeys_seed=seed, tls=ssl.create_default_context(cafile=ca),
+                   error_cb=on_error, allow_reconnect=False)
+    if prefix:
+        options["inbox_prefix"] = prefix
+    nc = await nats.connect(**options)
+    try:
+        msg = await nc.request(subject, b'{"name":"py"}', timeout=5)
+        print("REPLY", (msg.headers or {}).get("Comfaas-Status"), msg.data.decode())
+    except Exception as e:
+        print("FAILED", type(e).__name__, "|".join(errors))
+    await nc.close()
+
+asyncio.run(main())
+"#;
+    let p = Platform::start_secure().await;
+    drop(p.dispatcher().await);
+    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    p.deploy(&repo_root().join("functions/hello"), &["edge-1"])
+        .await;
+    let auth = p.nats.auth.as_ref().unwrap().snapshot();
+    let seed = auth.role_file("device");
+    let ca = auth.tls_ca().unwrap();
+    // The prefix as the README gets it: `comfaas auth show`.
+    let shown = std::process::Command::new(comfaas_tests::binary("comfaas"))
+        .args(["auth", "show"])
+        .arg(&seed)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    let prefix = shown
+        .lines()
+        .find_map(|line| line.strip_prefix("inbox prefix: "))
+        .unwrap_or_else(|| panic!("no inbox prefix in {shown:?}"))
+        .to_owned();
+    assert_eq!(
+        prefix,
+        names::inbox_prefix_of(&comfaas::auth::public_key(&seed).unwrap())
+    );
+    let script = p.scratch.path().join("nats_req.py");
+    std::fs::write(&script, CLIENT).unwrap();
+    let run = |prefix: String| {
+        let output = std::process::Command::new(comfaas_tests::nats_py())
+            .arg(&script)
+            .args([p.nats.url(), seed.to_str().unwrap(), ca.to_str().unwrap()])
+            .arg(p.subjects.invoke("hello"))
+            .arg(prefix)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let refused = run(String::new());
+    assert!(
+        refused.starts_with("FAILED") && refused.to_lowercase().contains("permissions violation"),
+        "{refused}"
+    );
+    let answered = run(prefix);
+    assert!(
+        answered.starts_with("REPLY ok ") && answered.contains("hello, py"),
+        "{answered}"
+    );
+}
