@@ -283,7 +283,64 @@ impl AuthDir {
         Ok(())
     }
 
-    /// The seed file of a role with one identity (`device`, `operator`,
+    /// Gives the identity `who` (`operator`, `dispatcher`, `observer`,
+    /// `device`, `device:NAME`, `node:NAME`) a new key, written over its seed
+    /// file, and rewrites the configuration: after a reload the old key is
+    /// refused. Rotating the operator also rewrites `operator.pub`
+    /// (executors must then trust the new key). The seed file.
+    pub fn rotate(&mut self, who: &str) -> anyhow::Result<PathBuf> {
+        let (index, file) = self.locate(who)?;
+        let public_key = new_identity(&file)?;
+        if self.state.users[index].role == Role::Operator.kind() {
+            std::fs::write(self.dir.join("operator.pub"), format!("{public_key}\n"))?;
+        }
+        self.state.users[index].public_key = public_key;
+        self.write()?;
+        Ok(file)
+    }
+
+    /// Removes the identity `who` (`device:NAME` or `node:NAME`: a site
+    /// always keeps one identity of each single role; rotate those) and its
+    /// seed file, and rewrites the configuration: after a reload its key is
+    /// refused.
+    pub fn revoke(&mut self, who: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            who.starts_with("device:") || who.starts_with("node:"),
+            "only `device:NAME` and `node:NAME` can be revoked; `{who}` can be rotated instead"
+        );
+        let (index, file) = self.locate(who)?;
+        self.state.users.remove(index);
+        self.write()?;
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(anyhow::Error::new(e).context(format!("remove {}", file.display())))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The place in `users.toml` and the seed file of `who`.
+    fn locate(&self, who: &str) -> anyhow::Result<(usize, PathBuf)> {
+        let (role, name, file) = match who.split_once(':') {
+            Some(("device", name)) => (Role::Device.kind(), name, self.device_file(name)),
+            Some(("node", name)) => ("executor", name, self.node_file(name)),
+            None if SINGLE_ROLES.iter().any(|r| r.kind() == who) => (who, who, self.role_file(who)),
+            _ => anyhow::bail!(
+                "`{who}` names no identity: operator, dispatcher, observer, device, \
+                 device:NAME or node:NAME"
+            ),
+        };
+        let index = self
+            .state
+            .users
+            .iter()
+            .position(|u| u.role == role && u.name == name)
+            .with_context(|| {
+                format!("{who} is not in {}", self.dir.join("users.toml").display())
+            })?;
+        Ok((index, file))
+    }
+
     /// `dispatcher`, `observer`).
     pub fn role_file(&self, kind: &str) -> PathBuf {
         self.dir.join(format!("{kind}.nk"))
@@ -507,6 +564,22 @@ pub enum AuthCommand {
         /// The auth folder
         dir: PathBuf,
     },
+    /// Give an identity a new key (`operator`, `dispatcher`, `observer`,
+    /// `device`, `device:NAME`, `node:NAME`); reload the server after
+    Rotate {
+        /// Whose key
+        who: String,
+        /// The auth folder
+        dir: PathBuf,
+    },
+    /// Remove a device or node identity (`device:NAME`, `node:NAME`);
+    /// reload the server after
+    Revoke {
+        /// Whose key
+        who: String,
+        /// The auth folder
+        dir: PathBuf,
+    },
     /// Print the public key of a seed file and the inbox prefix its replies
     /// must use (e.g. `nats --inbox-prefix …` for a device)
     Show {
@@ -536,6 +609,18 @@ pub fn run(command: AuthCommand, prefix: &str) -> anyhow::Result<()> {
             if let Some(ca) = auth.tls_ca() {
                 println!("clients trust the CA with --tls-ca {}", ca.display());
             }
+        }
+        AuthCommand::Rotate { who, dir } => {
+            let mut auth = AuthDir::open(&dir)?;
+            let file = auth.rotate(&who)?;
+            println!("{who}: new key in {}", file.display());
+            println!("{}", reload_hint(&auth));
+        }
+        AuthCommand::Revoke { who, dir } => {
+            let mut auth = AuthDir::open(&dir)?;
+            auth.revoke(&who)?;
+            println!("{who}: removed");
+            println!("{}", reload_hint(&auth));
         }
         AuthCommand::Show { file } => {
             let key = public_key(&file)?;

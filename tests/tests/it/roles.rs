@@ -266,7 +266,7 @@ async fn an_executor_takes_work_and_reports_only_as_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn strangers_and_plaintext_are_refused_and_a_reload_admits_a_new_device() {
+async fn strangers_and_plaintext_are_refused_and_a_reload_adds_rotates_and_revokes_keys() {
     let p = Platform::start_secure().await;
     let auth = p.nats.auth.as_ref().unwrap().snapshot();
     let ca = auth.tls_ca().unwrap();
@@ -310,7 +310,48 @@ async fn strangers_and_plaintext_are_refused_and_a_reload_admits_a_new_device() 
         "a new key is refused until the server reloads"
     );
     p.nats.reload_until_accepted(&with_key(new.clone())).await;
-    with_key(new).connect("after reload").await.unwrap();
+    with_key(new.clone()).connect("after reload").await.unwrap();
+
+    // `comfaas auth rotate device:late` + a reload: the old key (kept
+    // aside, as a thief would) is refused, the new one accepted.
+    let stolen = p.scratch.path().join("stolen.nk");
+    std::fs::copy(&new, &stolen).unwrap();
+    let rotated = {
+        let mut dir = p.nats.auth.as_ref().unwrap().dir.lock().unwrap();
+        dir.rotate("device:late").unwrap()
+    };
+    assert_eq!(rotated, new);
+    assert_ne!(
+        std::fs::read(&stolen).unwrap(),
+        std::fs::read(&new).unwrap()
+    );
+    p.nats.reload_until_accepted(&with_key(new.clone())).await;
+    assert!(
+        with_key(stolen).connect("old key").await.is_err(),
+        "a rotated-out key is refused after the reload"
+    );
+
+    // `comfaas auth revoke device:late` + a reload: its key is refused,
+    // others still connect.
+    let revoked = p.scratch.path().join("revoked.nk");
+    std::fs::copy(&new, &revoked).unwrap();
+    {
+        let mut dir = p.nats.auth.as_ref().unwrap().dir.lock().unwrap();
+        dir.revoke("device:late").unwrap();
+        assert!(dir.revoke("operator").is_err(), "a site keeps its operator");
+    }
+    assert!(!new.exists(), "the revoked seed file is gone");
+    p.nats
+        .reload_until_accepted(&with_key(auth.role_file("operator")))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while with_key(revoked.clone()).connect("revoked").await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a revoked key is still accepted 10 s after the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
