@@ -123,6 +123,24 @@ pub enum InstallError {
     },
 }
 
+/// The executor's variables an install step keeps: how the host reaches a
+/// package index through its proxy and which certificate authorities it
+/// trusts (a site behind a TLS-inspecting proxy needs both).
+const NETWORK_ENV: [&str; 12] = [
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "PIP_CERT",
+    "CURL_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
+
 pub(super) async fn create_dir(dir: &Path) -> Result<(), InstallError> {
     tokio::fs::create_dir_all(dir)
         .await
@@ -137,7 +155,10 @@ pub(super) async fn create_dir(dir: &Path) -> Result<(), InstallError> {
 /// scrubbed environment, nothing of the executor's: `PATH` (the folders of
 /// the tools found, then the system's), `HOME` (a folder of the install),
 /// `LANG`, and what the tools need to work offline from this node's caches
-/// (uv's cache, cargo's home); pip and uv read no configuration file.
+/// (uv's cache, cargo's home), and how this host reaches a package index
+/// ([`NETWORK_ENV`]: its proxy and the certificates it trusts, no
+/// credentials of the executor's own); pip and uv read no configuration
+/// file.
 pub(super) async fn step(
     name: &str,
     mut command: Command,
@@ -162,6 +183,11 @@ pub(super) async fn step(
         .env("UV_NO_CONFIG", "1")
         .env("UV_PYTHON_DOWNLOADS", "never")
         .envs(toolchain.tool_env.iter().map(|(k, v)| (k, v)))
+        .envs(
+            NETWORK_ENV
+                .iter()
+                .filter_map(|k| Some((k, std::env::var_os(k)?))),
+        )
         .envs(own);
     if let Some(cache) = &toolchain.uv_cache {
         command.env("UV_CACHE_DIR", cache);
