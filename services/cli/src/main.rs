@@ -178,7 +178,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let registry = || async {
         Registry::open(&nats.jetstream(client.clone()))
             .await
-            .context("open the registry (is JetStream enabled?)")
+            .with_context(|| match &nats.nkey_file {
+                Some(key) => format!(
+                    "open the registry (is JetStream enabled? does {} belong to the operator? \
+                     only the operator's key may read and write it)",
+                    key.display()
+                ),
+                None => "open the registry (is JetStream enabled?)".to_owned(),
+            })
     };
     match cli.command {
         Command::Dev(_) | Command::Auth(_) => unreachable!("handled above"),
