@@ -20,8 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::Semaphore;
 
+use crate::jail::{Confined, Jail, LimitHit};
 use crate::process::{Exit, RunOutcome, STDERR_TAIL_BYTES};
-use crate::sandbox::{Confined, Jail, LimitHit};
 
 /// File name of the worker script in a handler function's environment.
 pub const WORKER_FILE: &str = "comfaas_worker.py";

@@ -11,6 +11,7 @@
 pub mod bundle;
 pub mod handler;
 pub mod install;
+pub mod jail;
 pub mod process;
 pub mod sandbox;
 

@@ -11,7 +11,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::sandbox::{Jail, LimitHit};
+use crate::jail::{Jail, LimitHit};
 
 /// Bytes of stderr kept for error messages (the tail, where tracebacks end).
 pub const STDERR_TAIL_BYTES: usize = 2048;

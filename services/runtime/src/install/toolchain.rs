@@ -154,10 +154,10 @@ impl Toolchain {
             .flatten()
             .filter_map(|tool| tool.parent().map(Path::to_path_buf))
             .collect();
-        path.extend(std::env::split_paths(crate::sandbox::SYSTEM_PATH));
+        path.extend(std::env::split_paths(crate::jail::SYSTEM_PATH));
         path.dedup();
         let tool_path =
-            std::env::join_paths(path).unwrap_or_else(|_| crate::sandbox::SYSTEM_PATH.into());
+            std::env::join_paths(path).unwrap_or_else(|_| crate::jail::SYSTEM_PATH.into());
         Self {
             // The distribution's interpreter first: runs see /usr, and an
             // interpreter under a home folder (pyenv) is out of their reach.

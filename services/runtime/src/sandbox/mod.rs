@@ -31,22 +31,10 @@ use crate::handler::WorkerSpec;
 use crate::install::Installation;
 use crate::process::RunInput;
 
-mod cgroup;
-mod config;
-mod jail;
-mod uids;
-
-use cgroup::Cgroups;
-pub use config::{Isolation, SandboxConfig};
-use jail::Bwrap;
-pub(crate) use jail::Confined;
-pub use jail::{Jail, LimitHit};
-pub use uids::Identity;
-use uids::UidTable;
-
-/// The `PATH` after the installation's own folders: system tools only,
-/// nothing of the executor's.
-pub const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+use crate::jail::{Bwrap, Cgroups, UidTable};
+pub use crate::jail::{
+    Identity, Isolation, Jail, LimitHit, SandboxConfig, SandboxError, SYSTEM_PATH,
+};
 
 /// File name of a run's input inside its private directory, when the input
 /// came in the invocation message but a file is needed (MPI jobs).
@@ -58,45 +46,6 @@ const UIDS_FILE: &str = "sandbox-uids";
 const SYSTEM_DIRS: [&str; 8] = [
     "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
 ];
-
-/// Why the node cannot sandbox runs as configured.
-#[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
-    /// bwrap is not installed where configured.
-    #[error(
-        "sandbox.isolation is \"bwrap\" but {} is missing or not executable: install bubblewrap \
-         (Debian: apt-get install bubblewrap), or set sandbox.isolation = \"none\" to run functions \
-         unconfined",
-        .0.display()
-    )]
-    MissingBwrap(PathBuf),
-    /// bwrap is there but cannot make a sandbox on this host.
-    #[error("bwrap cannot make a sandbox here (are unprivileged user namespaces allowed?): {0}")]
-    BwrapFails(String),
-    /// A configured value is unusable.
-    #[error("sandbox: {0}")]
-    Config(String),
-    /// A folder runs must reach is closed to their users.
-    #[error(
-        "sandbox: functions' users must pass through {} to reach their files, but it has mode \
-         {mode:o}: chmod o+x it, or choose a data_dir under folders others may enter",
-        .dir.display()
-    )]
-    Unreachable {
-        /// The folder.
-        dir: PathBuf,
-        /// Its mode.
-        mode: u32,
-    },
-    /// A file operation failed.
-    #[error("sandbox: {what}: {source}")]
-    Io {
-        /// What was done.
-        what: String,
-        /// Why it failed.
-        source: std::io::Error,
-    },
-}
 
 /// The node's sandboxing: set up once at start, shared by every install.
 #[derive(Debug, Clone)]

@@ -15,6 +15,10 @@
 //! executor finds that child's pid, puts it into the run's cgroup, and only
 //! then writes the byte to stdin. The shell also keeps bwrap off stdin's
 //! fd 0, which `--block-fd 0` would close for the function.
+//!
+//! The layer under `sandbox`: it knows how to confine one process, and
+//! nothing of installs, workers or runs (`process` and `handler` start
+//! their processes through a [`Jail`]; `sandbox` decides what goes in it).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -24,8 +28,58 @@ use std::time::{Duration, Instant};
 use comfaas_schemas::{ByteSize, ResourceLimits};
 use tokio::process::Command;
 
-use super::cgroup::{Cgroups, RunCgroup};
-use super::uids::Identity;
+mod cgroup;
+mod config;
+mod uids;
+
+pub(crate) use cgroup::Cgroups;
+use cgroup::RunCgroup;
+pub use config::{Isolation, SandboxConfig};
+pub use uids::Identity;
+pub(crate) use uids::UidTable;
+
+/// The `PATH` after the installation's own folders: system tools only,
+/// nothing of the executor's.
+pub const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Why the node cannot sandbox runs as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// bwrap is not installed where configured.
+    #[error(
+        "sandbox.isolation is \"bwrap\" but {} is missing or not executable: install bubblewrap \
+         (Debian: apt-get install bubblewrap), or set sandbox.isolation = \"none\" to run functions \
+         unconfined",
+        .0.display()
+    )]
+    MissingBwrap(PathBuf),
+    /// bwrap is there but cannot make a sandbox on this host.
+    #[error("bwrap cannot make a sandbox here (are unprivileged user namespaces allowed?): {0}")]
+    BwrapFails(String),
+    /// A configured value is unusable.
+    #[error("sandbox: {0}")]
+    Config(String),
+    /// A folder runs must reach is closed to their users.
+    #[error(
+        "sandbox: functions' users must pass through {} to reach their files, but it has mode \
+         {mode:o}: chmod o+x it, or choose a data_dir under folders others may enter",
+        .dir.display()
+    )]
+    Unreachable {
+        /// The folder.
+        dir: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+    /// A file operation failed.
+    #[error("sandbox: {what}: {source}")]
+    Io {
+        /// What was done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
 
 /// How long bwrap may take to clone its sandboxed child.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,7 +89,7 @@ const SIGNALLED: i32 = 128;
 /// What every confined process of a node shares: the bwrap program and
 /// the host folders every run sees.
 #[derive(Debug)]
-pub(super) struct Bwrap {
+pub(crate) struct Bwrap {
     /// The bubblewrap program.
     pub program: PathBuf,
     /// Arguments that show the system (`/usr`, `/etc`, the `/lib` links,
@@ -50,16 +104,16 @@ pub(super) struct Bwrap {
 /// which limits. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Jail {
-    pub(super) bwrap: Option<Arc<Bwrap>>,
-    pub(super) identity: Option<Identity>,
-    pub(super) network: bool,
-    pub(super) limits: ResourceLimits,
+    pub(crate) bwrap: Option<Arc<Bwrap>>,
+    pub(crate) identity: Option<Identity>,
+    pub(crate) network: bool,
+    pub(crate) limits: ResourceLimits,
     /// Whether `limits.cpu_time` applies (not to warm workers, which live
     /// across many calls).
-    pub(super) cpu_time: bool,
-    pub(super) read_only: Vec<PathBuf>,
-    pub(super) writable: Vec<PathBuf>,
-    pub(super) secrets: Arc<Vec<(String, Vec<u8>)>>,
+    pub(crate) cpu_time: bool,
+    pub(crate) read_only: Vec<PathBuf>,
+    pub(crate) writable: Vec<PathBuf>,
+    pub(crate) secrets: Arc<Vec<(String, Vec<u8>)>>,
 }
 
 /// A limit a run hit, as the caller is told.

@@ -21,7 +21,7 @@ pub struct Identity {
 
 /// The functions' uids on this node.
 #[derive(Debug)]
-pub(super) struct UidTable {
+pub(crate) struct UidTable {
     file: PathBuf,
     base: u32,
     count: u32,

@@ -14,7 +14,7 @@ use comfaas_schemas::ResourceLimits;
 
 /// The cgroups this node can bound runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Cgroups {
+pub(crate) enum Cgroups {
     /// The unified hierarchy: runs' groups go under `parent`, which has
     /// `memory` and `pids` enabled for its children.
     V2 {
@@ -34,7 +34,7 @@ pub(super) enum Cgroups {
 
 /// One run's cgroup (one directory per hierarchy).
 #[derive(Debug)]
-pub(super) struct RunCgroup {
+pub(crate) struct RunCgroup {
     v2: bool,
     memory: PathBuf,
     pids: PathBuf,
