@@ -165,13 +165,14 @@ impl Grant {
     }
 
     /// Putting objects into `bucket`: looking up whether one exists (by
-    /// name, a direct get of its metadata subject), then chunks and
-    /// metadata. No purge: a device cannot drop the chunks of an object.
+    /// name: a direct get of the last message on its metadata subject),
+    /// then chunks and metadata. No purge: a device cannot drop the chunks
+    /// of an object. No `STREAM.MSG.GET` and no direct get by sequence:
+    /// those read any message of the stream, other tenants' chunks too.
     fn put_objects(&mut self, bucket: &str) -> &mut Self {
         let stream = names::object_store_stream(bucket);
         self.api(format!("STREAM.INFO.{stream}"))
-            .api(format!("STREAM.MSG.GET.{stream}"))
-            .api(format!("DIRECT.GET.{stream}.>"))
+            .api(format!("DIRECT.GET.{stream}.{}.{bucket}.M.>", js::OBJECT))
             .publish(format!("{}.{bucket}.>", js::OBJECT))
     }
 

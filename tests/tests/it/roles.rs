@@ -525,3 +525,39 @@ asyncio.run(main())
         "{answered}"
     );
 }
+
+/// A device uploads inputs and may look one up by name, but may not read
+/// the inputs stream by sequence (which would hand it every other
+/// tenant's chunks): the request is refused, while the same request from
+/// the dispatcher (which reads inputs to place work) is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_read_other_tenants_inputs_by_sequence() {
+    let p = serving_hello().await;
+    // Another tenant's input, uploaded by the device identity itself.
+    let name = p.upload_input(b"another tenant's private input").await;
+    assert!(name.starts_with("sha256-"), "{name}");
+    let stream = names::object_store_stream(names::INPUTS_BUCKET);
+    for api in [
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}"),
+    ] {
+        let by_sequence = p.device.request(api.clone(), r#"{"seq":1}"#.into()).await;
+        assert!(
+            by_sequence.is_err(),
+            "a device read an input by sequence on {api}: {by_sequence:?}"
+        );
+        logged(&p, &api).await;
+    }
+    let dispatcher = p.nats.client_as(&Role::Dispatcher).await;
+    let answered = dispatcher
+        .request(
+            format!("$JS.API.STREAM.MSG.GET.{stream}"),
+            r#"{"seq":1}"#.into(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answered.payload).contains("\"message\""),
+        "{answered:?}"
+    );
+}
