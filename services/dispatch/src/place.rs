@@ -319,6 +319,8 @@ async fn input_object(
             names::INPUTS_BUCKET
         ))
     })?;
+    comfaas_platform::objects::check_content_name(name, info.digest.as_deref())
+        .map_err(InvocationError::input_invalid)?;
     Ok(Some(InputObject {
         name: name.clone(),
         size: info.size as u64,

@@ -78,15 +78,50 @@ pub async fn put_file(store: &ObjectStore, name: &str, path: &Path) -> Result<()
     Ok(())
 }
 
+/// How the name of an object named by its content starts: `sha256-<hex>`.
+pub const CONTENT_NAME_PREFIX: &str = "sha256-";
+
+/// The SHA-256, in hex, an object store digest (`SHA-256=<base64url>`)
+/// stands for; `None` for any other digest.
+pub fn digest_hex(digest: &str) -> Option<String> {
+    let encoded = digest.strip_prefix("SHA-256=")?;
+    let bytes = data_encoding::BASE64URL
+        .decode(encoded.as_bytes())
+        .or_else(|_| data_encoding::BASE64URL_NOPAD.decode(encoded.as_bytes()))
+        .ok()?;
+    (bytes.len() == 32).then(|| hex::encode(bytes))
+}
+
+/// Checks that an object named for its content (`sha256-<hex>`) holds that
+/// content, by the digest the store keeps of it. Any other name passes: it
+/// promises nothing. Anyone who may put objects can put any bytes under any
+/// name, so a content name is believed only when it matches.
+pub fn check_content_name(name: &str, digest: Option<&str>) -> Result<(), String> {
+    let Some(claimed) = name.strip_prefix(CONTENT_NAME_PREFIX) else {
+        return Ok(());
+    };
+    let held = digest.and_then(digest_hex);
+    if held.as_deref() == Some(claimed.to_ascii_lowercase().as_str()) {
+        return Ok(());
+    }
+    Err(format!(
+        "object `{name}` is named for content it does not hold (its SHA-256 is {})",
+        held.as_deref().unwrap_or("unknown")
+    ))
+}
+
 /// Puts the file at `path` into `store` under its content's name, unless an
-/// object of that name and size is already there.
+/// object of that name already holds that content.
 pub async fn upload_file(store: &ObjectStore, path: &Path) -> Result<Uploaded, NatsError> {
     let (hex, size) = sha256_of(path)
         .await
         .map_err(|e| NatsError::new(format!("read {}", path.display()), e))?;
-    let name = format!("sha256-{hex}");
+    let name = format!("{CONTENT_NAME_PREFIX}{hex}");
     if let Ok(info) = store.info(&name).await {
-        if info.size as u64 == size {
+        // Reused only when it holds this very content: anyone who may put
+        // inputs could have put other bytes under this name first.
+        let same = info.digest.as_deref().and_then(digest_hex).as_deref() == Some(hex.as_str());
+        if same && info.size as u64 == size {
             return Ok(Uploaded {
                 name,
                 size,
@@ -100,4 +135,25 @@ pub async fn upload_file(store: &ObjectStore, path: &Path) -> Result<Uploaded, N
         size,
         reused: false,
     })
+}
+
+#[cfg(test)]
+mod content_name_tests {
+    use super::*;
+
+    #[test]
+    fn a_content_name_must_match_the_digest_the_store_keeps() {
+        // SHA-256 of "abc".
+        let hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let bytes = hex::decode(hex).unwrap_or_default();
+        let digest = format!("SHA-256={}", data_encoding::BASE64URL.encode(&bytes));
+        assert_eq!(digest_hex(&digest).as_deref(), Some(hex));
+        assert!(check_content_name(&format!("sha256-{hex}"), Some(&digest)).is_ok());
+        let other = format!("sha256-{}", "0".repeat(64));
+        let refused = check_content_name(&other, Some(&digest)).unwrap_err();
+        assert!(refused.contains(hex), "{refused}");
+        assert!(check_content_name(&format!("sha256-{hex}"), None).is_err());
+        assert!(check_content_name("my-input.bin", Some(&digest)).is_ok());
+        assert_eq!(digest_hex("MD5=abc"), None);
+    }
 }

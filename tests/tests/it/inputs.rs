@@ -297,3 +297,61 @@ async fn stores_shrink_to_the_disk_the_server_allows() {
     assert!(outputs.get("missing").await.is_err());
     server.stop().await;
 }
+
+/// Anyone who may put inputs may put any bytes under any name. An object
+/// named for its content (`sha256-<hex>`, as the CLI names uploads) that
+/// holds other bytes is refused (422) instead of run as if it were the
+/// named input, and the owner's next upload of the real content replaces
+/// it instead of reusing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_named_for_other_content_is_refused_and_replaced() {
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    let count = p.count_function();
+    p.deploy(&count, &["edge-1"]).await;
+
+    let genuine = b"the owner's genuine input".to_vec();
+    let claimed = {
+        use sha2::Digest;
+        format!("sha256-{}", hex::encode(sha2::Sha256::digest(&genuine)))
+    };
+    // The forger puts other bytes, of the same size, under that name.
+    let forged = b"THE FORGER'S SWAPPED INPUT".to_vec();
+    let forged = &forged[..genuine.len()];
+    let file = p.scratch.path().join("forged");
+    std::fs::write(&file, forged).unwrap();
+    let js = async_nats::jetstream::new(p.device.clone());
+    let store = comfaas_platform::resources::inputs_store(&js)
+        .await
+        .unwrap();
+    comfaas_platform::objects::put_file(&store, &claimed, &file)
+        .await
+        .unwrap();
+
+    let refused = p
+        .invoke_with("count", "", with_object(&claimed, None))
+        .await;
+    assert_eq!(
+        header(&refused, h::ERROR_CODE),
+        "422",
+        "{:?}",
+        refused.headers
+    );
+    assert!(
+        header(&refused, h::ERROR).contains("named for content it does not hold"),
+        "{:?}",
+        refused.headers
+    );
+
+    // The owner uploads the genuine bytes: not "reused", and now it runs.
+    assert_eq!(p.upload_input(&genuine).await, claimed);
+    let answered = p
+        .invoke_with("count", "", with_object(&claimed, None))
+        .await;
+    assert_eq!(header(&answered, h::STATUS), "ok", "{:?}", answered.headers);
+    assert_eq!(
+        String::from_utf8_lossy(&answered.payload).trim(),
+        genuine.len().to_string()
+    );
+}
