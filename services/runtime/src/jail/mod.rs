@@ -227,8 +227,13 @@ impl Jail {
             .arg(&bwrap.program);
         command.args([
             "--unshare-user",
+            // No user namespaces of its own inside: the kernel's surface
+            // they open stays closed.
+            "--disable-userns",
             "--unshare-pid",
             "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
             // bwrap's own processes die with the executor; the sandbox's
             // pid 1 with bwrap; everything else with pid 1.
             "--die-with-parent",
@@ -249,6 +254,13 @@ impl Jail {
         for path in &self.writable {
             command.arg("--bind").arg(path).arg(path);
         }
+        // The run's environment is set by bwrap inside the jail: the shell
+        // and bwrap themselves start from a fixed one, so nothing of the
+        // manifest's `env` (say `LD_AUDIT`) acts on them, outside it.
+        command.arg("--clearenv");
+        for (key, value) in env {
+            command.arg("--setenv").arg(key).arg(value);
+        }
         command
             .arg("--chdir")
             .arg(cwd)
@@ -257,7 +269,8 @@ impl Jail {
             .args(args)
             .current_dir("/")
             .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)));
+            .env("PATH", SYSTEM_PATH)
+            .env("LANG", "C.UTF-8");
         if let Some(identity) = self.identity {
             // std drops the supplementary groups when root sets a uid: bwrap
             // starts unprivileged and makes its user namespace itself.

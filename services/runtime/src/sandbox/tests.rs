@@ -385,3 +385,40 @@ async fn secrets_arrive_as_files_of_the_run_user() {
         .map_or(nix::unistd::geteuid().as_raw(), |i| i.uid);
     assert_eq!(out, format!("s3cret\n400 {uid}\n0"));
 }
+
+/// The manifest's `env` is set by bwrap inside the jail (`--clearenv`,
+/// `--setenv`); the launcher shell and bwrap start from a fixed
+/// environment, so a variable such as `LD_AUDIT` cannot act on them,
+/// outside the sandbox. The run still sees its variables.
+#[tokio::test]
+async fn the_manifest_env_is_set_inside_the_jail_not_on_its_launcher() {
+    let node = Node::start(ResourceLimits::default());
+    let (_, sandbox) = node.install(
+        "envy",
+        "env = { LD_AUDIT = \"/nowhere/audit.so\", MODE = \"x y\" }",
+    );
+    let dir = node.data.path().join("runs").join("run-envy");
+    let run_dir = sandbox.enter(dir, "inv").await.unwrap();
+    let command = run_dir
+        .jail()
+        .command(Path::new("/bin/true"), &[], run_dir.dir(), run_dir.env());
+    let outer: Vec<_> = command
+        .as_std()
+        .get_envs()
+        .map(|(k, _)| k.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(outer, ["LANG", "PATH"], "the launcher's own environment");
+    let args: Vec<_> = command
+        .as_std()
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let set = args
+        .windows(3)
+        .any(|w| w[0] == "--setenv" && w[1] == "LD_AUDIT" && w[2] == "/nowhere/audit.so");
+    assert!(set && args.contains(&"--clearenv".to_owned()), "{args:?}");
+    run_dir.remove().await;
+
+    let outcome = node.sh(&sandbox, "echo \"$MODE\"").await;
+    assert_eq!(String::from_utf8_lossy(&outcome.stdout).trim(), "x y");
+}
