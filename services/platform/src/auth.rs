@@ -137,7 +137,9 @@ impl Grant {
 
     /// Reading the stream `stream` by consumers: create one (plain and
     /// named with its filter), flow control, acks, pulls, single-message
-    /// reads.
+    /// reads. No `CONSUMER.DELETE`: a reader could delete other readers'
+    /// consumers (the dispatchers' and nodes' registry watchers); the
+    /// ephemeral consumers readers make go away by themselves once idle.
     fn read_stream(&mut self, stream: &str) -> &mut Self {
         self.api(format!("STREAM.INFO.{stream}"))
             .api(format!("STREAM.MSG.GET.{stream}"))
@@ -145,7 +147,6 @@ impl Grant {
             .api(format!("DIRECT.GET.{stream}.>"))
             .api(format!("CONSUMER.CREATE.{stream}"))
             .api(format!("CONSUMER.CREATE.{stream}.>"))
-            .api(format!("CONSUMER.DELETE.{stream}.>"))
             .publish(format!("{}.{stream}.>", js::FLOW_CONTROL))
     }
 
