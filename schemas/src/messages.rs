@@ -368,7 +368,14 @@ impl Deployment {
     /// signed) and `bundle.object` (the fetched bytes are checked against
     /// the signed digest and size instead).
     pub fn signed_bytes(&self) -> Result<Vec<u8>, SigningError> {
-        let manifest = serde_json::to_value(&self.manifest)?;
+        let mut manifest = serde_json::to_value(&self.manifest)?;
+        // `env` is data, not fields with defaults: its entries are signed
+        // as they are, an empty value included (pruning would let one be
+        // added or dropped without breaking the signature).
+        let env = manifest
+            .as_object_mut()
+            .and_then(|fields| fields.remove("env"))
+            .filter(|env| env.as_object().is_some_and(|entries| !entries.is_empty()));
         let payload = serde_json::json!({
             "bundle": { "digest": self.bundle.digest, "size": self.bundle.size },
             "function": self.manifest.name,
@@ -376,7 +383,13 @@ impl Deployment {
             "version": self.manifest.version,
         });
         let mut out = DEPLOYMENT_SIGNING_DOMAIN.to_vec();
-        if let Some(payload) = canonical::prune(payload) {
+        if let Some(mut payload) = canonical::prune(payload) {
+            if let (Some(env), Some(manifest)) = (
+                env,
+                payload.get_mut("manifest").and_then(|m| m.as_object_mut()),
+            ) {
+                manifest.insert("env".to_owned(), env);
+            }
             canonical::write(&payload, &mut out)?;
         }
         Ok(out)
@@ -830,8 +843,16 @@ mod tests {
         same.signature = None;
         assert_eq!(same.signed_bytes().unwrap(), bytes);
         // Covered: every manifest field, the digest and the size.
-        let changes: [fn(&mut Deployment); 5] = [
+        let changes: [fn(&mut Deployment); 9] = [
             |d| d.manifest.entry = "evil.py".into(),
+            |d| {
+                d.manifest.env.insert("PYTHONINSPECT".into(), String::new());
+            },
+            |d| {
+                d.manifest.env.insert("MODE".into(), "x".into());
+            },
+            |d| d.manifest.network = true,
+            |d| d.manifest.secrets.push("API_TOKEN".into()),
             |d| d.manifest.requirements.push("evil".into()),
             |d| d.manifest.version = "1.0.1".into(),
             |d| d.bundle.digest = "sha256:cd".into(),
