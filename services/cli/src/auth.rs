@@ -524,10 +524,7 @@ fn indent(text: &str) -> String {
 
 /// The public key of the seed in `file`.
 pub fn public_key(file: &Path) -> anyhow::Result<String> {
-    let seed = comfaas_platform::nats::read_seed(file)?;
-    Ok(nkeys::KeyPair::from_seed(&seed)
-        .with_context(|| format!("read the nkey seed {}", file.display()))?
-        .public_key())
+    Ok(comfaas_platform::signing::Signer::from_file(file)?.public_key())
 }
 
 /// What to tell the operator after an identity was added.

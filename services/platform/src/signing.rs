@@ -23,15 +23,9 @@ pub enum KeyError {
         /// Why.
         reason: String,
     },
-    /// The signing key file could not be read.
-    #[error("cannot read the signing key {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The signing key file could not be read, or holds no seed line.
+    #[error(transparent)]
+    File(#[from] crate::NatsError),
     /// The file or text holds no nkey seed (the seed itself is never quoted).
     #[error("{what} holds no nkey seed (a line `SU…`)")]
     NoSeed {
@@ -91,16 +85,10 @@ impl Signer {
     /// The signer whose seed is in `path`: an nkey file (the seed alone on
     /// a line, as `comfaas auth init` writes) or a NATS `.creds` file.
     pub fn from_file(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        text.lines()
-            .map(str::trim)
-            .filter(|line| line.starts_with('S'))
-            .find_map(|line| KeyPair::from_seed(line).ok())
+        let seed = crate::nats::read_seed(path)?;
+        KeyPair::from_seed(&seed)
             .map(|key| Self { key })
-            .ok_or_else(|| KeyError::NoSeed {
+            .map_err(|_| KeyError::NoSeed {
                 what: path.display().to_string(),
             })
     }
