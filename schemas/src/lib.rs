@@ -21,9 +21,8 @@ pub use codec::{decode, encode, CodecError};
 pub use error::{ErrorCode, InvalidValue, InvocationError};
 pub use limits::{job_procs, RunLimits};
 pub use manifest::{
-    check_requirement, parse_duration, validate_env_name, validate_function_name,
-    validate_secret_name, ByteSize, Manifest, ManifestError, Mode, Placement, Procs,
-    ResourceLimits, Runtime, MANIFEST_FILE,
+    check_requirement, parse_duration, validate_env_name, validate_function_name, ByteSize,
+    Manifest, ManifestError, Mode, Placement, Procs, ResourceLimits, Runtime, MANIFEST_FILE,
 };
 pub use messages::{
     now_unix_ms, BundleRef, CandidateEstimate, Deployment, DeploymentSignature, DispatchMetrics,
@@ -31,3 +30,4 @@ pub use messages::{
     PlacementRecord, SandboxReport, SignaturePolicy, SigningError, Tier, DEPLOYMENT_SIGNING_DOMAIN,
     SCHEMA_VERSION,
 };
+pub use names::validate_secret_name;

@@ -601,7 +601,7 @@ impl Manifest {
             }
         }
         for name in &self.secrets {
-            if let Err(InvalidValue(reason)) = validate_secret_name(name) {
+            if let Err(InvalidValue(reason)) = crate::names::validate_secret_name(name) {
                 return invalid("secrets", reason);
             }
         }
@@ -666,25 +666,6 @@ pub fn validate_env_name(name: &str) -> Result<(), InvalidValue> {
         )));
     }
     Ok(())
-}
-
-/// Checks a secret's name: 1 to 64 letters, digits, `_`, `-` or `.`, not
-/// starting with `.` (it is a file name in the run's directory and a key in
-/// the secrets bucket).
-pub fn validate_secret_name(name: &str) -> Result<(), InvalidValue> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(InvalidValue(format!(
-            "`{name}` is not a secret name: use 1 to 64 letters, digits, `_`, `-` or `.`, not starting with `.`"
-        )))
-    }
 }
 
 /// Checks that a function name is one subject token and a valid KV key.
@@ -817,7 +798,8 @@ entry = "main.py"
         );
         check("env = { A = \"\\u0000\" }", "NUL byte");
         check("env = { A = 1 }", "invalid type");
-        check("secrets = [\"DB_PASSWORD\", \"api.key-2\"]", "ok");
+        check("secrets = [\"DB_PASSWORD\", \"_api_key2\"]", "ok");
+        check("secrets = [\"api.key\"]", "field `secrets`");
         check("secrets = [\"../etc\"]", "field `secrets`");
         check("secrets = [\".hidden\"]", "field `secrets`");
         check("secrets = [\"\"]", "field `secrets`");
