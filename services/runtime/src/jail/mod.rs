@@ -113,7 +113,7 @@ pub struct Jail {
     pub(crate) cpu_time: bool,
     pub(crate) read_only: Vec<PathBuf>,
     pub(crate) writable: Vec<PathBuf>,
-    pub(crate) secrets: Arc<Vec<(String, Vec<u8>)>>,
+    pub(crate) secrets: SecretFiles,
 }
 
 /// A limit a run hit, as the caller is told.
@@ -164,7 +164,7 @@ impl Jail {
             cpu_time: false,
             read_only: Vec::new(),
             writable: Vec::new(),
-            secrets: Arc::default(),
+            secrets: SecretFiles::default(),
         }
     }
 
@@ -480,6 +480,35 @@ fn launcher(limits: &ResourceLimits, cpu_time: bool, cgroups: &Cgroups) -> Strin
     steps.join(" && ")
 }
 
+/// The secrets a run finds as files (name, value), shared by its runs and
+/// workers. Its `Debug` names them and never shows a value, so no log of
+/// a jail, a sandbox or what holds them can leak one.
+#[derive(Clone, Default)]
+pub(crate) struct SecretFiles(Arc<Vec<(String, Vec<u8>)>>);
+
+impl SecretFiles {
+    /// The secrets `secrets` (name, value).
+    pub(crate) fn new(secrets: Vec<(String, Vec<u8>)>) -> Self {
+        Self(Arc::new(secrets))
+    }
+}
+
+impl std::ops::Deref for SecretFiles {
+    type Target = [(String, Vec<u8>)];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
 /// Creates `dir` (0700, owned by `identity`) and its `secrets/` (0500) with
 /// one 0400 file per secret, written before anything of the run exists.
 fn private_dir(
@@ -628,7 +657,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let root = tempfile::tempdir().unwrap();
         let mut jail = Jail::none();
-        jail.secrets = Arc::new(vec![("API_KEY".to_owned(), b"s3cret".to_vec())]);
+        jail.secrets = SecretFiles::new(vec![("API_KEY".to_owned(), b"s3cret".to_vec())]);
+        assert!(
+            !format!("{jail:?}").contains("s3cret"),
+            "secrets never print"
+        );
         let dir = root.path().join("run");
         jail.make_private_dir(&dir).await.unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -640,7 +673,7 @@ mod tests {
             b"s3cret"
         );
 
-        jail.secrets = Arc::new(vec![("../escape".to_owned(), b"x".to_vec())]);
+        jail.secrets = SecretFiles::new(vec![("../escape".to_owned(), b"x".to_vec())]);
         assert!(jail
             .make_private_dir(&root.path().join("run2"))
             .await

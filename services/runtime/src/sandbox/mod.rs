@@ -264,7 +264,7 @@ impl Sandboxes {
             cpu_time: true,
             read_only,
             writable: Vec::new(),
-            secrets: Arc::default(),
+            secrets: crate::jail::SecretFiles::default(),
         };
         Ok(Sandbox { env, jail })
     }
@@ -330,7 +330,7 @@ impl Sandbox {
     /// (mode 0400, its own user). Names must pass
     /// [`comfaas_schemas::validate_secret_name`].
     pub fn with_secrets(mut self, secrets: Vec<(String, Vec<u8>)>) -> Self {
-        self.jail.secrets = Arc::new(secrets);
+        self.jail.secrets = crate::jail::SecretFiles::new(secrets);
         self
     }
 
