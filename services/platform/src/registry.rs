@@ -113,11 +113,6 @@ impl Registry {
         }
     }
 
-    /// The public key deployments are signed with, if any.
-    pub fn signer(&self) -> Option<String> {
-        self.signer.as_ref().map(|s| s.public_key())
-    }
-
     /// Stores a bundle (unless a bundle of that digest is already stored)
     /// and makes `manifest` the function's current deployment, signed when
     /// this registry has a signer.

@@ -173,11 +173,6 @@ impl Jail {
         self.identity
     }
 
-    /// The limits that apply.
-    pub fn limits(&self) -> &ResourceLimits {
-        &self.limits
-    }
-
     /// Whether processes start inside bwrap (and so wait for
     /// [`Confined`]'s release byte on stdin).
     pub(crate) fn is_confined(&self) -> bool {

@@ -339,11 +339,6 @@ impl Sandbox {
         self.jail.identity()
     }
 
-    /// The limits its runs get.
-    pub fn limits(&self) -> &ResourceLimits {
-        self.jail.limits()
-    }
-
     /// The environment every run and every warm worker starts from (a
     /// worker gets its own `HOME` and `TMPDIR` when it starts).
     #[cfg(test)]
