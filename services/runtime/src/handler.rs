@@ -248,8 +248,7 @@ impl HandlerPool {
         };
         let tail = Arc::new(Mutex::new(Vec::new()));
         tokio::spawn(keep_tail(stderr, tail.clone()));
-        // Sandboxed once, at start: its calls cost nothing more.
-        let confined = jail.confine(child.id()).await;
+        let pid = child.id();
         let mut worker = Worker {
             child,
             stdin,
@@ -258,11 +257,12 @@ impl HandlerPool {
             dir,
             confined: None,
         };
-        worker.confined = Some(confined.map_err(WorkerError::Confine)?);
-        if jail.is_confined() {
-            // Released: bwrap's child waits for this byte.
-            let _ = worker.stdin.write_all(&[0]).await;
-        }
+        // Sandboxed once, at start: its calls cost nothing more.
+        worker.confined = Some(
+            jail.start(pid, &mut worker.stdin)
+                .await
+                .map_err(WorkerError::Confine)?,
+        );
         match tokio::time::timeout(START_TIMEOUT, worker.read_frame(1024)).await {
             Ok(Ok(Some((2, _)))) => Ok(worker),
             Ok(_) => {

@@ -188,7 +188,7 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
     };
     // Limits go on before the function's first instruction: bwrap's child
     // waits for this byte on stdin.
-    let confined = match spec.jail.confine(child.id()).await {
+    let confined = match spec.jail.start(child.id(), &mut stdin).await {
         Ok(confined) => confined,
         Err(e) => {
             kill_group(group);
@@ -198,10 +198,6 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
             );
         }
     };
-    if spec.jail.is_confined() {
-        // A bwrap that already failed closed its stdin: its stderr says why.
-        let _ = stdin.write_all(&[0]).await;
-    }
     let input = spec.input.clone();
     let feed = async move {
         // A function that does not read its input closes the pipe: not an error.

@@ -175,7 +175,7 @@ impl Jail {
 
     /// Whether processes start inside bwrap (and so wait for
     /// [`Confined`]'s release byte on stdin).
-    pub(crate) fn is_confined(&self) -> bool {
+    fn is_confined(&self) -> bool {
         self.bwrap.is_some()
     }
 
@@ -274,12 +274,30 @@ impl Jail {
         command
     }
 
+    /// Starts the process spawned from [`Jail::command`] as `pid`, whose
+    /// stdin is `stdin`: confines it ([`Jail::confine`]), then, inside
+    /// bwrap, releases it with one byte on stdin. Nothing of the function
+    /// runs before its limits are in place.
+    pub(crate) async fn start(
+        &self,
+        pid: Option<u32>,
+        stdin: &mut tokio::process::ChildStdin,
+    ) -> Result<Confined, String> {
+        use tokio::io::AsyncWriteExt as _;
+        let confined = self.confine(pid).await?;
+        if self.is_confined() {
+            // A bwrap that already failed closed its stdin: its stderr says why.
+            let _ = stdin.write_all(&[0]).await;
+        }
+        Ok(confined)
+    }
+
     /// Confines the bwrap started as `pid` (from [`Jail::command`]): finds
     /// its sandboxed child and puts it into a new cgroup (its rlimits are set
-    /// already). The caller then writes one byte to its stdin to let it run. A bwrap
-    /// that failed before making its child is not an error here: nothing of
-    /// the function runs, and its exit status and stderr say why.
-    pub(crate) async fn confine(&self, pid: Option<u32>) -> Result<Confined, String> {
+    /// already); [`Jail::start`] then lets it run. A bwrap that failed
+    /// before making its child is not an error here: nothing of the
+    /// function runs, and its exit status and stderr say why.
+    async fn confine(&self, pid: Option<u32>) -> Result<Confined, String> {
         let Some(bwrap) = self.bwrap.clone() else {
             return Ok(self.confined(None));
         };
