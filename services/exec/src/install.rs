@@ -61,7 +61,7 @@ pub enum InstallFailure {
     /// The bundle read is not the one the deployment names (and signs):
     /// its size or SHA-256 differ. It was replaced in the package store.
     #[error("deployment refused: {0}")]
-    Refused(RegistryError),
+    Refused(String),
     /// Reading the bundle took too long.
     #[error("fetching bundle {object} took over {}s", .timeout.as_secs())]
     FetchTimeout {
@@ -147,9 +147,9 @@ impl Installer {
             .await
             {
                 Ok(Ok(bytes)) => return Ok(bytes),
-                Ok(Err(
-                    e @ (RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. }),
-                )) => return Err(InstallFailure::Refused(e)),
+                Ok(Err(e @ RegistryError::SizeMismatch { .. })) => {
+                    return Err(InstallFailure::Refused(e.to_string()))
+                }
                 // A bundle that is missing or too large will not get better.
                 Ok(Err(e)) if !matches!(e, RegistryError::Nats(_)) => {
                     return Err(InstallFailure::Fetch(e))
@@ -211,9 +211,18 @@ impl Installer {
         let bundle_dir = dir.join("bundle");
         let digest = deployment.bundle.digest.clone();
         let unpack_to = bundle_dir.clone();
-        tokio::task::spawn_blocking(move || comfaas_runtime::unpack(&bytes, &digest, &unpack_to))
-            .await
-            .map_err(InstallFailure::UnpackTask)??;
+        let unpacked = tokio::task::spawn_blocking(move || {
+            comfaas_runtime::unpack(&bytes, &digest, &unpack_to)
+        })
+        .await
+        .map_err(InstallFailure::UnpackTask)?;
+        if let Err(comfaas_runtime::BundleError::DigestMismatch { expected, actual }) = &unpacked {
+            return Err(InstallFailure::Refused(format!(
+                "bundle {} has digest {actual}, its deployment says {expected}",
+                deployment.bundle.object
+            )));
+        }
+        unpacked?;
         let installation =
             comfaas_runtime::install(manifest, &bundle_dir, &dir.join("env"), &self.toolchain)
                 .await?;
