@@ -325,11 +325,10 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     let wheelhouse = Some(comfaas_runtime::default_wheelhouse()).filter(|d| d.is_dir());
     // Secure: each node on its own key, installing only what the
     // operator signed.
-    let trusted_operators = auth
-        .map(|a| crate::auth::public_key(&a.role_file("operator")))
-        .transpose()?
-        .into_iter()
-        .collect::<Vec<_>>();
+    let operator = auth
+        .map(|a| Signer::from_file(&a.role_file("operator")))
+        .transpose()?;
+    let trusted_operators: Vec<String> = operator.iter().map(Signer::public_key).collect();
     for (index, node) in (0u32..).zip(nodes) {
         let node_nats = match auth {
             Some(a) => NatsOptions {
@@ -362,9 +361,9 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
 
     let client = nats.connect("comfaas dev").await?;
     let mut registry = Registry::open(&nats.jetstream(client.clone())).await?;
-    if let Some(a) = auth {
+    if let Some(operator) = operator {
         // Secure: the nodes install only what the operator signed.
-        registry = registry.signing_with(Signer::from_file(&a.role_file("operator"))?);
+        registry = registry.signing_with(operator);
     }
     deploy_all(&client, &registry, &nats, &options.functions).await;
     println!();

@@ -162,27 +162,8 @@ impl FunctionTable {
     /// for, failed with `reason`, and whatever version was serving goes on
     /// serving. Deploying a good one again installs it.
     pub fn refuse(&self, deployment: &Deployment, reason: &str) {
-        let mut entries = self.lock();
-        let reason = Some(comfaas_platform::reply::header_text(reason));
-        match entries.get_mut(&deployment.manifest.name) {
-            Some(e) => {
-                e.wanted = deployment.clone();
-                e.state = InstallState::Failed;
-                e.reason = reason;
-            }
-            None => {
-                entries.insert(
-                    deployment.manifest.name.clone(),
-                    Entry {
-                        wanted: deployment.clone(),
-                        state: InstallState::Failed,
-                        reason,
-                        serving: None,
-                    },
-                );
-            }
-        }
-        self.changed.notify_one();
+        self.want(deployment);
+        self.finish(deployment, Err::<Served, _>(reason));
     }
 
     /// Applies an install's result if `deployment` is still the one wanted;
