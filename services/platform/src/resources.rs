@@ -284,16 +284,32 @@ async fn reservable_bytes(js: &jetstream::Context, from: i64) -> i64 {
 /// want of disk (error code 10047, "insufficient storage resources
 /// available"), found by type.
 fn no_room(error: &(dyn std::error::Error + 'static)) -> bool {
-    use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
-    use async_nats::jetstream::ErrorCode;
+    jetstream_code(error) == Some(jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED)
+}
+
+/// The JetStream error code behind `error`, found by type: walking its
+/// causes to the first error of getting or creating a stream.
+pub(crate) fn jetstream_code(
+    error: &(dyn std::error::Error + 'static),
+) -> Option<jetstream::ErrorCode> {
+    use async_nats::jetstream::context::{
+        CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind,
+    };
     let mut cause = Some(error);
     while let Some(e) = cause {
-        if let Some(CreateStreamErrorKind::JetStream(js)) =
-            e.downcast_ref::<CreateStreamError>().map(|e| e.kind())
-        {
-            return js.error_code() == ErrorCode::STORAGE_RESOURCES_EXCEEDED;
+        if let Some(kind) = e.downcast_ref::<CreateStreamError>().map(|e| e.kind()) {
+            return match kind {
+                CreateStreamErrorKind::JetStream(js) => Some(js.error_code()),
+                _ => None,
+            };
+        }
+        if let Some(kind) = e.downcast_ref::<GetStreamError>().map(|e| e.kind()) {
+            return match kind {
+                GetStreamErrorKind::JetStream(js) => Some(js.error_code()),
+                _ => None,
+            };
         }
         cause = e.source();
     }
-    false
+    None
 }

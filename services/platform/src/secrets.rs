@@ -187,15 +187,5 @@ fn valid(name: &str) -> Result<(), SecretError> {
 /// Whether opening a bucket failed because its stream does not exist
 /// (JetStream error 10059), found by type.
 fn is_not_found(error: &(dyn std::error::Error + 'static)) -> bool {
-    use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind};
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if let Some(GetStreamErrorKind::JetStream(js)) =
-            e.downcast_ref::<GetStreamError>().map(|e| e.kind())
-        {
-            return js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND;
-        }
-        cause = e.source();
-    }
-    false
+    crate::resources::jetstream_code(error) == Some(jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
