@@ -434,13 +434,12 @@ impl AuthDir {
     /// One remote of a leaf's configuration joining the hub at `url` (a
     /// URL or a `$VARIABLE`), verifying the hub's certificate with `--tls`.
     pub fn remote_block(&self, url: &str) -> String {
-        match self.server_tls() {
-            Some(tls) => format!(
-                "    {{ url: {url}, tls: {{ ca_file: {} }} }}",
-                auth::quoted(&tls.ca_file)
-            ),
-            None => format!("    {{ url: {url} }}"),
-        }
+        auth::leaf_remote(
+            url,
+            self.server_tls()
+                .as_ref()
+                .map(|tls| Path::new(&tls.ca_file)),
+        )
     }
 
     /// Writes `server.conf`, `hub.conf`, `leaf.conf` and `users.toml` from

@@ -419,6 +419,19 @@ pub fn quoted(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_default()
 }
 
+/// One entry of a leaf server's `leafnodes { remotes: [...] }`: `url` as
+/// given (quoted, or a `$VARIABLE` the server resolves), over TLS trusting
+/// `ca_file` when there is one.
+pub fn leaf_remote(url: &str, ca_file: Option<&std::path::Path>) -> String {
+    match ca_file {
+        Some(ca) => format!(
+            "    {{ url: {url}, tls: {{ ca_file: {} }} }}",
+            quoted(&ca.display().to_string())
+        ),
+        None => format!("    {{ url: {url} }}"),
+    }
+}
+
 /// The role table of `SECURITY.md` ("Roles"), one row per role and
 /// direction, written from [`Role::permissions`] so the doc cannot drift
 /// (a unit test compares them). Each `$JS.API.…` subject stands for its

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use comfaas_platform::auth::{leaf_remote, quoted};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -119,17 +120,11 @@ pub fn multi_leaf_config_with(site: &str, remotes: &[String], link: Option<&Leaf
     let urls: Vec<String> = remotes
         .iter()
         .map(|r| match link {
-            None => format!("    {{ url: \"nats-leaf://{r}\" }}"),
-            Some(link) => {
-                let url = format!("nats-leaf://{}:{}@{r}", link.user, link.password);
-                match &link.ca_file {
-                    Some(ca) => format!(
-                        "    {{ url: \"{url}\", tls: {{ ca_file: \"{}\" }} }}",
-                        ca.display()
-                    ),
-                    None => format!("    {{ url: \"{url}\" }}"),
-                }
-            }
+            None => leaf_remote(&quoted(&format!("nats-leaf://{r}")), None),
+            Some(link) => leaf_remote(
+                &quoted(&format!("nats-leaf://{}:{}@{r}", link.user, link.password)),
+                link.ca_file.as_deref(),
+            ),
         })
         .collect();
     format!(
