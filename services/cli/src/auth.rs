@@ -694,4 +694,40 @@ mod tests {
         assert!(auth.add_device("sensor-7").is_err());
         assert!(auth.add_node("a.b").is_err());
     }
+
+    /// Rotating or revoking someone who is not there is an error that
+    /// says so, and leaves the folder as it was.
+    #[test]
+    fn rotate_and_revoke_refuse_unknown_identities_and_change_nothing() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("auth");
+        let options = InitOptions {
+            tls: false,
+            nodes: vec!["edge-1".to_owned()],
+            hosts: vec![],
+            edge_domain: "edge".to_owned(),
+        };
+        let mut auth = init(&dir, "comfaas", &options).unwrap();
+        let before = std::fs::read_to_string(dir.join("server.conf")).unwrap();
+        for (who, says) in [
+            ("nobody", "names no identity"),
+            ("device:ghost", "is not in"),
+            ("node:cloud-9", "is not in"),
+        ] {
+            let error = auth.rotate(who).unwrap_err().to_string();
+            assert!(error.contains(says), "rotate {who}: {error}");
+            let error = auth.revoke(who).unwrap_err().to_string();
+            assert!(
+                error.contains(says) || error.contains("can be rotated instead"),
+                "revoke {who}: {error}"
+            );
+        }
+        let error = auth.revoke("dispatcher").unwrap_err().to_string();
+        assert!(error.contains("can be rotated instead"), "{error}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("server.conf")).unwrap(),
+            before
+        );
+        assert!(dir.join("dispatcher.nk").is_file());
+    }
 }
