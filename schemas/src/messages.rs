@@ -96,6 +96,11 @@ pub struct Invocation {
     /// is empty): the node fetches it, or finds it in its cache.
     #[serde(default)]
     pub input_object: Option<InputObject>,
+    /// Set for a device event (the id is then its event id, the same on
+    /// every delivery): the node remembers the run and its outcome for a
+    /// while, and attaches a redelivery to it instead of running it again.
+    #[serde(default)]
+    pub event: bool,
 }
 
 /// An input kept in the object store `comfaas_inputs`.
@@ -578,6 +583,16 @@ pub struct DispatchMetrics {
     /// of the subject they came on (a forgery, or a misconfigured node).
     #[serde(default)]
     pub forged_loads: u64,
+    /// Events written to the dead-letter queue.
+    #[serde(default)]
+    pub dead_lettered: u64,
+    /// Events whose dead letter could not be written (kept in their stream
+    /// and tried again).
+    #[serde(default)]
+    pub dlq_failures: u64,
+    /// Redelivered events sent to the node that held their run.
+    #[serde(default)]
+    pub attached: u64,
 }
 
 #[cfg(test)]
@@ -601,6 +616,7 @@ mod tests_support {
                 size: 50 << 20,
                 digest: "SHA-256=q83v".into(),
             }),
+            event: false,
         }
     }
 

@@ -28,8 +28,9 @@ pub fn object_store_stream(bucket: &str) -> String {
     format!("OBJ_{bucket}")
 }
 
-/// Stream of invocations that failed for good (reserved by the design for
-/// the dead-letter queue; nothing publishes there yet).
+/// Stream of events that ended without a successful run (the dead-letter
+/// queue, `<prefix>.dlq.<fn>`): each keeps the event's payload and headers
+/// plus the `Comfaas-Dlq-*` headers saying why.
 pub const DLQ_STREAM: &str = "COMFAAS_DLQ";
 
 /// KV bucket: one [`crate::Deployment`] per function name, with history.
@@ -126,6 +127,29 @@ pub mod headers {
     pub const ERROR_CODE: &str = "Nats-Service-Error-Code";
     /// Reply on error: what went wrong, for humans.
     pub const ERROR: &str = "Nats-Service-Error";
+
+    /// Result and dead letter: the event's id (`<seq>` in `COMFAAS_EVENTS`,
+    /// `<seq>-<domain>` when the site has a JetStream domain), the same on
+    /// every delivery of the event; what executors recognise a redelivery by.
+    pub const EVENT_ID: &str = "Comfaas-Event-Id";
+    /// Dead letter: why the event was dead-lettered, for humans.
+    pub const DLQ_REASON: &str = "Comfaas-Dlq-Reason";
+    /// Dead letter: the numeric [`crate::ErrorCode`] of its last answer.
+    pub const DLQ_CODE: &str = "Comfaas-Dlq-Code";
+    /// Dead letter: how many times the event was delivered to a dispatcher.
+    pub const DLQ_DELIVERIES: &str = "Comfaas-Dlq-Deliveries";
+    /// Dead letter: the nodes its last try was sent to, comma-separated.
+    pub const DLQ_NODES: &str = "Comfaas-Dlq-Nodes";
+    /// Dead letter: when it was dead-lettered, Unix milliseconds.
+    pub const DLQ_AT: &str = "Comfaas-Dlq-Time";
+    /// Dead letter: when the event was published, Unix milliseconds.
+    pub const DLQ_PUBLISHED: &str = "Comfaas-Dlq-Published";
+    /// Dead letter: the device's `Nats-Msg-Id`, kept under another name
+    /// (as `Nats-Msg-Id` it would de-duplicate dead letters); `comfaas dlq
+    /// replay` restores it.
+    pub const DLQ_MSG_ID: &str = "Comfaas-Dlq-Msg-Id";
+    /// Dead letter: the subject the event was published on.
+    pub const DLQ_SUBJECT: &str = "Comfaas-Dlq-Subject";
 
     /// Value of [`STATUS`] on success.
     pub const STATUS_OK: &str = "ok";
@@ -240,9 +264,22 @@ impl Subjects {
     }
 
     /// `<prefix>.dlq.<fn>`: dead letters of a function, kept in
-    /// [`DLQ_STREAM`] (reserved; nothing publishes there yet).
+    /// [`DLQ_STREAM`]; dispatchers publish there, operators read, replay
+    /// and purge (`comfaas dlq`).
     pub fn dlq(&self, function: &str) -> String {
         format!("{}.dlq.{function}", self.prefix)
+    }
+
+    /// `<prefix>.held.<event-id>`: a dispatcher asks, before placing a
+    /// redelivered event, whether a node is running it or ran it recently;
+    /// only that node answers (with its id), on the asker's inbox.
+    pub fn event_held(&self, event_id: &str) -> String {
+        format!("{}.held.{event_id}", self.prefix)
+    }
+
+    /// `<prefix>.held.*`: what every executor listens on.
+    pub fn event_held_all(&self) -> String {
+        self.event_held("*")
     }
 
     /// The node named by a `node.<node>.load` subject.

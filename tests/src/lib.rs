@@ -101,6 +101,7 @@ pub fn invocation(id: &str, function: &str) -> comfaas_schemas::Invocation {
         deadline_unix_ms: None,
         reply_to: None,
         input_object: None,
+        event: false,
     }
 }
 

@@ -1,6 +1,6 @@
 //! The `comfaas` command-line interface: operators' and developers' entry
 //! to the platform (`auth`, `dev`, `deploy`, `invoke`, `ls`, `rm`, `nodes`,
-//! `iot-sim`, `secret`). The functions behind each command are public so tests and
+//! `iot-sim`, `secret`, `dlq`). The functions behind each command are public so tests and
 //! the embedded default reuse them.
 //!
 //! Architecture invariant: the CLI speaks only the public contract
@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod deploy;
 pub mod dev;
+pub mod dlq;
 pub mod inspect;
 pub mod invoke;
 pub mod iot;

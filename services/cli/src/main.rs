@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use comfaas::{auth, deploy, dev, inspect, invoke, iot, secret};
+use comfaas::{auth, deploy, dev, dlq, inspect, invoke, iot, secret};
 use comfaas_platform::nats::{NatsFlags, NatsOptions};
 use comfaas_platform::registry::Registry;
 
@@ -100,6 +100,11 @@ enum Command {
     },
     /// Show the live node table
     Nodes,
+    /// The dead-letter queue: events that ended without a successful run
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// On a cloud site: keep a mirror of an edge site's events and results
     BackupEdge {
         /// The edge site's JetStream domain
@@ -141,6 +146,34 @@ enum SecretCommand {
     },
     /// List the secrets' names (never their values)
     Ls,
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters (ID, function, code, tries, when, why)
+    Ls {
+        /// Only this function's
+        function: Option<String>,
+        /// At most this many
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one dead letter: every header and the payload
+    Show {
+        /// Its ID (from `ls`)
+        id: u64,
+    },
+    /// Publish dead letters again as events (all, a function's, or one
+    /// ID), removing each once the events stream has it
+    Replay {
+        /// A function name or a dead letter's ID
+        target: Option<String>,
+    },
+    /// Remove dead letters (all, or a function's)
+    Purge {
+        /// Only this function's
+        function: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -271,6 +304,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             collect_garbage(&registry).await;
         }
         Command::Nodes => inspect::nodes(&client, &subjects).await?,
+        Command::Dlq { command } => {
+            let js = nats.jetstream(client.clone());
+            let mut queue = comfaas_platform::dlq::Dlq::open(&js, &subjects).await?;
+            match command {
+                DlqCommand::Ls { function, limit } => {
+                    dlq::ls(&mut queue, function.as_deref(), limit).await?
+                }
+                DlqCommand::Show { id } => dlq::show(&queue, id).await?,
+                DlqCommand::Replay { target } => {
+                    dlq::replay(&mut queue, &dlq::Target::parse(target.as_deref())).await?
+                }
+                DlqCommand::Purge { function } => dlq::purge(&queue, function.as_deref()).await?,
+            }
+        }
         Command::Secret { command } => {
             let js = nats.jetstream(client.clone());
             let store = comfaas_platform::secrets::SecretStore::open_or_create(&js).await?;

@@ -30,6 +30,12 @@ pub struct DispatchConfig {
     /// Deliveries of one event before it is given up with an error result
     /// (retries wait 2, 4, 8, 16, then 30 s: 20 deliveries ≈ 8 minutes).
     pub max_event_deliveries: i64,
+    /// Events taken from the stream and not yet acknowledged, waiting for
+    /// a retry included: the window every function's events share.
+    pub max_events_pending: i64,
+    /// An event published longer ago than this is dead-lettered, not run
+    /// (like Lambda's maximum event age); 0 for no limit.
+    pub max_event_age_s: u64,
 }
 
 impl Default for DispatchConfig {
@@ -43,7 +49,9 @@ impl Default for DispatchConfig {
             max_timeout_ms: comfaas_schemas::RunLimits::default().max_timeout_ms(),
             queue_wait_ms: 30_000,
             max_concurrent: 4096,
-            max_event_deliveries: 20,
+            max_event_deliveries: comfaas_platform::resources::EVENTS_MAX_DELIVER,
+            max_events_pending: comfaas_platform::resources::EVENTS_MAX_ACK_PENDING,
+            max_event_age_s: 6 * 3600,
         }
     }
 }

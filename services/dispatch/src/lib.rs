@@ -62,6 +62,7 @@ impl Dispatcher {
                 config,
                 client,
                 subjects,
+                js,
                 registry,
                 inputs,
             }),
@@ -148,6 +149,7 @@ async fn serve_invokes(
                 message.headers.as_ref(),
                 message.payload.clone(),
                 reply_to,
+                None,
             )
             .await;
             if let (Some(reply_to), false) = (&message.reply, answer.delivered) {

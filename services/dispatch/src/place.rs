@@ -41,6 +41,11 @@ pub struct Answer {
     pub error: Option<ErrorCode>,
     /// The node already answered the requester and published the result.
     pub delivered: bool,
+    /// No retry can help, whatever the code says (no known node could ever
+    /// take it): an event goes to the dead-letter queue at once.
+    pub for_good: bool,
+    /// The nodes it was sent to, in order.
+    pub tried: Vec<String>,
 }
 
 impl Answer {
@@ -56,33 +61,78 @@ impl Answer {
             body: Bytes::new(),
             error: Some(error.code),
             delivered: false,
+            for_good: false,
+            tried: Vec::new(),
         }
     }
 
     /// Whether trying again later may succeed (no node now, node silent).
     pub fn is_transient(&self) -> bool {
-        self.error.is_some_and(ErrorCode::is_transient)
+        !self.for_good && self.error.is_some_and(ErrorCode::is_transient)
+    }
+}
+
+/// One delivery of a device event, as the events loop hands it over.
+pub struct EventRun {
+    /// The event's id, the same on every delivery: the invocation's id.
+    pub id: String,
+    /// A node that is running it or ran it recently (asked before placing
+    /// a redelivery): tried first, so the redelivery attaches to that run.
+    pub held_by: Option<String>,
+}
+
+/// An invocation that cannot be placed now, and whether it ever can.
+enum Unplaced {
+    /// The error to answer.
+    Error(InvocationError),
+    /// No node known could ever take it.
+    Never(InvocationError),
+}
+
+impl From<InvocationError> for Unplaced {
+    fn from(error: InvocationError) -> Self {
+        Self::Error(error)
     }
 }
 
 /// Handles one request or event on `subject` and returns its answer.
 /// `reply_to` is the requester's reply subject, which the node answers
-/// directly when the function runs.
+/// directly when the function runs; `event` is set for a device event.
 pub async fn execute(
     shared: &Shared,
     subject: &str,
     headers: Option<&HeaderMap>,
     input: Bytes,
     reply_to: Option<&str>,
+    event: Option<&EventRun>,
 ) -> Answer {
     shared.state.start();
-    let id = uuid::Uuid::new_v4().simple().to_string();
+    let id = match event {
+        Some(event) => event.id.clone(),
+        None => uuid::Uuid::new_v4().simple().to_string(),
+    };
+    let mut tried = Vec::new();
     let mut answer = match request::function_of(&shared.subjects, subject) {
         Err(error) => Answer::failed(None, &error, &id),
-        Ok(function) => invoke(shared, function, headers, input, reply_to, &id)
-            .await
-            .unwrap_or_else(|error| Answer::failed(Some(function), &error, &id)),
+        Ok(function) => {
+            let call = Call {
+                function,
+                headers,
+                reply_to,
+                id: &id,
+                event,
+            };
+            match invoke(shared, &call, input, &mut tried).await {
+                Ok(answer) => answer,
+                Err(Unplaced::Error(error)) => Answer::failed(Some(function), &error, &id),
+                Err(Unplaced::Never(error)) => Answer {
+                    for_good: true,
+                    ..Answer::failed(Some(function), &error, &id)
+                },
+            }
+        }
     };
+    answer.tried = tried;
     // Devices correlate results of their events by the id they gave them.
     if let Some(msg_id) = request::msg_id(headers) {
         reply::set_msg_id(&mut answer.headers, &msg_id);
@@ -91,16 +141,47 @@ pub async fn execute(
     answer
 }
 
+/// The dispatcher's own error answer to a request or event on `subject`
+/// that is not run at all.
+pub fn failed_answer(
+    shared: &Shared,
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    error: &InvocationError,
+    id: &str,
+) -> Answer {
+    let function = request::function_of(&shared.subjects, subject).ok();
+    let mut answer = Answer::failed(function, error, id);
+    if let Some(msg_id) = request::msg_id(headers) {
+        reply::set_msg_id(&mut answer.headers, &msg_id);
+    }
+    answer
+}
+
+/// What one invocation is, besides its input.
+struct Call<'a> {
+    function: &'a str,
+    headers: Option<&'a HeaderMap>,
+    reply_to: Option<&'a str>,
+    id: &'a str,
+    event: Option<&'a EventRun>,
+}
+
 /// The invocation of `function`: its deployment and input, then tries on
-/// the best node left until one answers.
+/// the best node left until one answers; each node tried goes into `tried`.
 async fn invoke(
     shared: &Shared,
-    function: &str,
-    headers: Option<&HeaderMap>,
+    call: &Call<'_>,
     input: Bytes,
-    reply_to: Option<&str>,
-    id: &str,
-) -> Result<Answer, InvocationError> {
+    tried: &mut Vec<String>,
+) -> Result<Answer, Unplaced> {
+    let Call {
+        function,
+        headers,
+        reply_to,
+        id,
+        event,
+    } = *call;
     let options = RequestOptions::from_headers(headers)?;
     let deployment = deployment(shared, function).await?;
     let input_object = input_object(shared, &options, &input).await?;
@@ -129,6 +210,7 @@ async fn invoke(
             .filter(|r| request::is_reply_subject(r))
             .map(str::to_owned),
         input_object,
+        event: event.is_some(),
     };
     let request = Request {
         function,
@@ -137,29 +219,43 @@ async fn invoke(
         input_bytes: invocation.input_object.as_ref().map_or(0, |o| o.size),
         inline_bytes: invocation.input.len() as u64,
     };
+    // A redelivered event goes first to the node that holds its run.
+    let held = event
+        .and_then(|e| e.held_by.clone())
+        .map(comfaas_schemas::Placement::Node);
+    let mut attaching = held.is_some();
     // Try nodes until one answers; a node that is gone, full, or does not
     // have the function after all is skipped for the next best.
-    let mut tried: Vec<String> = Vec::new();
     let mut last_refusal: Option<Answer> = None;
     let install_wait_until = Instant::now() + wait;
     // Nodes hear of a deploy within moments; until then, wait for them.
     let fresh = now_unix_ms().saturating_sub(deployment.deployed_unix_ms) < FRESH_DEPLOY_MS;
     loop {
+        let trying = Request {
+            placement: held.as_ref().filter(|_| attaching).unwrap_or(&placement),
+            ..request.clone()
+        };
         let wanted = Wanted {
-            request: &request,
+            request: &trying,
             digest: &deployment.bundle.digest,
             fresh,
             may_wait: last_refusal.is_none() && Instant::now() < install_wait_until,
             explain: last_refusal.is_none(),
         };
-        let decision = match shared.state.choose(&wanted, &tried) {
+        let decision = match shared.state.choose(&wanted, tried) {
             Choice::Node(decision) => decision,
+            // The node holding the event's run cannot take it: anywhere.
+            Choice::Nowhere(_) | Choice::Never(_) | Choice::Installing if attaching => {
+                attaching = false;
+                continue;
+            }
             // Deployed a moment ago: wait for the install rather than fail.
             Choice::Installing => {
                 tokio::time::sleep(INSTALL_POLL).await;
                 continue;
             }
-            Choice::Nowhere(error) => return last_refusal.ok_or(error),
+            Choice::Nowhere(error) => return last_refusal.ok_or(Unplaced::Error(error)),
+            Choice::Never(error) => return last_refusal.ok_or(Unplaced::Never(error)),
         };
         tracing::debug!(invocation = %id, function, node = %decision.node, "{}", decision.reason);
         tried.push(decision.node.clone());
@@ -267,6 +363,8 @@ async fn send(
         body: message.payload,
         error,
         delivered,
+        for_good: false,
+        tried: Vec::new(),
     };
     // Refusals that are about this node, not the function.
     let refused = !delivered

@@ -19,6 +19,8 @@ pub struct Shared {
     pub client: async_nats::Client,
     /// Subject names under the configured prefix.
     pub subjects: Subjects,
+    /// JetStream in the configured domain (dead letters).
+    pub js: async_nats::jetstream::Context,
     /// The function registry, read when the watch has not caught up.
     pub registry: Registry,
     /// The store of large inputs, whose objects requests may name.

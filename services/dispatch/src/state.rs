@@ -19,6 +19,10 @@ use crate::nodes::{NodeTable, Observed};
 /// Placement decisions kept for the metrics report.
 const RECENT_DECISIONS: usize = 32;
 
+/// How long after start a dispatcher trusts its node table to list every
+/// node there is (a few heartbeats).
+const WARM_UP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The dispatcher's shared state behind one lock.
 pub struct State {
     inner: Mutex<Inner>,
@@ -41,6 +45,9 @@ struct Stats {
     recent: VecDeque<PlacementRecord>,
     bad_reply_subjects: u64,
     forged_loads: u64,
+    dead_lettered: u64,
+    dlq_failures: u64,
+    attached: u64,
 }
 
 /// What [`State::choose`] found for one try of an invocation.
@@ -53,6 +60,10 @@ pub enum Choice {
     /// No node can take it; the message says why, node by node when some
     /// failed to install it.
     Nowhere(InvocationError),
+    /// No node this dispatcher knows, alive or not, matches the placement
+    /// or allows the processes: waiting will not help (until such a node
+    /// joins), so an event is dead-lettered at once.
+    Never(InvocationError),
 }
 
 /// The function being placed and what may be waited for.
@@ -132,6 +143,21 @@ impl State {
         self.lock().stats.forged_loads += 1;
     }
 
+    /// An event went to the dead-letter queue.
+    pub fn dead_lettered(&self) {
+        self.lock().stats.dead_lettered += 1;
+    }
+
+    /// An event's dead letter could not be written.
+    pub fn dlq_failed(&self) {
+        self.lock().stats.dlq_failures += 1;
+    }
+
+    /// A redelivered event was sent to the node holding its run.
+    pub fn attached(&self) {
+        self.lock().stats.attached += 1;
+    }
+
     /// A ping to `node` came back after `rtt_ms`.
     pub fn pinged(&self, node: &str, rtt_ms: f64) {
         self.lock().nodes.pinged(node, rtt_ms);
@@ -194,6 +220,23 @@ impl State {
             return Choice::Nowhere(error);
         }
         let inner = self.lock();
+        // Only once every live node has had time to be heard (a dispatcher
+        // that just started knows no node yet), and not while no node at
+        // all is known (a site whose executors are all away may get them
+        // back as they were).
+        let known = inner.nodes.views(function, now);
+        if now.duration_since(self.started) > WARM_UP
+            && !known.is_empty()
+            && !comfaas_placement::could_ever_take(&known, wanted.request)
+        {
+            return Choice::Never(InvocationError::new(
+                error.code,
+                format!(
+                    "{}; no node this dispatcher knows could ever take it",
+                    error.message
+                ),
+            ));
+        }
         if error.code == ErrorCode::Unavailable
             && wanted.may_wait
             && inner
@@ -305,6 +348,9 @@ impl State {
             sent_unix_ms: now_unix_ms(),
             bad_reply_subjects: stats.bad_reply_subjects,
             forged_loads: stats.forged_loads,
+            dead_lettered: stats.dead_lettered,
+            dlq_failures: stats.dlq_failures,
+            attached: stats.attached,
         }
     }
 }

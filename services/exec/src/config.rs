@@ -30,6 +30,9 @@ pub struct ExecConfig {
     pub slots: u32,
     /// Invocations that may wait for a slot before new ones get 429.
     pub queue: u32,
+    /// How long an event's run and outcome are remembered, seconds: a
+    /// redelivery within it attaches to that run instead of running again.
+    pub remember_events_s: u64,
     /// Most MPI processes per job; 0 means one per core.
     pub max_procs: u32,
     /// Where functions are installed and runs get their directories;
@@ -82,6 +85,7 @@ impl Default for ExecConfig {
             site: "local".to_owned(),
             slots: 0,
             queue: 64,
+            remember_events_s: 900,
             max_procs: 0,
             data_dir: PathBuf::new(),
             heartbeat_ms: 1000,

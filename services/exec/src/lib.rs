@@ -21,10 +21,12 @@ mod functions;
 mod inputs;
 mod install;
 mod load;
+mod recent;
 mod run;
 mod work;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use comfaas_platform::signals::Tasks;
@@ -36,6 +38,7 @@ pub use config::{default_limits, ExecConfig, ExecFlags};
 use functions::FunctionTable;
 use install::Installer;
 use load::Heartbeat;
+use recent::RecentRuns;
 use run::{Outputs, Runner};
 use work::Worker;
 
@@ -188,6 +191,17 @@ impl Executor {
             .subscribe(ping_subject.clone())
             .await
             .with_context(|| format!("subscribe to {ping_subject}"))?;
+        let held_subject = subjects.event_held_all();
+        let held = self
+            .client
+            .subscribe(held_subject.clone())
+            .await
+            .with_context(|| format!("subscribe to {held_subject}"))?;
+        let recent = RecentRuns::new(
+            Duration::from_secs(config.remember_events_s),
+            REMEMBERED_EVENTS,
+            REMEMBERED_EVENT_BYTES,
+        );
         let changes = registry.watch_forever();
         tracing::info!(node = %config.node, tier = %config.tier, site = %config.site,
             slots = config.slots(), queue = config.queue, "executor serving {work_subject}");
@@ -221,6 +235,13 @@ impl Executor {
             pings,
             stop_heartbeat.clone(),
         ));
+        tasks.spawn(answer_held(
+            self.client.clone(),
+            held,
+            recent.clone(),
+            config.node.clone(),
+            stop_heartbeat.clone(),
+        ));
         let installer = Installer {
             registry,
             table: table.clone(),
@@ -250,6 +271,7 @@ impl Executor {
                     js,
                 },
             },
+            recent,
         };
         worker.serve(work_sub, shutdown.clone()).await;
 
@@ -284,6 +306,35 @@ async fn answer_pings(
     }
 }
 
+/// Answers a dispatcher asking whether this node runs or ran an event
+/// (before it places a redelivery): the node's id when it does, nothing
+/// otherwise.
+async fn answer_held(
+    client: async_nats::Client,
+    mut asks: async_nats::Subscriber,
+    recent: RecentRuns,
+    node: String,
+    stop: CancellationToken,
+) {
+    use futures::StreamExt;
+    while let Some(Some(ask)) = stop.run_until_cancelled(asks.next()).await {
+        let Some(reply) = ask
+            .reply
+            .filter(|r| comfaas_platform::request::is_reply_subject(r))
+        else {
+            continue;
+        };
+        let Some(id) = ask.subject.rsplit('.').next() else {
+            continue;
+        };
+        if recent.holds(id) {
+            if let Err(e) = client.publish(reply, node.clone().into()).await {
+                tracing::debug!("cannot answer a held-event ask: {e}");
+            }
+        }
+    }
+}
+
 /// The runtimes this node can install, by name, for the heartbeat.
 fn available(toolchain: &Toolchain) -> Vec<String> {
     comfaas_runtime::available_runtimes(toolchain)
@@ -291,6 +342,11 @@ fn available(toolchain: &Toolchain) -> Vec<String> {
         .map(|r| r.as_str().to_owned())
         .collect()
 }
+
+/// Most finished event runs remembered for redeliveries.
+const REMEMBERED_EVENTS: usize = 100_000;
+/// Most bytes of their outputs remembered.
+const REMEMBERED_EVENT_BYTES: usize = 64 << 20;
 
 /// How long to wait between tries to open what the node may not create.
 const NOT_READY_RETRY: std::time::Duration = std::time::Duration::from_secs(2);

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::{Admission, Ticket};
 use crate::config::ExecConfig;
 use crate::functions::{FunctionTable, Lookup, Served};
+use crate::recent::{outcome_of, Claim, Outcome, RecentRuns};
 use crate::run::{Job, Runner};
 
 /// How long, after unsubscribing, work already delivered is still refused.
@@ -45,6 +46,9 @@ pub struct Worker {
     pub limits: RunLimits,
     /// Runs admitted invocations.
     pub runner: Runner,
+    /// Events running here or run recently, by id: what a redelivery
+    /// attaches to.
+    pub recent: RecentRuns,
 }
 
 /// What a work message gets back.
@@ -142,9 +146,49 @@ impl Worker {
                 );
             }
         };
+        if invocation.event && !invocation.id.is_empty() {
+            return self.answer_event(&invocation).await;
+        }
         match self.admit_and_run(&invocation).await {
             Ok(reply) => reply,
             Err(refusal) => self.refuse(&invocation.id, refusal),
+        }
+    }
+
+    /// An event runs once here however often it is delivered: a delivery
+    /// while it runs waits for that run, one after it gets its outcome.
+    async fn answer_event(&self, invocation: &Invocation) -> Reply {
+        loop {
+            let outcome = match self.recent.claim(&invocation.id) {
+                Claim::Done(outcome) => outcome,
+                Claim::Running(run) => match outcome_of(run).await {
+                    Some(outcome) => outcome,
+                    // The first delivery was refused before it ran.
+                    None => continue,
+                },
+                Claim::Fresh(guard) => {
+                    return match self.admit_and_run(invocation).await {
+                        Ok(reply) => {
+                            guard.finish(Outcome {
+                                headers: reply.headers.clone(),
+                                body: reply.body.clone(),
+                            });
+                            reply
+                        }
+                        Err(refusal) => self.refuse(&invocation.id, refusal),
+                    };
+                }
+            };
+            tracing::info!(invocation = %invocation.id, "redelivered event answered from its run");
+            return Reply {
+                headers: outcome.headers,
+                body: outcome.body,
+                delivery: Some(Delivery {
+                    function: invocation.function.clone(),
+                    reply_to: invocation.reply_to.clone(),
+                }),
+                ticket: None,
+            };
         }
     }
 

@@ -64,6 +64,26 @@ struct Costed<'a> {
     untried: bool,
 }
 
+/// Whether any of `nodes`, alive or not, matches the request's placement
+/// and allows its fewest processes: when none does, no wait makes it
+/// placeable (until such a node joins), and an event can say so at once
+/// instead of being retried for minutes.
+pub fn could_ever_take(nodes: &[NodeView], request: &Request<'_>) -> bool {
+    nodes
+        .iter()
+        .filter(|n| matches_placement(n, request.placement))
+        .any(|n| request.procs.fit(n.max_procs.max(1)).is_some())
+}
+
+fn matches_placement(node: &NodeView, placement: &Placement) -> bool {
+    match placement {
+        Placement::Auto => true,
+        Placement::Edge => node.tier == Tier::Edge,
+        Placement::Cloud => node.tier == Tier::Cloud,
+        Placement::Node(id) => &node.node == id,
+    }
+}
+
 /// Picks the node for `request` among `nodes`, or says why none can take
 /// it: 503 (unavailable) when no node matches the placement, is alive,
 /// serves the function or allows its processes; 429 (busy) when every
@@ -76,12 +96,7 @@ pub fn choose(
     let function = request.function;
     let placed: Vec<&NodeView> = nodes
         .iter()
-        .filter(|n| match request.placement {
-            Placement::Auto => true,
-            Placement::Edge => n.tier == Tier::Edge,
-            Placement::Cloud => n.tier == Tier::Cloud,
-            Placement::Node(id) => &n.node == id,
-        })
+        .filter(|n| matches_placement(n, request.placement))
         .collect();
     let where_ = match request.placement {
         Placement::Auto => String::new(),

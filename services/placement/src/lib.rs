@@ -42,6 +42,6 @@ mod cost;
 mod fit;
 mod view;
 
-pub use choose::{choose, Decision, Request};
+pub use choose::{choose, could_ever_take, Decision, Request};
 pub use fit::RunFit;
 pub use view::NodeView;

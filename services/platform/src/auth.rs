@@ -202,10 +202,20 @@ impl Grant {
             names::object_store_stream(names::PACKAGES_BUCKET),
             names::object_store_stream(names::INPUTS_BUCKET),
             names::object_store_stream(names::OUTPUTS_BUCKET),
+            names::DLQ_STREAM.to_owned(),
             names::STORAGE_PROBE_STREAM.to_owned(),
         ] {
             self.create_stream(&stream);
         }
+        // The events stream is brought up to date when an older comfaas
+        // made it, and made with the dispatchers' durable consumer (its
+        // interest retention keeps events only for a consumer).
+        let (events, consumer) = (names::EVENTS_STREAM, names::DISPATCH_EVENTS_CONSUMER);
+        self.api(format!("STREAM.UPDATE.{events}"))
+            .api(format!("CONSUMER.INFO.{events}.{consumer}"))
+            .api(format!("CONSUMER.CREATE.{events}.{consumer}"))
+            .api(format!("CONSUMER.CREATE.{events}.{consumer}.>"))
+            .api(format!("CONSUMER.DURABLE.CREATE.{events}.{consumer}"));
         // The probe is deleted at once; account info is read by
         // async-nats before it creates a KV bucket.
         self.api(format!("STREAM.DELETE.{}", names::STORAGE_PROBE_STREAM))
@@ -307,7 +317,10 @@ impl Role {
                     .remove_objects(names::PACKAGES_BUCKET)
                     .put_objects(names::INPUTS_BUCKET)
                     .read_objects(names::OUTPUTS_BUCKET)
-                    .read_stream(names::RESULTS_STREAM);
+                    .read_stream(names::RESULTS_STREAM)
+                    .read_stream(names::DLQ_STREAM)
+                    .api(format!("STREAM.PURGE.{}", names::DLQ_STREAM))
+                    .api(format!("STREAM.MSG.DELETE.{}", names::DLQ_STREAM));
                 // A cloud site keeps a mirror of the edge's streams.
                 for stream in [
                     names::events_backup_stream(&scope.edge_domain),
@@ -330,20 +343,18 @@ impl Role {
                 .publish(s.result_all())
                 .publish(s.dispatch_metrics_all())
                 .publish(s.dlq_all())
+                .publish(s.event_held_all())
                 .answer_requests()
                 .create_all()
                 .read_kv(names::FUNCTIONS_BUCKET)
                 .read_objects(names::INPUTS_BUCKET)
-                .api(format!("CONSUMER.INFO.{events}.{consumer}"))
-                .api(format!("CONSUMER.CREATE.{events}.{consumer}"))
-                .api(format!("CONSUMER.CREATE.{events}.{consumer}.>"))
-                .api(format!("CONSUMER.DURABLE.CREATE.{events}.{consumer}"))
                 .api(format!("CONSUMER.MSG.NEXT.{events}.{consumer}"))
                 .publish(format!("{}.{events}.{consumer}.>", js::ACK));
             }
             Self::Executor { node } => {
                 g.subscribe(s.work(node))
                     .subscribe(s.node_ping(node))
+                    .subscribe(s.event_held_all())
                     .publish(s.node_load(node))
                     .publish(s.result_all())
                     .answer_requests()
@@ -357,7 +368,8 @@ impl Role {
                 g.subscribe(s.node_load_all())
                     .subscribe(s.dispatch_metrics_all())
                     .subscribe(s.result_all())
-                    .read_stream(names::RESULTS_STREAM);
+                    .read_stream(names::RESULTS_STREAM)
+                    .read_stream(names::DLQ_STREAM);
             }
         }
         g.build()

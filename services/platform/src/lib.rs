@@ -9,6 +9,7 @@
 //! emulating networks is not its job: that is `comfaas-testbed`.
 
 pub mod auth;
+pub mod dlq;
 pub mod nats;
 pub mod objects;
 pub mod registry;

@@ -147,6 +147,17 @@ pub fn outcome(headers: Option<&HeaderMap>) -> Outcome {
     }
 }
 
+/// The numeric code and text of an error reply (`0` and an empty text
+/// when it is not one).
+pub fn error_of(headers: &HeaderMap) -> (u16, String) {
+    match outcome(Some(headers)) {
+        Outcome::Error {
+            raw_code, message, ..
+        } => (raw_code.parse().unwrap_or(0), message),
+        _ => (0, String::new()),
+    }
+}
+
 /// A header's value as text.
 pub fn get(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name).map(|v| v.as_str().to_owned())

@@ -9,34 +9,149 @@ use crate::NatsError;
 
 /// How long events are kept for a dispatcher to take them.
 const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Window in which a repeated `Nats-Msg-Id` is dropped.
+/// Window in which a device's repeated `Nats-Msg-Id` is dropped by the
+/// events stream (a publish retried after a lost ack).
 const EVENTS_DEDUP_WINDOW: Duration = Duration::from_secs(120);
+/// Window in which a repeated `Nats-Msg-Id` is dropped by the results and
+/// dead-letter streams: a redelivered event's result or dead letter,
+/// published again within it, is kept once.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(600);
 /// How long results are kept for late readers.
 const RESULTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// How long dead letters are kept for `comfaas dlq`.
+const DLQ_MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
 /// Versions of a function kept for rollback.
 const FUNCTION_HISTORY: i64 = 16;
+/// Events of one function waiting at once: past it that function's
+/// publishers are refused (`maximum messages per subject exceeded`) while
+/// other functions' events are still taken.
+pub const EVENTS_PER_FUNCTION: i64 = 10_000;
 
 /// Upper bound of one stream's or bucket's disk use, so a flood of events
 /// cannot fill the server's disk.
 const STREAM_MAX_BYTES: i64 = 1 << 30;
 
-/// The events stream: every `<prefix>.event.>` message, kept until old.
+/// The durable consumer of the events stream, as dispatchers share it:
+/// `max_deliver` deliveries per event, at most `max_ack_pending` events
+/// taken and not yet acknowledged (events waiting for a retry count too).
+pub fn events_consumer_config(
+    max_deliver: i64,
+    max_ack_pending: i64,
+) -> jetstream::consumer::pull::Config {
+    jetstream::consumer::pull::Config {
+        durable_name: Some(names::DISPATCH_EVENTS_CONSUMER.to_owned()),
+        description: Some("comfaas dispatchers".to_owned()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: EVENTS_ACK_WAIT,
+        max_deliver,
+        max_ack_pending,
+        ..Default::default()
+    }
+}
+
+/// How long the server waits for a dispatcher's ack before redelivering an
+/// event; dispatchers keep long runs' events with progress acks.
+pub const EVENTS_ACK_WAIT: Duration = Duration::from_secs(30);
+/// Deliveries of an event before it is given up, unless configured.
+pub const EVENTS_MAX_DELIVER: i64 = 20;
+/// Events taken and not yet acknowledged, unless configured.
+pub const EVENTS_MAX_ACK_PENDING: i64 = 100_000;
+
+/// The events stream: every `<prefix>.event.>` message until a dispatcher
+/// has acknowledged it (interest retention: the dispatchers' durable
+/// consumer, created here with the stream, holds them). Never evicts an
+/// event it accepted: when it holds 1 GiB, or [`EVENTS_PER_FUNCTION`]
+/// events of one function, new events are refused and their publishers
+/// told so (discard new).
 pub async fn events_stream(
     js: &jetstream::Context,
     subjects: &Subjects,
 ) -> Result<stream::Stream, NatsError> {
-    js.get_or_create_stream(stream::Config {
+    let config = stream::Config {
         name: names::EVENTS_STREAM.to_owned(),
         description: Some("comfaas device events, taken by dispatchers".to_owned()),
         subjects: vec![subjects.event_all()],
         storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Interest,
+        discard: stream::DiscardPolicy::New,
+        max_messages_per_subject: EVENTS_PER_FUNCTION,
+        discard_new_per_subject: true,
         max_age: EVENTS_MAX_AGE,
         max_bytes: STREAM_MAX_BYTES,
         duplicate_window: EVENTS_DEDUP_WINDOW,
         ..Default::default()
+    };
+    let what = || format!("create stream {}", names::EVENTS_STREAM);
+    let mut stream = js
+        .get_or_create_stream(config.clone())
+        .await
+        .map_err(|e| NatsError::new(what(), e))?;
+    // A stream made by an older comfaas (limits retention, discard old)
+    // is brought up to date; a server that refuses the change keeps it.
+    let have = stream
+        .info()
+        .await
+        .map_err(|e| NatsError::new(what(), e))?
+        .config
+        .clone();
+    if have.discard != config.discard
+        || have.retention != config.retention
+        || have.max_messages_per_subject != config.max_messages_per_subject
+        || have.duplicate_window != config.duplicate_window
+    {
+        if let Err(e) = js.update_stream(&config).await {
+            tracing::warn!(
+                "stream {} keeps its old limits (retention {:?}, discard {:?}): {e}",
+                names::EVENTS_STREAM,
+                have.retention,
+                have.discard
+            );
+        }
+    }
+    // Interest retention keeps only what a consumer has yet to take: the
+    // dispatchers' consumer exists from the start, so events published
+    // before any dispatcher ran are kept for it.
+    if stream
+        .consumer_info(names::DISPATCH_EVENTS_CONSUMER)
+        .await
+        .is_err()
+    {
+        stream
+            .get_or_create_consumer(
+                names::DISPATCH_EVENTS_CONSUMER,
+                events_consumer_config(EVENTS_MAX_DELIVER, EVENTS_MAX_ACK_PENDING),
+            )
+            .await
+            .map_err(|e| {
+                NatsError::new(
+                    format!("create consumer {}", names::DISPATCH_EVENTS_CONSUMER),
+                    e,
+                )
+            })?;
+    }
+    Ok(stream)
+}
+
+/// The dead-letter stream: events that ended without a successful run,
+/// on `<prefix>.dlq.<fn>`, for two weeks. Like the events stream it never
+/// evicts: when full, dispatchers cannot dead-letter and keep the events.
+pub async fn dlq_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<stream::Stream, NatsError> {
+    js.get_or_create_stream(stream::Config {
+        name: names::DLQ_STREAM.to_owned(),
+        description: Some("comfaas dead letters: events that could not run".to_owned()),
+        subjects: vec![subjects.dlq_all()],
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::New,
+        max_age: DLQ_MAX_AGE,
+        max_bytes: STREAM_MAX_BYTES,
+        duplicate_window: DEDUP_WINDOW,
+        ..Default::default()
     })
     .await
-    .map_err(|e| NatsError::new(format!("create stream {}", names::EVENTS_STREAM), e))
+    .map_err(|e| NatsError::new(format!("create stream {}", names::DLQ_STREAM), e))
 }
 
 /// The results stream: every `<prefix>.result.>` message, for a day.
@@ -51,6 +166,7 @@ pub async fn results_stream(
         storage: stream::StorageType::File,
         max_age: RESULTS_MAX_AGE,
         max_bytes: STREAM_MAX_BYTES,
+        duplicate_window: DEDUP_WINDOW,
         ..Default::default()
     })
     .await

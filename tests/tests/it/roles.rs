@@ -171,6 +171,21 @@ async fn a_device_cannot_send_work_forge_loads_or_listen_to_others() {
     }
     assert!(real > 0, "edge-1's own reports arrive");
     logged(&p, &load).await;
+
+    // Asking which node holds an event's run (dispatchers only), or
+    // listening for those asks (executors only).
+    let held = p.subjects.event_held("1");
+    let mut node_held = node.subscribe(p.subjects.event_held_all()).await.unwrap();
+    node.flush().await.unwrap();
+    publish(device, &held, "which node ran event 1?").await;
+    stays_silent(&mut node_held, "device → held").await;
+    logged(&p, &held).await;
+    publish(&dispatcher, &held, "asked by a dispatcher").await;
+    arrives(&mut node_held, "dispatcher → held").await;
+    let every_held = p.subjects.event_held_all();
+    let _spy = device.subscribe(every_held.clone()).await.unwrap();
+    device.flush().await.unwrap();
+    logged(&p, &every_held).await;
     still_serves(&p).await;
 }
 
