@@ -207,7 +207,7 @@ impl Jail {
         env: &[(OsString, OsString)],
     ) -> Command {
         let Some(bwrap) = &self.bwrap else {
-            let mut command = Command::new(program);
+            let mut command = unconfined(program);
             command
                 .args(args)
                 .current_dir(cwd)
@@ -387,6 +387,35 @@ impl Confined {
             }
         }
     }
+}
+
+/// util-linux's `setpriv`, which gives the process it becomes a parent-death
+/// signal (`--pdeathsig`) without unsafe code in the executor.
+pub const SETPRIV: &str = "/usr/bin/setpriv";
+
+/// What a process without bwrap becomes after `setpriv`: a shell that runs
+/// the program (`$@`, stdin passed on through fd 3, as an asynchronous
+/// command's stdin would be `/dev/null`) and, on SIGTERM (its parent-death
+/// signal: the executor died), kills its whole process group, the program
+/// and whatever it started. SIGKILL as the death signal would kill the
+/// shell alone. The program's exit status is passed on; a death by signal
+/// is passed on as that signal (those a run dies of, never a stop signal).
+const SUPERVISOR: &str = "exec 3<&0; trap 'kill -KILL 0' TERM; \"$@\" <&3 3<&- & wait $!; s=$?; \
+     trap - TERM; case $s in 129|13[0-9]|14[0-3]|15[23]) kill -$((s - 128)) $$;; esac; exit $s";
+
+/// The command that starts `program` unconfined (isolation `none`), dying
+/// with the thread that spawns it: under a [`SUPERVISOR`] with SIGTERM as
+/// its parent-death signal, when `setpriv` is there and `program` is a file
+/// (else plainly, so a missing program still fails to spawn).
+fn unconfined(program: &Path) -> Command {
+    if !(Path::new(SETPRIV).is_file() && program.is_absolute() && program.is_file()) {
+        return Command::new(program);
+    }
+    let mut command = Command::new(SETPRIV);
+    command
+        .args(["--pdeathsig", "TERM", "--", "/bin/sh", "-c", SUPERVISOR, "sh"])
+        .arg(program);
+    command
 }
 
 /// A minimal `/dev` (no `--dev`: a devtmpfs of its own costs a millisecond
@@ -663,6 +692,92 @@ mod tests {
             None,
             "no cgroup to ask"
         );
+    }
+
+    /// Whether `pid` goes (or is a zombie) within 10 s.
+    fn goes(pid: u32) -> bool {
+        let until = Instant::now() + Duration::from_secs(10);
+        while alive(pid) {
+            if Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    #[test]
+    fn an_unconfined_run_dies_with_the_thread_that_started_it() {
+        // The thread stands for the executor: it starts a run whose program
+        // starts a child, and ends without a word (no kill, no wait).
+        let pids = std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                use tokio::io::AsyncBufReadExt as _;
+                let script = "sleep 60 & echo $$ $!; wait";
+                let mut command = Jail::none().command(
+                    Path::new("/bin/sh"),
+                    &["-c".into(), script.into()],
+                    Path::new("/"),
+                    &[("PATH".into(), SYSTEM_PATH.into())],
+                );
+                command
+                    .stdout(std::process::Stdio::piped())
+                    .process_group(0);
+                let mut child = command.spawn().unwrap();
+                let mut line = String::new();
+                tokio::io::BufReader::new(child.stdout.take().unwrap())
+                    .read_line(&mut line)
+                    .await
+                    .unwrap();
+                std::mem::forget(child);
+                line
+            })
+        })
+        .join()
+        .unwrap();
+        let pids: Vec<u32> = pids
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(pids.len(), 2, "{pids:?}");
+        for pid in pids {
+            assert!(goes(pid), "process {pid} of the run outlived its parent");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unconfined_run_keeps_its_stdin_and_exit_status() {
+        let jail = Jail::none();
+        let run = |script: &str| {
+            let mut command = jail.command(
+                Path::new("/bin/sh"),
+                &["-c".into(), script.into()],
+                Path::new("/"),
+                &[("PATH".into(), SYSTEM_PATH.into())],
+            );
+            command
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped());
+            command
+        };
+        let mut child = run("cat; exit 3").spawn().unwrap();
+        {
+            use tokio::io::AsyncWriteExt as _;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(b"through").await.unwrap();
+        }
+        let out = child.wait_with_output().await.unwrap();
+        assert_eq!(out.stdout, b"through");
+        assert_eq!(out.status.code(), Some(3));
+        use std::os::unix::process::ExitStatusExt as _;
+        let out = run("kill -SEGV $$").output().await.unwrap();
+        assert_eq!(out.status.signal(), Some(11), "{:?}", out.status);
+        let out = run("exit 147").output().await.unwrap();
+        assert_eq!(out.status.code(), Some(147), "not a stop signal");
     }
 
     #[tokio::test]
