@@ -27,6 +27,7 @@ mod binaries;
 mod events;
 mod inputs;
 mod invoke;
+mod nodedeath;
 mod roles;
 mod runtimes;
 mod sandbox;
