@@ -1,6 +1,6 @@
 //! A node killed with SIGKILL in the middle of a run: every process of the
-//! run dies with it (script run, warm handler worker; inside bwrap and
-//! with isolation `none`), and the requester hears of the death at once
+//! run dies with it (script run, warm handler worker, MPI ranks; inside
+//! bwrap and with isolation `none`), and the requester hears of the death at once
 //! (503 "node … left while running invocation …") although its own
 //! timeout is far longer. Then the function is served by the node left.
 
@@ -31,6 +31,30 @@ def handle(data):
 if __name__ == "__main__":
     print(linger(sys.stdin.read()))
 "#;
+
+/// Every rank gets the marker from rank 0 (which alone reads stdin) and
+/// lingers as [`LINGER`] does.
+const LINGER_MPI: &str = r#"
+import subprocess, sys, time
+from mpi4py import MPI
+
+comm = MPI.COMM_WORLD
+text = comm.bcast(sys.stdin.read() if comm.rank == 0 else None, root=0)
+if text == "quick":
+    if comm.rank == 0:
+        print("quick")
+else:
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", text])
+    time.sleep(600)
+"#;
+
+/// What kind of run the victim is killed in.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Script,
+    Handler,
+    Mpi,
+}
 
 /// A process, named by its pid and start time (pids are reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,17 +134,27 @@ fn spawn_victim(p: &Platform, unconfined: bool) -> Process {
     )
 }
 
-async fn a_killed_node_takes_its_runs_along(mode: &str, unconfined: bool) {
+async fn a_killed_node_takes_its_runs_along(kind: Kind, unconfined: bool) {
     let p = Platform::start().await;
     drop(p.dispatcher().await);
     drop(p.executor(NodeSpec::cloud("survivor")).await);
     let mut victim = spawn_victim(&p, unconfined);
     let victim_pid = victim.child.id().unwrap();
+    let (extra, script, ranks) = match kind {
+        Kind::Script => ("", LINGER, 1),
+        Kind::Handler => ("mode = \"handler\"", LINGER, 1),
+        Kind::Mpi => ("procs = 2", LINGER_MPI, 2),
+    };
     let dir = p.function(
         "linger",
-        &format!("mode = \"{mode}\"\ntimeout = \"120s\""),
-        &[("main.py", LINGER)],
+        &format!("{extra}\ntimeout = \"120s\""),
+        &[("main.py", script)],
     );
+    if let Kind::Mpi = kind {
+        let manifest = std::fs::read_to_string(dir.join("comfaas.toml")).unwrap();
+        let manifest = manifest.replace("runtime = \"python\"", "runtime = \"python-mpi\"");
+        std::fs::write(dir.join("comfaas.toml"), manifest).unwrap();
+    }
     p.deploy(&dir, &["victim", "survivor"]).await;
 
     // A request whose own timeout is a minute, run on the victim.
@@ -137,7 +171,11 @@ async fn a_killed_node_takes_its_runs_along(mode: &str, unconfined: bool) {
     let until = Instant::now() + Duration::from_secs(60);
     let run = loop {
         let procs = descendants(victim_pid);
-        if procs.iter().any(|p| cmdline(p.pid).contains(&marker)) {
+        let marked = procs
+            .iter()
+            .filter(|p| cmdline(p.pid).contains(&marker))
+            .count();
+        if marked == ranks {
             break procs;
         }
         assert!(Instant::now() < until, "the run never started: {procs:?}");
@@ -155,7 +193,7 @@ async fn a_killed_node_takes_its_runs_along(mode: &str, unconfined: bool) {
     );
     assert_eq!(header(&reply, h::ERROR), expected, "{:?}", reply.headers);
     eprintln!(
-        "{mode} run (unconfined: {unconfined}): the requester heard of the kill after {:?}",
+        "{kind:?} run (unconfined: {unconfined}): the requester heard of the kill after {:?}",
         killed.elapsed()
     );
 
@@ -185,20 +223,30 @@ async fn a_killed_node_takes_its_runs_along(mode: &str, unconfined: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_takes_its_script_run_along() {
-    a_killed_node_takes_its_runs_along("script", false).await;
+    a_killed_node_takes_its_runs_along(Kind::Script, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_takes_its_handler_workers_along() {
-    a_killed_node_takes_its_runs_along("handler", false).await;
+    a_killed_node_takes_its_runs_along(Kind::Handler, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_unconfined_node_takes_its_script_run_along() {
-    a_killed_node_takes_its_runs_along("script", true).await;
+    a_killed_node_takes_its_runs_along(Kind::Script, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_unconfined_node_takes_its_handler_workers_along() {
-    a_killed_node_takes_its_runs_along("handler", true).await;
+    a_killed_node_takes_its_runs_along(Kind::Handler, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_takes_its_mpi_ranks_along() {
+    a_killed_node_takes_its_runs_along(Kind::Mpi, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_unconfined_node_takes_its_mpi_ranks_along() {
+    a_killed_node_takes_its_runs_along(Kind::Mpi, true).await;
 }

@@ -396,12 +396,22 @@ pub const SETPRIV: &str = "/usr/bin/setpriv";
 /// What a process without bwrap becomes after `setpriv`: a shell that runs
 /// the program (`$@`, stdin passed on through fd 3, as an asynchronous
 /// command's stdin would be `/dev/null`) and, on SIGTERM (its parent-death
-/// signal: the executor died), kills its whole process group, the program
-/// and whatever it started. SIGKILL as the death signal would kill the
+/// signal: the executor died), kills every process descending from it and
+/// then its process group. The tree is walked, not just the group, as MPI
+/// ranks leave the group; each process is stopped before its children are
+/// listed (it cannot fork one more meanwhile) and killed after them. A
+/// process that left the tree (a double fork) is not found: only bwrap's
+/// pid namespace holds those. SIGKILL as the death signal would kill the
 /// shell alone. The program's exit status is passed on; a death by signal
 /// is passed on as that signal (those a run dies of, never a stop signal).
-const SUPERVISOR: &str = "exec 3<&0; trap 'kill -KILL 0' TERM; \"$@\" <&3 3<&- & wait $!; s=$?; \
-     trap - TERM; case $s in 129|13[0-9]|14[0-3]|15[23]) kill -$((s - 128)) $$;; esac; exit $s";
+const SUPERVISOR: &str = concat!(
+    "exec 3<&0; ",
+    "k() { for c in $(cat /proc/$1/task/*/children 2>/dev/null); do ",
+    "kill -STOP $c 2>/dev/null; k $c; kill -KILL $c 2>/dev/null; done; }; ",
+    "trap 'kill -STOP $p 2>/dev/null; k $p; kill -KILL 0' TERM; ",
+    "\"$@\" <&3 3<&- & p=$!; wait $p; s=$?; trap - TERM; ",
+    "case $s in 129|13[0-9]|14[0-3]|15[23]) kill -$((s - 128)) $$;; esac; exit $s",
+);
 
 /// The command that starts `program` unconfined (isolation `none`), dying
 /// with the thread that spawns it: under a [`SUPERVISOR`] with SIGTERM as
@@ -717,7 +727,8 @@ mod tests {
                 .unwrap();
             runtime.block_on(async {
                 use tokio::io::AsyncBufReadExt as _;
-                let script = "sleep 60 & echo $$ $!; wait";
+                // One child in the run's process group, one that left it.
+                let script = "sleep 60 & a=$!; setsid sleep 60 & echo $$ $a $!; wait";
                 let mut command = Jail::none().command(
                     Path::new("/bin/sh"),
                     &["-c".into(), script.into()],
@@ -743,7 +754,7 @@ mod tests {
             .split_whitespace()
             .map(|p| p.parse().unwrap())
             .collect();
-        assert_eq!(pids.len(), 2, "{pids:?}");
+        assert_eq!(pids.len(), 3, "{pids:?}");
         for pid in pids {
             assert!(goes(pid), "process {pid} of the run outlived its parent");
         }
