@@ -16,6 +16,16 @@
 //! then writes the byte to stdin. The shell also keeps bwrap off stdin's
 //! fd 0, which `--block-fd 0` would close for the function.
 //!
+//! Every process of a run dies with the executor, even one killed with
+//! SIGKILL: bwrap's `--die-with-parent` gives bwrap and the sandbox's pid 1
+//! a parent-death signal (pid 1's end empties its pid namespace); without
+//! bwrap, `setpriv --pdeathsig TERM` and a supervising shell that kills
+//! the run's process tree do it. A parent-death signal fires when the
+//! *thread* that spawned the process ends, not the process: so
+//! [`Jail::command`]s are spawned only on async tasks (tokio's worker
+//! threads live as long as the runtime), never inside `spawn_blocking`,
+//! whose threads exit after a while idle and would take the run along.
+//!
 //! The layer under `sandbox`: it knows how to confine one process, and
 //! nothing of installs, workers or runs (`process` and `handler` start
 //! their processes through a [`Jail`]; `sandbox` decides what goes in it).
