@@ -474,7 +474,10 @@ mod tests {
         assert!(!on_a.is_cancelled());
         let buried = table.bury_dead(t0 + Duration::from_millis(3100));
         assert_eq!(buried, vec![("a".to_owned(), 1)]);
-        assert!(on_a.is_cancelled(), "work in flight on a hears of its death");
+        assert!(
+            on_a.is_cancelled(),
+            "work in flight on a hears of its death"
+        );
         assert!(!on_b.is_cancelled());
         assert!(
             table.bury_dead(t0 + Duration::from_millis(4000)).is_empty(),

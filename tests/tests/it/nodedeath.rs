@@ -206,6 +206,10 @@ async fn a_killed_node_takes_its_runs_along(kind: Kind, unconfined: bool) {
             .map(|p| (*p, cmdline(p.pid)))
             .collect();
         if left.is_empty() {
+            eprintln!(
+                "{kind:?} run (unconfined: {unconfined}): its processes were gone {:?} after the kill",
+                killed.elapsed()
+            );
             break;
         }
         assert!(

@@ -433,7 +433,15 @@ fn unconfined(program: &Path) -> Command {
     }
     let mut command = Command::new(SETPRIV);
     command
-        .args(["--pdeathsig", "TERM", "--", "/bin/sh", "-c", SUPERVISOR, "sh"])
+        .args([
+            "--pdeathsig",
+            "TERM",
+            "--",
+            "/bin/sh",
+            "-c",
+            SUPERVISOR,
+            "sh",
+        ])
         .arg(program);
     command
 }
