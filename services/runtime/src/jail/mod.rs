@@ -409,7 +409,10 @@ pub const SETPRIV: &str = "/usr/bin/setpriv";
 /// signal: the executor died), kills every process descending from it and
 /// then its process group. The tree is walked, not just the group, as MPI
 /// ranks leave the group; each process is stopped before its children are
-/// listed (it cannot fork one more meanwhile) and killed after them. A
+/// listed (it cannot fork one more meanwhile) and killed after them; the
+/// walk starts at the shell itself (the program's pid may not be in `$!`
+/// yet when the signal comes), whose other children are only the finished
+/// command substitutions of the walk. A
 /// process that left the tree (a double fork) is not found: only bwrap's
 /// pid namespace holds those. SIGKILL as the death signal would kill the
 /// shell alone. The program's exit status is passed on; a death by signal
@@ -418,8 +421,8 @@ const SUPERVISOR: &str = concat!(
     "exec 3<&0; ",
     "k() { for c in $(cat /proc/$1/task/*/children 2>/dev/null); do ",
     "kill -STOP $c 2>/dev/null; k $c; kill -KILL $c 2>/dev/null; done; }; ",
-    "trap 'kill -STOP $p 2>/dev/null; k $p; kill -KILL 0' TERM; ",
-    "\"$@\" <&3 3<&- & p=$!; wait $p; s=$?; trap - TERM; ",
+    "trap 'k $$; kill -KILL 0' TERM; ",
+    "\"$@\" <&3 3<&- & wait $!; s=$?; trap - TERM; ",
     "case $s in 129|13[0-9]|14[0-3]|15[23]) kill -$((s - 128)) $$;; esac; exit $s",
 );
 
