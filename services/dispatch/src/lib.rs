@@ -36,6 +36,9 @@ use state::State;
 
 /// How often each live node's round trip is measured.
 const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the node table looks for nodes that fell silent: a small part
+/// of a heartbeat, so a death is heard about that much after its due time.
+const DEATH_CHECK: Duration = Duration::from_millis(250);
 
 /// A configured dispatcher, ready to [`run`](Dispatcher::run).
 pub struct Dispatcher {
@@ -105,6 +108,7 @@ impl Dispatcher {
             track_functions(shared.clone(), changes).boxed(),
             publish_metrics(shared.clone()).boxed(),
             ping_nodes(shared.clone()).boxed(),
+            bury_dead_nodes(shared.clone()).boxed(),
         ] {
             tasks.spawn(shutdown.clone().run_until_cancelled_owned(task));
         }
@@ -199,6 +203,19 @@ async fn ping_nodes(shared: Arc<Shared>) {
             }
         });
         futures::future::join_all(pings).await;
+    }
+}
+
+/// Declares dead the nodes that missed their heartbeats, which ends the
+/// invocations in flight there (503, see `place::send`).
+async fn bury_dead_nodes(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(DEATH_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for (node, in_flight) in shared.state.bury_dead() {
+            tracing::warn!(node, in_flight, "node missed its heartbeats: declared dead");
+        }
     }
 }
 

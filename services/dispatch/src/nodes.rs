@@ -1,11 +1,20 @@
 //! The live node table, fed by `NodeLoad` heartbeats and by what the
 //! dispatcher itself sees when it sends work.
+//!
+//! A node that misses its heartbeats is declared dead once
+//! ([`NodeTable::bury_dead`]): the work in flight there hears of it through
+//! the node's death signal (the [`CancellationToken`] handed out with each
+//! send), so its requesters get an answer at once instead of at their
+//! deadline. A node that said it is leaving is not dead: it is forgotten
+//! for placement, but its signal is never given, so its runs under way
+//! finish and answer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use comfaas_placement::{NodeView, RunFit};
 use comfaas_schemas::{NodeLoad, NodeMetrics};
+use tokio_util::sync::CancellationToken;
 
 struct Node {
     load: NodeLoad,
@@ -23,6 +32,10 @@ struct Node {
     /// Answers from the node since its last report: runs the report may
     /// still count as running or queued although they are over.
     answers_since_report: u32,
+    /// Given when the node is declared dead; a node heard again after
+    /// that starts a new life with a new signal (work sent in its old one
+    /// has been answered already).
+    death: CancellationToken,
 }
 
 /// What one answered invocation taught: it took `took_ms` at the
@@ -82,6 +95,9 @@ impl NodeTable {
                 node.last_seen = now;
                 node.unreachable = false;
                 node.answers_since_report = 0;
+                if node.death.is_cancelled() {
+                    node.death = CancellationToken::new();
+                }
             }
             None => {
                 self.nodes.insert(
@@ -95,6 +111,7 @@ impl NodeTable {
                         rtt_ms: None,
                         pinged: false,
                         answers_since_report: 0,
+                        death: CancellationToken::new(),
                     },
                 );
             }
@@ -102,8 +119,35 @@ impl NodeTable {
     }
 
     fn alive(&self, node: &Node, now: Instant) -> bool {
+        !node.unreachable && !self.silent(node, now)
+    }
+
+    /// Whether `node` missed its last `dead_after` heartbeats. Only silence
+    /// kills: a node nobody listens for on its work subject for a moment
+    /// (`unreachable`, say while it reconnects) may still answer what it runs.
+    fn silent(&self, node: &Node, now: Instant) -> bool {
         let period = Duration::from_millis(node.load.heartbeat_ms.max(1));
-        !node.unreachable && now.duration_since(node.last_seen) <= period * self.dead_after
+        now.duration_since(node.last_seen) > period * self.dead_after
+    }
+
+    /// Declares dead every node silent for `dead_after` heartbeats and not
+    /// declared so yet, giving its death signal; returns each with the
+    /// count of invocations it had in flight.
+    pub fn bury_dead(&mut self, now: Instant) -> Vec<(String, usize)> {
+        let silent: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| !n.death.is_cancelled() && self.silent(n, now))
+            .map(|n| n.load.node.clone())
+            .collect();
+        silent
+            .into_iter()
+            .filter_map(|name| {
+                let node = self.nodes.get_mut(&name)?;
+                node.death.cancel();
+                Some((name, node.in_flight.len()))
+            })
+            .collect()
     }
 
     /// What one answered invocation on `node` taught.
@@ -217,14 +261,19 @@ impl NodeTable {
     }
 
     /// Work was sent to `node`, expected to finish at `done`; the token
-    /// names it to [`NodeTable::answered`].
-    pub fn sent(&mut self, node: &str, done: Instant) -> u64 {
+    /// names it to [`NodeTable::answered`], the signal is given if the node
+    /// is declared dead (never, for a node the table does not know).
+    pub fn sent(&mut self, node: &str, done: Instant) -> (u64, CancellationToken) {
         self.next_token += 1;
-        if let Some(n) = self.nodes.get_mut(node) {
-            n.placed += 1;
-            n.in_flight.insert(self.next_token, done);
-        }
-        self.next_token
+        let death = match self.nodes.get_mut(node) {
+            Some(n) => {
+                n.placed += 1;
+                n.in_flight.insert(self.next_token, done);
+                n.death.clone()
+            }
+            None => CancellationToken::new(),
+        };
+        (self.next_token, death)
     }
 
     /// Work sent to `node` was answered (or given up).
@@ -347,7 +396,7 @@ mod tests {
         let mut table = NodeTable::new(3);
         let t0 = Instant::now();
         table.heard(load("a"), t0);
-        let first = table.sent("a", t0 + Duration::from_millis(500));
+        let (first, _) = table.sent("a", t0 + Duration::from_millis(500));
         let _second = table.sent("a", t0 + Duration::from_millis(900));
         let view = &table.views("f", t0 + Duration::from_millis(100))[0];
         assert_eq!(view.in_flight, 2);
@@ -363,7 +412,7 @@ mod tests {
     fn answers_after_a_report_make_it_count_less() {
         let mut table = NodeTable::new(3);
         let t0 = Instant::now();
-        let token = table.sent("a", t0);
+        let (token, _) = table.sent("a", t0);
         assert_eq!(token, 1);
         table.heard(
             NodeLoad {
@@ -373,8 +422,8 @@ mod tests {
             },
             t0,
         );
-        let first = table.sent("a", t0);
-        let second = table.sent("a", t0);
+        let (first, _) = table.sent("a", t0);
+        let (second, _) = table.sent("a", t0);
         table.answered("a", first);
         let view = &table.views("f", t0)[0];
         assert_eq!((view.running, view.queued), (1, 0));
@@ -409,5 +458,64 @@ mod tests {
             t0,
         );
         assert!(table.views("f", t0).is_empty());
+    }
+
+    #[test]
+    fn a_silent_node_is_declared_dead_once_and_its_work_hears_it() {
+        let mut table = NodeTable::new(3);
+        let t0 = Instant::now();
+        table.heard(load("a"), t0);
+        table.heard(load("b"), t0);
+        let (_, on_a) = table.sent("a", t0);
+        let (_, on_b) = table.sent("b", t0);
+        // b keeps reporting; a falls silent.
+        table.heard(load("b"), t0 + Duration::from_millis(2500));
+        assert!(table.bury_dead(t0 + Duration::from_millis(2900)).is_empty());
+        assert!(!on_a.is_cancelled());
+        let buried = table.bury_dead(t0 + Duration::from_millis(3100));
+        assert_eq!(buried, vec![("a".to_owned(), 1)]);
+        assert!(
+            on_a.is_cancelled(),
+            "work in flight on a hears of its death"
+        );
+        assert!(!on_b.is_cancelled());
+        assert!(
+            table.bury_dead(t0 + Duration::from_millis(4000)).is_empty(),
+            "declared dead once"
+        );
+        // Heard again: a new life, whose work is not born dead.
+        table.heard(load("a"), t0 + Duration::from_millis(5000));
+        let (_, again) = table.sent("a", t0 + Duration::from_millis(5000));
+        assert!(!again.is_cancelled());
+        assert!(table.views("f", t0 + Duration::from_millis(5000))[0].alive);
+    }
+
+    #[test]
+    fn a_leaving_or_unreachable_node_is_not_dead() {
+        let mut table = NodeTable::new(3);
+        let t0 = Instant::now();
+        table.heard(load("a"), t0);
+        table.heard(load("b"), t0);
+        let (_, on_a) = table.sent("a", t0);
+        let (_, on_b) = table.sent("b", t0);
+        // a drains: it stops reporting after saying so, and its runs finish.
+        table.heard(
+            NodeLoad {
+                leaving: true,
+                ..load("a")
+            },
+            t0,
+        );
+        // b is briefly without a listener (reconnecting), still reporting.
+        table.heard(load("b"), t0 + Duration::from_millis(2000));
+        table.unreachable("b");
+        assert!(table.bury_dead(t0 + Duration::from_millis(4900)).is_empty());
+        assert!(!on_b.is_cancelled(), "unreachable for a moment is not dead");
+        assert_eq!(
+            table.bury_dead(t0 + Duration::from_millis(9000)),
+            vec![("b".to_owned(), 1)],
+            "silence is"
+        );
+        assert!(!on_a.is_cancelled(), "a leaving node's runs go on");
     }
 }

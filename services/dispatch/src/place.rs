@@ -305,25 +305,37 @@ async fn send(
     let pending = shared
         .state
         .begin(&invocation.id, function, decision, input_bytes);
-    let result = shared
-        .client
-        .send_request(
-            shared.subjects.work(node),
-            async_nats::Request::new()
-                .payload(payload)
-                .timeout(Some(wait + ANSWER_GRACE)),
-        )
-        .await;
+    let request = shared.client.send_request(
+        shared.subjects.work(node),
+        async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(wait + ANSWER_GRACE)),
+    );
+    // A node declared dead (missed heartbeats) will not answer: its
+    // requester hears so now, not at its deadline. Whether the run had
+    // started there is unknown, so it is not tried elsewhere: the error
+    // is transient, and an event is retried as such.
+    let result = tokio::select! {
+        result = request => Some(result),
+        () = pending.node_died() => None,
+    };
     let took = sent.elapsed();
     let ended = match &result {
-        Ok(message) => Ended::Answered {
+        Some(Ok(message)) => Ended::Answered {
             took_ms: took.as_secs_f64() * 1000.0,
             run_ms: message.headers.as_ref().and_then(reply::run_ms),
         },
-        Err(e) if e.kind() == RequestErrorKind::NoResponders => Ended::Unreachable,
-        Err(_) => Ended::Failed,
+        Some(Err(e)) if e.kind() == RequestErrorKind::NoResponders => Ended::Unreachable,
+        Some(Err(_)) | None => Ended::Failed,
     };
     shared.state.end(pending, took.as_millis() as u64, ended);
+    let Some(result) = result else {
+        tracing::info!(node = %node, invocation = %invocation.id, "node died while running the invocation");
+        return Err(InvocationError::unavailable(format!(
+            "node {node} left while running invocation {}",
+            invocation.id
+        )));
+    };
     let message = match result {
         Ok(message) => message,
         Err(e) => {

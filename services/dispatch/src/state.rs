@@ -92,7 +92,7 @@ pub enum Ended {
     },
     /// Nobody listens on its work subject: stop choosing it until it is heard again.
     Unreachable,
-    /// Anything else (timeout, payload too large): nothing to learn.
+    /// Anything else (timeout, payload too large, the node died): nothing to learn.
     Failed,
 }
 
@@ -107,6 +107,15 @@ pub struct Pending<'a> {
     /// The input's size, however it travels (what run time depends on).
     pub input_bytes: u64,
     token: u64,
+    death: tokio_util::sync::CancellationToken,
+}
+
+impl Pending<'_> {
+    /// Completes when the node this try went to is declared dead (missed
+    /// heartbeats); never for a node that said it is leaving.
+    pub async fn node_died(&self) {
+        self.death.cancelled().await;
+    }
 }
 
 impl State {
@@ -156,6 +165,13 @@ impl State {
     /// A redelivered event was sent to the node holding its run.
     pub fn attached(&self) {
         self.lock().stats.attached += 1;
+    }
+
+    /// Declares dead the nodes that missed their heartbeats, so the work in
+    /// flight there ends at once ([`Pending::node_died`]); returns each
+    /// newly dead node with how many invocations it had in flight.
+    pub fn bury_dead(&self) -> Vec<(String, usize)> {
+        self.lock().nodes.bury_dead(Instant::now())
     }
 
     /// A ping to `node` came back after `rtt_ms`.
@@ -264,13 +280,14 @@ impl State {
     ) -> Pending<'a> {
         let done = Instant::now()
             + std::time::Duration::from_secs_f64(decision.estimate_ms.max(0.0) / 1000.0);
-        let token = self.lock().nodes.sent(&decision.node, done);
+        let (token, death) = self.lock().nodes.sent(&decision.node, done);
         Pending {
             invocation,
             function,
             decision,
             input_bytes,
             token,
+            death,
         }
     }
 

@@ -240,6 +240,10 @@ async fn a_node_that_does_not_answer_gives_504() {
     drop(
         p.dispatcher_with(comfaas_dispatch::DispatchConfig {
             queue_wait_ms: 500,
+            // Frozen, the node also misses its heartbeats: declared dead, it
+            // would answer 503 "left" (see `nodedeath`) before the deadline
+            // this test is about.
+            dead_after_heartbeats: 30,
             ..Default::default()
         })
         .await,

@@ -28,6 +28,7 @@ mod dlq;
 mod events;
 mod inputs;
 mod invoke;
+mod nodedeath;
 mod roles;
 mod runtimes;
 mod sandbox;

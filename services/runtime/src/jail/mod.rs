@@ -16,6 +16,16 @@
 //! then writes the byte to stdin. The shell also keeps bwrap off stdin's
 //! fd 0, which `--block-fd 0` would close for the function.
 //!
+//! Every process of a run dies with the executor, even one killed with
+//! SIGKILL: bwrap's `--die-with-parent` gives bwrap and the sandbox's pid 1
+//! a parent-death signal (pid 1's end empties its pid namespace); without
+//! bwrap, `setpriv --pdeathsig TERM` and a supervising shell that kills
+//! the run's process tree do it. A parent-death signal fires when the
+//! *thread* that spawned the process ends, not the process: so
+//! [`Jail::command`]s are spawned only on async tasks (tokio's worker
+//! threads live as long as the runtime), never inside `spawn_blocking`,
+//! whose threads exit after a while idle and would take the run along.
+//!
 //! The layer under `sandbox`: it knows how to confine one process, and
 //! nothing of installs, workers or runs (`process` and `handler` start
 //! their processes through a [`Jail`]; `sandbox` decides what goes in it).
@@ -207,7 +217,7 @@ impl Jail {
         env: &[(OsString, OsString)],
     ) -> Command {
         let Some(bwrap) = &self.bwrap else {
-            let mut command = Command::new(program);
+            let mut command = unconfined(program);
             command
                 .args(args)
                 .current_dir(cwd)
@@ -387,6 +397,56 @@ impl Confined {
             }
         }
     }
+}
+
+/// util-linux's `setpriv`, which gives the process it becomes a parent-death
+/// signal (`--pdeathsig`) without unsafe code in the executor.
+pub const SETPRIV: &str = "/usr/bin/setpriv";
+
+/// What a process without bwrap becomes after `setpriv`: a shell that runs
+/// the program (`$@`, stdin passed on through fd 3, as an asynchronous
+/// command's stdin would be `/dev/null`) and, on SIGTERM (its parent-death
+/// signal: the executor died), kills every process descending from it and
+/// then its process group. The tree is walked, not just the group, as MPI
+/// ranks leave the group; each process is stopped before its children are
+/// listed (it cannot fork one more meanwhile) and killed after them; the
+/// walk starts at the shell itself (the program's pid may not be in `$!`
+/// yet when the signal comes), whose other children are only the finished
+/// command substitutions of the walk. A
+/// process that left the tree (a double fork) is not found: only bwrap's
+/// pid namespace holds those. SIGKILL as the death signal would kill the
+/// shell alone. The program's exit status is passed on; a death by signal
+/// is passed on as that signal (those a run dies of, never a stop signal).
+const SUPERVISOR: &str = concat!(
+    "exec 3<&0; ",
+    "k() { for c in $(cat /proc/$1/task/*/children 2>/dev/null); do ",
+    "kill -STOP $c 2>/dev/null; k $c; kill -KILL $c 2>/dev/null; done; }; ",
+    "trap 'k $$; kill -KILL 0' TERM; ",
+    "\"$@\" <&3 3<&- & wait $!; s=$?; trap - TERM; ",
+    "case $s in 129|13[0-9]|14[0-3]|15[23]) kill -$((s - 128)) $$;; esac; exit $s",
+);
+
+/// The command that starts `program` unconfined (isolation `none`), dying
+/// with the thread that spawns it: under a [`SUPERVISOR`] with SIGTERM as
+/// its parent-death signal, when `setpriv` is there and `program` is a file
+/// (else plainly, so a missing program still fails to spawn).
+fn unconfined(program: &Path) -> Command {
+    if !(Path::new(SETPRIV).is_file() && program.is_absolute() && program.is_file()) {
+        return Command::new(program);
+    }
+    let mut command = Command::new(SETPRIV);
+    command
+        .args([
+            "--pdeathsig",
+            "TERM",
+            "--",
+            "/bin/sh",
+            "-c",
+            SUPERVISOR,
+            "sh",
+        ])
+        .arg(program);
+    command
 }
 
 /// A minimal `/dev` (no `--dev`: a devtmpfs of its own costs a millisecond
@@ -663,6 +723,93 @@ mod tests {
             None,
             "no cgroup to ask"
         );
+    }
+
+    /// Whether `pid` goes (or is a zombie) within 10 s.
+    fn goes(pid: u32) -> bool {
+        let until = Instant::now() + Duration::from_secs(10);
+        while alive(pid) {
+            if Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    #[test]
+    fn an_unconfined_run_dies_with_the_thread_that_started_it() {
+        // The thread stands for the executor: it starts a run whose program
+        // starts a child, and ends without a word (no kill, no wait).
+        let pids = std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                use tokio::io::AsyncBufReadExt as _;
+                // One child in the run's process group, one that left it.
+                let script = "sleep 60 & a=$!; setsid sleep 60 & echo $$ $a $!; wait";
+                let mut command = Jail::none().command(
+                    Path::new("/bin/sh"),
+                    &["-c".into(), script.into()],
+                    Path::new("/"),
+                    &[("PATH".into(), SYSTEM_PATH.into())],
+                );
+                command
+                    .stdout(std::process::Stdio::piped())
+                    .process_group(0);
+                let mut child = command.spawn().unwrap();
+                let mut line = String::new();
+                tokio::io::BufReader::new(child.stdout.take().unwrap())
+                    .read_line(&mut line)
+                    .await
+                    .unwrap();
+                std::mem::forget(child);
+                line
+            })
+        })
+        .join()
+        .unwrap();
+        let pids: Vec<u32> = pids
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(pids.len(), 3, "{pids:?}");
+        for pid in pids {
+            assert!(goes(pid), "process {pid} of the run outlived its parent");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unconfined_run_keeps_its_stdin_and_exit_status() {
+        let jail = Jail::none();
+        let run = |script: &str| {
+            let mut command = jail.command(
+                Path::new("/bin/sh"),
+                &["-c".into(), script.into()],
+                Path::new("/"),
+                &[("PATH".into(), SYSTEM_PATH.into())],
+            );
+            command
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped());
+            command
+        };
+        let mut child = run("cat; exit 3").spawn().unwrap();
+        {
+            use tokio::io::AsyncWriteExt as _;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(b"through").await.unwrap();
+        }
+        let out = child.wait_with_output().await.unwrap();
+        assert_eq!(out.stdout, b"through");
+        assert_eq!(out.status.code(), Some(3));
+        use std::os::unix::process::ExitStatusExt as _;
+        let out = run("kill -SEGV $$").output().await.unwrap();
+        assert_eq!(out.status.signal(), Some(11), "{:?}", out.status);
+        let out = run("exit 147").output().await.unwrap();
+        assert_eq!(out.status.code(), Some(147), "not a stop signal");
     }
 
     #[tokio::test]
