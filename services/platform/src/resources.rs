@@ -82,10 +82,7 @@ pub async fn events_stream(
         ..Default::default()
     };
     let what = || format!("create stream {}", names::EVENTS_STREAM);
-    let mut stream = js
-        .get_or_create_stream(config.clone())
-        .await
-        .map_err(|e| NatsError::new(what(), e))?;
+    let (mut stream, config) = sized_stream(js, config).await?;
     // A stream made by an older comfaas (limits retention, discard old)
     // is brought up to date; a server that refuses the change keeps it.
     let have = stream
@@ -116,18 +113,25 @@ pub async fn events_stream(
         .await
         .is_err()
     {
-        stream
+        let made = stream
             .get_or_create_consumer(
                 names::DISPATCH_EVENTS_CONSUMER,
                 events_consumer_config(EVENTS_MAX_DELIVER, EVENTS_MAX_ACK_PENDING),
             )
-            .await
-            .map_err(|e| {
-                NatsError::new(
+            .await;
+        // Another service may have made it meanwhile.
+        if let Err(e) = made {
+            if stream
+                .consumer_info(names::DISPATCH_EVENTS_CONSUMER)
+                .await
+                .is_err()
+            {
+                return Err(NatsError::new(
                     format!("create consumer {}", names::DISPATCH_EVENTS_CONSUMER),
                     e,
-                )
-            })?;
+                ));
+            }
+        }
     }
     Ok(stream)
 }
@@ -139,19 +143,66 @@ pub async fn dlq_stream(
     js: &jetstream::Context,
     subjects: &Subjects,
 ) -> Result<stream::Stream, NatsError> {
-    js.get_or_create_stream(stream::Config {
-        name: names::DLQ_STREAM.to_owned(),
-        description: Some("comfaas dead letters: events that could not run".to_owned()),
-        subjects: vec![subjects.dlq_all()],
-        storage: stream::StorageType::File,
-        discard: stream::DiscardPolicy::New,
-        max_age: DLQ_MAX_AGE,
-        max_bytes: STREAM_MAX_BYTES,
-        duplicate_window: DEDUP_WINDOW,
-        ..Default::default()
-    })
+    sized_stream(
+        js,
+        stream::Config {
+            name: names::DLQ_STREAM.to_owned(),
+            description: Some("comfaas dead letters: events that could not run".to_owned()),
+            subjects: vec![subjects.dlq_all()],
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::New,
+            max_age: DLQ_MAX_AGE,
+            max_bytes: STREAM_MAX_BYTES,
+            duplicate_window: DEDUP_WINDOW,
+            ..Default::default()
+        },
+    )
     .await
-    .map_err(|e| NatsError::new(format!("create stream {}", names::DLQ_STREAM), e))
+    .map(|(stream, _)| stream)
+}
+
+/// Opens the stream `config` names, creating it when missing. When the
+/// server cannot reserve its `max_bytes` of disk, it gets a quarter of the
+/// most the server can reserve (at least 64 MiB), with a warning, like the
+/// object stores. Returns the stream and the configuration it was made with.
+async fn sized_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<(stream::Stream, stream::Config), NatsError> {
+    let what = || format!("create stream {}", config.name);
+    let error = match js.get_or_create_stream(config.clone()).await {
+        Ok(stream) => return Ok((stream, config)),
+        Err(e) => e,
+    };
+    if !no_room(&error) {
+        return Err(NatsError::new(what(), error));
+    }
+    let room = reservable_bytes(js, config.max_bytes / 2).await;
+    let smaller = stream::Config {
+        max_bytes: (room / 4).max(MIN_OBJECT_STORE_BYTES),
+        ..config.clone()
+    };
+    tracing::warn!(
+        stream = %config.name,
+        "the server cannot reserve {} MiB of disk for it; using {} MiB",
+        config.max_bytes >> 20,
+        smaller.max_bytes >> 20
+    );
+    match js.get_or_create_stream(smaller.clone()).await {
+        Ok(stream) => Ok((stream, smaller)),
+        // Another service created it meanwhile (at the size it could get).
+        Err(e) => match js.get_stream(&config.name).await {
+            Ok(mut stream) => {
+                let made = stream
+                    .info()
+                    .await
+                    .map(|i| i.config.clone())
+                    .unwrap_or(smaller);
+                Ok((stream, made))
+            }
+            Err(_) => Err(NatsError::new(what(), e)),
+        },
+    }
 }
 
 /// The results stream: every `<prefix>.result.>` message, for a day.
@@ -159,18 +210,21 @@ pub async fn results_stream(
     js: &jetstream::Context,
     subjects: &Subjects,
 ) -> Result<stream::Stream, NatsError> {
-    js.get_or_create_stream(stream::Config {
-        name: names::RESULTS_STREAM.to_owned(),
-        description: Some("comfaas results of every invocation".to_owned()),
-        subjects: vec![subjects.result_all()],
-        storage: stream::StorageType::File,
-        max_age: RESULTS_MAX_AGE,
-        max_bytes: STREAM_MAX_BYTES,
-        duplicate_window: DEDUP_WINDOW,
-        ..Default::default()
-    })
+    sized_stream(
+        js,
+        stream::Config {
+            name: names::RESULTS_STREAM.to_owned(),
+            description: Some("comfaas results of every invocation".to_owned()),
+            subjects: vec![subjects.result_all()],
+            storage: stream::StorageType::File,
+            max_age: RESULTS_MAX_AGE,
+            max_bytes: STREAM_MAX_BYTES,
+            duplicate_window: DEDUP_WINDOW,
+            ..Default::default()
+        },
+    )
     .await
-    .map_err(|e| NatsError::new(format!("create stream {}", names::RESULTS_STREAM), e))
+    .map(|(stream, _)| stream)
 }
 
 /// Makes the site of `js` keep a mirror of the edge site `edge_domain`'s
@@ -366,9 +420,14 @@ async fn object_store(
         max_bytes >> 20,
         size >> 20
     );
-    create(size)
-        .await
-        .map_err(|e| NatsError::new(format!("create object store {bucket}"), e))
+    match create(size).await {
+        Ok(store) => Ok(store),
+        // Another service created it meanwhile (at the size it could get).
+        Err(e) => js
+            .get_object_store(bucket)
+            .await
+            .map_err(|_| NatsError::new(format!("create object store {bucket}"), e)),
+    }
 }
 
 /// The largest size, halving from `from`, that the server can reserve for a

@@ -26,6 +26,7 @@ macro_rules! open_and_secure {
 mod binaries;
 mod dlq;
 mod events;
+mod faults;
 mod inputs;
 mod invoke;
 mod nodedeath;
