@@ -93,17 +93,41 @@ impl Rig {
     }
 
     fn dispatcher(&self, i: usize) -> Process {
-        Process::spawn(
+        self.spawn(
             "comfaas-dispatch",
             &["--nats-url", &self.url, "--id", &format!("d{i}")],
         )
+    }
+
+    /// Starts a binary, its log appended to `<scratch>/logs` (shown when a
+    /// case fails).
+    fn spawn(&self, name: &str, args: &[&str]) -> Process {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.scratch.path().join("logs"))
+            .unwrap();
+        let child = tokio::process::Command::new(comfaas_tests::binary(name))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Process { child }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(self.scratch.path().join("logs")).unwrap_or_default()
     }
 
     fn executor(&self, node: &str) -> Process {
         let data: PathBuf = self.scratch.path().join(node);
         let config = self.scratch.path().join("exec.toml");
         std::fs::write(&config, "[sandbox]\nisolation = \"none\"\n").unwrap();
-        Process::spawn(
+        self.spawn(
             "comfaas-exec",
             &[
                 "--nats-url",
@@ -180,7 +204,11 @@ async fn deploy(rig: &Rig, client: &async_nats::Client) {
             {
                 break;
             }
-            assert!(Instant::now() < deadline, "{node} never served: {reply:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{node} never served: {reply:?}\n{}",
+                rig.logs()
+            );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
@@ -364,6 +392,9 @@ async fn run_case(fault: Fault) {
         published.as_secs_f64(),
         drained.as_secs_f64()
     );
+    if !missing.is_empty() || !duplicated.is_empty() {
+        eprintln!("{}", rig.logs());
+    }
     assert!(missing.is_empty(), "{fault:?}: events lost: {missing:?}");
     assert!(
         duplicated.is_empty(),
