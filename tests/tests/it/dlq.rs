@@ -317,3 +317,37 @@ async fn an_unplaceable_backlog_does_not_hold_up_other_functions() {
         answered += 1;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_goes_only_to_an_events_subject() {
+    let p = Platform::start().await;
+    let js = async_nats::jetstream::new(p.client.clone());
+    comfaas_platform::resources::events_stream(&js, &p.subjects)
+        .await
+        .unwrap();
+    let mut dlq = Dlq::open(&js, &p.subjects).await.unwrap();
+    // A dead letter naming a node's work subject as where it came from.
+    let work = p.subjects.work("edge-1");
+    let mut node = p.client.subscribe(work.clone()).await.unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(h::DLQ_SUBJECT, work.as_str());
+    headers.insert(h::DLQ_REASON, "forged");
+    js.publish_with_headers(p.subjects.dlq("hello"), headers, "payload".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let letter = dlq.list(None, 10).await.unwrap().remove(0);
+    let replayed = dlq.replay(letter.seq).await.unwrap();
+    assert_eq!(replayed.subject, p.subjects.event("hello"));
+    assert!(replayed.event_seq.is_some());
+    let nothing = tokio::time::timeout(Duration::from_secs(1), node.next()).await;
+    assert!(
+        nothing.is_err(),
+        "a replay reached a work subject: {nothing:?}"
+    );
+    assert!(
+        dlq.list(None, 10).await.unwrap().is_empty(),
+        "replayed, so removed"
+    );
+}
