@@ -279,26 +279,42 @@ async fn an_unplaceable_backlog_does_not_hold_up_other_functions() {
     let p = Platform::start().await;
     drop(p.dispatcher().await);
     drop(p.executor(NodeSpec::edge("edge-1")).await);
-    let gone = p.executor(NodeSpec::cloud("cloud-1")).await;
+    // cloud-1, a real process, killed: known but dead, so events forced
+    // there wait for it (retried, not dead-lettered), more of them than
+    // the old shared window of 4,096 held.
+    let data = p.scratch.path().join("cloud-1");
+    let mut cloud = comfaas_tests::Process::spawn(
+        "comfaas-exec",
+        &[
+            "--nats-url",
+            p.nats.url(),
+            "--node",
+            "cloud-1",
+            "--tier",
+            "cloud",
+            "--data-dir",
+            &data.to_string_lossy(),
+        ],
+    );
     p.deploy(&repo_root().join("functions/hello"), &["edge-1", "cloud-1"])
         .await;
-    // cloud-1 leaves: known, so events forced there wait for it (retried,
-    // not dead-lettered), more of them than the old shared window held.
-    gone.stop().await;
+    cloud.kill().await;
     let js = async_nats::jetstream::new(p.device.clone());
     let stuck = 5000;
-    let mut acks = Vec::new();
-    for i in 0..stuck {
-        let mut headers = HeaderMap::new();
-        headers.insert(h::PLACEMENT, "node:cloud-1");
-        acks.push(
-            js.publish_with_headers(p.subjects.event("hello"), headers, format!("{i}").into())
-                .await
-                .unwrap(),
-        );
-    }
-    for ack in acks {
-        ack.await.unwrap();
+    for chunk in (0..stuck).collect::<Vec<_>>().chunks(500) {
+        let mut acks = Vec::new();
+        for i in chunk {
+            let mut headers = HeaderMap::new();
+            headers.insert(h::PLACEMENT, "node:cloud-1");
+            acks.push(
+                js.publish_with_headers(p.subjects.event("hello"), headers, format!("{i}").into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
     }
     let dir = p.function("quick", "", &[("main.py", "print('quick')\n")]);
     p.deploy(&dir, &["edge-1"]).await;
@@ -316,6 +332,22 @@ async fn an_unplaceable_backlog_does_not_hold_up_other_functions() {
         assert_eq!(header(&result, h::STATUS), "ok", "{:?}", result.headers);
         answered += 1;
     }
+    // The backlog was waiting, not thrown away.
+    assert!(
+        letters_now(&p).await.is_empty(),
+        "the backlog was dead-lettered"
+    );
+    let stream = js
+        .get_stream(comfaas_schemas::names::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .messages;
+    assert!(
+        stream >= stuck as u64,
+        "the backlog left the stream: {stream}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
