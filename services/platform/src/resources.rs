@@ -325,10 +325,19 @@ async fn reservable_bytes(js: &jetstream::Context, from: i64) -> i64 {
 }
 
 /// Whether `error`, or what caused it, is JetStream refusing a stream for
-/// want of disk (error code 10047, "insufficient storage resources
-/// available"), found by type.
+/// want of disk, found by type: error code 10047 ("insufficient storage
+/// resources available") from a single server, and on a cluster of
+/// nats-server 2.9 code 10005 ("no suitable peers for placement,
+/// insufficient storage"), which also means too few servers for the
+/// replicas: then no size fits and the last try reports it.
 fn no_room(error: &(dyn std::error::Error + 'static)) -> bool {
-    jetstream_code(error) == Some(jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED)
+    matches!(
+        jetstream_code(error),
+        Some(
+            jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED
+                | jetstream::ErrorCode::CLUSTER_NO_PEERS
+        )
+    )
 }
 
 /// The JetStream error code behind `error`, found by type: walking its

@@ -372,7 +372,14 @@ mod tests {
         // killed, the stream holds every message and takes writes.
         cluster.kill(0).await;
         publish_until_acked(&js, "3").await;
-        let info = js.get_stream("R3").await.unwrap().info().await.unwrap().clone();
+        let info = js
+            .get_stream("R3")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
         assert_eq!(info.state.messages, 3);
         cluster.stop().await;
     }
