@@ -307,8 +307,12 @@ async fn a_server_killed_during_a_flow_loses_nothing_and_rejoins() {
         entry.0 += 1;
         entry.1 = entry.1.max(*took);
     }
+    let slow = outcomes
+        .iter()
+        .filter(|(_, took)| *took > Duration::from_millis(500))
+        .count();
     println!(
-        "cluster fault: {} requests, outcomes (count, slowest): {tally:?}; {failed_publishes} event publishes retried",
+        "cluster fault: {} requests, {slow} of them over 500 ms, outcomes (count, slowest): {tally:?}; {failed_publishes} event publishes retried",
         outcomes.len()
     );
     assert!(
