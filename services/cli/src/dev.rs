@@ -560,3 +560,45 @@ fn node_sandbox(index: u32) -> SandboxConfig {
         ..default
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        dev: DevOptions,
+    }
+
+    fn check(args: &[&str], asked: Option<usize>, expect: usize) {
+        let flags = Flags::try_parse_from(std::iter::once("dev").chain(args.iter().copied()))
+            .expect("flags parse");
+        assert_eq!(
+            dev_replicas(&flags.dev, asked),
+            expect,
+            "{args:?} {asked:?}"
+        );
+    }
+
+    #[test]
+    fn replicas_follow_the_cluster_unless_asked() {
+        check(&[], None, 1);
+        check(&["--cluster", "3"], None, 3);
+        check(&["--cluster", "2"], None, 2);
+        check(&["--cluster", "3"], Some(1), 1);
+        check(&[], Some(3), 3);
+    }
+
+    #[test]
+    fn a_cluster_goes_with_neither_sites_nor_secure() {
+        let cluster: &[&str] = &["dev", "--cluster", "3"];
+        assert!(Flags::try_parse_from(cluster).is_ok());
+        for extra in [&["--sites", "edge,chicago"][..], &["--secure"][..]] {
+            let args = [cluster, extra].concat();
+            assert!(Flags::try_parse_from(&args).is_err(), "{args:?}");
+        }
+    }
+}

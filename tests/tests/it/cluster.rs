@@ -353,3 +353,63 @@ async fn a_server_killed_during_a_flow_loses_nothing_and_rejoins() {
     }
     p.cluster.stop().await;
 }
+
+/// Runs a workspace binary with `args` and `env` until it exits (at most
+/// 30 s); its status and what it said on stderr.
+async fn run_binary(name: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(comfaas_tests::binary(name))
+            .args(args)
+            .envs(env.iter().copied())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name} {args:?} did not exit within 30 s"))
+    .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// More replicas than the site has servers: the dispatcher and the CLI,
+/// which create the site's streams and stores, refuse to start and say
+/// why, whether asked by flag or environment; a count JetStream cannot
+/// take is refused before connecting. With the site's count, the same
+/// dispatcher serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_beyond_the_site_are_refused_and_named() {
+    let nats = comfaas_tests::TestNats::start().await;
+    let url = nats.url().to_owned();
+    for (name, args, env) in [
+        (
+            "comfaas-dispatch",
+            vec!["--nats-url", &url, "--replicas", "3"],
+            vec![],
+        ),
+        (
+            "comfaas",
+            vec!["--nats-url", &url, "ls"],
+            vec![("COMFAAS_REPLICAS", "3")],
+        ),
+    ] {
+        let (ok, stderr) = run_binary(name, &args, &env).await;
+        assert!(!ok, "{name} started at R3 on one server");
+        assert!(
+            stderr.contains("replicas") || stderr.contains("stores"),
+            "{name} says why: {stderr}"
+        );
+    }
+    // (An executor does not create what it lacks: it waits for a
+    // dispatcher's stores, see `roles`.)
+    for name in ["comfaas-dispatch", "comfaas-exec"] {
+        let (ok, stderr) = run_binary(name, &["--nats-url", &url, "--replicas", "9"], &[]).await;
+        assert!(!ok && stderr.contains("9"), "{name}: {stderr}");
+    }
+
+    let _dispatcher =
+        comfaas_tests::Process::spawn("comfaas-dispatch", &["--nats-url", &url, "--replicas", "1"]);
+    nats.wait_for_dispatcher().await;
+}
