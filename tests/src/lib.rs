@@ -977,8 +977,12 @@ impl ClusterPlatform {
             .expect("subscribe");
         self.client.flush().await.expect("flush");
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(dispatcher.run(shutdown.clone()));
-        first_message(reports, "the dispatcher").await;
+        let mut handle = tokio::spawn(dispatcher.run(shutdown.clone()));
+        // A dispatcher that stops before its first report says why.
+        tokio::select! {
+            _ = first_message(reports, "the dispatcher") => {}
+            stopped = &mut handle => panic!("the dispatcher stopped before serving: {stopped:?}"),
+        }
         Service { shutdown, handle }
     }
 
