@@ -22,7 +22,10 @@ echo "[test] cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "[test] building binaries (integration tests start them)"
 cargo build --workspace --bins
+# Both passes run whatever the first found; the script fails if either did.
+failed=0
 echo "[test] cargo nextest on $("$COMFAAS_NATS_SERVER" --version) ($COMFAAS_NATS_SERVER)"
-cargo nextest run --workspace --no-fail-fast "$@"
+cargo nextest run --workspace --no-fail-fast "$@" || failed=1
 echo "[test] integration tests again on $("$FLOOR" --version) ($FLOOR), the oldest supported"
-COMFAAS_NATS_SERVER="$FLOOR" cargo nextest run -p comfaas-tests --no-fail-fast "$@"
+COMFAAS_NATS_SERVER="$FLOOR" cargo nextest run -p comfaas-tests --no-fail-fast "$@" || failed=1
+exit "$failed"
