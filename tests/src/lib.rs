@@ -486,6 +486,40 @@ impl NodeSpec {
             ..Self::edge(node)
         }
     }
+
+    /// The executor's configuration: connected with `nats`, its data
+    /// under `scratch/nodes/<node>`, trusting `trusted` operators instead
+    /// of its own list when given (a secure site's operator).
+    pub fn exec_config(
+        self,
+        nats: NatsOptions,
+        scratch: &Path,
+        trusted: Option<Vec<String>>,
+    ) -> ExecConfig {
+        ExecConfig {
+            nats,
+            data_dir: scratch.join("nodes").join(&self.node),
+            node: self.node,
+            tier: self.tier,
+            site: self.tier.as_str().to_owned(),
+            slots: self.slots,
+            queue: self.queue,
+            use_uv: self.use_uv,
+            max_procs: self.max_procs,
+            input_cache_bytes: self.input_cache_bytes,
+            max_output_object_bytes: self.max_output_object_bytes,
+            heartbeat_ms: self.heartbeat_ms,
+            trusted_operators: trusted.unwrap_or(self.trusted_operators),
+            // Tests reach no package index: wheels come from the wheelhouse
+            // scripts/setup.sh fills, crates from cargo's local registry.
+            find_links: [vec![wheelhouse()], self.extra_wheels].concat(),
+            no_index: true,
+            cargo_offline: true,
+            cargo_target_dir: repo_root().join("target").join("comfaas-functions"),
+            sandbox: self.sandbox,
+            ..ExecConfig::default()
+        }
+    }
 }
 
 impl Platform {
@@ -638,33 +672,13 @@ impl Platform {
                 })
             }
         };
-        let config = ExecConfig {
-            nats,
-            data_dir: self.scratch.path().join("nodes").join(&spec.node),
-            node: spec.node,
-            tier: spec.tier,
-            site: spec.tier.as_str().to_owned(),
-            slots: spec.slots,
-            queue: spec.queue,
-            use_uv: spec.use_uv,
-            max_procs: spec.max_procs,
-            input_cache_bytes: spec.input_cache_bytes,
-            max_output_object_bytes: spec.max_output_object_bytes,
-            heartbeat_ms: spec.heartbeat_ms,
-            // A secure site's nodes install only what its operator signed.
-            trusted_operators: match &self.nats.auth {
-                None => spec.trusted_operators,
-                Some(_) => vec![self.operator.public_key()],
-            },
-            // Tests reach no package index: wheels come from the wheelhouse
-            // scripts/setup.sh fills, crates from cargo's local registry.
-            find_links: [vec![wheelhouse()], spec.extra_wheels].concat(),
-            no_index: true,
-            cargo_offline: true,
-            cargo_target_dir: repo_root().join("target").join("comfaas-functions"),
-            sandbox: spec.sandbox,
-            ..ExecConfig::default()
-        };
+        // A secure site's nodes install only what its operator signed.
+        let trusted = self
+            .nats
+            .auth
+            .as_ref()
+            .map(|_| vec![self.operator.public_key()]);
+        let config = spec.exec_config(nats, self.scratch.path(), trusted);
         let executor = Executor::connect(config).await.expect("start executor");
         self.spawn(|token| executor.run(token))
     }
@@ -893,5 +907,123 @@ impl Process {
     /// SIGKILL, no goodbye.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+/// A clustered site (`nats/cluster.conf` on loopback) and the services a
+/// test starts on it: each connects with every server's URL, and what the
+/// platform creates there has one replica per server (up to three).
+pub struct ClusterPlatform {
+    /// The servers; kill and restart members through it.
+    pub cluster: comfaas_testbed::cluster::Cluster,
+    /// A client of the test's own, connected with every URL.
+    pub client: async_nats::Client,
+    /// The registry (unsigned: nodes started here trust any deployment).
+    pub registry: Registry,
+    /// Subject names.
+    pub subjects: Subjects,
+    /// Temporary folder for data dirs and function folders.
+    pub scratch: tempfile::TempDir,
+}
+
+impl ClusterPlatform {
+    /// Starts a cluster of `size` servers and sets this process's replica
+    /// count to match (at most 3); no services yet.
+    pub async fn start(size: usize) -> Self {
+        let cluster =
+            comfaas_testbed::cluster::Cluster::start(comfaas_testbed::cluster::ClusterOptions {
+                configs: repo_root().join("nats"),
+                site: "edge".to_owned(),
+                size,
+                first_port: None,
+                store_root: None,
+            })
+            .await
+            .expect("start the cluster (run scripts/setup.sh to install nats-server)");
+        comfaas_platform::resources::set_replicas(size.min(3)).expect("replicas");
+        let options = NatsOptions::for_url(cluster.urls());
+        let client = options.connect("comfaas test").await.expect("connect");
+        let registry = Registry::open(&async_nats::jetstream::new(client.clone()))
+            .await
+            .expect("open registry");
+        Self {
+            cluster,
+            client,
+            registry,
+            subjects: options.subjects(),
+            scratch: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// Options for services: every server's URL, this site's replicas.
+    pub fn options(&self) -> NatsOptions {
+        NatsOptions {
+            replicas: comfaas_platform::resources::replicas(),
+            ..NatsOptions::for_url(self.cluster.urls())
+        }
+    }
+
+    /// Starts an in-process dispatcher and waits for its first report.
+    pub async fn dispatcher(&self) -> Service {
+        let dispatcher = Dispatcher::connect(DispatchConfig {
+            nats: self.options(),
+            ..DispatchConfig::default()
+        })
+        .await
+        .expect("start dispatcher");
+        let reports = self
+            .client
+            .subscribe(self.subjects.dispatch_metrics(dispatcher.id()))
+            .await
+            .expect("subscribe");
+        self.client.flush().await.expect("flush");
+        let shutdown = CancellationToken::new();
+        let mut handle = tokio::spawn(dispatcher.run(shutdown.clone()));
+        // A dispatcher that stops before its first report says why.
+        tokio::select! {
+            _ = first_message(reports, "the dispatcher") => {}
+            stopped = &mut handle => panic!("the dispatcher stopped before serving: {stopped:?}"),
+        }
+        Service { shutdown, handle }
+    }
+
+    /// Starts an in-process executor.
+    pub async fn executor(&self, spec: NodeSpec) -> Service {
+        let config = spec.exec_config(self.options(), self.scratch.path(), None);
+        let executor = Executor::connect(config).await.expect("start executor");
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(executor.run(shutdown.clone()));
+        Service { shutdown, handle }
+    }
+
+    /// Deploys `dir` and waits until every node in `nodes` serves it.
+    pub async fn deploy(&self, dir: &Path, nodes: &[&str]) -> Deployment {
+        let deployment = comfaas::deploy::deploy_dir(&self.registry, dir)
+            .await
+            .expect("deploy");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let installs = comfaas::deploy::wait_installed(
+                &self.client,
+                &self.subjects,
+                &deployment,
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("watch installs");
+            let ready = nodes.iter().all(|n| {
+                installs
+                    .get(*n)
+                    .is_some_and(|(state, _)| *state == InstallState::Ready)
+            });
+            if ready {
+                return deployment;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes {nodes:?} did not install {}: {installs:?}",
+                deployment.manifest.name
+            );
+        }
     }
 }

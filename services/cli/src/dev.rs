@@ -4,7 +4,10 @@
 //! deployed. With `--sites edge,chicago,…`, one server per site, the edge
 //! joined to each cloud site by a leaf connection through an emulated WAN
 //! link, one executor per site, the dispatcher at the edge, and the edge's
-//! data mirrored at the first cloud site.
+//! data mirrored at the first cloud site. With `--cluster 3`, the site is
+//! three routed servers (`nats/cluster.conf`), every stream, bucket and
+//! object store at three replicas, and every service given every server's
+//! URL.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +20,7 @@ use comfaas_platform::registry::Registry;
 use comfaas_platform::signing::Signer;
 use comfaas_runtime::SandboxConfig;
 use comfaas_schemas::{Tier, MANIFEST_FILE};
+use comfaas_testbed::cluster::{Cluster, ClusterOptions};
 use comfaas_testbed::link::LinkSpec;
 use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
 use comfaas_testbed::sites::{self, Sites, SitesOptions};
@@ -59,7 +63,12 @@ pub struct DevOptions {
     /// uplink (those given with --link or --uplink still apply)
     #[arg(long)]
     pub no_wan: bool,
-    /// Folder of the server configurations for --sites
+    /// The site as a cluster of this many routed nats-servers (1 to 3) on
+    /// ports --port, --port + 1, …, everything created at
+    /// min(N, 3) replicas unless --replicas says otherwise
+    #[arg(long, conflicts_with_all = ["sites", "secure"])]
+    pub cluster: Option<usize>,
+    /// Folder of the server configurations for --sites and --cluster
     #[arg(long, default_value = "nats")]
     pub nats_configs: PathBuf,
     /// Auth on: every service connects with its own role's NKey under
@@ -155,18 +164,34 @@ fn links(options: &DevOptions, clouds: &[String]) -> anyhow::Result<BTreeMap<Str
     Ok(links)
 }
 
-/// The servers `comfaas dev` runs: one, or one per site.
+/// The servers `comfaas dev` runs: one, one per site, or a cluster.
 enum Servers {
     Single(EmbeddedServer),
     Sites(Sites),
+    Cluster(Cluster),
 }
 
 impl Servers {
-    /// The server services at the edge (the dispatcher, the CLI) use.
-    fn edge(&self) -> &EmbeddedServer {
+    /// What services at the edge (the dispatcher, the CLI) connect to:
+    /// the edge server's URL, or every cluster member's.
+    fn edge_url(&self) -> String {
         match self {
-            Self::Single(server) => server,
-            Self::Sites(sites) => &sites.edge.server,
+            Self::Single(server) => server.url().to_owned(),
+            Self::Sites(sites) => sites.edge.server.url().to_owned(),
+            Self::Cluster(cluster) => cluster.urls(),
+        }
+    }
+
+    /// Where the edge keeps its JetStream data.
+    fn edge_store(&self) -> String {
+        match self {
+            Self::Single(server) => server.store_dir().display().to_string(),
+            Self::Sites(sites) => sites.edge.server.store_dir().display().to_string(),
+            Self::Cluster(cluster) => (0..cluster.size())
+                .filter_map(|i| cluster.store_dir(i))
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         }
     }
 
@@ -174,8 +199,31 @@ impl Servers {
         match self {
             Self::Single(server) => server.stop().await,
             Self::Sites(sites) => sites.stop().await,
+            Self::Cluster(cluster) => cluster.stop().await,
         }
     }
+}
+
+/// The executors of a single site at `url`: `edge-1` and `cloud-<i>`.
+fn single_site_nodes(options: &DevOptions, url: &str) -> Vec<Node> {
+    let nats = NatsOptions::for_url(url);
+    let mut nodes = vec![Node {
+        name: "edge-1".to_owned(),
+        tier: Tier::Edge,
+        site: "edge".to_owned(),
+        nats: nats.clone(),
+        max_procs: 0,
+    }];
+    for i in 1..=options.clouds {
+        nodes.push(Node {
+            name: format!("cloud-{i}"),
+            tier: Tier::Cloud,
+            site: "cloud".to_owned(),
+            nats: nats.clone(),
+            max_procs: 0,
+        });
+    }
+    nodes
 }
 
 /// Starts one server, or one per site (see [`comfaas_testbed::sites`])
@@ -189,29 +237,33 @@ async fn start_servers(
         if !options.links.is_empty() || options.uplink.is_some() || options.no_wan {
             anyhow::bail!("--link, --uplink and --no-wan need --sites");
         }
+        if let Some(size) = options.cluster {
+            let cluster = Cluster::start(ClusterOptions {
+                configs: options.nats_configs.clone(),
+                site: sites::EDGE_SITE.to_owned(),
+                size,
+                first_port: Some(options.port),
+                store_root: None,
+            })
+            .await?;
+            for i in 0..cluster.size() {
+                println!(
+                    "cluster {}: server {} at {}",
+                    cluster.site(),
+                    cluster.name(i).unwrap_or_default(),
+                    cluster.url(i).unwrap_or_default()
+                );
+            }
+            let nodes = single_site_nodes(options, &cluster.urls());
+            return Ok((Servers::Cluster(cluster), nodes));
+        }
         let server = EmbeddedServer::start(ServerOptions {
             port: Some(options.port),
             include: auth.map(AuthDir::server_conf),
             ..ServerOptions::default()
         })
         .await?;
-        let nats = NatsOptions::for_url(server.url());
-        let mut nodes = vec![Node {
-            name: "edge-1".to_owned(),
-            tier: Tier::Edge,
-            site: "edge".to_owned(),
-            nats: nats.clone(),
-            max_procs: 0,
-        }];
-        for i in 1..=options.clouds {
-            nodes.push(Node {
-                name: format!("cloud-{i}"),
-                tier: Tier::Cloud,
-                site: "cloud".to_owned(),
-                nats: nats.clone(),
-                max_procs: 0,
-            });
-        }
+        let nodes = single_site_nodes(options, server.url());
         return Ok((Servers::Single(server), nodes));
     }
     let clouds: Vec<String> = options
@@ -295,19 +347,45 @@ fn as_role(auth: Option<&AuthDir>, url: &str, role: &str) -> NatsOptions {
     }
 }
 
-/// Runs the embedded platform until `shutdown`.
-pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// The replica count of what `comfaas dev` creates: `replicas` when
+/// given (`--replicas`, `COMFAAS_REPLICAS`), else one per cluster member up
+/// to three, else 1.
+fn dev_replicas(options: &DevOptions, replicas: Option<usize>) -> usize {
+    replicas.unwrap_or_else(|| options.cluster.map_or(1, |size| size.clamp(1, 3)))
+}
+
+/// Runs the embedded platform until `shutdown`. `replicas`: the count
+/// asked for (see [`dev_replicas`]).
+pub async fn run(
+    options: DevOptions,
+    replicas: Option<usize>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let auth = if options.secure {
         Some(prepare_auth(&options)?)
     } else {
         None
     };
     let auth = auth.as_ref();
+    let replicas = dev_replicas(&options, replicas);
+    if replicas > options.cluster.unwrap_or(1) {
+        anyhow::bail!(
+            "--replicas {replicas} needs as many servers: start them with --cluster {replicas}"
+        );
+    }
+    comfaas_platform::resources::set_replicas(replicas)?;
     let (servers, nodes) = start_servers(&options, auth).await?;
-    let url = servers.edge().url().to_owned();
+    let url = servers.edge_url();
+    let probe = as_role(auth, &url, "operator")
+        .connect("comfaas dev probe")
+        .await?;
+    let version = comfaas_platform::nats::server_version(&probe)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|e| e.to_string());
+    drop(probe);
     println!(
-        "nats-server with JetStream at {url} (store {})",
-        servers.edge().store_dir().display()
+        "nats-server {version} with JetStream at {url} (store {}; streams, buckets and stores at R{replicas})",
+        servers.edge_store()
     );
     let data = tempfile::Builder::new().prefix("comfaas-dev-").tempdir()?;
 
@@ -376,6 +454,11 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
                 nats.subjects().invoke("hello")
             );
             println!("  COMFAAS_NATS_URL={url} comfaas nodes");
+            if replicas > 1 {
+                println!(
+                    "  services of your own: COMFAAS_NATS_URL={url} COMFAAS_REPLICAS={replicas} comfaas-exec --node my-node"
+                );
+            }
         }
         Some(a) => {
             let ca = a
@@ -475,5 +558,47 @@ fn node_sandbox(index: u32) -> SandboxConfig {
     SandboxConfig {
         uid_base: default.uid_base + index * default.uid_count,
         ..default
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        dev: DevOptions,
+    }
+
+    fn check(args: &[&str], asked: Option<usize>, expect: usize) {
+        let flags = Flags::try_parse_from(std::iter::once("dev").chain(args.iter().copied()))
+            .expect("flags parse");
+        assert_eq!(
+            dev_replicas(&flags.dev, asked),
+            expect,
+            "{args:?} {asked:?}"
+        );
+    }
+
+    #[test]
+    fn replicas_follow_the_cluster_unless_asked() {
+        check(&[], None, 1);
+        check(&["--cluster", "3"], None, 3);
+        check(&["--cluster", "2"], None, 2);
+        check(&["--cluster", "3"], Some(1), 1);
+        check(&[], Some(3), 3);
+    }
+
+    #[test]
+    fn a_cluster_goes_with_neither_sites_nor_secure() {
+        let cluster: &[&str] = &["dev", "--cluster", "3"];
+        assert!(Flags::try_parse_from(cluster).is_ok());
+        for extra in [&["--sites", "edge,chicago"][..], &["--secure"][..]] {
+            let args = [cluster, extra].concat();
+            assert!(Flags::try_parse_from(&args).is_err(), "{args:?}");
+        }
     }
 }

@@ -205,8 +205,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Command::Dev(options) = cli.command {
         let shutdown = comfaas_platform::signals::shutdown_on_signal();
-        return dev::run(options, shutdown).await;
+        // `--replicas` (or COMFAAS_REPLICAS) as given; else by topology.
+        let replicas = cli.nats.replicas.map(usize::from);
+        return dev::run(options, replicas, shutdown).await;
     }
+    comfaas_platform::resources::set_replicas(nats.replicas)?;
     let client = nats.connect("comfaas cli").await?;
     let registry = || async {
         Registry::open(&nats.jetstream(client.clone()))

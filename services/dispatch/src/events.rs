@@ -248,7 +248,12 @@ async fn handle(
     if request::msg_id(Some(&answer.headers)).is_none() {
         answer.headers.insert(h::MSG_ID, delivery.id.as_str());
     }
-    place::publish_result(&shared, &answer).await;
+    if !place::publish_result(&shared, &answer).await {
+        // Kept in its stream; the next delivery's result is de-duplicated
+        // with this one should it have been stored after all.
+        let _ = message.ack_with(AckKind::Nak(Some(DLQ_RETRY))).await;
+        return;
+    }
     if answer.error.is_some() {
         if let Err(e) = dead_letter(&shared, &message, &delivery, &answer).await {
             // The event stays in its stream until its dead letter is kept.

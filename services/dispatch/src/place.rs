@@ -438,22 +438,49 @@ async fn input_object(
     }))
 }
 
-/// Publishes `answer` on `<prefix>.result.<fn>` (kept in `COMFAAS_RESULTS`)
-/// unless the node that delivered it already did.
-pub async fn publish_result(shared: &Shared, answer: &Answer) {
+/// How long a result is offered to `COMFAAS_RESULTS` until the stream
+/// stores it: longer than a clustered stream's leader election, shorter
+/// than the events' ack wait, so the event is not redelivered meanwhile.
+const RESULT_STORE_WITHIN: Duration = Duration::from_secs(20);
+/// Pause between two offers of a result.
+const RESULT_RETRY: Duration = Duration::from_millis(250);
+
+/// Publishes `answer` on `<prefix>.result.<fn>` unless the node that
+/// delivered it already did, and waits until `COMFAAS_RESULTS` has stored
+/// it (at most [`RESULT_STORE_WITHIN`]): a plain publish while the
+/// stream has no leader (a clustered site electing one after losing a
+/// server) is dropped without a word, and the event would then be acked
+/// with its result lost. A result offered twice is stored once when it
+/// carries the event's `Nats-Msg-Id`.
+pub async fn publish_result(shared: &Shared, answer: &Answer) -> bool {
     let Some(function) = answer.function.as_ref().filter(|_| !answer.delivered) else {
-        return;
+        return true;
     };
     let headers = reply::for_result(&answer.headers, function);
-    if let Err(e) = shared
-        .client
-        .publish_with_headers(
-            shared.subjects.result(function),
-            headers,
-            answer.body.clone(),
-        )
-        .await
-    {
-        tracing::warn!("cannot publish result of {function}: {e}");
+    let js = shared.config.nats.jetstream(shared.client.clone());
+    let deadline = Instant::now() + RESULT_STORE_WITHIN;
+    loop {
+        let stored = match js
+            .publish_with_headers(
+                shared.subjects.result(function),
+                headers.clone(),
+                answer.body.clone(),
+            )
+            .await
+        {
+            Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match stored {
+            Ok(()) => return true,
+            Err(e) if Instant::now() >= deadline => {
+                tracing::warn!("result of {function} not stored: {e}");
+                return false;
+            }
+            Err(e) => {
+                tracing::debug!("result of {function} not stored yet: {e}");
+                tokio::time::sleep(RESULT_RETRY).await;
+            }
+        }
     }
 }

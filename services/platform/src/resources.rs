@@ -1,5 +1,12 @@
 //! The JetStream streams and buckets comfaas shares, created when missing.
+//!
+//! Each is created with [`replicas`] copies: 1 on a single server, 3 on a
+//! clustered site (`replicas` in every service's configuration, applied
+//! with [`set_replicas`]), so that a site keeps its events, registry and
+//! data when one of its servers dies. A resource keeps the count it was
+//! created with (`nats stream edit --replicas N` changes it later).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, object_store, stream};
@@ -30,6 +37,38 @@ pub const EVENTS_PER_FUNCTION: i64 = 10_000;
 /// Upper bound of one stream's or bucket's disk use, so a flood of events
 /// cannot fill the server's disk.
 const STREAM_MAX_BYTES: i64 = 1 << 30;
+
+/// Most copies JetStream keeps of a stream.
+pub const MAX_REPLICAS: usize = 5;
+
+/// The replica count of what this process creates. One value per process,
+/// like the site it serves: every service of a process connects to the
+/// same site, and this way every creator (dispatcher, executor, CLI, the
+/// registry and secrets handles) uses it without each call passing it.
+static REPLICAS: AtomicUsize = AtomicUsize::new(1);
+
+/// A replica count JetStream does not take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("replicas must be between 1 and {MAX_REPLICAS}, not {0}")]
+pub struct ReplicasError(pub usize);
+
+/// Sets how many copies JetStream keeps of every stream, KV bucket and
+/// object store this process creates from now on (binaries call it with
+/// their `replicas` setting before connecting). A cluster needs at least
+/// as many JetStream servers as the count.
+pub fn set_replicas(replicas: usize) -> Result<(), ReplicasError> {
+    if !(1..=MAX_REPLICAS).contains(&replicas) {
+        return Err(ReplicasError(replicas));
+    }
+    REPLICAS.store(replicas, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The replica count of what this process creates (1 unless
+/// [`set_replicas`] said otherwise).
+pub fn replicas() -> usize {
+    REPLICAS.load(Ordering::Relaxed)
+}
 
 /// The durable consumer of the events stream, as dispatchers share it:
 /// `max_deliver` deliveries per event, at most `max_ack_pending` events
@@ -79,6 +118,7 @@ pub async fn events_stream(
         max_age: EVENTS_MAX_AGE,
         max_bytes: STREAM_MAX_BYTES,
         duplicate_window: EVENTS_DEDUP_WINDOW,
+        num_replicas: replicas(),
         ..Default::default()
     };
     let what = || format!("create stream {}", names::EVENTS_STREAM);
@@ -220,6 +260,7 @@ pub async fn results_stream(
             max_age: RESULTS_MAX_AGE,
             max_bytes: STREAM_MAX_BYTES,
             duplicate_window: DEDUP_WINDOW,
+            num_replicas: replicas(),
             ..Default::default()
         },
     )
@@ -255,6 +296,7 @@ pub async fn backup_edge(js: &jetstream::Context, edge_domain: &str) -> Result<(
                 }),
                 ..Default::default()
             }),
+            num_replicas: replicas(),
             ..Default::default()
         })
         .await
@@ -314,7 +356,7 @@ async fn kv_bucket(
         deny_purge: false,
         allow_direct: true,
         discard: stream::DiscardPolicy::New,
-        num_replicas: 1,
+        num_replicas: replicas(),
         ..Default::default()
     })
     .await
@@ -395,6 +437,7 @@ async fn object_store(
             max_age,
             max_bytes: size,
             storage: stream::StorageType::File,
+            num_replicas: replicas(),
             ..Default::default()
         })
     };
@@ -443,6 +486,7 @@ async fn reservable_bytes(js: &jetstream::Context, from: i64) -> i64 {
                 subjects: vec![format!("_comfaas.probe.{name}")],
                 max_bytes: size,
                 storage: stream::StorageType::File,
+                num_replicas: replicas(),
                 ..Default::default()
             })
             .await;
@@ -456,10 +500,19 @@ async fn reservable_bytes(js: &jetstream::Context, from: i64) -> i64 {
 }
 
 /// Whether `error`, or what caused it, is JetStream refusing a stream for
-/// want of disk (error code 10047, "insufficient storage resources
-/// available"), found by type.
+/// want of disk, found by type: error code 10047 ("insufficient storage
+/// resources available") from a single server, and on a cluster of
+/// nats-server 2.9 code 10005 ("no suitable peers for placement,
+/// insufficient storage"), which also means too few servers for the
+/// replicas: then no size fits and the last try reports it.
 fn no_room(error: &(dyn std::error::Error + 'static)) -> bool {
-    jetstream_code(error) == Some(jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED)
+    matches!(
+        jetstream_code(error),
+        Some(
+            jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED
+                | jetstream::ErrorCode::CLUSTER_NO_PEERS
+        )
+    )
 }
 
 /// The JetStream error code behind `error`, found by type: walking its

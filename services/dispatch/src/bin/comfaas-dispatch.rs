@@ -25,6 +25,9 @@ async fn main() -> anyhow::Result<()> {
         cli.config.as_deref(),
         &cli.flags,
     )?;
+    // What this process creates on the site (streams, buckets, stores)
+    // gets the site's replica count.
+    comfaas_platform::resources::set_replicas(config.nats.replicas)?;
     let dispatcher = Dispatcher::connect(config).await?;
     let shutdown = comfaas_platform::signals::shutdown_on_signal();
     dispatcher.run(shutdown).await
