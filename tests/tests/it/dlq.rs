@@ -383,3 +383,52 @@ async fn a_replay_goes_only_to_an_events_subject() {
         "replayed, so removed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_stream_made_by_an_older_comfaas_is_brought_up_to_date_where_the_server_can() {
+    use async_nats::jetstream::stream;
+    let p = Platform::start().await;
+    let js = async_nats::jetstream::new(p.client.clone());
+    // As comfaas made it before: limits retention, the oldest evicted.
+    js.create_stream(stream::Config {
+        name: comfaas_schemas::names::EVENTS_STREAM.to_owned(),
+        subjects: vec![p.subjects.event_all()],
+        storage: stream::StorageType::File,
+        max_bytes: 1 << 30,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut events = comfaas_platform::resources::events_stream(&js, &p.subjects)
+        .await
+        .expect("an old stream is opened, not refused");
+    let config = events.info().await.unwrap().config.clone();
+    let version = comfaas_platform::nats::server_version(&p.client).unwrap();
+    if version.has(comfaas_platform::nats::ServerVersion::V2_10) {
+        // 2.10 and later change a stream's retention: no eviction any more.
+        assert_eq!(
+            config.retention,
+            stream::RetentionPolicy::Interest,
+            "{version}"
+        );
+        assert_eq!(config.discard, stream::DiscardPolicy::New, "{version}");
+        assert_eq!(
+            config.max_messages_per_subject,
+            comfaas_platform::resources::EVENTS_PER_FUNCTION
+        );
+    } else {
+        // 2.9 cannot: the stream keeps its old limits, whole (discard new
+        // with limits retention would refuse events once a week's fill).
+        assert_eq!(
+            config.retention,
+            stream::RetentionPolicy::Limits,
+            "{version}"
+        );
+        assert_eq!(config.discard, stream::DiscardPolicy::Old, "{version}");
+    }
+    // Either way the dispatchers' consumer is there and events are taken.
+    assert!(events
+        .consumer_info(comfaas_schemas::names::DISPATCH_EVENTS_CONSUMER)
+        .await
+        .is_ok());
+}
