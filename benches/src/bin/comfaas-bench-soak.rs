@@ -66,6 +66,9 @@ struct Args {
     /// Pause of a requester between two requests, milliseconds.
     #[arg(long, default_value_t = 300)]
     request_pause_ms: u64,
+    /// A requester's own limit on waiting for an answer, seconds.
+    #[arg(long, default_value_t = 60)]
+    request_timeout: u64,
     /// Seconds between two large-input invocations.
     #[arg(long, default_value_t = 20)]
     large_every: u64,
@@ -160,6 +163,7 @@ fn exec_node(i: usize) -> String {
 #[derive(Debug, Clone)]
 struct Call {
     large: bool,
+    started: Instant,
     ended: Instant,
     latency: Duration,
     /// `None` when it succeeded, else the error code and message.
@@ -373,7 +377,7 @@ async fn requester(
     subjects: Subjects,
     stats: Arc<Stats>,
     id: usize,
-    pause: Duration,
+    (pause, timeout): (Duration, Duration),
 ) {
     let mut n = 0u64;
     while !stats.stopped() {
@@ -393,11 +397,12 @@ async fn requester(
                 subjects.invoke(function),
                 async_nats::Request::new()
                     .payload(Bytes::from(body))
-                    .timeout(Some(Duration::from_secs(60))),
+                    .timeout(Some(timeout)),
             )
             .await;
         stats.record(Call {
             large: false,
+            started,
             ended: Instant::now(),
             latency: started.elapsed(),
             failure: failure_of(&reply),
@@ -522,6 +527,7 @@ async fn large_inputs(
         };
         stats.record(Call {
             large: true,
+            started,
             ended: Instant::now(),
             latency: started.elapsed(),
             failure,
@@ -702,7 +708,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             subjects.clone(),
             stats.clone(),
             i,
-            Duration::from_millis(args.request_pause_ms),
+            (
+                Duration::from_millis(args.request_pause_ms),
+                Duration::from_secs(args.request_timeout),
+            ),
         )));
     }
     load.push(tokio::spawn(publisher(
@@ -1002,15 +1011,22 @@ fn report(r: Report<'_>) -> ExitCode {
         r.stats.large_bytes.load(Ordering::Relaxed) / MB
     );
 
-    // Faults: the requests that ended (failed) in each window.
+    // Faults: a request is counted under the first fault that happened
+    // while it was in flight, else under the last one before it started.
     println!("\n### Faults and the requests that failed in their window\n");
+    println!("A request is counted under the first fault while it was in flight, else under the last fault before it.\n");
     println!("| # | at s | killed | RSS before MiB | back after s | requests ended | failed | why (count) |");
     println!("|---:|---:|---|---:|---:|---:|---:|---|");
-    let window_of = |t: Instant| r.faults.iter().rposition(|f| f.at <= t);
+    let window_of = |c: &Call| {
+        r.faults
+            .iter()
+            .position(|f| c.started <= f.at && f.at <= c.ended)
+            .or_else(|| r.faults.iter().rposition(|f| f.at <= c.started))
+    };
     let mut windows: Vec<(usize, BTreeMap<String, u64>)> =
         vec![(0, BTreeMap::new()); r.faults.len() + 1];
     for c in &calls {
-        let w = window_of(c.ended).map_or(0, |i| i + 1);
+        let w = window_of(c).map_or(0, |i| i + 1);
         windows[w].0 += 1;
         if let Some(why) = &c.failure {
             let kind = if c.large { "large: " } else { "" };
