@@ -418,7 +418,7 @@ async fn publish_event(
     id: String,
     n: u64,
 ) {
-    let (function, body) = if n % 5 == 0 {
+    let (function, body) = if n.is_multiple_of(5) {
         let sleep = rand::rng().random_range(1.0..3.0);
         ("soak-slow", serde_json::json!({"id": id, "sleep": sleep}))
     } else {
@@ -635,7 +635,7 @@ async fn account(
             }
         }
     }
-    let mut dlq = Dlq::open(js, &subjects).await?;
+    let mut dlq = Dlq::open(js, subjects).await?;
     for letter in dlq.list(None, 1_000_000).await? {
         let id = letter.header(h::DLQ_MSG_ID).to_owned();
         if id.starts_with(prefix) {
