@@ -740,9 +740,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut rss_start = None;
     let mut faults: Vec<Fault> = Vec::new();
     let mut max_rss: HashMap<String, u64> = HashMap::new();
+    // Every component's memory twice a second after the warm-up: one
+    // reading may catch a large input mid-fetch, a minute's median not.
+    let mut samples: Vec<(Duration, Vec<(Component, u64)>)> = Vec::new();
     while started.elapsed() < total {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let elapsed = started.elapsed();
+        if elapsed >= warmup {
+            samples.push((elapsed, site.rss()));
+        }
         bar.set_position(elapsed.as_secs().min(total.as_secs()));
         bar.set_message(progress(&stats, faults.len()));
         if rss_start.is_none() && elapsed >= warmup {
@@ -822,6 +828,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         rss_start: rss_start.unwrap_or_default(),
         rss_end,
         max_rss,
+        samples: (warmup, total, samples),
     });
     drop(site);
     drop(p);
@@ -951,6 +958,24 @@ struct Report<'a> {
     rss_start: Vec<(Component, u64)>,
     rss_end: Vec<(Component, u64)>,
     max_rss: HashMap<String, u64>,
+    /// The warm-up, the load's length, and the memory samples taken.
+    samples: (Duration, Duration, Vec<(Duration, Vec<(Component, u64)>)>),
+}
+
+/// The median memory of `component` among samples taken in `[from, to)`,
+/// KiB (0 without samples).
+fn median_rss(
+    samples: &[(Duration, Vec<(Component, u64)>)],
+    component: Component,
+    (from, to): (Duration, Duration),
+) -> u64 {
+    let mut values: Vec<u64> = samples
+        .iter()
+        .filter(|(t, _)| *t >= from && *t < to)
+        .filter_map(|(_, rss)| rss.iter().find(|(c, _)| *c == component).map(|(_, k)| *k))
+        .collect();
+    values.sort_unstable();
+    values.get(values.len() / 2).copied().unwrap_or(0)
 }
 
 /// Prints the summary; the exit code says whether every event was
@@ -1071,24 +1096,41 @@ fn report(r: Report<'_>) -> ExitCode {
     // Memory.
     println!("\n### Resident memory (VmRSS)\n");
     println!("Each killed component is a new process after its restart: its end figure is of its last incarnation.\n");
-    println!("| service | after warm-up MiB | at end of load MiB | growth | largest seen before a kill MiB |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("Medians: of the samples (2 a second) in the minute after the warm-up and in the load's last minute.\n");
+    println!("| service | after warm-up MiB | at end of load MiB | growth | median, first minute MiB | median, last minute MiB | growth of medians | largest sampled MiB | largest before a kill MiB |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let (warmup, total, samples) = &r.samples;
+    let minute = Duration::from_secs(60);
+    let growth_of = |start: u64, end: u64| {
+        if start > 0 {
+            format!("{:+.0} %", (end as f64 / start as f64 - 1.0) * 100.0)
+        } else {
+            "—".to_owned()
+        }
+    };
     for (c, start) in &r.rss_start {
         let end = r
             .rss_end
             .iter()
             .find(|(e, _)| e == c)
             .map_or(0, |(_, kib)| *kib);
-        let growth = if *start > 0 {
-            format!("{:+.0} %", (end as f64 / *start as f64 - 1.0) * 100.0)
-        } else {
-            "—".to_owned()
-        };
+        let first = median_rss(samples, *c, (*warmup, *warmup + minute));
+        let last = median_rss(samples, *c, (total.saturating_sub(minute), *total));
+        let largest = samples
+            .iter()
+            .filter_map(|(_, rss)| rss.iter().find(|(e, _)| e == c).map(|(_, k)| *k))
+            .max()
+            .unwrap_or(0);
         println!(
-            "| {} | {} | {} | {growth} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.name(),
             mib(*start),
             mib(end),
+            growth_of(*start, end),
+            mib(first),
+            mib(last),
+            growth_of(first, last),
+            mib(largest),
             r.max_rss.get(&c.name()).map_or("—".to_owned(), |k| mib(*k))
         );
     }
