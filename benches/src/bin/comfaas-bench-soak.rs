@@ -170,6 +170,9 @@ struct Call {
     failure: Option<String>,
 }
 
+/// Every component's resident memory (KiB) at a time into the run.
+type Sample = (Duration, Vec<(Component, u64)>);
+
 /// One fault as done.
 #[derive(Debug, Clone)]
 struct Fault {
@@ -742,7 +745,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut max_rss: HashMap<String, u64> = HashMap::new();
     // Every component's memory twice a second after the warm-up: one
     // reading may catch a large input mid-fetch, a minute's median not.
-    let mut samples: Vec<(Duration, Vec<(Component, u64)>)> = Vec::new();
+    let mut samples: Vec<Sample> = Vec::new();
     while started.elapsed() < total {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let elapsed = started.elapsed();
@@ -959,16 +962,12 @@ struct Report<'a> {
     rss_end: Vec<(Component, u64)>,
     max_rss: HashMap<String, u64>,
     /// The warm-up, the load's length, and the memory samples taken.
-    samples: (Duration, Duration, Vec<(Duration, Vec<(Component, u64)>)>),
+    samples: (Duration, Duration, Vec<Sample>),
 }
 
 /// The median memory of `component` among samples taken in `[from, to)`,
 /// KiB (0 without samples).
-fn median_rss(
-    samples: &[(Duration, Vec<(Component, u64)>)],
-    component: Component,
-    (from, to): (Duration, Duration),
-) -> u64 {
+fn median_rss(samples: &[Sample], component: Component, (from, to): (Duration, Duration)) -> u64 {
     let mut values: Vec<u64> = samples
         .iter()
         .filter(|(t, _)| *t >= from && *t < to)
