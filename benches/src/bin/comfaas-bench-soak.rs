@@ -824,7 +824,6 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         stats: &stats,
         faults: &faults,
         started,
-        load_ended,
         drained,
         accepted: &accepted,
         accounting: &accounting,
@@ -954,7 +953,6 @@ struct Report<'a> {
     stats: &'a Stats,
     faults: &'a [Fault],
     started: Instant,
-    load_ended: Instant,
     drained: Duration,
     accepted: &'a [String],
     accounting: &'a Accounting,
@@ -1198,7 +1196,6 @@ fn report(r: Report<'_>) -> ExitCode {
     if !dead_why.is_empty() {
         println!("\nDead letters: {}", why_of(&dead_why));
     }
-    let _ = r.load_ended;
     if !lost.is_empty() {
         println!(
             "\nLOST: {}",
