@@ -122,6 +122,14 @@ print(n)
 
 const MB: u64 = 1 << 20;
 
+/// JetStream reserves every stream's and store's full `max_bytes`
+/// against its storage limit, by default three quarters of the free disk;
+/// the inputs store alone asks 16 GiB, and on a disk with some 25 GB free
+/// `COMFAAS_DLQ` could then not be created and the dispatcher exited at
+/// start. The soak writes a few GB at most, so it lifts the limit instead
+/// of depending on the machine's free space.
+const SERVER_CONF: &str = "jetstream {\n  max_file_store: 200GB\n}\n";
+
 /// The components killed in turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Component {
@@ -674,6 +682,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&store)?;
     let server = EmbeddedServer::start(ServerOptions {
         store_dir: Some(store.clone()),
+        config_text: Some(SERVER_CONF.to_owned()),
         ..ServerOptions::default()
     })
     .await
@@ -923,6 +932,7 @@ async fn fault(
                 match EmbeddedServer::start(ServerOptions {
                     port: Some(site.port),
                     store_dir: Some(site.store.clone()),
+                    config_text: Some(SERVER_CONF.to_owned()),
                     ..ServerOptions::default()
                 })
                 .await
