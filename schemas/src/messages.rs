@@ -731,6 +731,9 @@ mod tests_support {
             sent_unix_ms: 5,
             bad_reply_subjects: 1,
             forged_loads: 2,
+            dead_lettered: 3,
+            dlq_failures: 4,
+            attached: 5,
         }
     }
 }

@@ -71,6 +71,16 @@ fn comfaas_as(p: &Platform, role: &str, args: &[&str]) -> (bool, String) {
 
 open_and_secure!(permanent_errors_are_dead_lettered_at_once_and_can_be_replayed);
 
+/// An event that fails for good: function, device id, extra headers, the
+/// code and a part of the reason of its dead letter.
+type Case = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+    &'static str,
+);
+
 async fn permanent_errors_are_dead_lettered_at_once_and_can_be_replayed(security: Security) {
     let p = Platform::with_edge_and_cloud_in(security).await;
     p.deploy(&repo_root().join("functions/hello"), &["edge-1", "cloud-1"])
@@ -79,7 +89,8 @@ async fn permanent_errors_are_dead_lettered_at_once_and_can_be_replayed(security
     // every node; before that a placement nobody meets may still be met.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let mut results = p.client.subscribe(p.subjects.result_all()).await.unwrap();
-    let cases: [(&str, &str, &[(&str, &str)], &str, &str); 4] = [
+    // (function, device id, headers, code, reason contains)
+    let cases: [Case; 4] = [
         ("ghost", "d-1", &[], "404", "not deployed"),
         ("hello", "d-2", &[(h::PROCS, "many")], "400", h::PROCS),
         (
