@@ -154,6 +154,11 @@ pub struct NodeLoad {
     pub schema: u32,
     /// Node id (one subject token).
     pub node: String,
+    /// This run of the executor process, new at each start: a report with
+    /// another instance than the last one means the node restarted, and
+    /// what was in flight on the old one is lost.
+    #[serde(default)]
+    pub instance: String,
     /// Edge or cloud.
     #[serde(default)]
     pub tier: Tier,
@@ -267,6 +272,7 @@ impl Default for NodeLoad {
         Self {
             schema: SCHEMA_VERSION,
             node: String::new(),
+            instance: String::new(),
             tier: Tier::default(),
             site: String::new(),
             cores: 0,
@@ -624,6 +630,7 @@ mod tests_support {
         NodeLoad {
             schema: SCHEMA_VERSION,
             node: "edge-1".into(),
+            instance: "5b0c".into(),
             tier: Tier::Edge,
             site: "edge".into(),
             cores: 2,

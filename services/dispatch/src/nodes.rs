@@ -91,6 +91,11 @@ impl NodeTable {
         }
         match self.nodes.get_mut(&load.node) {
             Some(node) => {
+                // Restarted (faster than the dead-node bound): what was in
+                // flight on its old run is lost, and hears so now.
+                if !node.load.instance.is_empty() && node.load.instance != load.instance {
+                    node.death.cancel();
+                }
                 node.load = load;
                 node.last_seen = now;
                 node.unreachable = false;
@@ -488,6 +493,29 @@ mod tests {
         let (_, again) = table.sent("a", t0 + Duration::from_millis(5000));
         assert!(!again.is_cancelled());
         assert!(table.views("f", t0 + Duration::from_millis(5000))[0].alive);
+    }
+
+    #[test]
+    fn a_node_heard_from_a_new_instance_restarted_and_its_work_hears_it() {
+        let mut table = NodeTable::new(3);
+        let t0 = Instant::now();
+        let life = |instance: &str| NodeLoad {
+            instance: instance.to_owned(),
+            ..load("a")
+        };
+        table.heard(life("first"), t0);
+        let (_, on_first) = table.sent("a", t0);
+        table.heard(life("first"), t0 + Duration::from_millis(1000));
+        assert!(!on_first.is_cancelled(), "the same run reporting again");
+        // Killed and started again within the dead-node bound.
+        table.heard(life("second"), t0 + Duration::from_millis(1500));
+        assert!(
+            on_first.is_cancelled(),
+            "work on the old run hears it is lost"
+        );
+        let (_, on_second) = table.sent("a", t0 + Duration::from_millis(1500));
+        assert!(!on_second.is_cancelled());
+        assert!(table.views("f", t0 + Duration::from_millis(1500))[0].alive);
     }
 
     #[test]

@@ -228,6 +228,7 @@ impl Executor {
             inputs: inputs.clone(),
             runtimes: available(&self.toolchain),
             sandbox: self.sandboxes.report(),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
         };
         tasks.spawn(heartbeat.run(stop_heartbeat.clone()));
         tasks.spawn(answer_pings(

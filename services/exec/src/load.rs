@@ -35,6 +35,8 @@ pub struct Heartbeat {
     pub runtimes: Vec<String>,
     /// How runs are confined here.
     pub sandbox: SandboxReport,
+    /// This run of the executor: `NodeLoad.instance`.
+    pub instance: String,
 }
 
 impl Heartbeat {
@@ -88,6 +90,7 @@ impl Heartbeat {
             input_cache_hits: fetch.cache_hits,
             input_fetch_bytes_per_s: fetch.bytes_per_s,
             sandbox: self.sandbox.clone(),
+            instance: self.instance.clone(),
             ..node_load(&self.config)
         }
     }
