@@ -69,6 +69,11 @@ impl Executor {
                     .with_context(|| format!("clean {}", dir.display()))?;
             }
         }
+        // Inputs a previous run of this node was fetching when it died.
+        let partial = inputs::remove_partial_files(&data_dir.join("inputs")).await;
+        if partial > 0 {
+            tracing::info!("removed {partial} partial input file(s) a previous run left");
+        }
         // Runs as functions' users pass through these folders, never list them.
         for dir in [
             data_dir.clone(),
@@ -149,26 +154,35 @@ impl Executor {
         else {
             return Ok(());
         };
-        // Inputs come over a connection of their own that buffers little.
+        // Inputs come over a connection of their own, so that a large
+        // fetch never queues ahead of work and heartbeats; its pulls never
+        // ask for more messages than its subscriptions hold.
         let bulk = config
             .nats
             .connect_with(
                 &format!("comfaas-exec {} inputs", config.node),
-                Some(inputs::BUFFERED_CHUNKS),
+                Some(inputs::SUBSCRIPTION_CAPACITY),
             )
             .await?;
         let bulk_js = config.nats.jetstream(bulk);
+        let Some(inputs_store) = when_ready("the inputs store", &shutdown, || {
+            comfaas_platform::resources::inputs_store(&bulk_js)
+        })
+        .await
+        else {
+            return Ok(());
+        };
         let inputs = Arc::new(inputs::InputCache::new(
             config.data_dir().join("inputs"),
-            match when_ready("the inputs store", &shutdown, || {
-                comfaas_platform::resources::inputs_store(&bulk_js)
-            })
-            .await
-            {
-                Some(store) => store,
-                None => return Ok(()),
+            inputs::InputSource {
+                js: bulk_js,
+                store: inputs_store,
+                bucket: comfaas_schemas::names::INPUTS_BUCKET.to_owned(),
             },
             config.input_cache_bytes,
+            config.input_stall(),
+            // Fetches stop at once at shutdown; runs under way finish.
+            shutdown.child_token(),
         ));
         let table = FunctionTable::new();
         let admission = Admission::new(config.slots(), config.queue);
