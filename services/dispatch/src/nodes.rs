@@ -23,7 +23,12 @@ struct Node {
     /// Answers from the node since its last report: runs the report may
     /// still count as running or queued although they are over.
     answers_since_report: u32,
+    /// Its input fetches failed lately: inputs go elsewhere until then.
+    fetch_failing_until: Option<Instant>,
 }
+
+/// How long inputs keep away from a node after one of its fetches failed.
+const FETCH_FAILURE_AVOID: Duration = Duration::from_secs(60);
 
 /// What one answered invocation taught: it took `took_ms` at the
 /// dispatcher, of which the node says the function ran `run_ms` with
@@ -78,6 +83,11 @@ impl NodeTable {
         }
         match self.nodes.get_mut(&load.node) {
             Some(node) => {
+                // Its count of failed fetches grew: one failed since the
+                // last report. (A restarted node counts from zero again.)
+                if load.input_fetch_failures > node.load.input_fetch_failures {
+                    node.fetch_failing_until = Some(now + FETCH_FAILURE_AVOID);
+                }
                 node.load = load;
                 node.last_seen = now;
                 node.unreachable = false;
@@ -95,6 +105,7 @@ impl NodeTable {
                         rtt_ms: None,
                         pinged: false,
                         answers_since_report: 0,
+                        fetch_failing_until: None,
                     },
                 );
             }
@@ -174,6 +185,7 @@ impl NodeTable {
                     max_procs: n.load.max_procs,
                     rtt_ms: n.rtt_ms,
                     fetch_bytes_per_s: Some(n.load.input_fetch_bytes_per_s).filter(|b| *b > 0.0),
+                    fetch_failing: n.fetch_failing_until.is_some_and(|until| now < until),
                     runs: history.map_or(Vec::new(), |h| {
                         h.iter().map(|(p, fit)| (*p, *fit)).collect()
                     }),
@@ -390,6 +402,29 @@ mod tests {
             t0,
         );
         assert_eq!(table.views("f", t0)[0].running, 1);
+    }
+
+    #[test]
+    fn a_failed_input_fetch_keeps_inputs_away_for_a_while() {
+        let mut table = NodeTable::new(3);
+        let t0 = Instant::now();
+        let failures = |n: u64| NodeLoad {
+            input_fetch_failures: n,
+            ..load("a")
+        };
+        // Failures from before this dispatcher heard of the node: unknown when.
+        table.heard(failures(2), t0);
+        assert!(!table.views("f", t0)[0].fetch_failing);
+        table.heard(failures(3), t0 + Duration::from_secs(1));
+        let t1 = t0 + Duration::from_secs(2);
+        table.heard(failures(3), t1);
+        assert!(table.views("f", t1)[0].fetch_failing);
+        let later = t0 + Duration::from_secs(1) + FETCH_FAILURE_AVOID;
+        table.heard(failures(3), later);
+        assert!(
+            !table.views("f", later)[0].fetch_failing,
+            "for a while only"
+        );
     }
 
     #[test]
