@@ -5,14 +5,22 @@
 //!
 //! A fetch reads the object's info (its `nuid`, size, chunk count and
 //! digest), then pulls its chunks (`$O.<bucket>.C.<nuid>`) through an
-//! ephemeral pull consumer of its own, in pulls bounded both in bytes and in
-//! chunks. The server sends only what was asked for, so the connection
-//! never holds more than two pulls' worth, whatever chunk size the uploader
-//! chose. (async-nats' object reader uses an ordered push consumer, which
-//! overran the connection's small subscription buffer with 128 KiB chunks,
-//! the default of nats-py and of the `nats` CLI: chunks were dropped as a
-//! slow consumer and some fetches never finished.) A blocking thread hashes
-//! (SHA-256) and writes what arrives, a bounded way behind the network.
+//! ephemeral pull consumer of its own, one pull at a time, each bounded in
+//! bytes and in chunks; and all the fetches of a node together keep at
+//! most [`PULLS_IN_FLIGHT`] bytes asked for and not yet received. The
+//! server sends only what was asked for, so neither the client's
+//! subscription buffers nor the server's queue for the connection
+//! overflow, whatever chunk size the uploader chose. (async-nats' object
+//! reader uses an ordered push consumer, which overran the connection's
+//! small subscription buffer with 128 KiB chunks, the default of nats-py
+//! and of the `nats` CLI: chunks were dropped as a slow consumer and some
+//! fetches never finished.) A blocking thread hashes (SHA-256) and writes
+//! what arrives, a bounded way behind the network.
+//!
+//! Chunks lost on the way (a gap in the consumer's delivery sequence, as a
+//! reconnect may cause), a pull that breaks (its consumer deleted) and one
+//! that goes quiet are pulled again, through a new consumer, from the chunk
+//! after the last that arrived.
 //!
 //! Nothing waits forever: a fetch that gets no bytes for the node's
 //! `input_stall_ms` fails with 503 naming the object, the bytes it got and
@@ -35,15 +43,23 @@ use futures::StreamExt;
 use sha2::Digest as _;
 use tokio_util::sync::CancellationToken;
 
-/// Bytes one pull asks for (more when one chunk may be larger): a fetch
-/// holds at most two pulls' worth in memory besides what the writer holds.
+/// Bytes one pull asks for (more when one chunk may be larger). A fetch
+/// has one pull at a time in flight.
 const PULL_BYTES: usize = 8 << 20;
 /// Most chunks one pull asks for (uploads in small chunks).
-const PULL_CHUNKS: usize = 128;
-/// Messages each subscription of the fetching connection may hold: two
-/// pulls of chunks and their status messages fit with room to spare, so a
-/// fetch never overruns it (which would drop chunks as a slow consumer).
-pub const SUBSCRIPTION_CAPACITY: usize = 4 * PULL_CHUNKS;
+const PULL_CHUNKS: usize = 256;
+/// Bytes all the fetches of a node may have asked for and not received,
+/// together: what the server may have queued for the fetching connection.
+/// Well under the server's default `max_pending` (64 MB), past which it
+/// cuts a client off as a slow consumer (eight fetches pulling 16 MiB
+/// each did, losing chunks in flight).
+const PULLS_IN_FLIGHT: usize = 32 << 20;
+/// How long the server keeps one pull waiting for chunks.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Messages each subscription of the fetching connection may hold: a
+/// pull's chunks and its status message fit, so a fetch never overruns it
+/// (which would drop chunks as a slow consumer).
+pub const SUBSCRIPTION_CAPACITY: usize = 2 * PULL_CHUNKS;
 /// Room for a chunk's subject and headers in a pull's byte budget.
 const CHUNK_OVERHEAD: usize = 4096;
 /// Bytes handed to the writer thread ahead of the disk.
@@ -53,6 +69,12 @@ const WRITE_BUFFER: usize = 1 << 20;
 /// How long the server keeps a fetch's consumer after its last pull, for
 /// the fetches that could not delete theirs (a node killed mid-fetch).
 const CONSUMER_IDLE: Duration = Duration::from_secs(30);
+/// A fetch quiet this long (or half its stall time, if less) pulls again
+/// through a new consumer from the chunk after the last that arrived: a
+/// reconnect may have lost chunks or pulls.
+const RESUME_WHEN_QUIET: Duration = Duration::from_secs(2);
+/// Pause before pulling again.
+const RESUME_PAUSE: Duration = Duration::from_millis(100);
 /// How long deleting a fetch's consumer may take before the fetch moves
 /// on (the server forgets it once idle anyway).
 const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -98,6 +120,10 @@ pub struct InputCache {
     stall: Duration,
     /// Cancelled when the node shuts down: fetches under way stop.
     shutdown: CancellationToken,
+    /// Bytes of pulls in flight on the fetching connection, shared by
+    /// every fetch ([`PULLS_IN_FLIGHT`], or more for the largest chunks
+    /// the server allows).
+    in_flight: Arc<tokio::sync::Semaphore>,
     stats: Mutex<FetchStats>,
     /// One fetch per digest at a time; others wait and then hit the cache.
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -130,12 +156,15 @@ impl InputCache {
         stall: Duration,
         shutdown: CancellationToken,
     ) -> Self {
+        let max_payload = source.js.client().server_info().max_payload;
+        let in_flight = PULLS_IN_FLIGHT.max(2 * (max_payload + CHUNK_OVERHEAD));
         Self {
             dir,
             source,
             capacity,
             stall,
             shutdown,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(in_flight)),
             stats: Mutex::default(),
             fetching: Mutex::default(),
         }
@@ -294,56 +323,8 @@ impl InputCache {
                 object.digest
             )));
         }
-        let stream = names::object_store_stream(&self.source.bucket);
-        let consumer: PullConsumer = self
-            .source
-            .js
-            .create_consumer_on_stream(
-                pull::Config {
-                    filter_subject: names::object_chunks_subject(&self.source.bucket, &info.nuid),
-                    deliver_policy: DeliverPolicy::All,
-                    ack_policy: AckPolicy::None,
-                    inactive_threshold: CONSUMER_IDLE,
-                    num_replicas: 1,
-                    memory_storage: true,
-                    ..Default::default()
-                },
-                &stream,
-            )
-            .await
-            .map_err(|e| {
-                InvocationError::unavailable(format!(
-                    "cannot start fetching input object `{name}`: {e}"
-                ))
-            })?;
-        let consumer_name = consumer.cached_info().name.clone();
-        let result = self.pull(&consumer, &info, part).await;
-        let deleted = tokio::time::timeout(
-            DELETE_TIMEOUT,
-            self.source
-                .js
-                .delete_consumer_from_stream(&consumer_name, &stream),
-        )
-        .await;
-        if !matches!(deleted, Ok(Ok(_))) {
-            tracing::debug!(consumer = %consumer_name, "fetch consumer not deleted; the server drops it once idle");
-        }
-        result
-    }
-
-    /// Pulls the chunks of the object `info` describes through `consumer`
-    /// into `part`, checking its size and digest.
-    async fn pull(
-        &self,
-        consumer: &PullConsumer,
-        info: &ObjectInfo,
-        part: &Path,
-    ) -> Result<(u64, Option<f64>), InvocationError> {
-        let name = info.name.as_str();
-        let (size, chunks) = (info.size as u64, info.chunks as u64);
-        // Chunks are all the same size but the last.
-        let chunk = size.div_ceil(chunks.max(1)).max(1) as usize;
-        let max_payload = self.source.js.client().server_info().max_payload;
+        let size = info.size as u64;
+        let chunk = size.div_ceil((info.chunks as u64).max(1)).max(1) as usize;
         let file = tokio::fs::File::create(part)
             .await
             .map_err(|e| storage(&e))?
@@ -351,98 +332,115 @@ impl InputCache {
             .await;
         let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel((WRITE_AHEAD / chunk).max(1));
         let writer = tokio::task::spawn_blocking(move || write_part(file, chunks_rx));
-        let mut messages = match chunks {
-            0 => None,
-            _ => Some(
-                consumer
-                    .stream()
-                    .max_messages_per_batch((PULL_BYTES / chunk).clamp(1, PULL_CHUNKS))
-                    // Never below one chunk of the largest the server allows:
-                    // a pull smaller than its next chunk gets nothing.
-                    .max_bytes_per_batch(PULL_BYTES.max(max_payload + CHUNK_OVERHEAD))
-                    .messages()
-                    .await
-                    .map_err(|e| {
-                        InvocationError::unavailable(format!(
-                            "cannot pull input object `{name}`: {e}"
-                        ))
-                    })?,
-            ),
-        };
-        let (mut got, mut received) = (0u64, 0u64);
-        let mut flowing: Option<(Instant, u64)> = None;
-        let pulled: Result<(), InvocationError> = loop {
-            let Some(messages) = messages.as_mut().filter(|_| received < chunks) else {
-                break Ok(());
-            };
-            let next = tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => break Err(shutting_down_at(name, got, size)),
-                next = tokio::time::timeout(self.stall, messages.next()) => next,
-            };
-            let payload = match next {
-                Err(_) => break Err(self.stalled(name, got, size, "no chunk arrived")),
-                Ok(None) => {
-                    break Err(InvocationError::unavailable(format!(
-                        "the pull of input object `{name}` ended after {got} of {size} bytes"
-                    )))
-                }
-                Ok(Some(Err(e))) => {
-                    break Err(InvocationError::unavailable(format!(
-                        "fetching input object `{name}` failed after {got} of {size} bytes: {e}"
-                    )))
-                }
-                Ok(Some(Ok(message))) => message.message.payload,
-            };
-            got += payload.len() as u64;
-            received += 1;
-            if got > size {
-                break Err(InvocationError::input_invalid(format!(
-                    "input object `{name}` has more bytes than its size, {size}"
-                )));
-            }
-            if flowing.is_none() {
-                flowing = Some((Instant::now(), got));
-            }
-            // Waits while the disk lags the network by the write-ahead.
-            let sent = tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => break Err(shutting_down_at(name, got, size)),
-                sent = tokio::time::timeout(self.stall, chunks_tx.send(payload)) => sent,
-            };
-            match sent {
-                Err(_) => break Err(self.stalled(name, got, size, "the disk took no data")),
-                // The writer stopped: its error says why.
-                Ok(Err(_)) => break Ok(()),
-                Ok(Ok(())) => {}
-            }
-        };
-        drop(messages);
+        let mut pull = ChunkPull::new(&self.source, &info, self.in_flight.clone());
+        let received = self.receive(&mut pull, &info, &chunks_tx).await;
+        pull.close().await;
         drop(chunks_tx);
         let written = writer
             .await
             .map_err(|_| InvocationError::unavailable("the input writer thread failed"))?;
-        pulled?;
+        let progress = received?;
         let digest = written.map_err(|e| storage(&e))?;
+        let got = progress.got;
         if got != size {
             return Err(InvocationError::input_invalid(format!(
                 "input object `{name}` has {got} bytes, expected {size}"
             )));
         }
-        let expected = info.digest.as_deref().unwrap_or_default();
-        let expected = expected.strip_prefix("SHA-256=").unwrap_or(expected);
+        let expected = stored.strip_prefix("SHA-256=").unwrap_or(&stored);
         let computed = data_encoding::BASE64URL.encode(&digest);
         if computed.trim_end_matches('=') != expected.trim_end_matches('=') {
             return Err(InvocationError::input_invalid(format!(
                 "input object `{name}` does not match its digest: got SHA-256={computed}, expected SHA-256={expected}"
             )));
         }
-        let rate = flowing.and_then(|(since, first)| {
+        let rate = progress.flowing.and_then(|(since, first)| {
             let seconds = since.elapsed().as_secs_f64();
             (got.saturating_sub(first) >= MIN_TIMED_BYTES && seconds > 0.0)
                 .then(|| (got - first) as f64 / seconds)
         });
         Ok((got, rate))
+    }
+
+    /// Receives the chunks of the object `info` describes from `pull` and
+    /// hands them to the writer. Chunks lost on the way (a gap in the
+    /// consumer's sequence, e.g. after a reconnect), a pull that breaks
+    /// and one that goes quiet are pulled again from the chunk after the
+    /// last that arrived; only no bytes at all for the stall time fails.
+    async fn receive(
+        &self,
+        pull: &mut ChunkPull<'_>,
+        info: &ObjectInfo,
+        chunks_tx: &tokio::sync::mpsc::Sender<Bytes>,
+    ) -> Result<Progress, InvocationError> {
+        let name = info.name.as_str();
+        let (size, chunks) = (info.size as u64, info.chunks as u64);
+        let mut progress = Progress {
+            got: 0,
+            received: 0,
+            flowing: None,
+            last: Instant::now(),
+        };
+        let quiet = (self.stall / 2).min(RESUME_WHEN_QUIET);
+        while progress.received < chunks {
+            let got = progress.got;
+            let until = (progress.last + self.stall).min(Instant::now() + quiet);
+            let next = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return Err(shutting_down_at(name, got, size)),
+                next = tokio::time::timeout_at(until.into(), pull.next()) => next,
+            };
+            let why = match next {
+                Ok(Ok(Some(payload))) => {
+                    progress.got += payload.len() as u64;
+                    progress.received += 1;
+                    progress.last = Instant::now();
+                    if progress.got > size {
+                        return Err(InvocationError::input_invalid(format!(
+                            "input object `{name}` has more bytes than its size, {size}"
+                        )));
+                    }
+                    if progress.flowing.is_none() {
+                        progress.flowing = Some((progress.last, progress.got));
+                    }
+                    // Waits while the disk lags the network by the write-ahead.
+                    let sent = tokio::select! {
+                        biased;
+                        () = self.shutdown.cancelled() => return Err(shutting_down_at(name, got, size)),
+                        sent = tokio::time::timeout(self.stall, chunks_tx.send(payload)) => sent,
+                    };
+                    match sent {
+                        Err(_) => {
+                            return Err(self.stalled(name, got, size, "the disk took no data"))
+                        }
+                        // The writer stopped: its error says why.
+                        Ok(Err(_)) => return Ok(progress),
+                        Ok(Ok(())) => continue,
+                    }
+                }
+                Ok(Ok(None)) => "chunks were lost on the way".to_owned(),
+                Ok(Err(e)) => e,
+                Err(_) => "no chunk arrived".to_owned(),
+            };
+            if progress.last.elapsed() >= self.stall {
+                return Err(self.stalled(name, got, size, &why));
+            }
+            tracing::info!(
+                object = name,
+                got,
+                size,
+                "{why}: pulling again from chunk {}",
+                progress.received + 1
+            );
+            pull.close().await;
+            // A server that refuses consumers now is not asked in a loop.
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return Err(shutting_down_at(name, got, size)),
+                () = tokio::time::sleep(RESUME_PAUSE) => {}
+            }
+        }
+        Ok(progress)
     }
 
     /// The error of a fetch that made no progress for the stall time.
@@ -480,6 +478,199 @@ impl InputCache {
             }
         })
         .await;
+    }
+}
+
+/// How far a fetch got.
+struct Progress {
+    /// Bytes received.
+    got: u64,
+    /// Chunks received.
+    received: u64,
+    /// When the first chunk arrived, and its size: the throughput is
+    /// timed from then.
+    flowing: Option<(Instant, u64)>,
+    /// When the last chunk arrived (or the fetch began).
+    last: Instant,
+}
+
+/// The chunks of one object, in order, through a consumer of the fetch's
+/// own, one pull at a time, each holding its bytes of the connection's
+/// in-flight budget until its last chunk arrived: the consumer is started
+/// on first use, and again after [`ChunkPull::close`] from the chunk after
+/// the last that arrived.
+struct ChunkPull<'a> {
+    source: &'a InputSource,
+    /// The store's stream.
+    stream: String,
+    /// The object's chunk subject.
+    filter: String,
+    /// Chunks one pull asks for.
+    batch_chunks: usize,
+    /// Bytes one pull asks for.
+    batch_bytes: usize,
+    /// The connection's in-flight budget.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    consumer: Option<PullConsumer>,
+    /// The pull under way and its share of the budget.
+    batch: Option<(pull::Batch, tokio::sync::OwnedSemaphorePermit)>,
+    /// Stream sequence of the last chunk that arrived (0: none yet).
+    last_sequence: u64,
+    /// The consumer sequence the next chunk must carry.
+    next_delivery: u64,
+}
+
+impl<'a> ChunkPull<'a> {
+    /// Pulls of the chunks of `info`, within the budget `in_flight`.
+    fn new(
+        source: &'a InputSource,
+        info: &ObjectInfo,
+        in_flight: Arc<tokio::sync::Semaphore>,
+    ) -> Self {
+        let (size, chunks) = (info.size, info.chunks.max(1));
+        // Every chunk but the last holds the same bytes, the last at least
+        // one: none holds more than this.
+        let largest = match chunks {
+            1 => size,
+            n => size.saturating_sub(1) / (n - 1),
+        }
+        .max(1);
+        // A conforming chunk fits in one message.
+        let max_payload = source.js.client().server_info().max_payload;
+        let largest = largest.min(max_payload);
+        let typical = size.div_ceil(chunks).max(1);
+        Self {
+            stream: names::object_store_stream(&source.bucket),
+            filter: names::object_chunks_subject(&source.bucket, &info.nuid),
+            batch_chunks: (PULL_BYTES / typical).clamp(1, PULL_CHUNKS),
+            // Never below one chunk: a pull smaller than its next chunk
+            // gets nothing.
+            batch_bytes: PULL_BYTES.max(largest + CHUNK_OVERHEAD),
+            source,
+            in_flight,
+            consumer: None,
+            batch: None,
+            last_sequence: 0,
+            next_delivery: 1,
+        }
+    }
+
+    /// The next chunk; `None` when chunks before it were lost (pull again
+    /// after [`ChunkPull::close`]); an error when the pull broke.
+    async fn next(&mut self) -> Result<Option<Bytes>, String> {
+        loop {
+            if self.consumer.is_none() {
+                self.start().await?;
+            }
+            if self.batch.is_none() {
+                self.pull().await?;
+            }
+            let Some((batch, _)) = self.batch.as_mut() else {
+                return Err("no pull".to_owned());
+            };
+            let message = match batch.next().await {
+                // This pull is over (all its chunks in, or its bytes, or
+                // it expired): the next one.
+                None => {
+                    self.batch = None;
+                    continue;
+                }
+                // The pull's bytes are in (the server says so with a 409).
+                Some(Err(e))
+                    if ["MaxBytes", "Batch Completed"]
+                        .iter()
+                        .any(|end| e.to_string().contains(end)) =>
+                {
+                    self.batch = None;
+                    continue;
+                }
+                Some(Err(e)) => return Err(format!("the pull failed: {e}")),
+                Some(Ok(message)) => message,
+            };
+            let (delivery, sequence) = message
+                .info()
+                .map(|info| (info.consumer_sequence, info.stream_sequence))
+                .map_err(|e| format!("a chunk without delivery info: {e}"))?;
+            if delivery != self.next_delivery {
+                return Ok(None);
+            }
+            self.next_delivery += 1;
+            self.last_sequence = sequence;
+            return Ok(Some(message.message.payload));
+        }
+    }
+
+    /// A consumer from the chunk after the last that arrived.
+    async fn start(&mut self) -> Result<(), String> {
+        let deliver_policy = match self.last_sequence {
+            0 => DeliverPolicy::All,
+            last => DeliverPolicy::ByStartSequence {
+                start_sequence: last + 1,
+            },
+        };
+        let consumer: PullConsumer = self
+            .source
+            .js
+            .create_consumer_on_stream(
+                pull::Config {
+                    filter_subject: self.filter.clone(),
+                    deliver_policy,
+                    ack_policy: AckPolicy::None,
+                    inactive_threshold: CONSUMER_IDLE,
+                    num_replicas: 1,
+                    memory_storage: true,
+                    ..Default::default()
+                },
+                &self.stream,
+            )
+            .await
+            .map_err(|e| format!("cannot create a consumer: {e}"))?;
+        self.consumer = Some(consumer);
+        self.next_delivery = 1;
+        Ok(())
+    }
+
+    /// One pull, once the connection's budget has room for it.
+    async fn pull(&mut self) -> Result<(), String> {
+        let Some(consumer) = self.consumer.as_ref() else {
+            return Err("no consumer".to_owned());
+        };
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_many_owned(self.batch_bytes as u32)
+            .await
+            .map_err(|e| format!("no pull budget: {e}"))?;
+        let batch = consumer
+            .batch()
+            .max_messages(self.batch_chunks)
+            .max_bytes(self.batch_bytes)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+            .map_err(|e| format!("cannot pull: {e}"))?;
+        self.batch = Some((batch, permit));
+        Ok(())
+    }
+
+    /// Stops pulling and deletes the consumer (or leaves it to the server,
+    /// which drops it once idle).
+    async fn close(&mut self) {
+        self.batch = None;
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        let name = consumer.cached_info().name.clone();
+        let deleted = tokio::time::timeout(
+            DELETE_TIMEOUT,
+            self.source
+                .js
+                .delete_consumer_from_stream(&name, &self.stream),
+        )
+        .await;
+        if !matches!(deleted, Ok(Ok(_))) {
+            tracing::debug!(consumer = %name, "fetch consumer not deleted; the server drops it once idle");
+        }
     }
 }
 
@@ -820,6 +1011,35 @@ mod tests {
         let path = cache.get(&object).await.unwrap();
         assert!(std::fs::read(&path).unwrap() == data);
         assert!(cache.stats().bytes_per_s > 0.0);
+        assert_eq!(cache.stats().failures, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fetch_whose_consumer_goes_away_pulls_again_from_where_it_was() {
+        let s = Setup::start().await;
+        let cache = s.cache(1 << 30);
+        let data = noise(64 << 20);
+        let object = s.put_chunked("long", &data, 128 << 10).await;
+        // Another client deletes the fetch's consumer as soon as it exists.
+        let js = s.js.clone();
+        let saboteur = tokio::spawn(async move {
+            let stream = js.get_stream("OBJ_inputs").await.unwrap();
+            loop {
+                let names: Vec<String> = stream
+                    .consumer_names()
+                    .filter_map(|n| async move { n.ok() })
+                    .collect()
+                    .await;
+                if let Some(name) = names.first() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    return stream.delete_consumer(name).await.is_ok();
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        let path = cache.get(&object).await.unwrap();
+        assert!(saboteur.await.unwrap(), "deleted while fetching");
+        assert!(std::fs::read(&path).unwrap() == data);
         assert_eq!(cache.stats().failures, 0);
     }
 

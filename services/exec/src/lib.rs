@@ -272,6 +272,13 @@ impl Executor {
         if leaving.await.is_err() {
             load::say_leaving(&self.client, &config).await;
         }
+        // What runs answered since (refusals of work cut short by the
+        // shutdown too) leaves before the connection closes: else their
+        // dispatchers wait for them to their deadline.
+        let flushed = tokio::time::timeout(FINAL_FLUSH, self.client.flush()).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!("last answers may not have reached NATS before exit");
+        }
         Ok(())
     }
 }
@@ -305,6 +312,9 @@ fn available(toolchain: &Toolchain) -> Vec<String> {
         .map(|r| r.as_str().to_owned())
         .collect()
 }
+
+/// How long the last answers may take to leave at shutdown.
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long to wait between tries to open what the node may not create.
 const NOT_READY_RETRY: std::time::Duration = std::time::Duration::from_secs(2);

@@ -375,7 +375,7 @@ async def main():
     for spec in sys.argv[4:]:
         name, size, seed, chunk = spec.split(":")
         size, chunk = int(size), int(chunk)
-        path = os.path.join(folder, name)
+        path = os.path.join(folder, "upload-" + name)
         rng, digest = random.Random(int(seed)), hashlib.sha256()
         with open(path, "wb") as f:
             left = size
@@ -737,7 +737,12 @@ async fn concurrent_large_inputs_in_small_chunks_never_wedge_a_node() {
         // Answered, not left waiting: the node refused as it left, and no
         // other node serves the function.
         let reply = done.unwrap();
-        assert_eq!(header(&reply, h::STATUS), "error", "{:?}", reply.headers);
+        assert_eq!(header(&reply, h::ERROR_CODE), "503", "{:?}", reply.headers);
+        assert!(
+            header(&reply, h::ERROR).contains("shutting down"),
+            "{:?}",
+            reply.headers
+        );
     }
 
     // A partial file as a killed executor leaves it; the node started
