@@ -44,8 +44,10 @@ use sha2::Digest as _;
 use tokio_util::sync::CancellationToken;
 
 /// Bytes one pull asks for (more when one chunk may be larger). A fetch
-/// has one pull at a time in flight.
-const PULL_BYTES: usize = 8 << 20;
+/// has one pull at a time in flight (two, each with a subscription of its
+/// own, would be filled by the server in turns, out of order); a large one
+/// keeps the round trip between pulls a small part of the time.
+const PULL_BYTES: usize = 16 << 20;
 /// Most chunks one pull asks for (uploads in small chunks).
 const PULL_CHUNKS: usize = 256;
 /// Bytes all the fetches of a node may have asked for and not received,
