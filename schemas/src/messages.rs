@@ -217,6 +217,11 @@ pub struct NodeLoad {
     /// first chunk's wait left out), bytes per second; 0 before any fetch.
     #[serde(default)]
     pub input_fetch_bytes_per_s: f64,
+    /// Input fetches that failed on the node's side since start (stalled,
+    /// or the pull broke); dispatchers send inputs elsewhere for a while
+    /// after it grows.
+    #[serde(default)]
+    pub input_fetch_failures: u64,
     /// Whether the node installs only deployments signed by an operator key
     /// it trusts (`required`), or any deployment (`off`, a laptop's open
     /// mode, and what an older node that does not say means).
@@ -292,6 +297,7 @@ impl Default for NodeLoad {
             input_fetched_bytes: 0,
             input_cache_hits: 0,
             input_fetch_bytes_per_s: 0.0,
+            input_fetch_failures: 0,
             signatures: SignaturePolicy::Off,
             sandbox: SandboxReport::default(),
         }
@@ -657,6 +663,7 @@ mod tests_support {
             input_fetched_bytes: 1 << 20,
             input_cache_hits: 2,
             input_fetch_bytes_per_s: 2.5e8,
+            input_fetch_failures: 1,
             signatures: SignaturePolicy::Required,
             sandbox: SandboxReport {
                 isolation: "bwrap".into(),

@@ -28,6 +28,12 @@ pub fn object_store_stream(bucket: &str) -> String {
     format!("OBJ_{bucket}")
 }
 
+/// The subject the chunks of one object of `bucket` are stored under:
+/// `$O.<bucket>.C.<nuid>` (the object's `nuid` is in its info).
+pub fn object_chunks_subject(bucket: &str, nuid: &str) -> String {
+    format!("$O.{bucket}.C.{nuid}")
+}
+
 /// Stream of events that ended without a successful run (the dead-letter
 /// queue, `<prefix>.dlq.<fn>`): each keeps the event's payload and headers
 /// plus the `Comfaas-Dlq-*` headers saying why.

@@ -8,7 +8,16 @@
 //! 3. The executor's resident memory (sampled from /proc) before and during
 //!    the 500 MB invocation.
 //!
+//! 4. Input fetch by chunk size (issue 11): inputs put in 128 KiB, 1 MiB
+//!    and 8 MiB chunks (`--chunks`), of 100 and 500 MB (`--sizes`, MB),
+//!    fetched by this build's executor and, with `--baseline-exec PATH`,
+//!    by another build's (e.g. main's) in the same run. The fetch rate is
+//!    the node's own measure (from its first chunk), recovered from the
+//!    moving average it reports before and after the invocation.
+//!    `--only-fetch` skips sections 1 to 3.
+//!
 //! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench-objects`
+//! (`-- --only-fetch --baseline-exec /path/to/main/comfaas-exec`)
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -52,8 +61,233 @@ async fn load_of(p: &Platform, node: &str) -> NodeLoad {
     decode(&loads.next().await.expect("load").payload).expect("decode")
 }
 
+/// The command line: `--baseline-exec PATH`, `--chunks 128K,1M,8M`,
+/// `--sizes 100,500` (MB), `--only-fetch`.
+struct Args {
+    baseline_exec: Option<std::path::PathBuf>,
+    chunks: Vec<usize>,
+    sizes: Vec<u64>,
+    only_fetch: bool,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        baseline_exec: None,
+        chunks: vec![128 << 10, 1 << 20, 8 << 20],
+        sizes: vec![100, 500],
+        only_fetch: false,
+    };
+    let mut given = std::env::args().skip(1);
+    while let Some(arg) = given.next() {
+        let mut value = || {
+            given
+                .next()
+                .unwrap_or_else(|| panic!("{arg} needs a value"))
+        };
+        match arg.as_str() {
+            "--baseline-exec" => args.baseline_exec = Some(value().into()),
+            "--chunks" => {
+                args.chunks = value()
+                    .split(',')
+                    .map(|c| match c.strip_suffix('K') {
+                        Some(k) => k.parse::<usize>().expect("chunk") << 10,
+                        None => c.trim_end_matches('M').parse::<usize>().expect("chunk") << 20,
+                    })
+                    .collect()
+            }
+            "--sizes" => {
+                args.sizes = value()
+                    .split(',')
+                    .map(|mb| mb.parse().expect("size in MB"))
+                    .collect()
+            }
+            "--only-fetch" => args.only_fetch = true,
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    args
+}
+
+/// One executor of the fetch comparison: its node id, binary and process.
+struct Node {
+    id: String,
+    binary: std::path::PathBuf,
+    data_dir: std::path::PathBuf,
+    process: Option<tokio::process::Child>,
+}
+
+impl Node {
+    fn start(&mut self, url: &str) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        let child = tokio::process::Command::new(&self.binary)
+            .args(["--nats-url", url, "--node", &self.id, "--data-dir"])
+            .arg(&self.data_dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn executor");
+        self.process = Some(child);
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.as_ref().and_then(|c| c.id()).unwrap_or(0)
+    }
+
+    fn clear_cache(&self) {
+        for file in std::fs::read_dir(self.data_dir.join("inputs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_file(file.path());
+        }
+    }
+}
+
+/// Invokes `sink` on `object` at `node`: seconds, or the error.
+async fn timed_invoke(p: &Platform, object: &str, node: &str) -> Result<f64, String> {
+    let mut headers = HeaderMap::new();
+    headers.insert(h::INPUT_OBJECT, object);
+    headers.insert(h::TIMEOUT, "120s");
+    headers.insert(h::PLACEMENT, format!("node:{node}").as_str());
+    let started = Instant::now();
+    let reply = p
+        .device
+        .send_request(
+            p.subjects.invoke("sink"),
+            async_nats::Request::new()
+                .headers(headers)
+                .timeout(Some(Duration::from_secs(180))),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let seconds = started.elapsed().as_secs_f64();
+    match header(&reply, h::STATUS).as_str() {
+        "ok" => Ok(seconds),
+        _ => Err(format!(
+            "{} {}",
+            header(&reply, h::ERROR_CODE),
+            header(&reply, h::ERROR)
+        )),
+    }
+}
+
+/// Section 4: the fetch by chunk size, by each executor build.
+async fn fetch_by_chunk_size(p: &Platform, args: &Args, sink: &Path) {
+    let url = p.nats.url().to_owned();
+    let mut nodes = vec![Node {
+        id: "after".to_owned(),
+        binary: comfaas_tests::binary("comfaas-exec"),
+        data_dir: p.scratch.path().join("after"),
+        process: None,
+    }];
+    if let Some(binary) = &args.baseline_exec {
+        nodes.insert(
+            0,
+            Node {
+                id: "before".to_owned(),
+                binary: binary.clone(),
+                data_dir: p.scratch.path().join("before"),
+                process: None,
+            },
+        );
+    }
+    for node in &mut nodes {
+        node.start(&url);
+    }
+    let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    p.deploy(sink, &ids).await;
+    let js = async_nats::jetstream::new(p.client.clone());
+    let store = comfaas_platform::resources::inputs_store(&js)
+        .await
+        .expect("store");
+    println!("\n### Input fetch by chunk size (issue 11)\n");
+    println!("| executor | chunk | input | fetch s | fetch MiB/s | invocation s | executor RSS growth MiB |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for &size_mb in &args.sizes {
+        let file = p.scratch.path().join(format!("fetch-{size_mb}.bin"));
+        write_file(&file, size_mb * MB);
+        for &chunk in &args.chunks {
+            let name = format!("fetch-{size_mb}-{chunk}");
+            let mut source = tokio::fs::File::open(&file).await.expect("open");
+            store
+                .put(
+                    ObjectMetadata {
+                        name: name.clone(),
+                        chunk_size: Some(chunk),
+                        ..Default::default()
+                    },
+                    &mut source,
+                )
+                .await
+                .expect("put");
+            for node in &mut nodes {
+                let pid = node.pid();
+                let before = rss_kib(pid);
+                PEAK.store(before, std::sync::atomic::Ordering::Relaxed);
+                let sampling = tokio::spawn(async move {
+                    loop {
+                        PEAK.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                });
+                let old_rate = load_of(p, &node.id).await.input_fetch_bytes_per_s;
+                let first = timed_invoke(p, &name, &node.id).await;
+                // The node's own measure of this fetch, from the moving
+                // average it reports (weight 0.3 for the newest).
+                let new_rate = load_of(p, &node.id).await.input_fetch_bytes_per_s;
+                let rate = if old_rate > 0.0 {
+                    old_rate + (new_rate - old_rate) / 0.3
+                } else {
+                    new_rate
+                };
+                sampling.abort();
+                let growth = PEAK
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .saturating_sub(before) as f64
+                    / 1024.0;
+                let chunk_label = if chunk >= 1 << 20 {
+                    format!("{} MiB", chunk >> 20)
+                } else {
+                    format!("{} KiB", chunk >> 10)
+                };
+                match first {
+                    Ok(first) => {
+                        let bytes = (size_mb * MB) as f64;
+                        println!(
+                            "| {} | {chunk_label} | {size_mb} MB | {:.2} | {:.0} | {first:.2} | {growth:.1} |",
+                            node.id,
+                            bytes / rate.max(1.0),
+                            rate / MB as f64
+                        );
+                    }
+                    Err(e) => {
+                        println!(
+                            "| {} | {chunk_label} | {size_mb} MB | failed: {} | – | – | {growth:.1} |",
+                            node.id,
+                            e.replace('|', "/")
+                        );
+                        // A wedged node is started afresh for the next case.
+                        if let Some(mut child) = node.process.take() {
+                            let _ = child.kill().await;
+                        }
+                        node.start(&url);
+                        p.nats.wait_for_node(&node.id).await;
+                        p.deploy(sink, &[node.id.as_str()]).await;
+                    }
+                }
+                node.clear_cache();
+            }
+            store.delete(&name).await.expect("delete");
+        }
+        let _ = std::fs::remove_file(&file);
+    }
+}
+
 #[tokio::main]
 async fn main() {
+    let args = args();
     // Max payload raised to 16 MB so chunks above the default 1 MB can be
     // measured too.
     let config = tempfile::NamedTempFile::new().expect("tempfile");
@@ -97,6 +331,10 @@ async fn main() {
         .expect("chmod");
     p.deploy(&dir, &["exec-1"]).await;
 
+    if args.only_fetch {
+        fetch_by_chunk_size(&p, &args, &dir).await;
+        return;
+    }
     let js = async_nats::jetstream::new(p.client.clone());
     let store = comfaas_platform::resources::inputs_store(&js)
         .await
@@ -182,6 +420,7 @@ async fn main() {
             peak.saturating_sub(before) as f64 / 1024.0
         );
     }
+    fetch_by_chunk_size(&p, &args, &dir).await;
 }
 
 /// Peak resident memory of the executor seen by the sampler, KiB.

@@ -36,7 +36,12 @@ struct Node {
     /// that starts a new life with a new signal (work sent in its old one
     /// has been answered already).
     death: CancellationToken,
+    /// Its input fetches failed lately: inputs go elsewhere until then.
+    fetch_failing_until: Option<Instant>,
 }
+
+/// How long inputs keep away from a node after one of its fetches failed.
+const FETCH_FAILURE_AVOID: Duration = Duration::from_secs(60);
 
 /// What one answered invocation taught: it took `took_ms` at the
 /// dispatcher, of which the node says the function ran `run_ms` with
@@ -96,6 +101,11 @@ impl NodeTable {
                 if !node.load.instance.is_empty() && node.load.instance != load.instance {
                     node.death.cancel();
                 }
+                // Its count of failed fetches grew: one failed since the
+                // last report. (A restarted node counts from zero again.)
+                if load.input_fetch_failures > node.load.input_fetch_failures {
+                    node.fetch_failing_until = Some(now + FETCH_FAILURE_AVOID);
+                }
                 node.load = load;
                 node.last_seen = now;
                 node.unreachable = false;
@@ -117,6 +127,7 @@ impl NodeTable {
                         pinged: false,
                         answers_since_report: 0,
                         death: CancellationToken::new(),
+                        fetch_failing_until: None,
                     },
                 );
             }
@@ -223,6 +234,7 @@ impl NodeTable {
                     max_procs: n.load.max_procs,
                     rtt_ms: n.rtt_ms,
                     fetch_bytes_per_s: Some(n.load.input_fetch_bytes_per_s).filter(|b| *b > 0.0),
+                    fetch_failing: n.fetch_failing_until.is_some_and(|until| now < until),
                     runs: history.map_or(Vec::new(), |h| {
                         h.iter().map(|(p, fit)| (*p, *fit)).collect()
                     }),
@@ -444,6 +456,29 @@ mod tests {
             t0,
         );
         assert_eq!(table.views("f", t0)[0].running, 1);
+    }
+
+    #[test]
+    fn a_failed_input_fetch_keeps_inputs_away_for_a_while() {
+        let mut table = NodeTable::new(3);
+        let t0 = Instant::now();
+        let failures = |n: u64| NodeLoad {
+            input_fetch_failures: n,
+            ..load("a")
+        };
+        // Failures from before this dispatcher heard of the node: unknown when.
+        table.heard(failures(2), t0);
+        assert!(!table.views("f", t0)[0].fetch_failing);
+        table.heard(failures(3), t0 + Duration::from_secs(1));
+        let t1 = t0 + Duration::from_secs(2);
+        table.heard(failures(3), t1);
+        assert!(table.views("f", t1)[0].fetch_failing);
+        let later = t0 + Duration::from_secs(1) + FETCH_FAILURE_AVOID;
+        table.heard(failures(3), later);
+        assert!(
+            !table.views("f", later)[0].fetch_failing,
+            "for a while only"
+        );
     }
 
     #[test]

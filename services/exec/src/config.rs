@@ -60,6 +60,9 @@ pub struct ExecConfig {
     pub cargo_target_dir: PathBuf,
     /// Disk the cache of large inputs may use, bytes.
     pub input_cache_bytes: u64,
+    /// An input fetch that gets no bytes for this long, ms, fails (503)
+    /// and frees its slot.
+    pub input_stall_ms: u64,
     /// Largest output a run may write; beyond `max_output_bytes` it goes to
     /// the object store `comfaas_outputs` and the reply names it.
     pub max_output_object_bytes: u64,
@@ -98,6 +101,7 @@ impl Default for ExecConfig {
             cargo_offline: false,
             cargo_target_dir: PathBuf::new(),
             input_cache_bytes: 8 << 30,
+            input_stall_ms: 10_000,
             max_output_object_bytes: 1 << 30,
             trusted_operators: Vec::new(),
             sandbox: SandboxConfig::default(),
@@ -151,6 +155,9 @@ impl ExecConfig {
         if self.heartbeat_ms == 0 {
             anyhow::bail!("heartbeat_ms must be above zero");
         }
+        if self.input_stall_ms == 0 {
+            anyhow::bail!("input_stall_ms must be above zero");
+        }
         self.trusted()?;
         Ok(())
     }
@@ -200,6 +207,11 @@ impl ExecConfig {
     /// The run time limits this node applies.
     pub fn run_limits(&self) -> comfaas_schemas::RunLimits {
         comfaas_schemas::RunLimits::from_ms(self.default_timeout_ms, self.max_timeout_ms)
+    }
+
+    /// How long an input fetch may get no bytes before it fails.
+    pub fn input_stall(&self) -> Duration {
+        Duration::from_millis(self.input_stall_ms)
     }
 
     /// Heartbeat period.

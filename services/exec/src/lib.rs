@@ -72,6 +72,11 @@ impl Executor {
                     .with_context(|| format!("clean {}", dir.display()))?;
             }
         }
+        // Inputs a previous run of this node was fetching when it died.
+        let partial = inputs::remove_partial_files(&data_dir.join("inputs")).await;
+        if partial > 0 {
+            tracing::info!("removed {partial} partial input file(s) a previous run left");
+        }
         // Runs as functions' users pass through these folders, never list them.
         for dir in [
             data_dir.clone(),
@@ -152,26 +157,35 @@ impl Executor {
         else {
             return Ok(());
         };
-        // Inputs come over a connection of their own that buffers little.
+        // Inputs come over a connection of their own, so that a large
+        // fetch never queues ahead of work and heartbeats; its pulls never
+        // ask for more messages than its subscriptions hold.
         let bulk = config
             .nats
             .connect_with(
                 &format!("comfaas-exec {} inputs", config.node),
-                Some(inputs::BUFFERED_CHUNKS),
+                Some(inputs::SUBSCRIPTION_CAPACITY),
             )
             .await?;
         let bulk_js = config.nats.jetstream(bulk);
+        let Some(inputs_store) = when_ready("the inputs store", &shutdown, || {
+            comfaas_platform::resources::inputs_store(&bulk_js)
+        })
+        .await
+        else {
+            return Ok(());
+        };
         let inputs = Arc::new(inputs::InputCache::new(
             config.data_dir().join("inputs"),
-            match when_ready("the inputs store", &shutdown, || {
-                comfaas_platform::resources::inputs_store(&bulk_js)
-            })
-            .await
-            {
-                Some(store) => store,
-                None => return Ok(()),
+            inputs::InputSource {
+                js: bulk_js,
+                store: inputs_store,
+                bucket: comfaas_schemas::names::INPUTS_BUCKET.to_owned(),
             },
             config.input_cache_bytes,
+            config.input_stall(),
+            // Fetches stop at once at shutdown; runs under way finish.
+            shutdown.child_token(),
         ));
         let table = FunctionTable::new();
         let admission = Admission::new(config.slots(), config.queue);
@@ -281,6 +295,13 @@ impl Executor {
         if leaving.await.is_err() {
             load::say_leaving(&self.client, &config).await;
         }
+        // What runs answered since (refusals of work cut short by the
+        // shutdown too) leaves before the connection closes: else their
+        // dispatchers wait for them to their deadline.
+        let flushed = tokio::time::timeout(FINAL_FLUSH, self.client.flush()).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!("last answers may not have reached NATS before exit");
+        }
         Ok(())
     }
 }
@@ -348,6 +369,8 @@ fn available(toolchain: &Toolchain) -> Vec<String> {
 const REMEMBERED_EVENTS: usize = 100_000;
 /// Most bytes of their outputs remembered.
 const REMEMBERED_EVENT_BYTES: usize = 64 << 20;
+/// How long the last answers may take to leave at shutdown.
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long to wait between tries to open what the node may not create.
 const NOT_READY_RETRY: std::time::Duration = std::time::Duration::from_secs(2);

@@ -89,6 +89,7 @@ impl Heartbeat {
             input_fetched_bytes: fetch.fetched_bytes,
             input_cache_hits: fetch.cache_hits,
             input_fetch_bytes_per_s: fetch.bytes_per_s,
+            input_fetch_failures: fetch.failures,
             sandbox: self.sandbox.clone(),
             instance: self.instance.clone(),
             ..node_load(&self.config)

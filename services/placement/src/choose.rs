@@ -135,6 +135,18 @@ pub fn choose(
             "every node{where_} serving `{function}` has a full queue"
         )));
     }
+    // A node whose input fetches failed lately is the last resort for a
+    // job with an input to fetch: it would likely fail again, and keep a
+    // slot while it does.
+    let roomy: Vec<(&NodeView, u32)> =
+        if request.input_bytes > 0 && roomy.iter().any(|(n, _)| !n.fetch_failing) {
+            roomy
+                .into_iter()
+                .filter(|(n, _)| !n.fetch_failing)
+                .collect()
+        } else {
+            roomy
+        };
     let estimator = Estimator::new(
         nodes,
         &roomy,
@@ -200,6 +212,7 @@ mod tests {
 
     /// A node from one line: `id tier running/slots [flags]`, where flags
     /// are `dead`, `missing` (function not installed), `full` (queue full),
+    /// `fetchfail` (an input fetch failed there lately),
     /// `procs=N` (max_procs), `inflight=N`, `ahead=MS,MS` (our jobs there
     /// and their time left), `rtt=MS`, `mbps=MB/s` fetch, `run=MS[@PROCS]`
     /// history (repeatable), `runs=MB:MS,MB:MS…[@PROCS]` history of runs
@@ -225,6 +238,7 @@ mod tests {
                 "dead" => view.alive = false,
                 "missing" => view.serves = false,
                 "full" => view.queued = view.slots + view.queue_capacity,
+                "fetchfail" => view.fetch_failing = true,
                 f if f.starts_with("procs=") => view.max_procs = f[6..].parse().unwrap(),
                 f if f.starts_with("inflight=") => view.in_flight = f[9..].parse().unwrap(),
                 f if f.starts_with("rtt=") => view.rtt_ms = Some(f[4..].parse().unwrap()),
@@ -315,6 +329,28 @@ mod tests {
             "auto procs=16",
             "c1",
         );
+    }
+
+    /// Inputs keep away from a node whose fetches failed lately, unless
+    /// no other node can take them; work without an input does not care.
+    #[test]
+    fn inputs_avoid_a_node_whose_fetches_fail() {
+        let failing = ["e1 edge 0/2 fetchfail", "c1 cloud 1/2"];
+        check(&failing, "auto input=100MB", "c1");
+        check(&failing, "auto", "e1");
+        check(&failing, "auto inline=1MB", "e1");
+        check(&["e1 edge 0/2 fetchfail"], "auto input=100MB", "e1");
+        check(
+            &["e1 edge 0/2 fetchfail", "c1 cloud 0/2 full"],
+            "auto input=100MB",
+            "e1",
+        );
+        check(
+            &["e1 edge 0/2 fetchfail", "c1 cloud 0/2 dead"],
+            "auto input=100MB",
+            "e1",
+        );
+        check(&failing, "node:e1 input=100MB", "e1");
     }
 
     /// The cases of the placement issue: `node tier running/slots` plus

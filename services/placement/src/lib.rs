@@ -23,6 +23,9 @@
 //! dispatchers do not herd onto one node. A job with a process range runs
 //! on each node with as many processes as the node allows.
 //!
+//! A node whose input fetches failed lately is left out for a job with an
+//! input to fetch while another node can take it.
+//!
 //! A node that never fetched an input is assumed to fetch as fast as the
 //! other nodes of its tier on average (else 100 MB/s at the edge, 10 MB/s
 //! in the cloud, across a WAN link).

@@ -40,6 +40,9 @@ pub struct NodeView {
     pub rtt_ms: Option<f64>,
     /// The node's input fetch throughput, bytes per second.
     pub fetch_bytes_per_s: Option<f64>,
+    /// An input fetch failed there lately (stalled, or the pull broke):
+    /// inputs go to other nodes while one can take them.
+    pub fetch_failing: bool,
     /// This function's run time here, per process count it ran with:
     /// `(procs, fit)`.
     pub runs: Vec<(u32, RunFit)>,

@@ -165,6 +165,19 @@ impl Grant {
         self.read_stream(&names::object_store_stream(bucket))
     }
 
+    /// Pulling objects of `bucket` chunk by chunk, as a node fetches an
+    /// input: pulls (`CONSUMER.MSG.NEXT`) and deleting the consumer when
+    /// done, on top of [`Grant::read_objects`] (which creates it). The
+    /// consumer's name is the server's choice, one subject token, so the
+    /// grant covers any consumer of this store's stream: only nodes read
+    /// it through consumers, and each could read every object anyway.
+    fn pull_objects(&mut self, bucket: &str) -> &mut Self {
+        let stream = names::object_store_stream(bucket);
+        self.read_objects(bucket)
+            .api(format!("CONSUMER.MSG.NEXT.{stream}.*"))
+            .api(format!("CONSUMER.DELETE.{stream}.*"))
+    }
+
     /// Putting objects into `bucket`: looking up whether one exists (by
     /// name: a direct get of the last message on its metadata subject),
     /// then chunks and metadata. No purge: a device cannot drop the chunks
@@ -361,7 +374,7 @@ impl Role {
                     .read_kv(names::FUNCTIONS_BUCKET)
                     .read_kv(names::SECRETS_BUCKET)
                     .read_objects(names::PACKAGES_BUCKET)
-                    .read_objects(names::INPUTS_BUCKET)
+                    .pull_objects(names::INPUTS_BUCKET)
                     .put_objects(names::OUTPUTS_BUCKET);
             }
             Self::Observer => {
@@ -508,6 +521,22 @@ mod tests {
         assert!(!p.publish.allow.iter().any(|s| s.starts_with("$KV.")));
         assert!(!p.publish.allow.iter().any(|s| s.contains("STREAM.CREATE")));
         assert!(!p.publish.allow.iter().any(|s| s.contains("STREAM.PURGE")));
+        // It pulls input chunks through consumers of its own, and deletes
+        // them; no other stream's consumers.
+        let inputs = names::object_store_stream(names::INPUTS_BUCKET);
+        for op in ["CONSUMER.MSG.NEXT", "CONSUMER.DELETE"] {
+            let granted: Vec<&String> = p
+                .publish
+                .allow
+                .iter()
+                .filter(|s| s.starts_with(js::API) && s.contains(op))
+                .collect();
+            assert_eq!(
+                granted,
+                vec![&format!("{}.{op}.{inputs}.*", js::API)],
+                "{op}"
+            );
+        }
     }
 
     #[test]

@@ -355,3 +355,437 @@ async fn an_input_named_for_other_content_is_refused_and_replaced() {
         genuine.len().to_string()
     );
 }
+
+/// nats-py: writes each input from a fast generator (blocks of
+/// `random.randbytes`), hashes it, puts it into the inputs store in chunks
+/// of the given size (0: nats-py's default, 128 KiB, as `nats object put`
+/// uses), removes the file, and prints `name size chunks sha256-hex`.
+const NATS_PY_PUT: &str = r#"
+import asyncio, hashlib, os, random, sys
+import nats
+from nats.js.api import ObjectMeta, ObjectMetaOptions
+
+BLOCK = 16 << 20
+
+async def main():
+    url, bucket, folder = sys.argv[1:4]
+    nc = await nats.connect(url)
+    js = nc.jetstream(timeout=60)
+    store = await js.object_store(bucket)
+    for spec in sys.argv[4:]:
+        name, size, seed, chunk = spec.split(":")
+        size, chunk = int(size), int(chunk)
+        path = os.path.join(folder, "upload-" + name)
+        rng, digest = random.Random(int(seed)), hashlib.sha256()
+        with open(path, "wb") as f:
+            left = size
+            while left:
+                block = rng.randbytes(min(BLOCK, left))
+                digest.update(block)
+                f.write(block)
+                left -= len(block)
+        meta = None
+        if chunk:
+            meta = ObjectMeta(name=name, options=ObjectMetaOptions(max_chunk_size=chunk))
+        with open(path, "rb") as f:
+            info = await store.put(name, f, meta=meta)
+        os.remove(path)
+        print(name, info.size, info.chunks, digest.hexdigest(), flush=True)
+    await nc.close()
+
+asyncio.run(main())
+"#;
+
+/// A Python function printing the size and SHA-256 of its input.
+const DIGEST_PY: &str = "import hashlib, sys\nh, n = hashlib.sha256(), 0\nfor block in iter(lambda: sys.stdin.buffer.read(1 << 20), b''):\n    h.update(block)\n    n += len(block)\nprint(n, h.hexdigest())\n";
+
+/// One input put by nats-py: what the function must print for it.
+struct PyInput {
+    name: String,
+    chunks: u64,
+    /// `size sha256-hex`, as the digest function prints it.
+    expected: String,
+}
+
+/// Puts inputs with nats-py: `(name, bytes, chunk size or 0 for nats-py's
+/// default)`, each from its own seed.
+async fn nats_py_put(p: &Platform, inputs: &[(&str, u64, usize)]) -> Vec<PyInput> {
+    let script = p.scratch.path().join("nats_py_put.py");
+    std::fs::write(&script, NATS_PY_PUT).unwrap();
+    let specs = inputs
+        .iter()
+        .enumerate()
+        .map(|(seed, (name, size, chunk))| format!("{name}:{size}:{seed}:{chunk}"));
+    let output = tokio::process::Command::new(comfaas_tests::nats_py())
+        .arg(&script)
+        .args([
+            p.nats.url(),
+            comfaas_schemas::names::INPUTS_BUCKET,
+            p.scratch.path().to_str().unwrap(),
+        ])
+        .args(specs)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "nats-py put: {output:?}");
+    let out = String::from_utf8(output.stdout).unwrap();
+    let put: Vec<PyInput> = out
+        .lines()
+        .map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            PyInput {
+                name: words[0].to_owned(),
+                chunks: words[2].parse().unwrap(),
+                expected: format!("{} {}", words[1], words[3]),
+            }
+        })
+        .collect();
+    assert_eq!(put.len(), inputs.len(), "{out}");
+    put
+}
+
+/// Invokes `function` on `object` at `node`, waiting up to `limit` (the
+/// run's own time limit is five minutes).
+async fn invoke_on(
+    client: &async_nats::Client,
+    function: &str,
+    object: &str,
+    node: &str,
+    limit: std::time::Duration,
+) -> async_nats::Message {
+    let mut headers = with_object(object, None);
+    headers.insert(h::PLACEMENT, format!("node:{node}").as_str());
+    headers.insert(h::TIMEOUT, "300s");
+    client
+        .send_request(
+            comfaas_schemas::names::Subjects::default().invoke(function),
+            async_nats::Request::new()
+                .headers(headers)
+                .timeout(Some(limit)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("invoking {function} on {object}: {e}"))
+}
+
+fn partial_files(cache: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(cache)
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|f| f.starts_with(".part-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Inputs put by nats-py in its default 128 KiB chunks (what the `nats`
+/// CLI uses too) and in 8 MiB ones, at 100 and 500 MB: each reaches the
+/// function whole (its size and SHA-256 as the uploader computed them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_put_by_nats_py_in_any_chunk_size_arrive_whole() {
+    use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
+    // 8 MiB chunks need a max payload above the default 1 MB.
+    let server = EmbeddedServer::start(ServerOptions {
+        config_text: Some("max_payload: 16MB\n".to_owned()),
+        ..ServerOptions::default()
+    })
+    .await
+    .unwrap();
+    let p = Platform::on(server).await;
+    drop(p.dispatcher().await);
+    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    let function = p.function("digest", "", &[("main.py", DIGEST_PY)]);
+    p.deploy(&function, &["edge-1"]).await;
+    let js = async_nats::jetstream::new(p.client.clone());
+    let store = comfaas_platform::resources::inputs_store(&js)
+        .await
+        .unwrap();
+    let cache = p.scratch.path().join("nodes/edge-1/inputs");
+    const MB: u64 = 1_000_000;
+    for (size, chunk) in [
+        (100 * MB, 0),
+        (100 * MB, 8 << 20),
+        (500 * MB, 0),
+        (500 * MB, 8 << 20),
+    ] {
+        let name = format!("py-{}mb-{}k", size / MB, chunk >> 10);
+        let input = nats_py_put(&p, &[(&name, size, chunk)]).await.remove(0);
+        let chunk_size = if chunk == 0 { 128 << 10 } else { chunk as u64 };
+        assert_eq!(input.chunks, size.div_ceil(chunk_size), "{name}");
+        let reply = invoke_on(
+            &p.device,
+            "digest",
+            &input.name,
+            "edge-1",
+            std::time::Duration::from_secs(300),
+        )
+        .await;
+        assert_eq!(
+            header(&reply, h::STATUS),
+            "ok",
+            "{name}: {:?}",
+            reply.headers
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&reply.payload).trim(),
+            input.expected,
+            "{name}"
+        );
+        // Room for the next: out of the store and the node's cache.
+        store.delete(&input.name).await.unwrap();
+        for file in std::fs::read_dir(&cache).unwrap().flatten() {
+            std::fs::remove_file(file.path()).unwrap();
+        }
+    }
+    let load = next_load(&p, "edge-1").await;
+    assert_eq!(load.input_fetch_failures, 0);
+}
+
+/// In secure mode the node fetches through its own pull consumer, which
+/// its role allows and nothing more: an input in 128 KiB chunks arrives
+/// whole with no permission violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_in_small_chunks_is_fetched_under_the_executor_role() {
+    let p = Platform::start_secure().await;
+    drop(p.dispatcher().await);
+    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    let function = p.function("digest", "", &[("main.py", DIGEST_PY)]);
+    p.deploy(&function, &["edge-1"]).await;
+    let data = points(3 << 20, 5);
+    let js = async_nats::jetstream::new(p.device.clone());
+    let store = comfaas_platform::resources::inputs_store(&js)
+        .await
+        .unwrap();
+    let info = store
+        .put(
+            async_nats::jetstream::object_store::ObjectMetadata {
+                name: "small-chunks".to_owned(),
+                chunk_size: Some(128 << 10),
+                ..Default::default()
+            },
+            &mut std::io::Cursor::new(data.clone()),
+        )
+        .await
+        .unwrap();
+    assert!(info.chunks > 100);
+    let reply = invoke_on(
+        &p.device,
+        "digest",
+        "small-chunks",
+        "edge-1",
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&data))
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&reply.payload).trim(),
+        format!("{} {sha}", data.len())
+    );
+    p.assert_no_violations();
+}
+
+/// The large-input case of issue 11: eight concurrent invocations with
+/// 50–500 MB inputs put by nats-py in 128 KiB chunks, all to one node (the
+/// executor and dispatcher binaries), one abandoned by its caller. None
+/// wedges: the seven others answer correctly. Then the node is stopped
+/// (SIGTERM) while two inputs are being fetched again: it exits, leaving no
+/// partial file; started again, it removes a partial file a killed run
+/// left and answers those two. Every service exits on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_large_inputs_in_small_chunks_never_wedge_a_node() {
+    use std::time::Duration;
+
+    use comfaas_tests::Process;
+
+    /// Sends SIGTERM and waits (generously) for the process to exit.
+    async fn terminate(process: &mut Process, what: &str) {
+        let pid = nix::unistd::Pid::from_raw(process.child.id().expect("running") as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let asked = std::time::Instant::now();
+        let exited = tokio::time::timeout(Duration::from_secs(30), process.child.wait()).await;
+        eprintln!("{what} exited {:?} after SIGTERM", asked.elapsed());
+        assert!(
+            matches!(exited, Ok(Ok(_))),
+            "{what} did not exit after SIGTERM"
+        );
+    }
+
+    let p = Platform::start().await;
+    let url = p.nats.url().to_owned();
+    let data_dir = p.scratch.path().join("big-1");
+    let cache = data_dir.join("inputs");
+    let exec_args = [
+        "--nats-url",
+        &url,
+        "--node",
+        "big-1",
+        "--slots",
+        "8",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ];
+    let mut dispatcher = Process::spawn("comfaas-dispatch", &["--nats-url", &url]);
+    let mut executor = Process::spawn("comfaas-exec", &exec_args);
+    p.nats.wait_for_node("big-1").await;
+    let function = p.function("digest", "", &[("main.py", DIGEST_PY)]);
+    let deployment = p.deploy(&function, &["big-1"]).await;
+
+    const MB: u64 = 1_000_000;
+    let names: Vec<String> = (0..8).map(|i| format!("big-{i}")).collect();
+    let sizes = [50, 50, 60, 70, 80, 100, 150, 500].map(|mb| mb * MB);
+    let specs: Vec<(&str, u64, usize)> = names
+        .iter()
+        .zip(sizes)
+        .map(|(name, size)| (name.as_str(), size, 0))
+        .collect();
+    let inputs = nats_py_put(&p, &specs).await;
+    for input in &inputs {
+        assert!(input.chunks >= 381, "128 KiB chunks: {}", input.chunks);
+    }
+
+    // All at once; the caller of the largest stops waiting after a second.
+    let mut calls = tokio::task::JoinSet::new();
+    for (i, input) in inputs.iter().enumerate() {
+        let (client, name) = (p.device.clone(), input.name.clone());
+        calls.spawn(async move {
+            let limit = Duration::from_secs(if i == 7 { 1 } else { 600 });
+            let call = invoke_on(&client, "digest", &name, "big-1", Duration::from_secs(600));
+            (i, tokio::time::timeout(limit, call).await.ok())
+        });
+    }
+    let mut answered = 0;
+    while let Some(done) = calls.join_next().await {
+        let (i, reply) = done.unwrap();
+        if i == 7 {
+            assert!(
+                reply.is_none(),
+                "the abandoned call is not answered within 1 s"
+            );
+            continue;
+        }
+        let reply = reply.unwrap();
+        assert_eq!(
+            header(&reply, h::STATUS),
+            "ok",
+            "input {i}: {:?}",
+            reply.headers
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&reply.payload).trim(),
+            inputs[i].expected,
+            "input {i}"
+        );
+        answered += 1;
+    }
+    assert_eq!(answered, 7);
+
+    // The abandoned run finishes on its own: the node goes idle.
+    let mut loads = p
+        .client
+        .subscribe(p.subjects.node_load("big-1"))
+        .await
+        .unwrap();
+    let idle = tokio::time::timeout(Duration::from_secs(300), async {
+        while let Some(message) = loads.next().await {
+            let load: NodeLoad = decode(&message.payload).unwrap();
+            if load.running == 0 && load.queued == 0 {
+                return load;
+            }
+        }
+        panic!("load stream ended");
+    })
+    .await
+    .expect("the node goes idle");
+    assert_eq!(idle.input_fetch_failures, 0);
+    assert!(
+        partial_files(&cache).is_empty(),
+        "{:?}",
+        partial_files(&cache)
+    );
+
+    // Evicted from the cache (as a full cache would), the two largest are
+    // fetched again; the node is stopped while they are under way.
+    for file in std::fs::read_dir(&cache).unwrap().flatten() {
+        std::fs::remove_file(file.path()).unwrap();
+    }
+    let refetched = [6, 7];
+    let mut calls = tokio::task::JoinSet::new();
+    for i in refetched {
+        let (client, name) = (p.device.clone(), inputs[i].name.clone());
+        calls.spawn(async move {
+            invoke_on(&client, "digest", &name, "big-1", Duration::from_secs(600)).await
+        });
+    }
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while partial_files(&cache).is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a fetch starts");
+    terminate(&mut executor, "the executor, fetching").await;
+    assert!(
+        partial_files(&cache).is_empty(),
+        "{:?}",
+        partial_files(&cache)
+    );
+    while let Some(done) = calls.join_next().await {
+        // Answered, not left waiting: the node refused as it left, and no
+        // other node serves the function.
+        let reply = done.unwrap();
+        assert_eq!(header(&reply, h::ERROR_CODE), "503", "{:?}", reply.headers);
+        assert!(
+            header(&reply, h::ERROR).contains("shutting down"),
+            "{:?}",
+            reply.headers
+        );
+    }
+
+    // A partial file as a killed executor leaves it; the node started
+    // again removes it, and serves.
+    std::fs::write(cache.join(".part-left-by-a-kill"), b"half an input").unwrap();
+    let mut executor = Process::spawn("comfaas-exec", &exec_args);
+    p.nats.wait_for_node("big-1").await;
+    assert!(
+        partial_files(&cache).is_empty(),
+        "{:?}",
+        partial_files(&cache)
+    );
+    p.wait_state(
+        &deployment,
+        &["big-1"],
+        comfaas_schemas::InstallState::Ready,
+    )
+    .await;
+    for i in refetched {
+        let reply = invoke_on(
+            &p.device,
+            "digest",
+            &inputs[i].name,
+            "big-1",
+            Duration::from_secs(600),
+        )
+        .await;
+        assert_eq!(
+            header(&reply, h::STATUS),
+            "ok",
+            "input {i}: {:?}",
+            reply.headers
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&reply.payload).trim(),
+            inputs[i].expected
+        );
+    }
+    terminate(&mut executor, "the executor").await;
+    terminate(&mut dispatcher, "the dispatcher").await;
+    assert!(
+        partial_files(&cache).is_empty(),
+        "{:?}",
+        partial_files(&cache)
+    );
+}
