@@ -367,7 +367,7 @@ fn available(toolchain: &Toolchain) -> Vec<String> {
 
 /// Most finished event runs remembered for redeliveries.
 const REMEMBERED_EVENTS: usize = 100_000;
-/// Most bytes of their outputs remembered.
+/// Most bytes of their outputs and headers remembered.
 const REMEMBERED_EVENT_BYTES: usize = 64 << 20;
 /// How long the last answers may take to leave at shutdown.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);

@@ -6,7 +6,7 @@
 //! so it comes back to this node.
 //!
 //! Bounded: outcomes are kept for `keep`, and at most `max_entries` of
-//! them and `max_bytes` of their bodies, oldest forgotten first. A
+//! them and `max_bytes` of their bodies and headers, oldest forgotten first. A
 //! redelivery after that runs again (at least once, as documented).
 
 use std::collections::{HashMap, VecDeque};
@@ -26,6 +26,25 @@ pub struct Outcome {
     pub body: Bytes,
 }
 
+impl Outcome {
+    /// The bytes it holds: body, header names and values, and a little
+    /// for each header's bookkeeping.
+    fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, values)| {
+                let name: &str = name.as_ref();
+                values
+                    .iter()
+                    .map(|v| name.len() + v.as_str().len() + 32)
+                    .sum::<usize>()
+            })
+            .sum();
+        self.body.len() + headers
+    }
+}
+
 /// Runs of events, by event id, and how long to remember them.
 #[derive(Clone)]
 pub struct RecentRuns {
@@ -38,8 +57,9 @@ pub struct RecentRuns {
 #[derive(Default)]
 struct Inner {
     entries: HashMap<String, Entry>,
-    /// Finished runs, oldest first: what is forgotten first.
-    finished: VecDeque<(Instant, String)>,
+    /// Finished runs, oldest first, with the bytes each outcome holds:
+    /// what is forgotten first.
+    finished: VecDeque<(Instant, String, usize)>,
     bytes: usize,
 }
 
@@ -107,15 +127,16 @@ impl RecentRuns {
 
     fn forget_old(&self, inner: &mut Inner) {
         let now = Instant::now();
-        while let Some((at, id)) = inner.finished.front() {
+        while let Some((at, _, _)) = inner.finished.front() {
             let over = inner.finished.len() > self.max_entries || inner.bytes > self.max_bytes;
             if !over && now.duration_since(*at) < self.keep {
                 break;
             }
-            let id = id.clone();
-            inner.finished.pop_front();
-            if let Some(Entry::Done(outcome)) = inner.entries.get(&id) {
-                inner.bytes = inner.bytes.saturating_sub(outcome.body.len());
+            let Some((_, id, size)) = inner.finished.pop_front() else {
+                break;
+            };
+            inner.bytes = inner.bytes.saturating_sub(size);
+            if matches!(inner.entries.get(&id), Some(Entry::Done(_))) {
                 inner.entries.remove(&id);
             }
         }
@@ -139,11 +160,14 @@ impl RunGuard {
         self.finished = true;
         {
             let mut inner = self.runs.lock();
-            inner.bytes += outcome.body.len();
+            let size = outcome.size() + self.id.len();
+            inner.bytes += size;
             inner
                 .entries
                 .insert(self.id.clone(), Entry::Done(outcome.clone()));
-            inner.finished.push_back((Instant::now(), self.id.clone()));
+            inner
+                .finished
+                .push_back((Instant::now(), self.id.clone(), size));
             self.runs.forget_old(&mut inner);
         }
         self.sender.send_replace(Some(outcome));
