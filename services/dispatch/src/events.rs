@@ -198,36 +198,15 @@ async fn handle(
             )
         }
     } else {
-        let held_by = if delivery.delivered > 1 {
-            held_by(&shared, &delivery.id).await
+        let answer = try_once(&shared, &message, &delivery, delivery.delivered > 1).await;
+        // A node was tried and the answer is transient (it died, was cut
+        // off, timed out): try once more at once, attaching to its run if
+        // a node holds it, rather than count on a redelivery alone (after
+        // a server restart, 2.9 was seen not to redeliver such events).
+        if answer.is_transient() && !answer.tried.is_empty() {
+            try_once(&shared, &message, &delivery, true).await
         } else {
-            None
-        };
-        if held_by.is_some() {
-            shared.state.attached();
-        }
-        let run = EventRun {
-            id: delivery.id.clone(),
-            held_by,
-        };
-        let work = place::execute(
-            &shared,
-            &message.subject,
-            message.headers.as_ref(),
-            message.payload.clone(),
-            None,
-            Some(&run),
-        );
-        tokio::pin!(work);
-        let mut progress = tokio::time::interval(resources::EVENTS_ACK_WAIT / 3);
-        progress.tick().await;
-        loop {
-            tokio::select! {
-                answer = &mut work => break answer,
-                _ = progress.tick() => {
-                    let _ = message.ack_with(AckKind::Progress).await;
-                }
-            }
+            answer
         }
     };
     let last_try = delivery.delivered >= shared.config.max_event_deliveries;
@@ -265,6 +244,47 @@ async fn handle(
     }
     if let Err(e) = message.double_ack().await {
         tracing::warn!(event = %delivery.id, "cannot ack event: {e}");
+    }
+}
+
+/// One try of the event: asks first, when `ask_held`, which node holds its
+/// run; keeps the event alive with progress acks while it runs.
+async fn try_once(
+    shared: &Shared,
+    message: &jetstream::Message,
+    delivery: &Delivery,
+    ask_held: bool,
+) -> Answer {
+    let held_by = if ask_held {
+        held_by(shared, &delivery.id).await
+    } else {
+        None
+    };
+    if held_by.is_some() {
+        shared.state.attached();
+    }
+    let run = EventRun {
+        id: delivery.id.clone(),
+        held_by,
+    };
+    let work = place::execute(
+        shared,
+        &message.subject,
+        message.headers.as_ref(),
+        message.payload.clone(),
+        None,
+        Some(&run),
+    );
+    tokio::pin!(work);
+    let mut progress = tokio::time::interval(resources::EVENTS_ACK_WAIT / 3);
+    progress.tick().await;
+    loop {
+        tokio::select! {
+            answer = &mut work => break answer,
+            _ = progress.tick() => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        }
     }
 }
 
