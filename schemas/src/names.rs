@@ -98,6 +98,16 @@ pub fn kv_stream(bucket: &str) -> String {
     format!("KV_{bucket}")
 }
 
+/// Whether `text` is one subject token of the kind comfaas names things
+/// with (node and dispatcher ids, event ids): non-empty, ASCII letters,
+/// digits, `-` and `_` only.
+pub fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// Header names of the device-facing format (see `schemas/README.md`).
 pub mod headers {
     /// Request: an object in `comfaas_inputs` that is the input.

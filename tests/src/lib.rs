@@ -797,6 +797,22 @@ impl Platform {
             .await
     }
 
+    /// Publishes an event for `function` with `headers`, as the device,
+    /// and waits until the events stream has it.
+    pub async fn publish_event(&self, function: &str, headers: &[(&str, &str)], body: &str) {
+        // Devices publish events, through JetStream, waiting for the ack.
+        let js = async_nats::jetstream::new(self.device.clone());
+        let mut map = async_nats::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, *value);
+        }
+        js.publish_with_headers(self.subjects.event(function), map, body.to_owned().into())
+            .await
+            .expect("publish event")
+            .await
+            .expect("event stored");
+    }
+
     /// Stores `bytes` as an input object (`comfaas_inputs`) at this
     /// platform's server; its name, for `Comfaas-Input-Object`.
     pub async fn upload_input(&self, bytes: &[u8]) -> String {

@@ -65,11 +65,7 @@ impl DispatchConfig {
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
             );
         }
-        if !self
-            .id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !comfaas_schemas::names::is_token(&self.id) {
             anyhow::bail!("dispatcher id `{}` must be one subject token", self.id);
         }
         if self.max_concurrent == 0 || self.metrics_ms == 0 || self.dead_after_heartbeats == 0 {

@@ -297,11 +297,7 @@ async fn held_by(shared: &Shared, id: &str) -> Option<String> {
     );
     let answer = asked.await.ok()?;
     let node = std::str::from_utf8(&answer.payload).ok()?;
-    let valid = !node.is_empty()
-        && node
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    valid.then(|| node.to_owned())
+    names::is_token(node).then(|| node.to_owned())
 }
 
 /// Writes the event, its headers and why it failed to `<prefix>.dlq.<fn>`
@@ -312,11 +308,7 @@ async fn dead_letter(
     delivery: &Delivery,
     answer: &Answer,
 ) -> Result<(), String> {
-    let function = shared
-        .subjects
-        .function_of(&message.subject)
-        .filter(|f| !f.is_empty() && !f.contains(['*', '>']))
-        .unwrap_or("_unknown");
+    let function = request::function_of(&shared.subjects, &message.subject).unwrap_or("_unknown");
     let mut headers = HeaderMap::new();
     if let Some(original) = message.headers.as_ref() {
         for (name, values) in original.iter() {

@@ -118,19 +118,12 @@ pub async fn events_stream(
         max_age: EVENTS_MAX_AGE,
         max_bytes: STREAM_MAX_BYTES,
         duplicate_window: EVENTS_DEDUP_WINDOW,
-        num_replicas: replicas(),
         ..Default::default()
     };
-    let what = || format!("create stream {}", names::EVENTS_STREAM);
-    let (mut stream, config) = sized_stream(js, config).await?;
+    let (stream, config) = sized_stream(js, config).await?;
     // A stream made by an older comfaas (limits retention, discard old)
     // is brought up to date; a server that refuses the change keeps it.
-    let have = stream
-        .info()
-        .await
-        .map_err(|e| NatsError::new(what(), e))?
-        .config
-        .clone();
+    let have = stream.cached_info().config.clone();
     if have.discard != config.discard
         || have.retention != config.retention
         || have.max_messages_per_subject != config.max_messages_per_subject
@@ -204,11 +197,16 @@ pub async fn dlq_stream(
 /// Opens the stream `config` names, creating it when missing. When the
 /// server cannot reserve its `max_bytes` of disk, it gets a quarter of the
 /// most the server can reserve (at least 64 MiB), with a warning, like the
-/// object stores. Returns the stream and the configuration it was made with.
+/// object stores. At [`replicas`] copies, like everything created here.
+/// Returns the stream and the configuration it was made with.
 async fn sized_stream(
     js: &jetstream::Context,
     config: stream::Config,
 ) -> Result<(stream::Stream, stream::Config), NatsError> {
+    let config = stream::Config {
+        num_replicas: replicas(),
+        ..config
+    };
     let what = || format!("create stream {}", config.name);
     let error = match js.get_or_create_stream(config.clone()).await {
         Ok(stream) => return Ok((stream, config)),
@@ -260,7 +258,6 @@ pub async fn results_stream(
             max_age: RESULTS_MAX_AGE,
             max_bytes: STREAM_MAX_BYTES,
             duplicate_window: DEDUP_WINDOW,
-            num_replicas: replicas(),
             ..Default::default()
         },
     )

@@ -16,17 +16,11 @@ use comfaas_tests::{binary, header, repo_root, NodeSpec, Platform, Security};
 use futures::StreamExt;
 
 async fn publish(p: &Platform, function: &str, msg_id: &str, extra: &[(&str, &str)]) {
-    let js = async_nats::jetstream::new(p.device.clone());
-    let mut headers = HeaderMap::new();
-    headers.insert(h::MSG_ID, msg_id);
-    for (name, value) in extra {
-        headers.insert(*name, *value);
-    }
-    js.publish_with_headers(p.subjects.event(function), headers, "{}".into())
-        .await
-        .expect("publish event")
-        .await
-        .expect("event stored");
+    let headers: Vec<(&str, &str)> = [(h::MSG_ID, msg_id)]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    p.publish_event(function, &headers, "{}").await;
 }
 
 async fn next(results: &mut async_nats::Subscriber) -> async_nats::Message {

@@ -11,15 +11,8 @@ use comfaas_tests::{header, repo_root, NodeSpec, Platform, Security};
 use futures::StreamExt;
 
 async fn publish_event(p: &Platform, function: &str, msg_id: &str, body: &str) {
-    // Devices publish events.
-    let js = async_nats::jetstream::new(p.device.clone());
-    let mut headers = HeaderMap::new();
-    headers.insert(h::MSG_ID, msg_id);
-    js.publish_with_headers(p.subjects.event(function), headers, body.to_owned().into())
-        .await
-        .expect("publish event")
-        .await
-        .expect("event stored");
+    p.publish_event(function, &[(h::MSG_ID, msg_id)], body)
+        .await;
 }
 
 async fn next_result(results: &mut async_nats::Subscriber) -> async_nats::Message {
