@@ -387,6 +387,20 @@ async fn a_replay_goes_only_to_an_events_subject() {
         dlq.list(None, 10).await.unwrap().is_empty(),
         "replayed, so removed"
     );
+
+    // An id that is not there: an error naming it, and nothing published.
+    for missing in [dlq.get(999).await.err(), dlq.replay(999).await.err()] {
+        let error = missing.expect("no dead letter 999");
+        assert!(error.to_string().contains("dead letter 999"), "{error}");
+    }
+    let events = js
+        .get_stream(comfaas_schemas::names::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .messages;
+    assert_eq!(events, 1, "only the one replay reached the events stream");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
