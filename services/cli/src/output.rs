@@ -38,15 +38,29 @@ where
     I: IntoIterator<Item = S>,
     S: Into<comfy_table::Cell>,
 {
+    let term = console::Term::stdout();
+    let width = term
+        .is_term()
+        .then(|| term.size_checked().map(|(_, columns)| columns))
+        .flatten()
+        // A terminal that tells no usable size is not one to fit.
+        .filter(|columns| *columns >= 40);
+    table_of_width(header, width)
+}
+
+/// [`table`] fitted to `width` columns (`None`: as wide as its rows).
+pub fn table_of_width<I, S>(header: I, width: Option<u16>) -> Table
+where
+    I: IntoIterator<Item = S>,
+    S: Into<comfy_table::Cell>,
+{
     let mut table = Table::new();
     table
         .load_preset(comfy_table::presets::NOTHING)
         .set_header(header);
-    let term = console::Term::stdout();
-    if term.is_term() {
-        let (_, columns) = term.size();
+    if let Some(width) = width {
         table
-            .set_width(columns)
+            .set_width(width)
             .set_content_arrangement(ContentArrangement::Dynamic);
     }
     // The preset pads each cell with one space on both sides: drop the
@@ -119,4 +133,36 @@ pub fn spinner(message: String) -> ProgressBar {
     bar.set_message(message);
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+    use super::*;
+
+    #[test]
+    fn a_long_cell_wraps_inside_its_column_on_a_narrow_terminal() {
+        let runtimes = "python, python-mpi, c, c-mpi, rust-mpi, java, exec";
+        let row = ["edge-1", "edge", "lab", "2", runtimes, "1/1"];
+        let header = ["NODE", "TIER", "SITE", "SLOTS", "RUNTIMES", "READY"];
+        let mut narrow = table_of_width(header, Some(50));
+        narrow.add_row(row);
+        let lines: Vec<String> = narrow.lines().collect();
+        assert!(lines.len() > 2, "{lines:#?}");
+        assert!(
+            lines.iter().all(|l| l.trim_end().chars().count() <= 50),
+            "{lines:#?}"
+        );
+        // READY stays in its column on the first row of the wrapped cell.
+        let at = lines[0].find("READY").unwrap();
+        assert_eq!(lines[1].get(at..at + 3), Some("1/1"), "{lines:#?}");
+        // Unbounded (piped): one line per row, starting at the margin.
+        let mut wide = table_of_width(header, None);
+        wide.add_row(row);
+        let lines: Vec<String> = wide.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("NODE "));
+        assert!(lines[1].starts_with("edge-1 ") && lines[1].contains(runtimes));
+    }
 }
