@@ -31,14 +31,25 @@ pub enum Source {
 /// would not fit in one message of a server whose max payload is
 /// `max_payload`, once wrapped.
 pub fn needs_object(len: usize, max_payload: usize) -> bool {
-    len > max_payload.saturating_sub(MESSAGE_HEADROOM)
+    len > usable(max_payload)
+}
+
+/// What a message may carry besides [`MESSAGE_HEADROOM`]; a server that
+/// told no max payload is taken to have nats-server's default (1 MiB).
+fn usable(max_payload: usize) -> usize {
+    let max_payload = if max_payload == 0 {
+        1 << 20
+    } else {
+        max_payload
+    };
+    max_payload.saturating_sub(MESSAGE_HEADROOM)
 }
 
 /// The chunk size of an upload to a server whose max payload is
 /// `max_payload`: [`UPLOAD_CHUNK`], or less where a server takes smaller
 /// messages (each chunk is one message, with headers).
 pub fn chunk_size(max_payload: usize) -> usize {
-    UPLOAD_CHUNK.min(max_payload.saturating_sub(MESSAGE_HEADROOM).max(1024))
+    UPLOAD_CHUNK.min(usable(max_payload).max(1024))
 }
 
 /// Uploads `source` into `store` under its content's name
@@ -120,4 +131,20 @@ pub fn data_file(data: Option<&str>) -> Option<&Path> {
     data.and_then(|d| d.strip_prefix('@'))
         .filter(|p| *p != "-")
         .map(Path::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_leave_room_for_the_envelope_and_chunks_fit_the_server() {
+        let mib = 1 << 20;
+        assert!(!needs_object(mib - MESSAGE_HEADROOM, mib));
+        assert!(needs_object(mib - MESSAGE_HEADROOM + 1, mib));
+        assert!(needs_object(mib + 1, 0), "an unknown limit is the default");
+        assert!(!needs_object(1000, 0));
+        assert_eq!(chunk_size(8 * mib), UPLOAD_CHUNK);
+        assert_eq!(chunk_size(256 * 1024), 256 * 1024 - MESSAGE_HEADROOM);
+    }
 }
