@@ -35,7 +35,7 @@ pub async fn ls(dlq: &mut Dlq, function: Option<&str>, limit: usize) -> anyhow::
         println!("no dead letters");
         return Ok(());
     }
-    let mut table = crate::output::table(["ID", "FUNCTION", "CODE", "TRIES", "WHEN", "REASON"]);
+    let mut table = crate::output::table(["ID", "FUNCTION", "CODE", "TRIES", "WHEN", "REASON"], 5);
     for letter in &letters {
         table.add_row([
             letter.seq.to_string(),

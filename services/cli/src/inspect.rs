@@ -124,7 +124,7 @@ pub async fn ls(
         output::line("no functions deployed")?;
         return Ok(());
     }
-    let mut table = output::table(["NAME", "VERSION", "RUNTIME", "BUNDLE", "NODES"]);
+    let mut table = output::table(["NAME", "VERSION", "RUNTIME", "BUNDLE", "NODES"], 4);
     for row in rows {
         let states: Vec<String> = row
             .nodes
@@ -266,7 +266,7 @@ pub async fn nodes(
         output::line("no live node (no heartbeat in the last 1.2 s)")?;
         return Ok(());
     }
-    let mut table = output::table([
+    let header = [
         "NODE",
         "TIER",
         "SITE",
@@ -279,7 +279,9 @@ pub async fn nodes(
         "RTT_MS",
         "RUNTIMES",
         "READY",
-    ]);
+    ];
+    // Only the runtimes wrap on a narrow terminal.
+    let mut table = output::table(header, 10);
     for row in rows {
         table.add_row([
             row.node,

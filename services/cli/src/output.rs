@@ -30,10 +30,11 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 /// A table with a header row, no borders (columns split by spaces, like
-/// `kubectl get`), as wide as the terminal when stdout is one: a long cell
-/// (the runtimes of a node) wraps inside its column instead of pushing the
-/// others out of line. Piped, rows are never wrapped.
-pub fn table<I, S>(header: I) -> Table
+/// `kubectl get`), as wide as the terminal when stdout is one: the long
+/// cells of column `wrapping` (the runtimes of a node) wrap inside it
+/// instead of pushing the others out of line; the other columns keep
+/// their width. Piped, rows are never wrapped.
+pub fn table<I, S>(header: I, wrapping: usize) -> Table
 where
     I: IntoIterator<Item = S>,
     S: Into<comfy_table::Cell>,
@@ -45,11 +46,14 @@ where
         .flatten()
         // A terminal that tells no usable size is not one to fit.
         .filter(|columns| *columns >= 40);
-    table_of_width(header, width)
+    table_of_width(header, wrapping, width)
 }
 
+/// The least width of the column that wraps.
+const WRAP_AT_LEAST: u16 = 24;
+
 /// [`table`] fitted to `width` columns (`None`: as wide as its rows).
-pub fn table_of_width<I, S>(header: I, width: Option<u16>) -> Table
+pub fn table_of_width<I, S>(header: I, wrapping: usize, width: Option<u16>) -> Table
 where
     I: IntoIterator<Item = S>,
     S: Into<comfy_table::Cell>,
@@ -67,6 +71,13 @@ where
     // left one so the first column starts at the margin.
     for column in table.column_iter_mut() {
         column.set_padding((0, 1));
+        column.set_constraint(if column.index == wrapping {
+            // Narrower, it would be a column of single letters: past this
+            // the terminal wraps the row instead.
+            comfy_table::ColumnConstraint::LowerBoundary(comfy_table::Width::Fixed(WRAP_AT_LEAST))
+        } else {
+            comfy_table::ColumnConstraint::ContentWidth
+        });
     }
     table
 }
@@ -146,7 +157,7 @@ mod tests {
         let runtimes = "python, python-mpi, c, c-mpi, rust-mpi, java, exec";
         let row = ["edge-1", "edge", "lab", "2", runtimes, "1/1"];
         let header = ["NODE", "TIER", "SITE", "SLOTS", "RUNTIMES", "READY"];
-        let mut narrow = table_of_width(header, Some(50));
+        let mut narrow = table_of_width(header, 4, Some(50));
         narrow.add_row(row);
         let lines: Vec<String> = narrow.lines().collect();
         assert!(lines.len() > 2, "{lines:#?}");
@@ -154,11 +165,20 @@ mod tests {
             lines.iter().all(|l| l.trim_end().chars().count() <= 50),
             "{lines:#?}"
         );
+        // Only RUNTIMES wraps: every other column keeps its width, and
         // READY stays in its column on the first row of the wrapped cell.
+        assert!(
+            lines[0].starts_with("NODE   TIER SITE SLOTS RUNTIMES"),
+            "{lines:#?}"
+        );
         let at = lines[0].find("READY").unwrap();
         assert_eq!(lines[1].get(at..at + 3), Some("1/1"), "{lines:#?}");
+        assert!(
+            lines[2].trim_start().starts_with("c-mpi") || lines[2].trim_start().starts_with("c,"),
+            "{lines:#?}"
+        );
         // Unbounded (piped): one line per row, starting at the margin.
-        let mut wide = table_of_width(header, None);
+        let mut wide = table_of_width(header, 4, None);
         wide.add_row(row);
         let lines: Vec<String> = wide.lines().collect();
         assert_eq!(lines.len(), 2);
