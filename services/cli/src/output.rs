@@ -157,12 +157,12 @@ mod tests {
         let runtimes = "python, python-mpi, c, c-mpi, rust-mpi, java, exec";
         let row = ["edge-1", "edge", "lab", "2", runtimes, "1/1"];
         let header = ["NODE", "TIER", "SITE", "SLOTS", "RUNTIMES", "READY"];
-        let mut narrow = table_of_width(header, 4, Some(50));
+        let mut narrow = table_of_width(header, 4, Some(56));
         narrow.add_row(row);
         let lines: Vec<String> = narrow.lines().collect();
         assert!(lines.len() > 2, "{lines:#?}");
         assert!(
-            lines.iter().all(|l| l.trim_end().chars().count() <= 50),
+            lines.iter().all(|l| l.trim_end().chars().count() <= 56),
             "{lines:#?}"
         );
         // Only RUNTIMES wraps: every other column keeps its width, and
