@@ -136,19 +136,32 @@ async fn ls_nodes_invoke_and_deploy_speak_json_and_tables() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_terminal_deploy_shows_each_nodes_install_state_and_invoke_the_bytes_sent() {
+async fn on_a_terminal_deploy_shows_each_nodes_install_state_and_invoke_the_bytes_moved() {
     let p = one_node().await;
     let url = p.nats.url().to_owned();
     let hello = repo_root().join("functions/hello-c");
     let input = p.scratch.path().join("input.bin");
     std::fs::write(&input, vec![7u8; 4 << 20]).unwrap();
+    // A function whose output goes through the object store.
+    let big = p.function("big-out", "", &[]);
+    std::fs::write(
+        big.join("comfaas.toml"),
+        "name = \"big-out\"\nversion = \"1\"\nruntime = \"exec\"\nentry = \"run.sh\"\n",
+    )
+    .unwrap();
+    std::fs::write(big.join("run.sh"), "#!/bin/sh\nhead -c 3000000 /dev/zero\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(big.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    p.deploy(&big, &["edge-1"]).await;
+    let output = p.scratch.path().join("output.bin");
     // `script` gives the command a terminal and records all it drew.
     let typescript = p.scratch.path().join("typescript");
     let command = format!(
-        "{comfaas} --nats-url {url} deploy {dir} && {comfaas} --nats-url {url} invoke hello-c --input-file {input}",
+        "{comfaas} --nats-url {url} deploy {dir} && {comfaas} --nats-url {url} invoke hello-c --input-file {input} && {comfaas} --nats-url {url} invoke big-out --output-file {output}",
         comfaas = binary("comfaas").display(),
         dir = hello.display(),
         input = input.display(),
+        output = output.display(),
     );
     let status = Command::new("script")
         .args(["-q", "-e", "-c", &command])
@@ -170,6 +183,23 @@ async fn on_a_terminal_deploy_shows_each_nodes_install_state_and_invoke_the_byte
     // The report and the output are there too.
     assert!(drawn.contains("deployed hello-c 1.0.0"), "{drawn}");
     assert!(drawn.contains("\"bytes\": 4194304"), "{drawn}");
+    assert!(drawn.contains("download ["), "{drawn}");
+    assert_eq!(std::fs::metadata(&output).unwrap().len(), 3_000_000);
+    // Piped, `--json` names the object and counts its bytes.
+    let reply = json(&ok(
+        &url,
+        &[
+            "invoke",
+            "big-out",
+            "--json",
+            "--output-file",
+            output.to_str().unwrap(),
+        ],
+    ));
+    assert!(reply["output_object"].as_str().is_some(), "{reply}");
+    assert_eq!(reply["output_bytes"], 3_000_000);
+    assert_eq!(reply["output_file"], output.to_str().unwrap());
+    assert!(reply["output"].is_null(), "{reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
