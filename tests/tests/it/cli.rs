@@ -115,6 +115,23 @@ async fn ls_nodes_invoke_and_deploy_speak_json_and_tables() {
         "{failed}"
     );
 
+    // An output that is not UTF-8 comes in base64.
+    let bytes = p.function("bytes-out", "", &[]);
+    std::fs::write(
+        bytes.join("comfaas.toml"),
+        "name = \"bytes-out\"\nversion = \"1\"\nruntime = \"exec\"\nentry = \"run.sh\"\n",
+    )
+    .unwrap();
+    std::fs::write(bytes.join("run.sh"), "#!/bin/sh\nprintf '\\377\\376ok'\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bytes.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    p.deploy(&bytes, &["edge-1"]).await;
+    let reply = json(&ok(&url, &["invoke", "bytes-out", "--json"]));
+    assert!(reply["output"].is_null(), "{reply}");
+    assert_eq!(reply["output_base64"], "//5vaw==", "{reply}");
+    assert_eq!(reply["output_bytes"], 4);
+    ok(&url, &["rm", "bytes-out"]);
+
     // Tables: a header row, then one row per node or function, every
     // runtime on the node's one line (piped, rows never wrap).
     let table = ok(&url, &["nodes"]);
@@ -412,6 +429,15 @@ async fn data_over_the_servers_max_payload_goes_through_the_object_store() {
             "{out:?}"
         );
     }
+    let out = comfaas(
+        &url,
+        &["invoke", "hello-c", "--data", "@/nonexistent/input.bin"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/input.bin"),
+        "{out:?}"
+    );
     let out = comfaas(&url, &["invoke", "hello-c", "--data", "small", "-v"]);
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("sha256-"));
