@@ -10,6 +10,9 @@ use comfaas_platform::registry::Registry;
 use comfaas_schemas::names::Subjects;
 use comfaas_schemas::{decode, Deployment, InstallState, Manifest, NodeLoad, MANIFEST_FILE};
 use futures::StreamExt;
+use serde::Serialize;
+
+use crate::output;
 
 /// Reads and validates `dir/comfaas.toml`.
 pub fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
@@ -43,6 +46,18 @@ pub async fn wait_installed(
     deployment: &Deployment,
     timeout: Duration,
 ) -> anyhow::Result<Installs> {
+    wait_installed_showing(client, subjects, deployment, timeout, None).await
+}
+
+/// [`wait_installed`], showing each node's install state as it changes on
+/// `progress` (a line per node on stderr, drawn only on a terminal).
+pub async fn wait_installed_showing(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    deployment: &Deployment,
+    timeout: Duration,
+    mut progress: Option<&mut InstallProgress>,
+) -> anyhow::Result<Installs> {
     let mut loads = client.subscribe(subjects.node_load_all()).await?;
     let started = Instant::now();
     let mut nodes: BTreeMap<String, Option<(InstallState, Option<String>)>> = BTreeMap::new();
@@ -73,7 +88,13 @@ pub async fn wait_installed(
             .iter()
             .find(|f| f.name == deployment.manifest.name && f.digest == deployment.bundle.digest)
             .map(|f| (f.state, f.reason.clone()));
+        if let Some(progress) = progress.as_deref_mut() {
+            progress.show(&load.node, state.as_ref());
+        }
         nodes.insert(load.node, state);
+    }
+    if let Some(progress) = progress {
+        progress.finish();
     }
     Ok(nodes
         .into_iter()
@@ -115,19 +136,29 @@ pub fn report(deployment: &Deployment, installs: &Installs) -> bool {
 }
 
 /// Waits up to `wait_s` seconds (0: not at all) for nodes to install
-/// `deployment`, prints what they report, and fails when none could.
+/// `deployment`, showing their states as they change (on a terminal),
+/// prints what they report (with `json`, as [`DeployReport`]), and fails
+/// when none could.
 pub async fn wait_and_report(
     client: &async_nats::Client,
     subjects: &Subjects,
     deployment: &Deployment,
     wait_s: u64,
+    json: bool,
 ) -> anyhow::Result<()> {
     let installs = if wait_s == 0 {
         Installs::default()
     } else {
-        wait_installed(client, subjects, deployment, Duration::from_secs(wait_s)).await?
+        let mut progress = InstallProgress::new(deployment);
+        let timeout = Duration::from_secs(wait_s);
+        wait_installed_showing(client, subjects, deployment, timeout, Some(&mut progress)).await?
     };
-    if !report(deployment, &installs) {
+    let ready = if json {
+        report_json(deployment, &installs)?
+    } else {
+        report(deployment, &installs)
+    };
+    if !ready {
         anyhow::bail!(
             "no node could install {} {}",
             deployment.manifest.name,
@@ -135,6 +166,118 @@ pub async fn wait_and_report(
         );
     }
     Ok(())
+}
+
+/// What `comfaas deploy --json` (and `rollback --json`) prints.
+#[derive(Debug, Serialize)]
+pub struct DeployReport<'a> {
+    /// Function name.
+    pub name: &'a str,
+    /// The version deployed.
+    pub version: &'a str,
+    /// Its runtime.
+    pub runtime: &'static str,
+    /// The bundle's digest (`sha256:<hex>`).
+    pub digest: &'a str,
+    /// The bundle's size in bytes.
+    pub size: u64,
+    /// The operator key that signed it, if any.
+    pub signed_by: Option<&'a str>,
+    /// What each node reported (none: nothing was waited for, or no
+    /// executor runs).
+    pub nodes: Vec<NodeInstall<'a>>,
+    /// Whether at least one node serves it (or none was asked).
+    pub ready: bool,
+}
+
+/// One node's install state in a [`DeployReport`].
+#[derive(Debug, Serialize)]
+pub struct NodeInstall<'a> {
+    /// The node.
+    pub node: &'a str,
+    /// `installing`, `ready` or `failed`.
+    pub state: &'static str,
+    /// Why it failed or is still installing, if the node said.
+    pub reason: Option<&'a str>,
+}
+
+/// Prints what [`wait_installed`] found as one JSON [`DeployReport`];
+/// `false` when no node is ready.
+pub fn report_json(deployment: &Deployment, installs: &Installs) -> anyhow::Result<bool> {
+    let m = &deployment.manifest;
+    let ready = installs.is_empty() || installs.values().any(|(s, _)| *s == InstallState::Ready);
+    output::json(&DeployReport {
+        name: &m.name,
+        version: &m.version,
+        runtime: m.runtime.as_str(),
+        digest: &deployment.bundle.digest,
+        size: deployment.bundle.size,
+        signed_by: deployment.signature.as_ref().map(|s| s.signer.as_str()),
+        nodes: installs
+            .iter()
+            .map(|(node, (state, reason))| NodeInstall {
+                node,
+                state: state_name(*state),
+                reason: reason.as_deref(),
+            })
+            .collect(),
+        ready,
+    })?;
+    Ok(ready)
+}
+
+/// One line per node on stderr showing its install state as it changes,
+/// drawn only when stderr is a terminal.
+pub struct InstallProgress {
+    bars: indicatif::MultiProgress,
+    nodes: BTreeMap<String, (indicatif::ProgressBar, Option<InstallState>)>,
+    what: String,
+}
+
+impl InstallProgress {
+    /// Progress of installing `deployment`.
+    pub fn new(deployment: &Deployment) -> Self {
+        Self {
+            bars: indicatif::MultiProgress::new(),
+            nodes: BTreeMap::new(),
+            what: format!(
+                "{} {}",
+                deployment.manifest.name, deployment.manifest.version
+            ),
+        }
+    }
+
+    /// Shows `node`'s state (`None`: it has not started on it yet).
+    pub fn show(&mut self, node: &str, state: Option<&(InstallState, Option<String>)>) {
+        let what = &self.what;
+        let bars = &self.bars;
+        let (bar, shown) = self.nodes.entry(node.to_owned()).or_insert_with(|| {
+            let bar = bars.add(output::spinner(format!("{node}: waiting for {what}")));
+            (bar, None)
+        });
+        let now = state.map(|(s, _)| *s);
+        if *shown == now && now.is_some() {
+            return;
+        }
+        *shown = now;
+        let text = match state {
+            None => format!("{node}: waiting for {what}"),
+            Some((s, Some(reason))) => format!("{node}: {} {what} ({reason})", state_name(*s)),
+            Some((s, None)) => format!("{node}: {} {what}", state_name(*s)),
+        };
+        match now {
+            Some(InstallState::Ready | InstallState::Failed) => bar.finish_with_message(text),
+            _ => bar.set_message(text),
+        }
+    }
+
+    /// Stops drawing (the final report follows on stdout).
+    pub fn finish(&mut self) {
+        for (bar, _) in self.nodes.values() {
+            bar.finish_and_clear();
+        }
+        let _ = self.bars.clear();
+    }
 }
 
 /// `installing`, `ready` or `failed`.

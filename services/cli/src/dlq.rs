@@ -35,21 +35,18 @@ pub async fn ls(dlq: &mut Dlq, function: Option<&str>, limit: usize) -> anyhow::
         println!("no dead letters");
         return Ok(());
     }
-    println!(
-        "{:>6}  {:<20} {:>4}  {:>5}  {:<20}  REASON",
-        "ID", "FUNCTION", "CODE", "TRIES", "WHEN"
-    );
+    let mut table = crate::output::table(["ID", "FUNCTION", "CODE", "TRIES", "WHEN", "REASON"], 5);
     for letter in &letters {
-        println!(
-            "{:>6}  {:<20} {:>4}  {:>5}  {:<20}  {}",
-            letter.seq,
-            letter.function,
-            letter.header(h::DLQ_CODE),
-            letter.header(h::DLQ_DELIVERIES),
+        table.add_row([
+            letter.seq.to_string(),
+            letter.function.clone(),
+            letter.header(h::DLQ_CODE).to_owned(),
+            letter.header(h::DLQ_DELIVERIES).to_owned(),
             when(letter.header(h::DLQ_AT)),
-            one_line(letter.header(h::DLQ_REASON), 100)
-        );
+            one_line(letter.header(h::DLQ_REASON), 100),
+        ]);
     }
+    crate::output::print_table(&table)?;
     if letters.len() == limit {
         println!("(first {limit}; --limit N for more)");
     }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use comfaas::{auth, deploy, dev, dlq, inspect, invoke, iot, secret};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use comfaas::{auth, deploy, dev, dlq, inspect, invoke, iot, output, scaffold, secret};
 use comfaas_platform::nats::{NatsFlags, NatsOptions};
 use comfaas_platform::registry::Registry;
 
@@ -43,6 +43,9 @@ enum Command {
         /// executors that trust operator keys refuse unsigned ones
         #[arg(long, env = "COMFAAS_SIGNING_KEY", value_name = "FILE")]
         signing_key: Option<PathBuf>,
+        /// Print the deployment and each node's install state as JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Set, remove or list the secrets functions read as files
     Secret {
@@ -53,7 +56,8 @@ enum Command {
     Invoke {
         /// Function name
         function: String,
-        /// Input: TEXT, @FILE, or @- for stdin (small inputs, in the message)
+        /// Input: TEXT, @FILE, or @- for stdin (in the message; one too
+        /// large for the server's max payload goes through the object store)
         #[arg(long, short, conflicts_with = "input_file")]
         data: Option<String>,
         /// Large input: uploaded once to the object store (named by its
@@ -79,6 +83,9 @@ enum Command {
         /// Seconds to wait for the answer
         #[arg(long, default_value_t = 120)]
         wait: u64,
+        /// Print the reply (status, node, headers, output) as one JSON object
+        #[arg(long)]
+        json: bool,
     },
     /// Go back to an earlier version of a function
     Rollback {
@@ -90,16 +97,45 @@ enum Command {
         /// Seconds to wait for executors to install it (0: do not wait)
         #[arg(long, default_value_t = 120)]
         wait: u64,
+        /// Print the deployment and each node's install state as JSON
+        #[arg(long)]
+        json: bool,
     },
     /// List deployed functions and their state on each node
-    Ls,
+    Ls {
+        /// Print `{"functions": [...]}` as JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a function
     Rm {
         /// Function name
         function: String,
     },
     /// Show the live node table
-    Nodes,
+    Nodes {
+        /// Print `{"nodes": [...]}` as JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a function folder NAME (manifest, entry, minimal code) that
+    /// deploys and answers as it is
+    New {
+        /// Function name: lowercase letters, digits, `-` and `_`
+        name: String,
+        /// Its runtime
+        #[arg(long, value_parser = parse_runtime, value_name = "RUNTIME",
+              help = "python, python-mpi, c, c-mpi, rust-mpi, java or exec")]
+        runtime: comfaas_schemas::Runtime,
+        /// The folder to create it in
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Print a shell completion script: `source <(comfaas completions bash)`
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
     /// The dead-letter queue: events that ended without a successful run
     Dlq {
         #[command(subcommand)]
@@ -176,10 +212,29 @@ enum DlqCommand {
     },
 }
 
+/// A runtime as manifests name it.
+fn parse_runtime(text: &str) -> Result<comfaas_schemas::Runtime, String> {
+    comfaas_schemas::Runtime::ALL
+        .into_iter()
+        .find(|r| r.as_str() == text)
+        .ok_or_else(|| {
+            let all: Vec<&str> = comfaas_schemas::Runtime::ALL
+                .iter()
+                .map(|r| r.as_str())
+                .collect();
+            format!("`{text}` is not a runtime: use one of {}", all.join(", "))
+        })
+}
+
 #[tokio::main]
 async fn main() {
     comfaas_platform::signals::init_logging("warn");
+    // `comfaas ls | head`: the reader left; what it read was all it wanted.
+    output::exit_quietly_on_broken_pipe();
     if let Err(e) = run(Cli::parse()).await {
+        if output::is_broken_pipe(&e) {
+            return;
+        }
         eprintln!("comfaas: {e:#}");
         std::process::exit(1);
     }
@@ -193,7 +248,7 @@ async fn collect_garbage(registry: &Registry) {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(mut cli: Cli) -> anyhow::Result<()> {
     let nats: NatsOptions = comfaas_platform::settings::load(
         &NatsOptions::default(),
         cli.config.as_deref(),
@@ -202,6 +257,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let subjects = nats.subjects();
     if let Command::Auth(command) = cli.command {
         return auth::run(command, &nats.prefix);
+    }
+    // Commands that need no server.
+    match cli.command {
+        Command::New { name, runtime, dir } => {
+            let folder = scaffold::create(&dir, &name, runtime)?;
+            output::line(format!(
+                "created {runtime} function {name} in {}: deploy it with `comfaas deploy {}`",
+                folder.display(),
+                folder.display()
+            ))?;
+            return Ok(());
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "comfaas", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &script)?;
+            return Ok(());
+        }
+        command => cli = Cli { command, ..cli },
     }
     if let Command::Dev(options) = cli.command {
         let shutdown = comfaas_platform::signals::shutdown_on_signal();
@@ -224,11 +298,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
     };
     match cli.command {
-        Command::Dev(_) | Command::Auth(_) => unreachable!("handled above"),
+        Command::Dev(_) | Command::Auth(_) | Command::New { .. } | Command::Completions { .. } => {
+            unreachable!("handled above")
+        }
         Command::Deploy {
             dir,
             wait,
             signing_key,
+            json,
         } => {
             let mut registry = registry().await?;
             // The operator's identity on NATS is also its signing key.
@@ -243,7 +320,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
             }
             let deployment = deploy::deploy_dir(&registry, &dir).await?;
-            deploy::wait_and_report(&client, &subjects, &deployment, wait).await?;
+            deploy::wait_and_report(&client, &subjects, &deployment, wait, json).await?;
             collect_garbage(&registry).await;
         }
         Command::Invoke {
@@ -256,57 +333,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             placement,
             procs,
             wait,
+            json,
         } => {
-            let input = invoke::read_data(data.as_deref())?;
-            let input_object = match input_file {
-                Some(path) => {
-                    let js = nats.jetstream(client.clone());
-                    let store = comfaas_platform::resources::inputs_store(&js).await?;
-                    let uploaded = comfaas_platform::objects::upload_file(&store, &path).await?;
-                    if verbose {
-                        eprintln!(
-                            "input {} ({} bytes, {})",
-                            uploaded.name,
-                            uploaded.size,
-                            if uploaded.reused {
-                                "already stored"
-                            } else {
-                                "uploaded"
-                            }
-                        );
-                    }
-                    Some(uploaded.name)
-                }
-                None => None,
-            };
+            let js = nats.jetstream(client.clone());
+            let input = invoke::input(
+                &js,
+                data.as_deref(),
+                input_file.as_deref(),
+                client.server_info().max_payload,
+                verbose,
+            )
+            .await?;
             let options = invoke::InvokeOptions {
                 timeout,
                 placement,
                 procs,
-                input_object,
+                input_object: input.object,
                 wait: Duration::from_secs(wait),
             };
-            let reply = invoke::invoke(&client, &subjects, &function, input, &options).await?;
-            invoke::print_reply(
-                &nats.jetstream(client.clone()),
-                &reply,
+            let reply = invoke::invoke(&client, &subjects, &function, input.body, &options).await?;
+            let print = invoke::PrintOptions {
                 verbose,
-                output_file.as_deref(),
-            )
-            .await?;
+                output_file: output_file.as_deref(),
+                json,
+            };
+            invoke::print_reply(&js, &reply, &print).await?;
         }
-        Command::Rollback { function, to, wait } => {
+        Command::Rollback {
+            function,
+            to,
+            wait,
+            json,
+        } => {
             let deployment = registry().await?.rollback(&function, to.as_deref()).await?;
-            println!("rolled back {function} to {}", deployment.manifest.version);
-            deploy::wait_and_report(&client, &subjects, &deployment, wait).await?;
+            if !json {
+                println!("rolled back {function} to {}", deployment.manifest.version);
+            }
+            deploy::wait_and_report(&client, &subjects, &deployment, wait, json).await?;
         }
-        Command::Ls => inspect::ls(&registry().await?, &client, &subjects).await?,
+        Command::Ls { json } => inspect::ls(&registry().await?, &client, &subjects, json).await?,
         Command::Rm { function } => {
             let registry = registry().await?;
             inspect::rm(&registry, &function).await?;
             collect_garbage(&registry).await;
         }
-        Command::Nodes => inspect::nodes(&client, &subjects).await?,
+        Command::Nodes { json } => inspect::nodes(&client, &subjects, json).await?,
         Command::Dlq { command } => {
             let js = nats.jetstream(client.clone());
             let mut queue = comfaas_platform::dlq::Dlq::open(&js, &subjects).await?;

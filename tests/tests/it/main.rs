@@ -24,6 +24,7 @@ macro_rules! open_and_secure {
 }
 
 mod binaries;
+mod cli;
 mod cluster;
 mod dlq;
 mod events;
