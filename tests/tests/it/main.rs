@@ -25,6 +25,7 @@ macro_rules! open_and_secure {
 
 mod binaries;
 mod cluster;
+mod dashboard;
 mod dlq;
 mod events;
 mod faults;
