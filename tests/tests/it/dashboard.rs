@@ -256,10 +256,13 @@ async fn the_page_shows_the_nodes_and_a_decision_in_a_browser(security: Security
     let reply = p.invoke("dash-echo", "ping").await;
     assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
     let invocation = header(&reply, h::INVOCATION_ID);
-    let snapshot = snapshot_until(addr, "the decision", |s| {
+    // The decision, and a first reading of the events stream (every 2 s).
+    let snapshot = snapshot_until(addr, "the decision and the events", |s| {
+        let events = &s["events"];
         s["decisions"]
             .as_array()
             .is_some_and(|d| d.iter().any(|d| d["invocation"] == invocation.as_str()))
+            && !(events["pending"].is_null() && events["error"].is_null())
     })
     .await;
     // The observer reads the events consumer's counts and the dead letters.

@@ -105,7 +105,7 @@ function renderNodes(s) {
       el("td", { class: "num" }, n.slots),
       el("td", { class: "num" }, n.running),
       el("td", { class: "num" }, n.queued + " / " + n.queue_capacity),
-      el("td", { class: "num" }, fmt(n.cpu_load * 100) + "%"),
+      el("td", { class: "num", title: "one-minute load average per core" }, fmt(n.cpu_load, 2)),
       el("td", { class: "num" }, ms(n.rtt_ms)),
       el("td", { class: "num" }, n.placed),
       el("td", {}, el("span", { class: n.alive ? "alive" : "not-alive" }, n.alive ? "alive" : "dead (" + duration(Math.round(n.last_seen_ms / 1000)) + ")")),
