@@ -465,7 +465,9 @@ pub async fn run(
                 println!("dashboard at {}", dashboard.url()?);
                 services.spawn(dashboard.run(shutdown.clone()));
             }
-            Err(e) => eprintln!("comfaas: warning: {e:#} (or --no-dashboard)"),
+            Err(e) => eprintln!(
+                "comfaas: warning: {e:#}; choose another with --dashboard-addr, or --no-dashboard"
+            ),
         }
     }
     println!();

@@ -478,3 +478,96 @@ async fn the_observer_reads_the_events_consumer_and_a_device_may_not() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `comfaas dev` with an empty functions folder and these flags, its
+/// stdout and stderr read line by line.
+fn dev(
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+) {
+    let mut child = tokio::process::Command::new(binary("comfaas"))
+        .arg("dev")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, stdout, stderr)
+}
+
+/// Reads `lines` until one contains `wanted` (within 120 s); every line read.
+async fn line_with<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+    wanted: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no line with {wanted:?} in:\n{}", seen.join("\n")))
+            .unwrap()
+            .unwrap_or_else(|| panic!("ended without {wanted:?}:\n{}", seen.join("\n")));
+        let found = line.contains(wanted);
+        seen.push(line);
+        if found {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comfaas_dev_serves_the_dashboard_and_a_taken_port_costs_only_the_page() {
+    let functions = tempfile::tempdir().unwrap();
+    let functions = functions.path().to_str().unwrap();
+    let page = format!("127.0.0.1:{}", free_port());
+    let nats = free_port().to_string();
+    let (_first, mut stdout, _stderr) = dev(&[
+        "--port",
+        &nats,
+        "--functions",
+        functions,
+        "--dashboard-addr",
+        &page,
+    ]);
+    line_with(&mut stdout, &format!("dashboard at http://{page}/")).await;
+    line_with(&mut stdout, "comfaas is up").await;
+    let addr: SocketAddr = page.parse().unwrap();
+    snapshot_until(addr, "dev's nodes", |s| {
+        let nodes: Vec<&str> = s["nodes"]
+            .as_array()
+            .map(|n| n.iter().filter_map(|n| n["node"].as_str()).collect())
+            .unwrap_or_default();
+        nodes == ["cloud-1", "edge-1"] && s["dispatchers"][0]["dispatcher"] == "dispatch-dev"
+    })
+    .await;
+
+    // A second dev on another NATS port finds the page's port taken: one
+    // warning line, and the platform still comes up.
+    let other = free_port().to_string();
+    let (_second, mut stdout, mut stderr) = dev(&[
+        "--port",
+        &other,
+        "--functions",
+        functions,
+        "--dashboard-addr",
+        &page,
+    ]);
+    let warned = line_with(&mut stderr, "dashboard:").await;
+    assert_eq!(
+        warned.last().unwrap(),
+        &format!(
+            "comfaas: warning: dashboard: {page} is already in use (another dashboard?); \
+             choose another with --dashboard-addr, or --no-dashboard"
+        )
+    );
+    let up = line_with(&mut stdout, "comfaas is up").await;
+    assert!(!up.iter().any(|l| l.contains("dashboard at")), "{up:?}");
+}

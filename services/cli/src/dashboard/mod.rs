@@ -76,13 +76,13 @@ pub struct Dashboard {
 
 impl Dashboard {
     /// Binds `addr`. A port in use (or an address this host does not have)
-    /// is one line saying so.
+    /// is one line saying so; the caller adds which flag moves it.
     pub async fn bind(source: Source, addr: SocketAddr) -> anyhow::Result<Self> {
         let listener = match TcpListener::bind(addr).await {
             Ok(listener) => listener,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
-                "dashboard: {addr} is already in use (another dashboard?); choose another with --addr"
-            ),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                anyhow::bail!("dashboard: {addr} is already in use (another dashboard?)")
+            }
             Err(e) => anyhow::bail!("dashboard: cannot listen on {addr}: {e}"),
         };
         Ok(Self { listener, source })
@@ -155,7 +155,9 @@ pub async fn serve(
     addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let dashboard = Dashboard::bind(source, addr).await?;
+    let dashboard = Dashboard::bind(source, addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}; choose another with --addr"))?;
     println!("dashboard at {}", dashboard.url()?);
     if !addr.ip().is_loopback() {
         eprintln!(
