@@ -21,6 +21,7 @@ use comfaas_schemas::names::headers as h;
 use comfaas_tests::{binary, header, Platform, Security, TestNats};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 /// A plain HTTP/1.1 exchange: status and body. The body is read by its
@@ -479,41 +480,70 @@ async fn the_observer_reads_the_events_consumer_and_a_device_may_not() {
     }
 }
 
-/// `comfaas dev` with an empty functions folder and these flags, its
-/// stdout and stderr read line by line.
-fn dev(
-    args: &[&str],
-) -> (
-    tokio::process::Child,
-    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
-) {
+/// A running `comfaas dev`, asked to stop (SIGINT) when dropped: killed
+/// outright, it would leave its nats-server behind.
+struct Dev(tokio::process::Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.id() {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        }
+    }
+}
+
+/// The lines of a child's output, read to its end by a task of their own
+/// (so the child never writes into a closed pipe, even after the test
+/// stopped listening).
+fn lines_of(pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// `comfaas dev` with these flags, its stdout and stderr line by line.
+fn dev(args: &[&str]) -> (Dev, UnboundedReceiver<String>, UnboundedReceiver<String>) {
     let mut child = tokio::process::Command::new(binary("comfaas"))
         .arg("dev")
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    (child, stdout, stderr)
+    let stdout = lines_of(child.stdout.take().unwrap());
+    let stderr = lines_of(child.stderr.take().unwrap());
+    (Dev(child), stdout, stderr)
+}
+
+impl Dev {
+    /// SIGINT, and its exit (within 60 s).
+    async fn stop(mut self) {
+        if let Some(pid) = self.0.id() {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(60), self.0.wait())
+            .await
+            .expect("comfaas dev stops on SIGINT")
+            .unwrap();
+    }
 }
 
 /// Reads `lines` until one contains `wanted` (within 120 s); every line read.
-async fn line_with<R: tokio::io::AsyncBufRead + Unpin>(
-    lines: &mut tokio::io::Lines<R>,
-    wanted: &str,
-) -> Vec<String> {
+async fn line_with(lines: &mut UnboundedReceiver<String>, wanted: &str) -> Vec<String> {
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
+        let line = tokio::time::timeout_at(deadline.into(), lines.recv())
             .await
             .unwrap_or_else(|_| panic!("no line with {wanted:?} in:\n{}", seen.join("\n")))
-            .unwrap()
             .unwrap_or_else(|| panic!("ended without {wanted:?}:\n{}", seen.join("\n")));
         let found = line.contains(wanted);
         seen.push(line);
@@ -529,7 +559,7 @@ async fn comfaas_dev_serves_the_dashboard_and_a_taken_port_costs_only_the_page()
     let functions = functions.path().to_str().unwrap();
     let page = format!("127.0.0.1:{}", free_port());
     let nats = free_port().to_string();
-    let (_first, mut stdout, _stderr) = dev(&[
+    let (first, mut stdout, _stderr) = dev(&[
         "--port",
         &nats,
         "--functions",
@@ -552,7 +582,7 @@ async fn comfaas_dev_serves_the_dashboard_and_a_taken_port_costs_only_the_page()
     // A second dev on another NATS port finds the page's port taken: one
     // warning line, and the platform still comes up.
     let other = free_port().to_string();
-    let (_second, mut stdout, mut stderr) = dev(&[
+    let (second, mut stdout, mut stderr) = dev(&[
         "--port",
         &other,
         "--functions",
@@ -570,4 +600,6 @@ async fn comfaas_dev_serves_the_dashboard_and_a_taken_port_costs_only_the_page()
     );
     let up = line_with(&mut stdout, "comfaas is up").await;
     assert!(!up.iter().any(|l| l.contains("dashboard at")), "{up:?}");
+    second.stop().await;
+    first.stop().await;
 }
