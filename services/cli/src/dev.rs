@@ -79,6 +79,12 @@ pub struct DevOptions {
     /// [default: $XDG_STATE_HOME/comfaas/auth, or ~/.local/state/comfaas/auth]
     #[arg(long, requires = "secure")]
     pub auth_dir: Option<PathBuf>,
+    /// Address of the live web dashboard (see `comfaas dashboard`)
+    #[arg(long, default_value = crate::dashboard::DEFAULT_ADDR)]
+    pub dashboard_addr: std::net::SocketAddr,
+    /// Do not serve the dashboard
+    #[arg(long)]
+    pub no_dashboard: bool,
 }
 
 /// Where `comfaas dev --secure` keeps its credentials by default.
@@ -444,6 +450,26 @@ pub async fn run(
         registry = registry.signing_with(operator);
     }
     deploy_all(&client, &registry, &nats, &options.functions).await;
+    // The live web page, read-only, as the observer. A port in use costs
+    // the page, not the platform: said in one line, and dev goes on.
+    if !options.no_dashboard {
+        let observer = as_role(auth, &url, "observer");
+        let watcher = observer.connect("comfaas dev dashboard").await?;
+        let source = crate::dashboard::Source {
+            jetstream: observer.jetstream(watcher.clone()),
+            client: watcher,
+            subjects: observer.subjects(),
+        };
+        match crate::dashboard::Dashboard::bind(source, options.dashboard_addr).await {
+            Ok(dashboard) => {
+                println!("dashboard at {}", dashboard.url()?);
+                services.spawn(dashboard.run(shutdown.clone()));
+            }
+            Err(e) => eprintln!(
+                "comfaas: warning: {e:#}; choose another with --dashboard-addr, or --no-dashboard"
+            ),
+        }
+    }
     println!();
     println!("comfaas is up. Try:");
     match auth {

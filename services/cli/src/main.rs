@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
-use comfaas::{auth, deploy, dev, dlq, inspect, invoke, iot, output, scaffold, secret};
+use comfaas::{auth, dashboard, deploy, dev, dlq, inspect, invoke, iot, output, scaffold, secret};
 use comfaas_platform::nats::{NatsFlags, NatsOptions};
 use comfaas_platform::registry::Registry;
 
@@ -136,6 +136,9 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
+    /// Serve a live web page of the site: nodes, functions, placement
+    /// decisions, events, invocations per second (read-only)
+    Dashboard(dashboard::DashboardOptions),
     /// The dead-letter queue: events that ended without a successful run
     Dlq {
         #[command(subcommand)]
@@ -378,6 +381,15 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             collect_garbage(&registry).await;
         }
         Command::Nodes { json } => inspect::nodes(&client, &subjects, json).await?,
+        Command::Dashboard(options) => {
+            let source = dashboard::Source {
+                client: client.clone(),
+                jetstream: nats.jetstream(client.clone()),
+                subjects: subjects.clone(),
+            };
+            let shutdown = comfaas_platform::signals::shutdown_on_signal();
+            dashboard::serve(source, options.addr, shutdown).await?;
+        }
         Command::Dlq { command } => {
             let js = nats.jetstream(client.clone());
             let mut queue = comfaas_platform::dlq::Dlq::open(&js, &subjects).await?;

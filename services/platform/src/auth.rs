@@ -42,7 +42,8 @@ pub enum Role {
         /// The node's id.
         node: String,
     },
-    /// Read-only: loads, dispatcher metrics, results.
+    /// Read-only: loads, dispatcher metrics, results, dead letters, the
+    /// events consumer's counts (`comfaas dashboard`).
     Observer,
 }
 
@@ -382,7 +383,15 @@ impl Role {
                     .subscribe(s.dispatch_metrics_all())
                     .subscribe(s.result_all())
                     .read_stream(names::RESULTS_STREAM)
-                    .read_stream(names::DLQ_STREAM);
+                    .read_stream(names::DLQ_STREAM)
+                    // The dashboard's events pending / in progress / being
+                    // retried: the dispatchers' consumer's counts, not the
+                    // events themselves (no read of COMFAAS_EVENTS).
+                    .api(format!(
+                        "CONSUMER.INFO.{}.{}",
+                        names::EVENTS_STREAM,
+                        names::DISPATCH_EVENTS_CONSUMER
+                    ));
             }
         }
         g.build()

@@ -26,6 +26,7 @@ macro_rules! open_and_secure {
 mod binaries;
 mod cli;
 mod cluster;
+mod dashboard;
 mod dlq;
 mod events;
 mod faults;
