@@ -117,7 +117,7 @@ pub async fn nodes(client: &async_nats::Client, subjects: &Subjects) -> anyhow::
         return Ok(());
     }
     println!(
-        "{:<14} {:<6} {:<12} {:>5} {:>7} {:>6} {:>5} {:>11} {:>9} {:>8} {:<40} READY",
+        "{:<14} {:<6} {:<12} {:>5} {:>7} {:>6} {:>5} {:>11} {:>14} {:>8} {:<40} READY",
         "NODE",
         "TIER",
         "SITE",
@@ -140,7 +140,7 @@ pub async fn nodes(client: &async_nats::Client, subjects: &Subjects) -> anyhow::
             .get(&load.node)
             .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
         println!(
-            "{:<14} {:<6} {:<12} {:>5} {:>7} {:>6} {:>5.2} {:>5}/{:>5} {:>9} {:>8} {:<40} {}/{}",
+            "{:<14} {:<6} {:<12} {:>5} {:>7} {:>6} {:>5.2} {:>5}/{:>5} {:>14} {:>8} {:<40} {}/{}",
             load.node,
             load.tier.as_str(),
             load.site,
@@ -150,7 +150,7 @@ pub async fn nodes(client: &async_nats::Client, subjects: &Subjects) -> anyhow::
             load.cpu_load,
             gib(load.memory_used_bytes),
             gib(load.memory_total_bytes),
-            load.max_procs,
+            max_procs_cell(load),
             rtt,
             load.runtimes.join(","),
             ready,
@@ -158,6 +158,16 @@ pub async fn nodes(client: &async_nats::Client, subjects: &Subjects) -> anyhow::
         );
     }
     Ok(())
+}
+
+/// A node's most processes per job, saying when that oversubscribes its
+/// cores (`comfaas dev --max-procs`, `comfaas-exec --max-procs`).
+pub fn max_procs_cell(load: &comfaas_schemas::NodeLoad) -> String {
+    if load.cores > 0 && load.max_procs > load.cores {
+        format!("{} (>{} cores)", load.max_procs, load.cores)
+    } else {
+        load.max_procs.to_string()
+    }
 }
 
 fn gib(bytes: u64) -> String {

@@ -25,11 +25,13 @@ macro_rules! open_and_secure {
 
 mod binaries;
 mod cluster;
+mod dev;
 mod dlq;
 mod events;
 mod faults;
 mod inputs;
 mod invoke;
+mod mqtt;
 mod nodedeath;
 mod roles;
 mod runtimes;
