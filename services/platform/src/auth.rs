@@ -398,8 +398,15 @@ impl Role {
             Self::MqttDevice => {
                 // Results of every function, as the observer reads them:
                 // MQTT has no private reply topic to send one device's to.
+                // `comfaas/result/#` also matches the parent level in MQTT:
+                // nats-server subscribes to `comfaas.result` beside
+                // `comfaas.result.>`, and refuses the whole subscription
+                // when either is not allowed. Nothing is published there.
+                let result_all = s.result_all();
+                let result_level = result_all.trim_end_matches(".>").to_owned();
                 g.publish(s.event_all())
-                    .subscribe(s.result_all())
+                    .subscribe(result_all)
+                    .subscribe(result_level)
                     .subscribe(mqtt::DELIVERIES);
             }
             Self::Observer => {
@@ -622,7 +629,11 @@ mod tests {
         assert_eq!(p.publish.allow, vec!["comfaas.event.>".to_owned()]);
         assert_eq!(
             p.subscribe.allow,
-            vec!["comfaas.result.>".to_owned(), "$MQTT.sub.>".to_owned()]
+            vec![
+                "comfaas.result.>".to_owned(),
+                "comfaas.result".to_owned(),
+                "$MQTT.sub.>".to_owned()
+            ]
         );
         let text = authorization_block_with(
             &[],

@@ -42,7 +42,7 @@ impl Dev {
         let mut lines = Vec::new();
         let up = tokio::time::timeout(Duration::from_secs(300), async {
             while let Ok(Some(line)) = stdout.next_line().await {
-                let up = line.contains("comfaas is up");
+                let up = line.contains("Ctrl-C stops everything");
                 lines.push(line);
                 if up {
                     return true;
@@ -295,11 +295,9 @@ async fn dev_refuses_flags_it_would_ignore() {
     }
     let help = String::from_utf8_lossy(&comfaas(&["dev", "--help"]).stdout).into_owned();
     let slots = help
-        .split("--slots")
-        .nth(1)
-        .and_then(|rest| rest.split("\n  -").next())
-        .unwrap_or_default()
-        .to_owned();
+        .lines()
+        .find(|l| l.contains("--slots"))
+        .unwrap_or_default();
     assert_eq!(slots.matches("[default").count(), 1, "{slots}");
 }
 
@@ -308,8 +306,9 @@ fn cores() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
-/// Invokes `pi-mpi-c` with `procs` processes at `url`.
-fn pi(url: &str, procs: u32) -> std::process::Output {
+/// Invokes `pi-mpi-c` with `procs` processes at `url` on the points in
+/// `input`.
+fn pi(url: &str, procs: u32, input: &std::path::Path) -> std::process::Output {
     comfaas(&[
         "--nats-url",
         url,
@@ -318,7 +317,7 @@ fn pi(url: &str, procs: u32) -> std::process::Output {
         "--procs",
         &procs.to_string(),
         "--data",
-        "20000",
+        &format!("@{}", input.display()),
     ])
 }
 
@@ -330,6 +329,8 @@ async fn max_procs_runs_jobs_bigger_than_the_host() {
     let procs = cores() * 2;
     let functions = functions_with("pi-mpi-c");
     let folder = functions.path().to_str().unwrap();
+    let input = functions.path().join("points.bin");
+    std::fs::write(&input, comfaas_tests::points(10_000, 7)).unwrap();
 
     let dev = Dev::start(&["--port", "0", "--clouds", "0", "--functions", folder]).await;
     assert!(
@@ -337,7 +338,7 @@ async fn max_procs_runs_jobs_bigger_than_the_host() {
         "{}",
         dev.output()
     );
-    let out = pi(&dev.url(), procs);
+    let out = pi(&dev.url(), procs, &input);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
@@ -359,7 +360,7 @@ async fn max_procs_runs_jobs_bigger_than_the_host() {
     ])
     .await;
     assert!(dev.output().contains("oversubscribing"), "{}", dev.output());
-    let out = pi(&dev.url(), procs);
+    let out = pi(&dev.url(), procs, &input);
     assert!(
         out.status.success(),
         "{}",

@@ -247,7 +247,16 @@ async fn an_mqtt_device_sends_events_and_reads_results(security: Security) {
     )
     .await;
     assert!(!report.refused, "{report:?}");
-    assert!(report.published.iter().all(|(_, ok)| *ok), "{report:?}");
+    assert!(
+        report.published.iter().all(|(_, ok)| *ok),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.messages.len(),
+        3,
+        "{report:?}; the server refused: {:?}",
+        p.nats.violations()
+    );
     // Over MQTT: both greetings and the error, each on its function's topic.
     let on = |topic: &str| -> Vec<String> {
         report
