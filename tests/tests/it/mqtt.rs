@@ -247,10 +247,7 @@ async fn an_mqtt_device_sends_events_and_reads_results(security: Security) {
     )
     .await;
     assert!(!report.refused, "{report:?}");
-    assert!(
-        report.published.iter().all(|(_, ok)| *ok),
-        "{report:?}"
-    );
+    assert!(report.published.iter().all(|(_, ok)| *ok), "{report:?}");
     assert_eq!(
         report.messages.len(),
         3,
