@@ -193,6 +193,33 @@ impl Stages {
     }
 }
 
+/// Refuses the client flags every command takes but `comfaas dev` cannot
+/// honour (it starts its own server, names its own identities and uses the
+/// default prefix), rather than ignore them silently. `--replicas` applies.
+pub fn refuse_client_flags(
+    flags: &comfaas_platform::nats::NatsFlags,
+    config: Option<&Path>,
+) -> anyhow::Result<()> {
+    let given: Vec<&str> = [
+        ("--nats-url", flags.nats_url.is_some()),
+        ("--creds", flags.creds_file.is_some()),
+        ("--nkey", flags.nkey_file.is_some()),
+        ("--tls-ca", flags.tls_ca_file.is_some()),
+        ("--js-domain", flags.js_domain.is_some()),
+        ("--config", config.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, set)| set.then_some(flag))
+    .collect();
+    anyhow::ensure!(
+        given.is_empty(),
+        "comfaas dev starts its own server and identities: {} do(es) not apply \
+         (choose its port with --port, auth with --secure and --auth-dir)",
+        given.join(", ")
+    );
+    Ok(())
+}
+
 /// Where `comfaas dev --secure` keeps its credentials by default.
 fn default_auth_dir() -> PathBuf {
     let state = std::env::var_os("XDG_STATE_HOME")

@@ -204,6 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return auth::run(command, &nats.prefix);
     }
     if let Command::Dev(options) = cli.command {
+        dev::refuse_client_flags(&cli.nats, cli.config.as_deref())?;
         let shutdown = comfaas_platform::signals::shutdown_on_signal();
         // `--replicas` (or COMFAAS_REPLICAS) as given; else by topology.
         let replicas = cli.nats.replicas.map(usize::from);

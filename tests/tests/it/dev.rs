@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use comfaas_tests::{binary, repo_root};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::mqtt::{device_at, Publish};
+use crate::mqtt::{device_at, Login, Publish};
 
 /// A running `comfaas dev` and what it printed until it was up.
 struct Dev {
@@ -103,8 +103,9 @@ impl Dev {
     /// Its MQTT port, from the line announcing it.
     fn mqtt_port(&self) -> u16 {
         let text = self.output();
-        text.split("mqtt://127.0.0.1:")
+        text.split("MQTT devices at ")
             .nth(1)
+            .and_then(|rest| rest.split("127.0.0.1:").nth(1))
             .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("no MQTT port in:\n{text}"))
@@ -220,6 +221,60 @@ async fn dev_runs_anywhere_says_where_and_cleans_up() {
     wait_unreachable(&url).await;
 }
 
+/// `dev --secure --mqtt-port`: its MQTT device logs in with the password
+/// dev wrote, over TLS, and gets its result; a wrong password is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secure_dev_takes_its_mqtt_device() {
+    let auth = tempfile::tempdir().unwrap();
+    let dir = auth.path().join("auth");
+    let dir_arg = dir.to_str().unwrap();
+    let dev = Dev::start(&[
+        "--port",
+        "0",
+        "--clouds",
+        "0",
+        "--mqtt-port",
+        "0",
+        "--secure",
+        "--auth-dir",
+        dir_arg,
+    ])
+    .await;
+    assert!(
+        dev.output().contains("mqtts://127.0.0.1:"),
+        "{}",
+        dev.output()
+    );
+    let password = std::fs::read_to_string(dir.join("mqtt/device.password")).unwrap();
+    let login = |password: &str| Login {
+        user: "device".to_owned(),
+        password: password.trim().to_owned(),
+        ca: dir.join("tls/ca.pem"),
+    };
+    let report = device_at(
+        dev.mqtt_port(),
+        Some(&login(&password)),
+        &["comfaas/result/#"],
+        &[Publish {
+            topic: "comfaas/event/nope",
+            payload: "{}",
+            qos: 1,
+        }],
+        1,
+    )
+    .await;
+    assert!(!report.refused, "{report:?}");
+    assert!(
+        report
+            .messages
+            .iter()
+            .any(|m| m.topic == "comfaas/result/nope" && m.payload.contains("\"code\":404")),
+        "{report:?}"
+    );
+    let report = device_at(dev.mqtt_port(), Some(&login("wrong")), &[], &[], 0).await;
+    assert!(report.refused, "{report:?}");
+}
+
 /// Killed outright (no chance to stop anything), `comfaas dev` takes its
 /// nats-server with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,7 +322,7 @@ async fn a_port_in_use_is_one_clear_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_refuses_flags_it_would_ignore() {
     let cwd = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (
             &["--port", "0", "--clouds", "2", "--sites", "edge,chicago"],
             "--clouds",
@@ -281,6 +336,10 @@ async fn dev_refuses_flags_it_would_ignore() {
             "--nats-configs is for --sites and --cluster",
         ),
         (&["--port", "0", "--max-procs", "0"], "--max-procs"),
+        (
+            &["--port", "0", "--nats-url", "nats://10.0.0.1:4222"],
+            "--nats-url do(es) not apply",
+        ),
     ];
     for (args, says) in cases {
         let out = std::process::Command::new(binary("comfaas"))
