@@ -7,7 +7,7 @@
 //! data mirrored at the first cloud site. With `--cluster 3`, the site is
 //! three routed servers (`nats/cluster.conf`), every stream, bucket and
 //! object store at three replicas, and every service given every server's
-//! URL. With `--mqtt-port`, the (single) server also takes MQTT devices.
+//! URL. With `--mqtt-port`, the (edge) server also takes MQTT devices.
 //!
 //! It works from any folder: the server configurations are built in (a
 //! `nats/` folder beside it, or `--nats-configs`, is used instead when
@@ -61,7 +61,8 @@ pub struct DevOptions {
     /// Also listen for MQTT devices on this port (0: any free port):
     /// a publish on `comfaas/event/<fn>` is an event, results come on
     /// `comfaas/result/<fn>` [default: no MQTT]
-    #[arg(long, conflicts_with_all = ["sites", "cluster"])]
+    /// (on the edge's server with --sites; not with --cluster)
+    #[arg(long, conflicts_with = "cluster")]
     pub mqtt_port: Option<u16>,
     /// One nats-server per site, e.g. edge,chicago,los-angeles,new-york,miami
     /// (the edge runs the dispatcher and joins every cloud site by its
@@ -323,7 +324,8 @@ impl Servers {
     fn mqtt_port(&self) -> Option<u16> {
         match self {
             Self::Single(server) => server.mqtt_port(),
-            _ => None,
+            Self::Sites(sites) => sites.edge.server.mqtt_port(),
+            Self::Cluster(_) => None,
         }
     }
 
@@ -418,12 +420,7 @@ async fn start_servers(
         let server = EmbeddedServer::start(ServerOptions {
             port,
             include: auth.map(AuthDir::server_conf),
-            mqtt: options.mqtt_port.map(|port| MqttListener {
-                port,
-                tls: auth
-                    .and_then(AuthDir::server_tls)
-                    .map(|tls| (PathBuf::from(tls.cert_file), PathBuf::from(tls.key_file))),
-            }),
+            mqtt: mqtt_listener(options, auth),
             ..ServerOptions::default()
         })
         .await?;
@@ -449,6 +446,7 @@ async fn start_servers(
         links,
         uplink,
         edge_port: port,
+        edge_mqtt: mqtt_listener(options, auth),
         security: auth.map(|auth| sites::SiteSecurity {
             include: auth.server_conf(),
             leaf_port: auth.leaf_port_block(),
@@ -500,6 +498,17 @@ async fn start_servers(
         backup.name
     );
     Ok((Servers::Sites(started), nodes))
+}
+
+/// The MQTT listener `--mqtt-port` asks for: over TLS with the site's
+/// certificate when secure.
+fn mqtt_listener(options: &DevOptions, auth: Option<&AuthDir>) -> Option<MqttListener> {
+    options.mqtt_port.map(|port| MqttListener {
+        port,
+        tls: auth
+            .and_then(AuthDir::server_tls)
+            .map(|tls| (PathBuf::from(tls.cert_file), PathBuf::from(tls.key_file))),
+    })
 }
 
 /// Options at `url`, with the identity of `role` (`operator`, …) when

@@ -275,6 +275,39 @@ async fn a_secure_dev_takes_its_mqtt_device() {
     assert!(report.refused, "{report:?}");
 }
 
+/// With `--sites`, the edge's server takes the MQTT devices, and their
+/// events run there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_sites_take_mqtt_devices_at_the_edge() {
+    let dev = Dev::start(&[
+        "--port",
+        "0",
+        "--sites",
+        "edge,chicago",
+        "--no-wan",
+        "--mqtt-port",
+        "0",
+    ])
+    .await;
+    let report = device_at(
+        dev.mqtt_port(),
+        None,
+        &["comfaas/result/nope"],
+        &[Publish {
+            topic: "comfaas/event/nope",
+            payload: "{}",
+            qos: 1,
+        }],
+        1,
+    )
+    .await;
+    assert_eq!(report.messages.len(), 1, "{report:?}");
+    assert!(
+        report.messages[0].payload.contains("\"code\":404"),
+        "{report:?}"
+    );
+}
+
 /// Killed outright (no chance to stop anything), `comfaas dev` takes its
 /// nats-server with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,7 +361,7 @@ async fn dev_refuses_flags_it_would_ignore() {
             "--clouds",
         ),
         (
-            &["--port", "0", "--mqtt-port", "0", "--sites", "edge,chicago"],
+            &["--port", "0", "--mqtt-port", "0", "--cluster", "3"],
             "--mqtt-port",
         ),
         (
