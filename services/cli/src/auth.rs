@@ -132,6 +132,18 @@ fn new_identity(path: &Path) -> anyhow::Result<String> {
     Ok(key.public_key())
 }
 
+/// A new random password written to `path` (mode 0600); the password.
+fn new_password(path: &Path) -> anyhow::Result<String> {
+    let mut bytes = [0u8; 18];
+    rand::fill(&mut bytes);
+    let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    write_private(path, format!("{password}\n").as_bytes())?;
+    Ok(password)
+}
+
 /// Whether `name` is one subject token (a node or device name).
 fn check_name(name: &str) -> anyhow::Result<()> {
     let valid = !name.is_empty()
@@ -309,14 +321,8 @@ impl AuthDir {
                 .any(|u| u.role == kind && u.name == name),
             "{kind} `{name}` exists already"
         );
-        let mut bytes = [0u8; 18];
-        rand::fill(&mut bytes);
-        let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let file = self.mqtt_password_file(name);
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        write_private(&file, format!("{password}\n").as_bytes())?;
+        let password = new_password(&file)?;
         self.state.users.push(Identity {
             role: kind.to_owned(),
             name: name.to_owned(),
@@ -346,8 +352,15 @@ impl AuthDir {
     /// file, and rewrites the configuration: after a reload the old key is
     /// refused. Rotating the operator also rewrites `operator.pub`
     /// (executors must then trust the new key). The seed file.
+    /// An MQTT device (`mqtt:NAME`) gets a new password instead.
     pub fn rotate(&mut self, who: &str) -> anyhow::Result<PathBuf> {
         let (index, file) = self.locate(who)?;
+        if self.state.users[index].role == Role::MqttDevice.kind() {
+            let password = new_password(&file)?;
+            self.state.users[index].password = Some(password);
+            self.write()?;
+            return Ok(file);
+        }
         let public_key = new_identity(&file)?;
         if self.state.users[index].role == Role::Operator.kind() {
             std::fs::write(self.dir.join("operator.pub"), format!("{public_key}\n"))?;
@@ -363,8 +376,10 @@ impl AuthDir {
     /// refused.
     pub fn revoke(&mut self, who: &str) -> anyhow::Result<()> {
         anyhow::ensure!(
-            who.starts_with("device:") || who.starts_with("node:"),
-            "only `device:NAME` and `node:NAME` can be revoked; `{who}` can be rotated instead"
+            ["device:", "node:", "mqtt:"]
+                .iter()
+                .any(|kind| who.starts_with(kind)),
+            "only `device:NAME`, `mqtt:NAME` and `node:NAME` can be revoked; `{who}` can be rotated instead"
         );
         let (index, file) = self.locate(who)?;
         self.state.users.remove(index);
@@ -382,10 +397,11 @@ impl AuthDir {
         let (role, name, file) = match who.split_once(':') {
             Some(("device", name)) => (Role::Device.kind(), name, self.device_file(name)),
             Some(("node", name)) => ("executor", name, self.node_file(name)),
+            Some(("mqtt", name)) => (Role::MqttDevice.kind(), name, self.mqtt_password_file(name)),
             None if SINGLE_ROLES.iter().any(|r| r.kind() == who) => (who, who, self.role_file(who)),
             _ => anyhow::bail!(
                 "`{who}` names no identity: operator, dispatcher, observer, device, \
-                 device:NAME or node:NAME"
+                 device:NAME, mqtt:NAME or node:NAME"
             ),
         };
         let index = self
@@ -645,15 +661,16 @@ pub enum AuthCommand {
         dir: PathBuf,
     },
     /// Give an identity a new key (`operator`, `dispatcher`, `observer`,
-    /// `device`, `device:NAME`, `node:NAME`); reload the server after
+    /// `device`, `device:NAME`, `node:NAME`), or an MQTT device
+    /// (`mqtt:NAME`) a new password; reload the server after
     Rotate {
         /// Whose key
         who: String,
         /// The auth folder
         dir: PathBuf,
     },
-    /// Remove a device or node identity (`device:NAME`, `node:NAME`);
-    /// reload the server after
+    /// Remove a device or node identity (`device:NAME`, `mqtt:NAME`,
+    /// `node:NAME`); reload the server after
     Revoke {
         /// Whose key
         who: String,
@@ -693,7 +710,7 @@ pub fn run(command: AuthCommand, prefix: &str) -> anyhow::Result<()> {
         AuthCommand::Rotate { who, dir } => {
             let mut auth = AuthDir::open(&dir)?;
             let file = auth.rotate(&who)?;
-            println!("{who}: new key in {}", file.display());
+            println!("{who}: new credential in {}", file.display());
             println!("{}", reload_hint(&auth));
         }
         AuthCommand::Revoke { who, dir } => {
@@ -823,6 +840,19 @@ mod tests {
         );
         assert!(auth.add_mqtt_device("sensor-1").is_err());
         assert!(auth.add_mqtt_device("a/b").is_err());
+        // Rotated: a new password, the old one gone from the include.
+        let old = password.trim().to_owned();
+        auth.rotate("mqtt:sensor-1").unwrap();
+        let new = std::fs::read_to_string(&file).unwrap();
+        assert_ne!(new.trim(), old);
+        let conf = std::fs::read_to_string(dir.join(SERVER_CONF)).unwrap();
+        assert!(conf.contains(new.trim()) && !conf.contains(&old));
+        // Revoked: no user, no file.
+        auth.revoke("mqtt:sensor-1").unwrap();
+        assert!(!file.exists());
+        assert_eq!(auth.mqtt_password("sensor-1"), None);
+        let conf = std::fs::read_to_string(dir.join(SERVER_CONF)).unwrap();
+        assert!(!conf.contains("sensor-1"));
     }
 
     /// Rotating or revoking someone who is not there is an error that
