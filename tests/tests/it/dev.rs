@@ -355,7 +355,7 @@ async fn a_port_in_use_is_one_clear_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_refuses_flags_it_would_ignore() {
     let cwd = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["--port", "0", "--clouds", "2", "--sites", "edge,chicago"],
             "--clouds",
@@ -372,6 +372,17 @@ async fn dev_refuses_flags_it_would_ignore() {
         (
             &["--port", "0", "--nats-url", "nats://10.0.0.1:4222"],
             "--nats-url do(es) not apply",
+        ),
+        (
+            &[
+                "--port",
+                "0",
+                "--sites",
+                "edge,chicago",
+                "--nats-configs",
+                "/nonexistent",
+            ],
+            "--nats-configs /nonexistent: no hub.conf there",
         ),
     ];
     for (args, says) in cases {
