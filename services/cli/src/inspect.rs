@@ -164,7 +164,8 @@ pub async fn nodes(client: &async_nats::Client, subjects: &Subjects) -> anyhow::
 /// cores (`comfaas dev --max-procs`, `comfaas-exec --max-procs`).
 pub fn max_procs_cell(load: &comfaas_schemas::NodeLoad) -> String {
     if load.cores > 0 && load.max_procs > load.cores {
-        format!("{} (>{} cores)", load.max_procs, load.cores)
+        // One word: scripts split the table on whitespace.
+        format!("{}(>{}cores)", load.max_procs, load.cores)
     } else {
         load.max_procs.to_string()
     }

@@ -472,7 +472,7 @@ async fn max_procs_runs_jobs_bigger_than_the_host() {
     let nodes = comfaas(&["--nats-url", &dev.url(), "nodes"]);
     let table = String::from_utf8_lossy(&nodes.stdout);
     assert!(
-        table.contains(&format!("{procs} (>{} cores)", cores())),
+        table.contains(&format!("{procs}(>{}cores)", cores())),
         "{table}"
     );
 }
