@@ -785,7 +785,26 @@ pub async fn deploy_all(
     }
     let subjects = nats.subjects();
     for d in deployed {
-        match deploy::wait_installed(client, &subjects, &d, Duration::from_secs(300)).await {
+        // A compiled runtime may build for a while: say so now and then,
+        // so a quiet terminal is not mistaken for a hung one.
+        let waiting = deploy::wait_installed(client, &subjects, &d, Duration::from_secs(300));
+        tokio::pin!(waiting);
+        let since = Instant::now();
+        let mut tick = tokio::time::interval(STILL_INSTALLING_EVERY);
+        tick.tick().await;
+        let installed = loop {
+            tokio::select! {
+                installed = &mut waiting => break installed,
+                _ = tick.tick() => say(&format!(
+                    "{} {}: still installing ({} runtime, {}s so far)…",
+                    d.manifest.name,
+                    d.manifest.version,
+                    d.manifest.runtime,
+                    since.elapsed().as_secs()
+                )),
+            }
+        };
+        match installed {
             Ok(installs) => {
                 say(&format!(
                     "{} {} installed",
@@ -797,6 +816,9 @@ pub async fn deploy_all(
         }
     }
 }
+
+/// How often `comfaas dev` says a function is still being installed.
+const STILL_INSTALLING_EVERY: Duration = Duration::from_secs(5);
 
 /// The MQTT topic of `subject`: nats-server maps `/` to `.`.
 fn mqtt_topic(subject: &str) -> String {
