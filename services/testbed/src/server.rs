@@ -506,3 +506,38 @@ impl EmbeddedServer {
         let _ = self.child.kill().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An MQTT listener on a free port comes up beside the client port and
+    /// says where it is; it cannot be added to a configuration file the
+    /// testbed did not write (the error says why).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_mqtt_listener_says_its_port_and_needs_a_written_config() {
+        let server = EmbeddedServer::start(ServerOptions {
+            mqtt: Some(MqttListener::default()),
+            ..ServerOptions::default()
+        })
+        .await
+        .unwrap();
+        let port = server.mqtt_port().expect("an MQTT port");
+        assert_ne!(port, 0);
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        let plain = EmbeddedServer::start(ServerOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(plain.mqtt_port(), None);
+
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nats");
+        let error = EmbeddedServer::start(ServerOptions {
+            mqtt: Some(MqttListener::default()),
+            ..ServerOptions::hub(&configs, "chicago", 0)
+        })
+        .await
+        .err()
+        .expect("refused");
+        assert!(error.to_string().contains("MQTT listener needs"), "{error}");
+    }
+}
