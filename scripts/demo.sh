@@ -18,7 +18,7 @@ fi
 export COMFAAS_NATS_URL="nats://127.0.0.1:$PORT"
 LOG=$(mktemp -t comfaas-dev.XXXXXX.log)
 
-"$BIN/comfaas" dev --port "$PORT" >"$LOG" 2>&1 &
+"$BIN/comfaas" dev --port "$PORT" --mqtt-port 0 >"$LOG" 2>&1 &
 DEV=$!
 trap 'kill -INT $DEV 2>/dev/null; wait $DEV 2>/dev/null; rm -f "$LOG"' EXIT
 
@@ -64,6 +64,27 @@ echo "[demo] Java and C functions, compiled once at deploy"
 echo
 echo "[demo] an unknown function gets a clear error"
 "$BIN/comfaas" invoke nope || true
+echo
+MQTT_PORT=$(sed -n 's/.*MQTT devices at mqtts\{0,1\}:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$LOG" | head -n 1)
+echo "[demo] an MQTT device (paho-mqtt) publishes an event on comfaas/event/hello (QoS 1) and reads"
+echo "       its result on comfaas/result/hello (MQTT port $MQTT_PORT)"
+"${COMFAAS_PYCLIENT:-$HOME/.cache/comfaas/pyclient}/bin/python" - "$MQTT_PORT" <<'PY'
+import sys, threading
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+got, subscribed = threading.Event(), threading.Event()
+c = mqtt.Client(CallbackAPIVersion.VERSION2)
+c.on_subscribe = lambda *a: subscribed.set()
+c.on_message = lambda cl, u, m: (print(f"  {m.topic}: {m.payload.decode()}"), got.set())
+c.connect("127.0.0.1", int(sys.argv[1]))
+c.loop_start()
+c.subscribe("comfaas/result/hello", qos=1)
+subscribed.wait(10)
+c.publish("comfaas/event/hello", b'{"name":"mqtt"}', qos=1).wait_for_publish(10)
+if not got.wait(60):
+    sys.exit("no result over MQTT within 60 s")
+c.loop_stop()
+PY
 
 echo
 echo "[demo] five sites on emulated WAN links: comfaas dev --sites edge,chicago,new-york,los-angeles,miami"

@@ -87,12 +87,13 @@ if ! ls "$WHEELHOUSE"/mpi4py-*.whl >/dev/null 2>&1; then
     --dest "$WHEELHOUSE" mpi4py
 fi
 # A Python NATS client (nats-py, with nkeys for NKey identities): the tests
-# use it to try the `nats` CLI examples from another real client.
+# use it to try the `nats` CLI examples from another real client; and a real
+# MQTT client (paho-mqtt), with which the tests play MQTT devices.
 PYCLIENT="${COMFAAS_PYCLIENT:-$HOME/.cache/comfaas/pyclient}"
-if ! "$PYCLIENT/bin/python" -c 'import nats, nkeys' >/dev/null 2>&1; then
-  say "installing nats-py and nkeys into $PYCLIENT"
+if ! "$PYCLIENT/bin/python" -c 'import nats, nkeys, paho.mqtt.client' >/dev/null 2>&1; then
+  say "installing nats-py, nkeys and paho-mqtt into $PYCLIENT"
   uv venv --quiet --allow-existing --python /usr/bin/python3 "$PYCLIENT"
-  uv pip install --quiet --python "$PYCLIENT/bin/python" nats-py nkeys
+  uv pip install --quiet --python "$PYCLIENT/bin/python" nats-py nkeys paho-mqtt
 fi
 here="$(cd "$(dirname "$0")/.." && pwd)"
 if [ -f "$here/functions/pi-mpi-rs/Cargo.toml" ]; then

@@ -177,6 +177,9 @@ impl TestAuth {
     }
 }
 
+/// The MQTT device (user name) of a secure [`TestNats::start_with_mqtt`].
+pub const MQTT_DEVICE: &str = "sensor";
+
 /// A running `nats-server` with JetStream, stopped on drop.
 pub struct TestNats {
     /// The server.
@@ -194,6 +197,17 @@ impl TestNats {
     /// Starts a server, open or secure (`comfaas auth init --tls`, the
     /// server started with its include).
     pub async fn start_with(security: Security) -> Self {
+        Self::start_listening(security, false).await
+    }
+
+    /// As [`TestNats::start_with`], also listening for MQTT clients on a
+    /// free port ([`EmbeddedServer::mqtt_port`]); secure: over TLS, with
+    /// the MQTT device [`MQTT_DEVICE`] (`comfaas auth add-mqtt-device`).
+    pub async fn start_with_mqtt(security: Security) -> Self {
+        Self::start_listening(security, true).await
+    }
+
+    async fn start_listening(security: Security, mqtt: bool) -> Self {
         let auth = match security {
             Security::Open => None,
             Security::Secure => {
@@ -209,6 +223,10 @@ impl TestNats {
                     },
                 )
                 .expect("auth init");
+                let mut dir = dir;
+                if mqtt {
+                    dir.add_mqtt_device(MQTT_DEVICE).expect("add MQTT device");
+                }
                 Some(TestAuth {
                     dir: std::sync::Mutex::new(dir),
                     _temp: temp,
@@ -217,6 +235,13 @@ impl TestNats {
         };
         let server = EmbeddedServer::start(ServerOptions {
             include: auth.as_ref().map(|a| a.snapshot().server_conf()),
+            mqtt: mqtt.then(|| comfaas_testbed::server::MqttListener {
+                port: 0,
+                tls: auth
+                    .as_ref()
+                    .and_then(|a| a.snapshot().server_tls())
+                    .map(|t| (PathBuf::from(t.cert_file), PathBuf::from(t.key_file))),
+            }),
             ..ServerOptions::default()
         })
         .await
@@ -536,6 +561,12 @@ impl Platform {
     /// A fresh server, open or secure, no services yet.
     pub async fn start_with(security: Security) -> Self {
         Self::on_nats(TestNats::start_with(security).await).await
+    }
+
+    /// As [`Platform::start_with`], the server also listening for MQTT
+    /// devices ([`TestNats::start_with_mqtt`]).
+    pub async fn start_with_mqtt(security: Security) -> Self {
+        Self::on_nats(TestNats::start_with_mqtt(security).await).await
     }
 
     /// The platform on an already started (open) server.

@@ -159,6 +159,7 @@ async fn main() {
         uplink: Some(DEFAULT_UPLINK_BITS_PER_S),
         edge_port: None,
         security: None,
+        edge_mqtt: None,
     })
     .await
     .expect("start sites");

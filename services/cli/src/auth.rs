@@ -15,6 +15,10 @@
 //!   TLS);
 //! - `DIR/{device,operator,dispatcher,observer}.nk`, `DIR/nodes/<node>.nk`,
 //!   `DIR/devices/<name>.nk`: NKey user seeds, mode 0600;
+//! - `DIR/mqtt/<name>.password`: the password of MQTT device `<name>`
+//!   (its user name), mode 0600; nats-server's MQTT clients cannot sign an
+//!   NKey challenge, so these devices log in with a password, on MQTT
+//!   connections only;
 //! - `DIR/operator.pub`: the operator's public key, the one executors
 //!   trust for signed deployments (`--trusted-operator`);
 //! - `DIR/users.toml`: role → public keys, the leaf password and the
@@ -68,8 +72,11 @@ pub struct Identity {
     pub role: String,
     /// The device's or node's name (the role's own name otherwise).
     pub name: String,
-    /// Its NKey public key.
+    /// Its NKey public key (empty for an MQTT device).
     pub public_key: String,
+    /// An MQTT device's password (it has no NKey).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 /// `users.toml`: everything the configuration is written from.
@@ -107,6 +114,9 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("write {}", path.display()))?;
+    // An older file keeps its mode on open: make it private too.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))?;
     file.write_all(contents)
         .with_context(|| format!("write {}", path.display()))
 }
@@ -120,6 +130,18 @@ fn new_identity(path: &Path) -> anyhow::Result<String> {
     }
     write_private(path, format!("{seed}\n").as_bytes())?;
     Ok(key.public_key())
+}
+
+/// A new random password written to `path` (mode 0600); the password.
+fn new_password(path: &Path) -> anyhow::Result<String> {
+    let mut bytes = [0u8; 18];
+    rand::fill(&mut bytes);
+    let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    write_private(path, format!("{password}\n").as_bytes())?;
+    Ok(password)
 }
 
 /// Whether `name` is one subject token (a node or device name).
@@ -166,6 +188,7 @@ pub fn init(dir: &Path, prefix: &str, options: &InitOptions) -> anyhow::Result<A
             role: role.kind().to_owned(),
             name: role.kind().to_owned(),
             public_key,
+            password: None,
         });
     }
     for node in &options.nodes {
@@ -279,8 +302,49 @@ impl AuthDir {
             role: role.kind().to_owned(),
             name: name.to_owned(),
             public_key,
+            password: None,
         });
         Ok(())
+    }
+
+    /// Adds the MQTT device `name` (its user name) with a new random
+    /// password, written to `DIR/mqtt/<name>.password`, and rewrites the
+    /// configuration; the password file.
+    pub fn add_mqtt_device(&mut self, name: &str) -> anyhow::Result<PathBuf> {
+        check_name(name)?;
+        let kind = Role::MqttDevice.kind();
+        anyhow::ensure!(
+            !self
+                .state
+                .users
+                .iter()
+                .any(|u| u.role == kind && u.name == name),
+            "{kind} `{name}` exists already"
+        );
+        let file = self.mqtt_password_file(name);
+        let password = new_password(&file)?;
+        self.state.users.push(Identity {
+            role: kind.to_owned(),
+            name: name.to_owned(),
+            public_key: String::new(),
+            password: Some(password),
+        });
+        self.write()?;
+        Ok(file)
+    }
+
+    /// The password file of MQTT device `name`.
+    pub fn mqtt_password_file(&self, name: &str) -> PathBuf {
+        self.dir.join("mqtt").join(format!("{name}.password"))
+    }
+
+    /// The password of MQTT device `name`, if there is one.
+    pub fn mqtt_password(&self, name: &str) -> Option<&str> {
+        self.state
+            .users
+            .iter()
+            .find(|u| u.role == Role::MqttDevice.kind() && u.name == name)
+            .and_then(|u| u.password.as_deref())
     }
 
     /// Gives the identity `who` (`operator`, `dispatcher`, `observer`,
@@ -288,8 +352,15 @@ impl AuthDir {
     /// file, and rewrites the configuration: after a reload the old key is
     /// refused. Rotating the operator also rewrites `operator.pub`
     /// (executors must then trust the new key). The seed file.
+    /// An MQTT device (`mqtt:NAME`) gets a new password instead.
     pub fn rotate(&mut self, who: &str) -> anyhow::Result<PathBuf> {
         let (index, file) = self.locate(who)?;
+        if self.state.users[index].role == Role::MqttDevice.kind() {
+            let password = new_password(&file)?;
+            self.state.users[index].password = Some(password);
+            self.write()?;
+            return Ok(file);
+        }
         let public_key = new_identity(&file)?;
         if self.state.users[index].role == Role::Operator.kind() {
             std::fs::write(self.dir.join("operator.pub"), format!("{public_key}\n"))?;
@@ -305,8 +376,10 @@ impl AuthDir {
     /// refused.
     pub fn revoke(&mut self, who: &str) -> anyhow::Result<()> {
         anyhow::ensure!(
-            who.starts_with("device:") || who.starts_with("node:"),
-            "only `device:NAME` and `node:NAME` can be revoked; `{who}` can be rotated instead"
+            ["device:", "node:", "mqtt:"]
+                .iter()
+                .any(|kind| who.starts_with(kind)),
+            "only `device:NAME`, `mqtt:NAME` and `node:NAME` can be revoked; `{who}` can be rotated instead"
         );
         let (index, file) = self.locate(who)?;
         self.state.users.remove(index);
@@ -324,10 +397,11 @@ impl AuthDir {
         let (role, name, file) = match who.split_once(':') {
             Some(("device", name)) => (Role::Device.kind(), name, self.device_file(name)),
             Some(("node", name)) => ("executor", name, self.node_file(name)),
+            Some(("mqtt", name)) => (Role::MqttDevice.kind(), name, self.mqtt_password_file(name)),
             None if SINGLE_ROLES.iter().any(|r| r.kind() == who) => (who, who, self.role_file(who)),
             _ => anyhow::bail!(
                 "`{who}` names no identity: operator, dispatcher, observer, device, \
-                 device:NAME or node:NAME"
+                 device:NAME, mqtt:NAME or node:NAME"
             ),
         };
         let index = self
@@ -458,6 +532,7 @@ impl AuthDir {
                     "executor" => Role::Executor {
                         node: u.name.clone(),
                     },
+                    // Password users: written below.
                     _ => return None,
                 };
                 Some(User {
@@ -470,11 +545,28 @@ impl AuthDir {
             "# Written by `comfaas auth`: every identity of this site and what it may do\n\
              # (see SECURITY.md, \"Roles\"). Include it in the server's configuration.\n",
         );
-        server.push_str(&auth::authorization_block(&users, &self.scope()));
+        let mqtt: Vec<auth::MqttUser> = self
+            .state
+            .users
+            .iter()
+            .filter(|u| u.role == Role::MqttDevice.kind())
+            .filter_map(|u| {
+                Some(auth::MqttUser {
+                    name: u.name.clone(),
+                    password: u.password.clone()?,
+                })
+            })
+            .collect();
+        server.push_str(&auth::authorization_block_with(
+            &users,
+            &mqtt,
+            &self.scope(),
+        ));
         if let Some(tls) = self.server_tls() {
             server.push_str(&auth::tls_block(&tls));
         }
-        std::fs::write(self.server_conf(), server)?;
+        // Private: it holds the MQTT devices' passwords.
+        write_private(&self.server_conf(), server.as_bytes())?;
         // JetStream in the file, not only by `-js`: nats-server 2.9 shuts
         // JetStream down on a reload (as `add-device` asks for) when only
         // the flag enabled it.
@@ -553,6 +645,14 @@ pub enum AuthCommand {
         /// The auth folder
         dir: PathBuf,
     },
+    /// Add an MQTT device: user NAME with a new password
+    /// (DIR/mqtt/NAME.password), accepted on MQTT connections only
+    AddMqttDevice {
+        /// Device name: its MQTT user name
+        name: String,
+        /// The auth folder
+        dir: PathBuf,
+    },
     /// Add an executor node identity (DIR/nodes/NAME.nk)
     AddNode {
         /// Node id
@@ -561,15 +661,16 @@ pub enum AuthCommand {
         dir: PathBuf,
     },
     /// Give an identity a new key (`operator`, `dispatcher`, `observer`,
-    /// `device`, `device:NAME`, `node:NAME`); reload the server after
+    /// `device`, `device:NAME`, `node:NAME`), or an MQTT device
+    /// (`mqtt:NAME`) a new password; reload the server after
     Rotate {
         /// Whose key
         who: String,
         /// The auth folder
         dir: PathBuf,
     },
-    /// Remove a device or node identity (`device:NAME`, `node:NAME`);
-    /// reload the server after
+    /// Remove a device or node identity (`device:NAME`, `mqtt:NAME`,
+    /// `node:NAME`); reload the server after
     Revoke {
         /// Whose key
         who: String,
@@ -609,7 +710,7 @@ pub fn run(command: AuthCommand, prefix: &str) -> anyhow::Result<()> {
         AuthCommand::Rotate { who, dir } => {
             let mut auth = AuthDir::open(&dir)?;
             let file = auth.rotate(&who)?;
-            println!("{who}: new key in {}", file.display());
+            println!("{who}: new credential in {}", file.display());
             println!("{}", reload_hint(&auth));
         }
         AuthCommand::Revoke { who, dir } => {
@@ -630,6 +731,15 @@ pub fn run(command: AuthCommand, prefix: &str) -> anyhow::Result<()> {
             let mut auth = AuthDir::open(&dir)?;
             let file = auth.add_device(&name)?;
             println!("device {name}: {}", file.display());
+            println!("{}", reload_hint(&auth));
+        }
+        AuthCommand::AddMqttDevice { name, dir } => {
+            let mut auth = AuthDir::open(&dir)?;
+            let file = auth.add_mqtt_device(&name)?;
+            println!(
+                "MQTT device {name}: user `{name}`, password in {}",
+                file.display()
+            );
             println!("{}", reload_hint(&auth));
         }
         AuthCommand::AddNode { name, dir } => {
@@ -693,6 +803,56 @@ mod tests {
         assert!(conf.contains(&format!("_INBOX.{public}.>")));
         assert!(auth.add_device("sensor-7").is_err());
         assert!(auth.add_node("a.b").is_err());
+    }
+
+    /// An MQTT device gets a password of its own, in a private file and in
+    /// the (now private) server include, for MQTT connections only; a
+    /// second one of the same name, or a bad name, is refused.
+    #[test]
+    fn an_mqtt_device_gets_a_private_password() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("auth");
+        let options = InitOptions {
+            tls: false,
+            nodes: vec![],
+            hosts: vec![],
+            edge_domain: "edge".to_owned(),
+        };
+        let mut auth = init(&dir, "comfaas", &options).unwrap();
+        let file = auth.add_mqtt_device("sensor-1").unwrap();
+        let password = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(Some(password.trim()), auth.mqtt_password("sensor-1"));
+        assert!(password.trim().len() >= 32);
+        for private in [file.as_path(), &dir.join(SERVER_CONF)] {
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(private).unwrap().permissions(),
+            );
+            assert_eq!(mode & 0o777, 0o600, "{}", private.display());
+        }
+        let conf = std::fs::read_to_string(dir.join(SERVER_CONF)).unwrap();
+        assert!(conf.contains("\"user\": \"sensor-1\""), "{conf}");
+        assert!(conf.contains(password.trim()));
+        assert!(conf.contains("\"MQTT\""));
+        let again = AuthDir::open(&dir).unwrap();
+        assert_eq!(
+            again.mqtt_password("sensor-1"),
+            auth.mqtt_password("sensor-1")
+        );
+        assert!(auth.add_mqtt_device("sensor-1").is_err());
+        assert!(auth.add_mqtt_device("a/b").is_err());
+        // Rotated: a new password, the old one gone from the include.
+        let old = password.trim().to_owned();
+        auth.rotate("mqtt:sensor-1").unwrap();
+        let new = std::fs::read_to_string(&file).unwrap();
+        assert_ne!(new.trim(), old);
+        let conf = std::fs::read_to_string(dir.join(SERVER_CONF)).unwrap();
+        assert!(conf.contains(new.trim()) && !conf.contains(&old));
+        // Revoked: no user, no file.
+        auth.revoke("mqtt:sensor-1").unwrap();
+        assert!(!file.exists());
+        assert_eq!(auth.mqtt_password("sensor-1"), None);
+        let conf = std::fs::read_to_string(dir.join(SERVER_CONF)).unwrap();
+        assert!(!conf.contains("sensor-1"));
     }
 
     /// Rotating or revoking someone who is not there is an error that

@@ -7,11 +7,19 @@
 //! data mirrored at the first cloud site. With `--cluster 3`, the site is
 //! three routed servers (`nats/cluster.conf`), every stream, bucket and
 //! object store at three replicas, and every service given every server's
-//! URL.
+//! URL. With `--mqtt-port`, the (edge) server also takes MQTT devices.
+//!
+//! It works from any folder: the server configurations are built in (a
+//! `nats/` folder beside it, or `--nats-configs`, is used instead when
+//! there), and a missing functions folder starts the platform with none.
+//! Each stage is printed as it completes; the servers die with this process
+//! and their stores are removed when it exits.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 
 use comfaas_dispatch::{DispatchConfig, Dispatcher};
 use comfaas_exec::{ExecConfig, Executor};
@@ -22,7 +30,7 @@ use comfaas_runtime::SandboxConfig;
 use comfaas_schemas::{Tier, MANIFEST_FILE};
 use comfaas_testbed::cluster::{Cluster, ClusterOptions};
 use comfaas_testbed::link::LinkSpec;
-use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
+use comfaas_testbed::server::{EmbeddedServer, MqttListener, ServerOptions};
 use comfaas_testbed::sites::{self, Sites, SitesOptions};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -33,18 +41,29 @@ use crate::deploy;
 /// What `comfaas dev` starts: its command-line flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevOptions {
-    /// Port of the embedded nats-server
+    /// Port of the embedded nats-server (0: any free port)
     #[arg(long, default_value_t = 4222)]
     pub port: u16,
-    /// Folder of functions to deploy
+    /// Folder of functions to deploy (none when it does not exist)
     #[arg(long, default_value = "functions")]
     pub functions: PathBuf,
-    /// Cloud executors to start
-    #[arg(long, default_value_t = 1)]
+    /// Cloud executors to start (one site; with --sites, one per site)
+    #[arg(long, default_value_t = 1, conflicts_with = "sites")]
     pub clouds: u32,
     /// Slots per executor [default: one per core]
-    #[arg(long, default_value_t = 0)]
-    pub slots: u32,
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Most MPI processes per job on every executor, above the host's
+    /// cores if need be (oversubscribed: `comfaas nodes` says so)
+    /// [default: one per core; with --sites 4 at the edge, 16 in the cloud]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_procs: Option<u32>,
+    /// Also listen for MQTT devices on this port (0: any free port):
+    /// a publish on `comfaas/event/<fn>` is an event, results come on
+    /// `comfaas/result/<fn>` [default: no MQTT]
+    /// (on the edge's server with --sites; not with --cluster)
+    #[arg(long, conflicts_with = "cluster")]
+    pub mqtt_port: Option<u16>,
     /// One nats-server per site, e.g. edge,chicago,los-angeles,new-york,miami
     /// (the edge runs the dispatcher and joins every cloud site by its
     /// own leaf connection)
@@ -69,8 +88,9 @@ pub struct DevOptions {
     #[arg(long, conflicts_with_all = ["sites", "secure"])]
     pub cluster: Option<usize>,
     /// Folder of the server configurations for --sites and --cluster
-    #[arg(long, default_value = "nats")]
-    pub nats_configs: PathBuf,
+    /// [default: ./nats when it exists, else the built-in copies]
+    #[arg(long)]
+    pub nats_configs: Option<PathBuf>,
     /// Auth on: every service connects with its own role's NKey under
     /// least-privilege permissions, TLS on every client and leaf link
     #[arg(long)]
@@ -85,6 +105,126 @@ pub struct DevOptions {
     /// Do not serve the dashboard
     #[arg(long)]
     pub no_dashboard: bool,
+}
+
+/// The server configurations of `nats/`, built in so `comfaas dev` works
+/// outside the repository.
+const BUILT_IN_CONFIGS: [(&str, &str); 4] = [
+    ("hub.conf", include_str!("../../../nats/hub.conf")),
+    ("leaf.conf", include_str!("../../../nats/leaf.conf")),
+    ("cluster.conf", include_str!("../../../nats/cluster.conf")),
+    ("mqtt.conf", include_str!("../../../nats/mqtt.conf")),
+];
+
+/// The folder of server configurations: `--nats-configs` (which must
+/// exist), else `./nats` when it holds them, else the built-in copies
+/// written to `scratch`.
+fn nats_configs(options: &DevOptions, scratch: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = &options.nats_configs {
+        anyhow::ensure!(
+            dir.join("hub.conf").is_file(),
+            "--nats-configs {}: no hub.conf there (leave the flag out for the built-in configurations)",
+            dir.display()
+        );
+        return Ok(dir.clone());
+    }
+    let local = PathBuf::from("nats");
+    if local.join("hub.conf").is_file() {
+        return Ok(local);
+    }
+    let dir = scratch.join("nats");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    for (name, text) in BUILT_IN_CONFIGS {
+        std::fs::write(dir.join(name), text)
+            .with_context(|| format!("write {}", dir.join(name).display()))?;
+    }
+    Ok(dir)
+}
+
+/// Refuses, in one line, a port something else already listens on
+/// (nats-server would otherwise fail with a log excerpt). 0 is any port.
+fn check_port_free(port: u16, what: &str, flag: &str) -> anyhow::Result<()> {
+    if port == 0 {
+        return Ok(());
+    }
+    std::net::TcpListener::bind(("127.0.0.1", port))
+        .map(drop)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "port {port} ({what}) is in use ({e}): another nats-server or `comfaas dev`? \
+                 Choose another with {flag} PORT (0: any free port)"
+            )
+        })
+}
+
+/// The ports `options` asks for, each checked free.
+fn check_ports(options: &DevOptions) -> anyhow::Result<()> {
+    let servers = options.cluster.unwrap_or(1);
+    for i in 0..servers {
+        let port = u16::try_from(i)
+            .ok()
+            .and_then(|i| options.port.checked_add(i))
+            .filter(|_| options.port != 0)
+            .unwrap_or(0);
+        check_port_free(port, "nats-server clients", "--port")?;
+    }
+    if let Some(port) = options.mqtt_port {
+        check_port_free(port, "MQTT", "--mqtt-port")?;
+    }
+    Ok(())
+}
+
+/// Prints one stage of start-up as it completes, with the time since
+/// start, so a slow one (a Rust function compiling) is seen as it happens.
+pub struct Stages {
+    started: Instant,
+}
+
+impl Default for Stages {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stages {
+    /// Counting from now.
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+        }
+    }
+
+    /// Prints `what`, done at this moment.
+    pub fn done(&self, what: &str) {
+        println!("[{:>5.1}s] {what}", self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// Refuses the client flags every command takes but `comfaas dev` cannot
+/// honour (it starts its own server, names its own identities and uses the
+/// default prefix), rather than ignore them silently. `--replicas` applies.
+pub fn refuse_client_flags(
+    flags: &comfaas_platform::nats::NatsFlags,
+    config: Option<&Path>,
+) -> anyhow::Result<()> {
+    let given: Vec<&str> = [
+        ("--nats-url", flags.nats_url.is_some()),
+        ("--creds", flags.creds_file.is_some()),
+        ("--nkey", flags.nkey_file.is_some()),
+        ("--tls-ca", flags.tls_ca_file.is_some()),
+        ("--js-domain", flags.js_domain.is_some()),
+        ("--config", config.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, set)| set.then_some(flag))
+    .collect();
+    anyhow::ensure!(
+        given.is_empty(),
+        "comfaas dev starts its own server and identities: {} do(es) not apply \
+         (choose its port with --port, auth with --secure and --auth-dir)",
+        given.join(", ")
+    );
+    Ok(())
 }
 
 /// Where `comfaas dev --secure` keeps its credentials by default.
@@ -131,8 +271,14 @@ fn prepare_auth(options: &DevOptions) -> anyhow::Result<AuthDir> {
             auth.add_node(&node)?;
         }
     }
+    if options.mqtt_port.is_some() && auth.mqtt_password(MQTT_DEVICE).is_none() {
+        auth.add_mqtt_device(MQTT_DEVICE)?;
+    }
     Ok(auth)
 }
+
+/// The MQTT device `comfaas dev --secure --mqtt-port` makes (user name).
+const MQTT_DEVICE: &str = "device";
 
 /// One executor `comfaas dev` starts.
 struct Node {
@@ -180,6 +326,15 @@ enum Servers {
 impl Servers {
     /// What services at the edge (the dispatcher, the CLI) connect to:
     /// the edge server's URL, or every cluster member's.
+    /// The edge server's MQTT port, when it listens for MQTT.
+    fn mqtt_port(&self) -> Option<u16> {
+        match self {
+            Self::Single(server) => server.mqtt_port(),
+            Self::Sites(sites) => sites.edge.server.mqtt_port(),
+            Self::Cluster(_) => None,
+        }
+    }
+
     fn edge_url(&self) -> String {
         match self {
             Self::Single(server) => server.url().to_owned(),
@@ -238,17 +393,19 @@ fn single_site_nodes(options: &DevOptions, url: &str) -> Vec<Node> {
 async fn start_servers(
     options: &DevOptions,
     auth: Option<&AuthDir>,
+    scratch: &Path,
 ) -> anyhow::Result<(Servers, Vec<Node>)> {
+    let port = (options.port != 0).then_some(options.port);
     if options.sites.is_empty() {
         if !options.links.is_empty() || options.uplink.is_some() || options.no_wan {
             anyhow::bail!("--link, --uplink and --no-wan need --sites");
         }
         if let Some(size) = options.cluster {
             let cluster = Cluster::start(ClusterOptions {
-                configs: options.nats_configs.clone(),
+                configs: nats_configs(options, scratch)?,
                 site: sites::EDGE_SITE.to_owned(),
                 size,
-                first_port: Some(options.port),
+                first_port: port,
                 store_root: None,
             })
             .await?;
@@ -263,9 +420,13 @@ async fn start_servers(
             let nodes = single_site_nodes(options, &cluster.urls());
             return Ok((Servers::Cluster(cluster), nodes));
         }
+        if options.nats_configs.is_some() {
+            anyhow::bail!("--nats-configs is for --sites and --cluster (one server needs none)");
+        }
         let server = EmbeddedServer::start(ServerOptions {
-            port: Some(options.port),
+            port,
             include: auth.map(AuthDir::server_conf),
+            mqtt: mqtt_listener(options, auth),
             ..ServerOptions::default()
         })
         .await?;
@@ -286,11 +447,12 @@ async fn start_servers(
         .uplink
         .or((!options.no_wan).then_some(sites::DEFAULT_UPLINK_BITS_PER_S));
     let started = Sites::start(SitesOptions {
-        configs: options.nats_configs.clone(),
+        configs: nats_configs(options, scratch)?,
         clouds,
         links,
         uplink,
-        edge_port: Some(options.port),
+        edge_port: port,
+        edge_mqtt: mqtt_listener(options, auth),
         security: auth.map(|auth| sites::SiteSecurity {
             include: auth.server_conf(),
             leaf_port: auth.leaf_port_block(),
@@ -344,6 +506,17 @@ async fn start_servers(
     Ok((Servers::Sites(started), nodes))
 }
 
+/// The MQTT listener `--mqtt-port` asks for: over TLS with the site's
+/// certificate when secure.
+fn mqtt_listener(options: &DevOptions, auth: Option<&AuthDir>) -> Option<MqttListener> {
+    options.mqtt_port.map(|port| MqttListener {
+        port,
+        tls: auth
+            .and_then(AuthDir::server_tls)
+            .map(|tls| (PathBuf::from(tls.cert_file), PathBuf::from(tls.key_file))),
+    })
+}
+
 /// Options at `url`, with the identity of `role` (`operator`, …) when
 /// secure.
 fn as_role(auth: Option<&AuthDir>, url: &str, role: &str) -> NatsOptions {
@@ -380,23 +553,38 @@ pub async fn run(
         );
     }
     comfaas_platform::resources::set_replicas(replicas)?;
-    let (servers, nodes) = start_servers(&options, auth).await?;
+    check_ports(&options)?;
+    let stages = Stages::new();
+    // Removed when dev returns (the server stores are their own handles').
+    let data = tempfile::Builder::new().prefix("comfaas-dev-").tempdir()?;
+    println!("starting nats-server…");
+    let (servers, nodes) = start_servers(&options, auth, data.path()).await?;
     let url = servers.edge_url();
-    let probe = as_role(auth, &url, "operator")
-        .connect("comfaas dev probe")
-        .await?;
+    let nats = as_role(auth, &url, "operator");
+    let probe = nats.connect("comfaas dev probe").await?;
     let version = comfaas_platform::nats::server_version(&probe)
         .map(|v| v.to_string())
         .unwrap_or_else(|e| e.to_string());
     drop(probe);
-    println!(
+    stages.done(&format!(
         "nats-server {version} with JetStream at {url} (store {}; streams, buckets and stores at R{replicas})",
         servers.edge_store()
-    );
-    let data = tempfile::Builder::new().prefix("comfaas-dev-").tempdir()?;
+    ));
+    let mqtt_port = servers.mqtt_port();
+    if let Some(port) = mqtt_port {
+        let scheme = if auth.and_then(AuthDir::tls_ca).is_some() {
+            "mqtts"
+        } else {
+            "mqtt"
+        };
+        stages.done(&format!(
+            "MQTT devices at {scheme}://127.0.0.1:{port}: publish on {}, results on {}",
+            mqtt_topic(&nats.subjects().event("<fn>")),
+            mqtt_topic(&nats.subjects().result("<fn>"))
+        ));
+    }
 
     let mut services = JoinSet::new();
-    let nats = as_role(auth, &url, "operator");
     let dispatcher = Dispatcher::connect(DispatchConfig {
         nats: as_role(auth, &url, "dispatcher"),
         id: "dispatch-dev".to_owned(),
@@ -404,6 +592,7 @@ pub async fn run(
     })
     .await?;
     services.spawn(dispatcher.run(shutdown.clone()));
+    stages.done("dispatcher dispatch-dev up");
     // Wheels fetched by scripts/setup.sh spare the index a trip; one cargo
     // target folder lets both executors share the Rust build.
     let wheelhouse = Some(comfaas_runtime::default_wheelhouse()).filter(|d| d.is_dir());
@@ -431,16 +620,24 @@ pub async fn run(
             node: node.name,
             tier: node.tier,
             site: node.site,
-            slots: options.slots,
-            max_procs: node.max_procs,
+            slots: options.slots.unwrap_or(0),
+            max_procs: options.max_procs.unwrap_or(node.max_procs),
             // Executors sharing this host hand out uids from ranges of
             // their own, so no two functions share a user.
             sandbox: node_sandbox(index),
             ..ExecConfig::default()
         };
-        println!("executor {} ({}) started", config.node, config.tier);
+        let what = format!(
+            "executor {} ({}, {} slots, at most {} processes per job{}) up",
+            config.node,
+            config.tier,
+            config.slots(),
+            config.max_procs(),
+            oversubscribed(config.max_procs())
+        );
         let executor = Executor::connect(config).await?;
         services.spawn(executor.run(shutdown.clone()));
+        stages.done(&what);
     }
 
     let client = nats.connect("comfaas dev").await?;
@@ -449,32 +646,12 @@ pub async fn run(
         // Secure: the nodes install only what the operator signed.
         registry = registry.signing_with(operator);
     }
-    deploy_all(&client, &registry, &nats, &options.functions).await;
-    // The live web page, read-only, as the observer. A port in use costs
-    // the page, not the platform: said in one line, and dev goes on.
-    if !options.no_dashboard {
-        let observer = as_role(auth, &url, "observer");
-        let watcher = observer.connect("comfaas dev dashboard").await?;
-        let source = crate::dashboard::Source {
-            jetstream: observer.jetstream(watcher.clone()),
-            client: watcher,
-            subjects: observer.subjects(),
-        };
-        match crate::dashboard::Dashboard::bind(source, options.dashboard_addr).await {
-            Ok(dashboard) => {
-                println!("dashboard at {}", dashboard.url()?);
-                services.spawn(dashboard.run(shutdown.clone()));
-            }
-            Err(e) => eprintln!(
-                "comfaas: warning: {e:#}; choose another with --dashboard-addr, or --no-dashboard"
-            ),
-        }
-    }
+    deploy_all(&client, &registry, &nats, &options.functions, &stages).await;
     println!();
-    println!("comfaas is up. Try:");
+    stages.done("comfaas is up. Try:");
     match auth {
         None => {
-            println!("  comfaas invoke hello --data '{{\"name\":\"x\"}}' -v");
+            println!("  comfaas --nats-url {url} invoke hello --data '{{\"name\":\"x\"}}' -v");
             println!(
                 "  nats -s {url} req {} '{{\"name\":\"x\"}}'",
                 nats.subjects().invoke("hello")
@@ -517,6 +694,31 @@ pub async fn run(
             );
         }
     }
+    if let Some(port) = mqtt_port {
+        let event = mqtt_topic(&nats.subjects().event("hello"));
+        let result = mqtt_topic(&nats.subjects().result("hello"));
+        match auth {
+            None => {
+                println!("  MQTT: mosquitto_sub -h 127.0.0.1 -p {port} -t {result} -v &");
+                println!("        mosquitto_pub -h 127.0.0.1 -p {port} -q 1 -t {event} -m '{{\"name\":\"x\"}}'");
+            }
+            Some(a) => {
+                let ca = a
+                    .tls_ca()
+                    .map(|c| format!(" --cafile {}", c.display()))
+                    .unwrap_or_default();
+                println!(
+                    "  MQTT device `{MQTT_DEVICE}` (password in {}; more: comfaas auth add-mqtt-device NAME {}):",
+                    a.mqtt_password_file(MQTT_DEVICE).display(),
+                    a.dir().display()
+                );
+                println!(
+                    "        mosquitto_pub -h 127.0.0.1 -p {port}{ca} -u {MQTT_DEVICE} -P \"$(cat {})\" -q 1 -t {event} -m '{{\"name\":\"x\"}}'",
+                    a.mqtt_password_file(MQTT_DEVICE).display()
+                );
+            }
+        }
+    }
     println!("Ctrl-C stops everything.");
 
     shutdown.cancelled().await;
@@ -547,33 +749,96 @@ pub async fn deploy_all(
     registry: &Registry,
     nats: &NatsOptions,
     root: &Path,
+    stages: &Stages,
 ) {
+    let say = |what: &str| stages.done(what);
     let mut dirs: Vec<PathBuf> = match std::fs::read_dir(root) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.join(MANIFEST_FILE).is_file())
             .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            say(&format!(
+                "no functions folder at {}: starting with none (deploy with `comfaas deploy DIR`, or pass --functions DIR)",
+                root.display()
+            ));
+            return;
+        }
         Err(e) => {
             eprintln!("no functions deployed: cannot read {}: {e}", root.display());
             return;
         }
     };
     dirs.sort();
+    if dirs.is_empty() {
+        say(&format!(
+            "no functions under {}: starting with none",
+            root.display()
+        ));
+    }
     let mut deployed = Vec::new();
     for dir in dirs {
         match deploy::deploy_dir(registry, &dir).await {
-            Ok(d) => deployed.push(d),
+            Ok(d) => {
+                say(&format!(
+                    "deploying {} {} ({}): uploaded, nodes installing…",
+                    d.manifest.name, d.manifest.version, d.manifest.runtime
+                ));
+                deployed.push(d);
+            }
             Err(e) => eprintln!("skipping {}: {e:#}", dir.display()),
         }
     }
     let subjects = nats.subjects();
     for d in deployed {
-        match deploy::wait_installed(client, &subjects, &d, Duration::from_secs(300)).await {
+        // A compiled runtime may build for a while: say so now and then,
+        // so a quiet terminal is not mistaken for a hung one.
+        let waiting = deploy::wait_installed(client, &subjects, &d, Duration::from_secs(300));
+        tokio::pin!(waiting);
+        let since = Instant::now();
+        let mut tick = tokio::time::interval(STILL_INSTALLING_EVERY);
+        tick.tick().await;
+        let installed = loop {
+            tokio::select! {
+                installed = &mut waiting => break installed,
+                _ = tick.tick() => say(&format!(
+                    "{} {}: still installing ({} runtime, {}s so far)…",
+                    d.manifest.name,
+                    d.manifest.version,
+                    d.manifest.runtime,
+                    since.elapsed().as_secs()
+                )),
+            }
+        };
+        match installed {
             Ok(installs) => {
+                say(&format!(
+                    "{} {} installed",
+                    d.manifest.name, d.manifest.version
+                ));
                 deploy::report(&d, &installs);
             }
             Err(e) => eprintln!("{}: {e:#}", d.manifest.name),
         }
+    }
+}
+
+/// How often `comfaas dev` says a function is still being installed.
+const STILL_INSTALLING_EVERY: Duration = Duration::from_secs(5);
+
+/// The MQTT topic of `subject`: nats-server maps `/` to `.`.
+fn mqtt_topic(subject: &str) -> String {
+    subject.replace('.', "/")
+}
+
+/// What the start-up line of an executor allowing `max_procs` processes per
+/// job adds when that is more than the host's cores.
+fn oversubscribed(max_procs: u32) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if usize::try_from(max_procs).unwrap_or(usize::MAX) > cores {
+        format!(", oversubscribing {cores} cores")
+    } else {
+        String::new()
     }
 }
 

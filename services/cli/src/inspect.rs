@@ -206,6 +206,8 @@ pub struct NodeRow {
     pub memory_total_bytes: u64,
     /// The most MPI processes one job may have there.
     pub max_procs: u32,
+    /// Its cores: a `max_procs` above them oversubscribes.
+    pub cores: u32,
     /// The lowest round trip a dispatcher measured to it, milliseconds.
     pub rtt_ms: Option<f64>,
     /// Runtimes it can install.
@@ -246,6 +248,7 @@ pub async fn node_rows(
             memory_used_bytes: load.memory_used_bytes,
             memory_total_bytes: load.memory_total_bytes,
             max_procs: load.max_procs,
+            cores: load.cores,
             runtimes: load.runtimes,
         })
         .collect())
@@ -296,7 +299,7 @@ pub async fn nodes(
                 gib(row.memory_used_bytes),
                 gib(row.memory_total_bytes)
             ),
-            row.max_procs.to_string(),
+            max_procs_cell(row.max_procs, row.cores),
             row.rtt_ms
                 .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
             // Spaces let a narrow terminal wrap the list inside its column.
@@ -306,6 +309,17 @@ pub async fn nodes(
     }
     output::print_table(&table)?;
     Ok(())
+}
+
+/// A node's most processes per job, saying when that oversubscribes its
+/// cores (`comfaas dev --max-procs`, `comfaas-exec --max-procs`).
+pub fn max_procs_cell(max_procs: u32, cores: u32) -> String {
+    if cores > 0 && max_procs > cores {
+        // One word: scripts split the table on whitespace.
+        format!("{max_procs}(>{cores}cores)")
+    } else {
+        max_procs.to_string()
+    }
 }
 
 fn gib(bytes: u64) -> String {

@@ -281,6 +281,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         command => cli = Cli { command, ..cli },
     }
     if let Command::Dev(options) = cli.command {
+        dev::refuse_client_flags(&cli.nats, cli.config.as_deref())?;
         let shutdown = comfaas_platform::signals::shutdown_on_signal();
         // `--replicas` (or COMFAAS_REPLICAS) as given; else by topology.
         let replicas = cli.nats.replicas.map(usize::from);

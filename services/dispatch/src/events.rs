@@ -227,6 +227,9 @@ async fn handle(
     if request::msg_id(Some(&answer.headers)).is_none() {
         answer.headers.insert(h::MSG_ID, delivery.id.as_str());
     }
+    if answer.error.is_some() && answer.body.is_empty() {
+        answer.body = error_body(&answer.headers);
+    }
     if !place::publish_result(&shared, &answer).await {
         // Kept in its stream; the next delivery's result is de-duplicated
         // with this one should it have been stored after all.
@@ -245,6 +248,17 @@ async fn handle(
     if let Err(e) = message.double_ack().await {
         tracing::warn!(event = %delivery.id, "cannot ack event: {e}");
     }
+}
+
+/// The body of an error result the dispatcher answers itself: the code and
+/// message of its headers as JSON, `{"status":"error","code":404,"error":"…"}`.
+/// A device reading results over MQTT sees no headers: without this it
+/// would get an empty message and no reason.
+fn error_body(headers: &HeaderMap) -> bytes::Bytes {
+    let (code, message) = comfaas_platform::reply::error_of(headers);
+    serde_json::json!({ "status": h::STATUS_ERROR, "code": code, "error": message })
+        .to_string()
+        .into()
 }
 
 /// One try of the event: asks first, when `ask_held`, which node holds its
@@ -357,6 +371,20 @@ async fn dead_letter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_result_says_why_in_its_body() {
+        let error = InvocationError::new(
+            comfaas_schemas::ErrorCode::NotFound,
+            "function `nope` is not deployed",
+        );
+        let headers =
+            comfaas_platform::reply::error(&error, &comfaas_platform::reply::ReplyMeta::default());
+        let body: serde_json::Value = serde_json::from_slice(&error_body(&headers)).expect("JSON");
+        assert_eq!(body["code"], 404);
+        assert_eq!(body["status"], "error");
+        assert_eq!(body["error"], "function `nope` is not deployed");
+    }
 
     #[test]
     fn an_event_id_is_one_subject_token() {

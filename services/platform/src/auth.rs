@@ -45,6 +45,11 @@ pub enum Role {
     /// Read-only: loads, dispatcher metrics, results, dead letters, the
     /// events consumer's counts (`comfaas dashboard`).
     Observer,
+    /// A device speaking MQTT (which cannot sign an NKey challenge): a
+    /// user name and password, accepted on MQTT connections only. It
+    /// publishes events (`<prefix>/event/<fn>`) and reads results
+    /// (`<prefix>/result/<fn>`), nothing else.
+    MqttDevice,
 }
 
 /// Allowed and denied subjects of one direction (publish or subscribe).
@@ -107,6 +112,14 @@ mod js {
     pub const KV: &str = "$KV";
     /// Writes into an object store: `$O.<bucket>.C|M.…`.
     pub const OBJECT: &str = "$O";
+}
+
+/// nats-server's own subjects for MQTT clients (its names, not comfaas's).
+mod mqtt {
+    /// Where the server delivers a QoS 1 subscription's messages to the
+    /// MQTT client's connection (`$MQTT.sub.<nuid>`): nats-server 2.9
+    /// checks the client's subscribe permission on it.
+    pub const DELIVERIES: &str = "$MQTT.sub.>";
 }
 
 /// A builder of one role's lists, so each capability reads as one line.
@@ -281,6 +294,7 @@ impl Role {
             Self::Dispatcher => "dispatcher",
             Self::Executor { .. } => "executor",
             Self::Observer => "observer",
+            Self::MqttDevice => "mqtt-device",
         }
     }
 
@@ -295,6 +309,7 @@ impl Role {
                 node: "<node>".to_owned(),
             },
             Self::Observer,
+            Self::MqttDevice,
         ]
     }
 
@@ -303,7 +318,10 @@ impl Role {
     pub fn permissions(&self, scope: &Scope, public_key: &str) -> Permissions {
         let s = &scope.subjects;
         let mut g = Grant::default();
-        g.own_inbox(public_key);
+        // An MQTT client has no NATS inbox (MQTT 3.1.1 has no replies).
+        if *self != Self::MqttDevice {
+            g.own_inbox(public_key);
+        }
         match self {
             Self::Device => {
                 g.publish(s.invoke_all())
@@ -378,6 +396,20 @@ impl Role {
                     .pull_objects(names::INPUTS_BUCKET)
                     .put_objects(names::OUTPUTS_BUCKET);
             }
+            Self::MqttDevice => {
+                // Results of every function, as the observer reads them:
+                // MQTT has no private reply topic to send one device's to.
+                // `comfaas/result/#` also matches the parent level in MQTT:
+                // nats-server subscribes to `comfaas.result` beside
+                // `comfaas.result.>`, and refuses the whole subscription
+                // when either is not allowed. Nothing is published there.
+                let result_all = s.result_all();
+                let result_level = result_all.trim_end_matches(".>").to_owned();
+                g.publish(s.event_all())
+                    .subscribe(result_all)
+                    .subscribe(result_level)
+                    .subscribe(mqtt::DELIVERIES);
+            }
             Self::Observer => {
                 g.subscribe(s.node_load_all())
                     .subscribe(s.dispatch_metrics_all())
@@ -424,17 +456,57 @@ struct UserEntry<'a> {
     permissions: Permissions,
 }
 
+/// A device connecting over MQTT with a user name and password (role
+/// [`Role::MqttDevice`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttUser {
+    /// Its user name (the device's name).
+    pub name: String,
+    /// Its password.
+    pub password: String,
+}
+
+#[derive(Serialize)]
+struct PasswordEntry<'a> {
+    user: &'a str,
+    password: &'a str,
+    permissions: Permissions,
+    /// MQTT only: the password opens no NATS connection.
+    allowed_connection_types: [&'static str; 1],
+}
+
+/// nats-server's name of an MQTT connection in `allowed_connection_types`.
+const MQTT_CONNECTION: &str = "MQTT";
+
 /// The `authorization { users = [...] }` block for `users` under `scope`,
 /// as nats-server configuration text (JSON values, which the server's
 /// format accepts and which quote `$JS…` subjects correctly).
 pub fn authorization_block(users: &[User], scope: &Scope) -> String {
-    let entries: Vec<UserEntry> = users
+    authorization_block_with(users, &[], scope)
+}
+
+/// As [`authorization_block`], with MQTT devices (user name and password,
+/// MQTT connections only) besides the NKey identities.
+pub fn authorization_block_with(users: &[User], mqtt: &[MqttUser], scope: &Scope) -> String {
+    let mut entries: Vec<serde_json::Value> = users
         .iter()
-        .map(|u| UserEntry {
-            nkey: &u.public_key,
-            permissions: u.role.permissions(scope, &u.public_key),
+        .filter_map(|u| {
+            serde_json::to_value(UserEntry {
+                nkey: &u.public_key,
+                permissions: u.role.permissions(scope, &u.public_key),
+            })
+            .ok()
         })
         .collect();
+    entries.extend(mqtt.iter().filter_map(|u| {
+        serde_json::to_value(PasswordEntry {
+            user: &u.name,
+            password: &u.password,
+            permissions: Role::MqttDevice.permissions(scope, ""),
+            allowed_connection_types: [MQTT_CONNECTION],
+        })
+        .ok()
+    }));
     let users = serde_json::to_string_pretty(&entries).unwrap_or_else(|_| "[]".to_owned());
     format!("authorization {{\n  users = {users}\n}}\n")
 }
@@ -558,6 +630,35 @@ mod tests {
             || s.starts_with("comfaas.node")
             || s.contains("PURGE")
             || s.contains("CREATE.KV")));
+    }
+
+    #[test]
+    fn an_mqtt_device_publishes_events_and_reads_results_only_over_mqtt() {
+        let p = perms(Role::MqttDevice);
+        assert_eq!(p.publish.allow, vec!["comfaas.event.>".to_owned()]);
+        assert_eq!(
+            p.subscribe.allow,
+            vec![
+                "comfaas.result.>".to_owned(),
+                "comfaas.result".to_owned(),
+                "$MQTT.sub.>".to_owned()
+            ]
+        );
+        let text = authorization_block_with(
+            &[],
+            &[MqttUser {
+                name: "sensor-1".to_owned(),
+                password: "secret".to_owned(),
+            }],
+            &Scope::default(),
+        );
+        assert!(text.contains("\"user\": \"sensor-1\""), "{text}");
+        let types = text
+            .split("\"allowed_connection_types\": [")
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+            .unwrap_or_default();
+        assert_eq!(types.trim(), "\"MQTT\"", "{text}");
     }
 
     #[test]

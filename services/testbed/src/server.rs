@@ -1,5 +1,8 @@
 //! An embedded `nats-server` with JetStream, for `comfaas dev`, tests and
-//! benchmarks. The process is killed when the handle drops.
+//! benchmarks. The process is killed when the handle drops, and dies with
+//! the process that started it (a parent-death signal through util-linux's
+//! `setpriv`, when it is there), so a killed `comfaas dev` leaves no server
+//! behind. With [`ServerOptions::mqtt`] it also listens for MQTT devices.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -108,7 +111,54 @@ pub struct ServerOptions {
     /// More command-line arguments (e.g. `--cluster nats://127.0.0.1:6222`,
     /// where a cluster member listens for routes).
     pub args: Vec<String>,
+    /// An MQTT listener on loopback (needs a configuration written here:
+    /// not with `config_file`).
+    pub mqtt: Option<MqttListener>,
 }
+
+/// The MQTT listener of a server: nats-server maps a publish on topic
+/// `a/b/c` to subject `a.b.c` (and back for subscribers), keeps MQTT
+/// sessions in JetStream, and needs a server name for that.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MqttListener {
+    /// Port; 0 lets the server pick a free one ([`EmbeddedServer::mqtt_port`]).
+    pub port: u16,
+    /// The server's certificate and key (PEM): MQTT over TLS only.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl MqttListener {
+    /// The configuration lines of this listener, and the server name MQTT
+    /// needs.
+    pub fn config(&self) -> String {
+        // -1: a free port, as `-p -1` is for clients.
+        let port = if self.port == 0 {
+            "-1".to_owned()
+        } else {
+            self.port.to_string()
+        };
+        let tls = match &self.tls {
+            Some((cert, key)) => format!(
+                "  tls {{\n    cert_file: {}\n    key_file: {}\n    timeout: 5\n  }}\n",
+                quoted(&cert.display().to_string()),
+                quoted(&key.display().to_string())
+            ),
+            None => String::new(),
+        };
+        format!(
+            "server_name: {}\nmqtt {{\n  host: 127.0.0.1\n  port: {port}\n{tls}}}\n",
+            quoted(MQTT_SERVER_NAME)
+        )
+    }
+}
+
+/// The server name of a single server with MQTT (nats-server's MQTT
+/// support refuses to start without one).
+pub const MQTT_SERVER_NAME: &str = "comfaas-edge";
+
+/// util-linux's `setpriv`: nats-server is started through it with a
+/// parent-death signal (no `pre_exec`, which would need unsafe code).
+const SETPRIV: &str = "/usr/bin/setpriv";
 
 impl ServerOptions {
     /// The hub site `site` (config `hub.conf` in `configs`), taking leaf
@@ -237,6 +287,7 @@ pub struct EmbeddedServer {
     child: Child,
     url: String,
     port: u16,
+    mqtt_port: Option<u16>,
     store_dir: PathBuf,
     recent: Arc<Mutex<std::collections::VecDeque<String>>>,
     _temp: Option<tempfile::TempDir>,
@@ -260,8 +311,25 @@ impl EmbeddedServer {
         // `COMFAAS_NATS_SERVER` picks another binary for a whole run (the
         // suite is run against a current release and Debian's 2.9).
         let binary = options.binary.clone().unwrap_or_else(default_nats_server);
-        let mut command = Command::new(&binary);
-        let written = match (&options.config_file, &options.config_text, &options.include) {
+        // Killed with the thread that starts it, should this process die
+        // without stopping it (SIGKILL, a panic that aborts).
+        let mut command = if Path::new(SETPRIV).is_file() {
+            let mut command = Command::new(SETPRIV);
+            command.args(["--pdeathsig", "KILL", "--"]).arg(&binary);
+            command
+        } else {
+            Command::new(&binary)
+        };
+        let mqtt = options.mqtt.as_ref().map(MqttListener::config);
+        let text = match (&options.config_text, &mqtt) {
+            (Some(text), Some(mqtt)) => Some(format!("{mqtt}{text}")),
+            (text, mqtt) => text.clone().or(mqtt.clone()),
+        };
+        let written = match (&options.config_file, &text, &options.include) {
+            (Some(_), _, _) if mqtt.is_some() => return Err(ServerError::NotReady(
+                "an MQTT listener needs a configuration written by the testbed, not a config file"
+                    .to_owned(),
+            )),
             (None, text, Some(include)) => {
                 let name = include
                     .file_name()
@@ -312,11 +380,15 @@ impl EmbeddedServer {
             .ok_or_else(|| ServerError::NotReady("no stderr pipe".to_owned()))?;
         let mut lines = BufReader::new(stderr).lines();
         let mut port = None;
+        let mut mqtt_port = None;
         let mut log = Vec::new();
         let ready = tokio::time::timeout(START_TIMEOUT, async {
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
                     port = addr.trim().rsplit(':').next().and_then(|p| p.parse().ok());
+                }
+                if let Some(addr) = line.split("Listening for MQTT clients on ").nth(1) {
+                    mqtt_port = addr.trim().rsplit(':').next().and_then(|p| p.parse().ok());
                 }
                 let is_ready = line.contains("Server is ready");
                 log.push(line);
@@ -328,7 +400,8 @@ impl EmbeddedServer {
         })
         .await
         .unwrap_or(false);
-        let Some(port) = port.filter(|_| ready) else {
+        let port = port.filter(|_| ready && (options.mqtt.is_none() || mqtt_port.is_some()));
+        let Some(port) = port else {
             let _ = child.start_kill();
             let tail = log.iter().rev().take(5).rev().cloned().collect::<Vec<_>>();
             return Err(ServerError::NotReady(tail.join(" | ")));
@@ -352,6 +425,7 @@ impl EmbeddedServer {
             child,
             url: format!("nats://127.0.0.1:{port}"),
             port,
+            mqtt_port,
             store_dir,
             recent,
             _temp: temp,
@@ -417,6 +491,11 @@ impl EmbeddedServer {
         self.port
     }
 
+    /// The MQTT port, when the server listens for MQTT clients.
+    pub fn mqtt_port(&self) -> Option<u16> {
+        self.mqtt_port
+    }
+
     /// The JetStream store directory.
     pub fn store_dir(&self) -> &Path {
         &self.store_dir
@@ -425,5 +504,40 @@ impl EmbeddedServer {
     /// Stops the server and waits for it to exit.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An MQTT listener on a free port comes up beside the client port and
+    /// says where it is; it cannot be added to a configuration file the
+    /// testbed did not write (the error says why).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_mqtt_listener_says_its_port_and_needs_a_written_config() {
+        let server = EmbeddedServer::start(ServerOptions {
+            mqtt: Some(MqttListener::default()),
+            ..ServerOptions::default()
+        })
+        .await
+        .unwrap();
+        let port = server.mqtt_port().expect("an MQTT port");
+        assert_ne!(port, 0);
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        let plain = EmbeddedServer::start(ServerOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(plain.mqtt_port(), None);
+
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nats");
+        let error = EmbeddedServer::start(ServerOptions {
+            mqtt: Some(MqttListener::default()),
+            ..ServerOptions::hub(&configs, "chicago", 0)
+        })
+        .await
+        .err()
+        .expect("refused");
+        assert!(error.to_string().contains("MQTT listener needs"), "{error}");
     }
 }

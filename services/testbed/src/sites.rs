@@ -72,6 +72,8 @@ pub struct SitesOptions {
     /// Auth and TLS on every server and link (`comfaas dev --sites
     /// --secure`); `None`: open, as on a laptop.
     pub security: Option<SiteSecurity>,
+    /// An MQTT listener on the edge, where devices are.
+    pub edge_mqtt: Option<crate::server::MqttListener>,
 }
 
 /// What makes a set of sites secure: every server takes only the
@@ -243,6 +245,7 @@ impl Sites {
                 security.as_ref().map(|s| &s.leaf),
             )),
             include: security.as_ref().map(|s| s.include.clone()),
+            mqtt: options.edge_mqtt.clone(),
             ..ServerOptions::default()
         })
         .await?;

@@ -186,6 +186,7 @@ async fn emulated_links_are_felt_and_each_site_shows_its_round_trip() {
         uplink: Some(500_000_000),
         edge_port: None,
         security: None,
+        edge_mqtt: None,
     })
     .await
     .unwrap();
