@@ -647,6 +647,26 @@ pub async fn run(
         registry = registry.signing_with(operator);
     }
     deploy_all(&client, &registry, &nats, &options.functions, &stages).await;
+    // The live web page, read-only, as the observer. A port in use costs
+    // the page, not the platform: said in one line, and dev goes on.
+    if !options.no_dashboard {
+        let observer = as_role(auth, &url, "observer");
+        let watcher = observer.connect("comfaas dev dashboard").await?;
+        let source = crate::dashboard::Source {
+            jetstream: observer.jetstream(watcher.clone()),
+            client: watcher,
+            subjects: observer.subjects(),
+        };
+        match crate::dashboard::Dashboard::bind(source, options.dashboard_addr).await {
+            Ok(dashboard) => {
+                stages.done(&format!("dashboard at {}", dashboard.url()?));
+                services.spawn(dashboard.run(shutdown.clone()));
+            }
+            Err(e) => eprintln!(
+                "comfaas: warning: {e:#}; choose another with --dashboard-addr, or --no-dashboard"
+            ),
+        }
+    }
     println!();
     stages.done("comfaas is up. Try:");
     match auth {
