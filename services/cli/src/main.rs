@@ -43,6 +43,11 @@ enum Command {
         /// executors that trust operator keys refuse unsigned ones
         #[arg(long, env = "COMFAAS_SIGNING_KEY", value_name = "FILE")]
         signing_key: Option<PathBuf>,
+        /// Replace a version already deployed with other content (nodes
+        /// reinstall it), or re-announce the same content (nodes whose
+        /// install failed try again)
+        #[arg(long)]
+        force: bool,
     },
     /// Set, remove or list the secrets functions read as files
     Secret {
@@ -229,6 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             wait,
             signing_key,
+            force,
         } => {
             let mut registry = registry().await?;
             // The operator's identity on NATS is also its signing key.
@@ -242,7 +248,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                      executors that trust operator keys will refuse it"
                 ),
             }
-            let deployment = deploy::deploy_dir(&registry, &dir).await?;
+            let same_version = if force {
+                comfaas_platform::registry::SameVersion::Replace
+            } else {
+                comfaas_platform::registry::SameVersion::Refuse
+            };
+            let deployment = match deploy::deploy_dir_with(&registry, &dir, same_version).await? {
+                comfaas_platform::registry::Deployed::Stored(d) => d,
+                comfaas_platform::registry::Deployed::Unchanged(d) => {
+                    println!(
+                        "unchanged: {} {} is already deployed with this content",
+                        d.manifest.name, d.manifest.version
+                    );
+                    d
+                }
+            };
             deploy::wait_and_report(&client, &subjects, &deployment, wait).await?;
             collect_garbage(&registry).await;
         }

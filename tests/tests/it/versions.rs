@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use comfaas_platform::registry::SameVersion;
 use comfaas_schemas::names::headers as h;
 use comfaas_schemas::{decode, InstallState, Manifest, NodeLoad, Runtime};
 use comfaas_tests::{header, write_wheel, NodeSpec, Platform};
@@ -270,9 +271,10 @@ async fn hostile_bundles_are_refused_and_nothing_is_installed() {
         let digest = comfaas_runtime::bundle::digest_of(&bytes);
         let deployment = p
             .registry
-            .deploy(manifest(name), bytes.into(), &digest)
+            .deploy(manifest(name), bytes.into(), &digest, SameVersion::Refuse)
             .await
-            .unwrap();
+            .unwrap()
+            .into_deployment();
         p.wait_state(&deployment, &["edge-1"], InstallState::Failed)
             .await;
         let reply = p.invoke(name, "").await;
@@ -293,7 +295,12 @@ async fn hostile_bundles_are_refused_and_nothing_is_installed() {
     let huge = vec![0u8; (comfaas_platform::registry::MAX_BUNDLE_BYTES + 1) as usize];
     let err = p
         .registry
-        .deploy(manifest("huge"), huge.into(), "sha256:00")
+        .deploy(
+            manifest("huge"),
+            huge.into(),
+            "sha256:00",
+            SameVersion::Refuse,
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("exceeds the limit"), "{err}");
