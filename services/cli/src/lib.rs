@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod deploy;
 pub mod dev;
+pub mod domains;
 pub mod dlq;
 pub mod inspect;
 pub mod invoke;

@@ -320,7 +320,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("rolled back {function} to {}", deployment.manifest.version);
             deploy::wait_and_report(&client, &subjects, &deployment, wait).await?;
         }
-        Command::Ls => inspect::ls(&registry().await?, &client, &subjects).await?,
+        Command::Ls => {
+            // On a cloud site, say where the registry is rather than make
+            // an empty one here and list nothing.
+            if let Some(elsewhere) = comfaas::domains::registry_elsewhere(&client, &nats).await {
+                anyhow::bail!(elsewhere);
+            }
+            inspect::ls(&registry().await?, &client, &subjects).await?
+        }
         Command::Rm { function } => {
             let registry = registry().await?;
             inspect::rm(&registry, &function).await?;
@@ -356,6 +363,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::BackupEdge { domain } => {
+            comfaas::domains::check_edge_domain(&client, &domain).await?;
             // The mirrors live on the site we are connected to.
             let js = async_nats::jetstream::new(client.clone());
             comfaas_platform::resources::backup_edge(&js, &domain).await?;
