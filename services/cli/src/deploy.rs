@@ -161,7 +161,8 @@ pub async fn wait_and_report(
         println!("  not waited for executors (--wait 0): `comfaas ls` shows each node's state");
         return Ok(());
     }
-    let installs = wait_installed(client, subjects, deployment, Duration::from_secs(wait_s)).await?;
+    let installs =
+        wait_installed(client, subjects, deployment, Duration::from_secs(wait_s)).await?;
     if !report(deployment, &installs) {
         anyhow::bail!(
             "no node could install {} {}",

@@ -97,7 +97,9 @@ pub async fn registry_elsewhere(client: &async_nats::Client, nats: &NatsOptions)
 /// fills).
 pub async fn check_edge_domain(client: &async_nats::Client, domain: &str) -> anyhow::Result<()> {
     if !names::is_token(domain) {
-        anyhow::bail!("`{domain}` is not a JetStream domain name (one token: letters, digits, `-`, `_`)");
+        anyhow::bail!(
+            "`{domain}` is not a JetStream domain name (one token: letters, digits, `-`, `_`)"
+        );
     }
     let edge = jetstream::with_domain(client.clone(), domain);
     match probe_stream(&edge, names::EVENTS_STREAM).await {

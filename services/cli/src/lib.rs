@@ -10,8 +10,8 @@
 pub mod auth;
 pub mod deploy;
 pub mod dev;
-pub mod domains;
 pub mod dlq;
+pub mod domains;
 pub mod inspect;
 pub mod invoke;
 pub mod iot;

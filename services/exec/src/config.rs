@@ -303,12 +303,9 @@ mod tests {
         )
         .unwrap();
         let defaults = ExecConfig::default();
-        let config: ExecConfig = comfaas_platform::settings::load(
-            &defaults,
-            Some(&file),
-            &ExecFlags::default(),
-        )
-        .unwrap();
+        let config: ExecConfig =
+            comfaas_platform::settings::load(&defaults, Some(&file), &ExecFlags::default())
+                .unwrap();
         assert_eq!((config.slots, config.limits.cpu_time.is_some()), (2, true));
         assert_eq!(
             comfaas_platform::settings::unknown_keys(&file, &defaults, &config),

@@ -697,7 +697,11 @@ mod tests {
         assert_eq!(refusal(&[], "auto"), "no node matches: no node heard from");
         assert_eq!(
             refusal(
-                &["edge-1 edge 0/2 missing", "cloud-1 cloud 0/2 procs=2", "cloud-2 cloud 0/2 dead"],
+                &[
+                    "edge-1 edge 0/2 missing",
+                    "cloud-1 cloud 0/2 procs=2",
+                    "cloud-2 cloud 0/2 dead"
+                ],
                 "auto procs=4"
             ),
             "no live node allows 4 processes for `f`: 2 of 3 alive; \
@@ -720,13 +724,19 @@ mod tests {
         );
         // An install failure is quoted, cut short.
         let failed = refusal(&["e1 edge 0/2 failed"], "auto");
-        assert!(failed.contains("e1: install failed: no wheel no wheel"), "{failed}");
+        assert!(
+            failed.contains("e1: install failed: no wheel no wheel"),
+            "{failed}"
+        );
         assert!(failed.ends_with('…') && failed.len() < 200, "{failed}");
         // Many nodes: six named, the rest counted.
         let many: Vec<String> = (0..40).map(|i| format!("n{i} edge 0/2 dead")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         let text = refusal(&many, "auto");
-        assert!(text.starts_with("no live node: 0 of 40 alive; n0: not alive;"), "{text}");
+        assert!(
+            text.starts_with("no live node: 0 of 40 alive; n0: not alive;"),
+            "{text}"
+        );
         assert!(text.ends_with("n5: not alive; 34 more"), "{text}");
     }
 }

@@ -54,7 +54,9 @@ pub enum RegistryError {
     NotDeployed(String),
     /// A deploy reused a version number for other content: a version names
     /// one content, so what runs under it stays what was tested under it.
-    #[error("version `{version}` of `{name}` is already deployed with other content (bundle {digest})")]
+    #[error(
+        "version `{version}` of `{name}` is already deployed with other content (bundle {digest})"
+    )]
     VersionTaken {
         /// The function.
         name: String,

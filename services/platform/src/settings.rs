@@ -40,17 +40,22 @@ where
 /// them lists every key the configuration knows, those left out when unset
 /// (an `Option` skipped when `None`) included as soon as the file sets them.
 /// A table that is empty in both (a map of names) takes any key.
-pub fn unknown_keys<D: Serialize, T: Serialize>(file: &Path, defaults: &D, config: &T) -> Vec<String> {
+pub fn unknown_keys<D: Serialize, T: Serialize>(
+    file: &Path,
+    defaults: &D,
+    config: &T,
+) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(file) else {
         return Vec::new();
     };
     let Ok(table) = text.parse::<toml::Table>() else {
         return Vec::new();
     };
-    let known: Vec<serde_json::Value> = [serde_json::to_value(defaults), serde_json::to_value(config)]
-        .into_iter()
-        .flatten()
-        .collect();
+    let known: Vec<serde_json::Value> =
+        [serde_json::to_value(defaults), serde_json::to_value(config)]
+            .into_iter()
+            .flatten()
+            .collect();
     let known: Vec<&serde_json::Value> = known.iter().collect();
     let mut unknown = Vec::new();
     collect_unknown(&table, &known, "", &mut unknown);
@@ -205,11 +210,19 @@ mod tests {
         let ok: [&str; 0] = [];
         assert_eq!(unknown_in("slots = 2\nnats_url = \"nats://x\""), ok);
         // Unset by default (skipped or null), set by the file: known.
-        assert_eq!(unknown_in("cpu_time = \"2s\"\ncreds_file = \"a.creds\""), ok);
-        // A map takes any name; keys match without regard to case.
-        assert_eq!(unknown_in("[labels]\nanything = \"x\"\n[sandbox]\nIsolation = \"none\""), ok);
         assert_eq!(
-            unknown_in("slotz = 2\nnats_uri = \"x\"\n[sandbox]\nisolaton = \"none\"\n[sandbx]\na = 1"),
+            unknown_in("cpu_time = \"2s\"\ncreds_file = \"a.creds\""),
+            ok
+        );
+        // A map takes any name; keys match without regard to case.
+        assert_eq!(
+            unknown_in("[labels]\nanything = \"x\"\n[sandbox]\nIsolation = \"none\""),
+            ok
+        );
+        assert_eq!(
+            unknown_in(
+                "slotz = 2\nnats_uri = \"x\"\n[sandbox]\nisolaton = \"none\"\n[sandbx]\na = 1"
+            ),
             ["nats_uri", "sandbox.isolaton", "sandbx", "slotz"]
         );
     }

@@ -376,7 +376,10 @@ mod tests {
                 Ok(()) => "ok".to_owned(),
                 Err(e) => e.to_string(),
             };
-            assert!(got.contains(expect), "{entry}: expected {expect:?}, got {got:?}");
+            assert!(
+                got.contains(expect),
+                "{entry}: expected {expect:?}, got {got:?}"
+            );
             if expect != "ok" {
                 assert!(got.starts_with(&format!("entry `{entry}`")), "{got}");
             }

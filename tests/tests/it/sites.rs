@@ -296,7 +296,10 @@ async fn a_cloud_site_points_at_the_edge_domain_and_backup_checks_it() {
             && stderr.contains("`comfaas --js-domain edge ls`"),
         "{stderr}"
     );
-    assert!(!has_stream(&hub, &registry).await, "ls made a registry on the cloud site");
+    assert!(
+        !has_stream(&hub, &registry).await,
+        "ls made a registry on the cloud site"
+    );
     let (ok, stdout, stderr) = cli(cloud.url(), &["--js-domain", "edge", "ls"]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("hello"), "{stdout}");
@@ -305,14 +308,23 @@ async fn a_cloud_site_points_at_the_edge_domain_and_backup_checks_it() {
     assert!(ok && stdout.contains("hello"), "{stdout}{stderr}");
 
     for (domain, expect) in [
-        ("nope", "JetStream domain `nope` does not answer from this site"),
-        ("cloud", "JetStream domain `cloud` has no COMFAAS_EVENTS stream"),
+        (
+            "nope",
+            "JetStream domain `nope` does not answer from this site",
+        ),
+        (
+            "cloud",
+            "JetStream domain `cloud` has no COMFAAS_EVENTS stream",
+        ),
         ("a.b", "is not a JetStream domain name"),
     ] {
         let (ok, _, stderr) = cli(cloud.url(), &["backup-edge", "--domain", domain]);
         assert!(!ok && stderr.contains(expect), "{domain}: {stderr}");
         let backup = comfaas_schemas::names::events_backup_stream(domain);
-        assert!(!has_stream(&hub, &backup).await, "{domain}: a mirror was made");
+        assert!(
+            !has_stream(&hub, &backup).await,
+            "{domain}: a mirror was made"
+        );
     }
     drop(cloud);
 }

@@ -388,8 +388,9 @@ async fn a_version_names_one_content_and_rm_forgets_it() {
     let (ok, stdout, stderr) = cli(&p, &["deploy", path(&other)]).await;
     assert!(!ok, "{stdout}");
     assert!(
-        stderr.contains("version `1` of `svc` is already deployed with other content (bundle sha256:")
-            && stderr.contains("raise `version` in")
+        stderr.contains(
+            "version `1` of `svc` is already deployed with other content (bundle sha256:"
+        ) && stderr.contains("raise `version` in")
             && stderr.contains("or deploy with --force to replace it"),
         "{stderr}"
     );
