@@ -440,3 +440,34 @@ async fn a_version_names_one_content_and_rm_forgets_it() {
     );
     assert!(p.registry.get("lost").await.unwrap().is_none());
 }
+
+/// `deploy --force` of the very content already deployed stores it again,
+/// so a node whose install of it failed (a secret not set yet) tries again;
+/// without `--force` the same content changes nothing, and the node stays
+/// failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_makes_a_failed_install_of_the_same_bundle_try_again() {
+    let p = one_node().await;
+    let dir = versioned(&p, "needs", "1", "secrets = [\"LATE\"]", &says("v1"));
+    let (ok, stdout, stderr) = cli(&p, &["deploy", path(&dir), "--wait", "5"]).await;
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout.contains("edge-1: failed") && stdout.contains("secret `LATE` is not set"),
+        "{stdout}{stderr}"
+    );
+    let js = async_nats::jetstream::new(p.client.clone());
+    comfaas_platform::secrets::SecretStore::open_or_create(&js)
+        .await
+        .unwrap()
+        .set("LATE", b"now")
+        .await
+        .unwrap();
+    let (ok, stdout, _) = cli(&p, &["deploy", path(&dir), "--wait", "5"]).await;
+    assert!(
+        !ok && stdout.contains("unchanged") && stdout.contains("edge-1: failed"),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = cli(&p, &["deploy", path(&dir), "--force"]).await;
+    assert!(ok && stdout.contains("edge-1: ready"), "{stdout}{stderr}");
+    assert_eq!(said(&p.invoke("needs", "").await).0, "v1");
+}
