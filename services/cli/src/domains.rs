@@ -57,38 +57,62 @@ pub async fn server_domain(js: &jetstream::Context) -> Option<String> {
         .filter(|d| !d.is_empty())
 }
 
-/// When the registry is not on the site `client` is connected to (no
-/// `--js-domain` given, and the connected server's domain has no registry,
-/// or an empty one, while the edge's has one): the message saying where it
-/// is. `None` when the registry is here (or nowhere to be found: a fresh
-/// site, where `ls` rightly says nothing is deployed).
-pub async fn registry_elsewhere(client: &async_nats::Client, nats: &NatsOptions) -> Option<String> {
+/// Where the registry is, when not on the site a command is connected to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Misplaced {
+    /// The edge's domain has it: the message says to name that domain.
+    AtEdge(String),
+    /// This site (in a domain of its own) has none, and the default edge
+    /// domain has none either: the message says how to name the edge's.
+    NotHere(String),
+}
+
+impl Misplaced {
+    /// What to tell the user.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::AtEdge(m) | Self::NotHere(m) => m,
+        }
+    }
+}
+
+/// When no `--js-domain` is given and the connected server's JetStream
+/// domain has no registry (or an empty one) while the edge's has one: where
+/// it is, before a command creates an empty registry on the wrong site.
+/// `None` when the registry is here, or when this is the edge (or a site
+/// without domains), or when this site has an empty registry of its own
+/// (a fresh site: nothing deployed yet).
+pub async fn registry_elsewhere(
+    client: &async_nats::Client,
+    nats: &NatsOptions,
+) -> Option<Misplaced> {
     if nats.js_domain.is_some() {
         return None;
     }
     let registry = names::kv_stream(names::FUNCTIONS_BUCKET);
     let here = jetstream::new(client.clone());
-    if let Probe::Present(messages) = probe_stream(&here, &registry).await {
-        if messages > 0 {
-            return None;
-        }
+    let local = probe_stream(&here, &registry).await;
+    if matches!(local, Probe::Present(messages) if messages > 0) {
+        return None;
     }
     let domain = server_domain(&here).await?;
     if domain == DEFAULT_EDGE_DOMAIN {
         return None;
     }
     let edge = jetstream::with_domain(client.clone(), DEFAULT_EDGE_DOMAIN);
-    Some(match probe_stream(&edge, &registry).await {
-        Probe::Present(_) => format!(
+    match probe_stream(&edge, &registry).await {
+        Probe::Present(_) => Some(Misplaced::AtEdge(format!(
             "this site (JetStream domain `{domain}`) has no function registry: it is in the \
-             edge's domain `{DEFAULT_EDGE_DOMAIN}`; run `comfaas --js-domain {DEFAULT_EDGE_DOMAIN} ls` \
-             (or set js_domain / COMFAAS_JS_DOMAIN)"
-        ),
-        _ => format!(
+             edge's domain `{DEFAULT_EDGE_DOMAIN}`; give `--js-domain {DEFAULT_EDGE_DOMAIN}` \
+             (e.g. `comfaas --js-domain {DEFAULT_EDGE_DOMAIN} ls`, or set js_domain / \
+             COMFAAS_JS_DOMAIN)"
+        ))),
+        _ if matches!(local, Probe::Present(_)) => None,
+        _ => Some(Misplaced::NotHere(format!(
             "this site (JetStream domain `{domain}`) has no function registry; on a cloud \
              site, name the edge site's domain: `comfaas --js-domain DOMAIN ls`"
-        ),
-    })
+        ))),
+    }
 }
 
 /// Checks that the edge domain `domain` answers from this site and holds

@@ -217,6 +217,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     comfaas_platform::resources::set_replicas(nats.replicas)?;
     let client = nats.connect("comfaas cli").await?;
     let registry = || async {
+        // From a cloud site, not an empty registry of its own: the edge's.
+        if let Some(comfaas::domains::Misplaced::AtEdge(message)) =
+            comfaas::domains::registry_elsewhere(&client, &nats).await
+        {
+            anyhow::bail!(message);
+        }
         Registry::open(&nats.jetstream(client.clone()))
             .await
             .with_context(|| match &nats.nkey_file {
@@ -324,7 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // On a cloud site, say where the registry is rather than make
             // an empty one here and list nothing.
             if let Some(elsewhere) = comfaas::domains::registry_elsewhere(&client, &nats).await {
-                anyhow::bail!(elsewhere);
+                anyhow::bail!("{}", elsewhere.message());
             }
             inspect::ls(&registry().await?, &client, &subjects).await?
         }

@@ -296,9 +296,21 @@ async fn a_cloud_site_points_at_the_edge_domain_and_backup_checks_it() {
             && stderr.contains("`comfaas --js-domain edge ls`"),
         "{stderr}"
     );
+    // Nor does a deploy or an rm store or remove anything on the wrong site.
+    let hello = repo_root().join("functions/hello");
+    for args in [
+        &["deploy", hello.to_str().unwrap(), "--wait", "0"][..],
+        &["rm", "hello"],
+    ] {
+        let (ok, _, stderr) = cli(cloud.url(), args);
+        assert!(
+            !ok && stderr.contains("it is in the edge's domain `edge`; give `--js-domain edge`"),
+            "{args:?}: {stderr}"
+        );
+    }
     assert!(
         !has_stream(&hub, &registry).await,
-        "ls made a registry on the cloud site"
+        "a registry was made on the cloud site"
     );
     let (ok, stdout, stderr) = cli(cloud.url(), &["--js-domain", "edge", "ls"]);
     assert!(ok, "{stderr}");
