@@ -22,7 +22,8 @@ pub use error::{ErrorCode, InvalidValue, InvocationError};
 pub use limits::{job_procs, RunLimits};
 pub use manifest::{
     check_requirement, parse_duration, validate_env_name, validate_function_name, ByteSize,
-    Manifest, ManifestError, Mode, Placement, Procs, ResourceLimits, Runtime, MANIFEST_FILE,
+    Manifest, ManifestError, Mode, Placement, Position, Procs, ResourceLimits, Runtime,
+    MANIFEST_FILE,
 };
 pub use messages::{
     now_unix_ms, BundleRef, CandidateEstimate, Deployment, DeploymentSignature, DispatchMetrics,

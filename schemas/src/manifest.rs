@@ -478,33 +478,151 @@ impl std::fmt::Display for Placement {
     }
 }
 
-/// A manifest that cannot be used, naming the field and the reason.
+/// Where in a `comfaas.toml` a problem is: 1-based line and column
+/// (columns count characters, as editors do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub column: usize,
+}
+
+impl Position {
+    /// The position of byte `offset` of `text` (clamped to its end).
+    pub fn of_offset(text: &str, offset: usize) -> Self {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Self {
+            line: before.matches('\n').count() + 1,
+            column: before[line_start..].chars().count() + 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// A manifest that cannot be used, naming the field, the reason and, when
+/// it was read from text, the line and column: `comfaas.toml:3:1: what`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
     /// Not valid TOML, or a field of the wrong type.
-    #[error("comfaas.toml: {0}")]
-    Syntax(String),
+    #[error("{}: {message}", located(*at))]
+    Syntax {
+        /// What is wrong.
+        message: String,
+        /// Where, when known.
+        at: Option<Position>,
+    },
     /// A field is present but its value is not acceptable.
-    #[error("comfaas.toml: field `{field}`: {reason}")]
+    #[error("{}: field `{field}`: {reason}", located(*at))]
     Invalid {
         /// The offending field.
         field: &'static str,
         /// Why it is refused.
         reason: String,
+        /// Where its key is, when known.
+        at: Option<Position>,
     },
     /// A key the manifest does not know (usually a typo).
-    #[error("comfaas.toml: unknown field `{0}` (known fields: {known})", known = KNOWN_KEYS.join(", "))]
-    UnknownField(String),
+    #[error("{}: unknown field `{name}` (known fields: {known})", located(*at), known = KNOWN_KEYS.join(", "))]
+    UnknownField {
+        /// The key as written.
+        name: String,
+        /// Where it is, when known.
+        at: Option<Position>,
+    },
+}
+
+/// `comfaas.toml:LINE:COL`, or the bare file name when the place is unknown.
+fn located(at: Option<Position>) -> String {
+    match at {
+        Some(at) => format!("{MANIFEST_FILE}:{at}"),
+        None => MANIFEST_FILE.to_owned(),
+    }
+}
+
+impl ManifestError {
+    /// Where the problem is, when known.
+    pub fn position(&self) -> Option<Position> {
+        match self {
+            Self::Syntax { at, .. } | Self::Invalid { at, .. } | Self::UnknownField { at, .. } => {
+                *at
+            }
+        }
+    }
+
+    /// The message with the manifest's real path in front of the line and
+    /// column instead of its bare name, as compilers print it:
+    /// `functions/hello/comfaas.toml:3:1: field `name`: ...`.
+    pub fn in_file(&self, path: &std::path::Path) -> String {
+        let text = self.to_string();
+        let rest = text.strip_prefix(MANIFEST_FILE).unwrap_or(&text);
+        format!("{}{rest}", path.display())
+    }
+
+    fn at(self, position: Option<Position>) -> Self {
+        match self {
+            Self::Syntax { message, .. } => Self::Syntax {
+                message,
+                at: position,
+            },
+            Self::Invalid { field, reason, .. } => Self::Invalid {
+                field,
+                reason,
+                at: position,
+            },
+            Self::UnknownField { name, .. } => Self::UnknownField { name, at: position },
+        }
+    }
+}
+
+/// The position of the key at `path` (`["limits", "memory"]`) in a parsed
+/// manifest, for errors about a value that parsed but is not acceptable.
+fn key_position(text: &str, doc: &toml_edit::ImDocument<&str>, path: &[&str]) -> Option<Position> {
+    let (first, rest) = path.split_first()?;
+    let (mut key, mut item) = doc.as_table().get_key_value(first)?;
+    for part in rest {
+        (key, item) = item.as_table_like()?.get_key_value(part)?;
+    }
+    let _ = item;
+    key.span().map(|span| Position::of_offset(text, span.start))
+}
+
+/// A syntax or type error of the toml crate, with its place.
+fn syntax(text: &str, e: &toml::de::Error) -> ManifestError {
+    ManifestError::Syntax {
+        message: e.message().trim().to_owned(),
+        // A missing field "is" the whole document: no place to show.
+        at: e
+            .span()
+            .filter(|span| !(span.start == 0 && span.end >= text.trim_end().len()))
+            .map(|span| Position::of_offset(text, span.start)),
+    }
 }
 
 impl Manifest {
-    /// Parses and validates the text of a `comfaas.toml`.
+    /// Parses and validates the text of a `comfaas.toml`; every error says
+    /// the line and column it is about (of the key, for a value that
+    /// parses but is refused).
     pub fn from_toml(text: &str) -> Result<Self, ManifestError> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ManifestError::Syntax(e.message().to_owned()))?;
+        let table: toml::Table = text.parse().map_err(|e| syntax(text, &e))?;
+        // The same text, parsed again keeping where each key is.
+        let doc = toml_edit::ImDocument::parse(text).ok();
+        let at = |path: &[&str]| doc.as_ref().and_then(|d| key_position(text, d, path));
         if let Some(unknown) = table.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
-            return Err(ManifestError::UnknownField(unknown.clone()));
+            return Err(ManifestError::UnknownField {
+                name: unknown.clone(),
+                at: at(&[unknown]),
+            });
         }
         if let Some(toml::Value::Table(limits)) = table.get("limits") {
             if let Some(unknown) = limits.keys().find(|k| !LIMIT_KEYS.contains(&k.as_str())) {
@@ -514,18 +632,30 @@ impl Manifest {
                         "unknown limit `{unknown}` (known limits: {})",
                         LIMIT_KEYS.join(", ")
                     ),
+                    at: at(&["limits", unknown]),
                 });
             }
         }
-        let manifest: Manifest =
-            toml::from_str(text).map_err(|e| ManifestError::Syntax(e.message().to_owned()))?;
-        manifest.validate()?;
+        let manifest: Manifest = toml::from_str(text).map_err(|e| syntax(text, &e))?;
+        manifest.validate().map_err(|e| {
+            let position = match &e {
+                ManifestError::Invalid { field, .. } => at(&[field]),
+                other => other.position(),
+            };
+            e.at(position)
+        })?;
         Ok(manifest)
     }
 
     /// Checks every field's value.
     pub fn validate(&self) -> Result<(), ManifestError> {
-        let invalid = |field, reason: String| Err(ManifestError::Invalid { field, reason });
+        let invalid = |field, reason: String| {
+            Err(ManifestError::Invalid {
+                field,
+                reason,
+                at: None,
+            })
+        };
         if let Err(InvalidValue(reason)) = validate_function_name(&self.name) {
             return invalid("name", reason);
         }
@@ -924,6 +1054,91 @@ entry = "main.py"
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing field `runtime`"), "{err}");
+    }
+
+    /// Every error says where: `text` is a whole manifest, `expect` the
+    /// error's start (`comfaas.toml:LINE:COL: ...`).
+    fn check_at(text: &str, expect: &str) {
+        let got = match Manifest::from_toml(text) {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            got.starts_with(expect),
+            "manifest {text:?}: expected {expect:?}, got {got:?}"
+        );
+    }
+
+    #[test]
+    fn errors_give_line_and_column() {
+        // Syntax: where the parser stopped.
+        check_at("name = \"x\"\nversion = [", "comfaas.toml:2:12: ");
+        check_at("name = \"x\"\nname = \"y\"", "comfaas.toml:2:1: ");
+        // A value of the wrong type or variant: the value.
+        check_at(
+            &HELLO.replace("\"python\"", "\"cobol\""),
+            "comfaas.toml:4:11: unknown variant `cobol`",
+        );
+        check_at(
+            &format!("{HELLO}network = \"yes\""),
+            "comfaas.toml:6:11: invalid type",
+        );
+        // An unknown key: the key, also inside a table.
+        check_at(
+            &format!("{HELLO}  timout = \"3s\""),
+            "comfaas.toml:6:3: unknown field `timout`",
+        );
+        check_at(
+            &format!("{HELLO}[limits]\nmemory = \"1GB\"\nmemroy = \"1GB\""),
+            "comfaas.toml:8:1: field `limits`: unknown limit `memroy`",
+        );
+        // A value that parses but is refused: its key.
+        check_at(
+            &HELLO.replace("\"1.0.0\"", "\"1 0\""),
+            "comfaas.toml:3:1: field `version`",
+        );
+        check_at(
+            &format!("{HELLO}workers = 2"),
+            "comfaas.toml:6:1: field `workers`",
+        );
+        check_at(
+            &format!("{HELLO}[limits]\nmemory = \"1MB\""),
+            "comfaas.toml:6:2: field `limits`: memory 1 MiB is below",
+        );
+        check_at(
+            "version = \"1\"\nruntime = \"python\"\nentry = \"m.py\"",
+            "comfaas.toml: missing field `name`",
+        );
+        check_at(HELLO, "ok");
+    }
+
+    #[test]
+    fn a_path_replaces_the_bare_file_name() {
+        let err = Manifest::from_toml(&HELLO.replace("hello", "Hello")).unwrap_err();
+        assert_eq!(err.position(), Some(Position { line: 2, column: 1 }));
+        let shown = err.in_file(std::path::Path::new("fns/hello/comfaas.toml"));
+        assert!(
+            shown.starts_with("fns/hello/comfaas.toml:2:1: field `name`"),
+            "{shown}"
+        );
+        // Validated without its text (a stored deployment): no place.
+        let mut manifest = Manifest::from_toml(HELLO).unwrap();
+        manifest.workers = Some(3);
+        let err = manifest.validate().unwrap_err();
+        assert_eq!(err.position(), None);
+        assert!(err.to_string().starts_with("comfaas.toml: field `workers`"));
+    }
+
+    #[test]
+    fn offsets_become_lines_and_columns() {
+        let text = "ab\nçd\n";
+        let at = |offset| Position::of_offset(text, offset).to_string();
+        assert_eq!(at(0), "1:1");
+        assert_eq!(at(1), "1:2");
+        assert_eq!(at(3), "2:1");
+        assert_eq!(at(5), "2:2", "columns count characters, not bytes");
+        assert_eq!(at(4), "2:1", "inside a character: its start");
+        assert_eq!(at(99), "3:1");
     }
 
     #[test]

@@ -93,6 +93,12 @@ pub fn inbox_prefix_of(public_key: &str) -> String {
     format!("{INBOX_PREFIX}.{public_key}")
 }
 
+/// The JetStream API request for account info, relative to the API prefix
+/// (`$JS.API.INFO`, or `$JS.<domain>.API.INFO`): the CLI reads the
+/// connected server's domain from its answer. Operators may send it (it is
+/// read before a KV bucket is created: `auth.rs`).
+pub const JS_ACCOUNT_INFO: &str = "INFO";
+
 /// The KV bucket `bucket`'s stream: `KV_<bucket>`.
 pub fn kv_stream(bucket: &str) -> String {
     format!("KV_{bucket}")

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use comfaas_platform::registry::Registry;
+use comfaas_platform::registry::{Deployed, Registry, RegistryError, SameVersion};
 use comfaas_schemas::names::Subjects;
 use comfaas_schemas::{decode, Deployment, InstallState, Manifest, NodeLoad, MANIFEST_FILE};
 use futures::StreamExt;
@@ -14,32 +14,59 @@ use serde::Serialize;
 
 use crate::output;
 
-/// Reads and validates `dir/comfaas.toml`.
+/// Reads and validates `dir/comfaas.toml`; an error names the file, line
+/// and column (`dir/comfaas.toml:3:1: field `name`: ...`).
 pub fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
     let path = dir.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    Manifest::from_toml(&text).with_context(|| format!("{} is invalid", path.display()))
+    Manifest::from_toml(&text).map_err(|e| anyhow::anyhow!("{}", e.in_file(&path)))
 }
 
-/// Validates, packs and stores the function in `dir`; returns its deployment.
+/// Validates, packs and stores the function in `dir`, replacing whatever
+/// was deployed under its version: the folder on disk is what runs (what
+/// `comfaas dev` and the tests want). `comfaas deploy` uses
+/// [`deploy_dir_with`] and refuses that unless `--force`.
 pub async fn deploy_dir(registry: &Registry, dir: &Path) -> anyhow::Result<Deployment> {
+    Ok(deploy_dir_with(registry, dir, SameVersion::Replace)
+        .await?
+        .into_deployment())
+}
+
+/// Validates the manifest, checks its entry is a file the bundle holds,
+/// packs and stores the function in `dir`; a version deployed before with
+/// other content is refused or replaced as `same_version` says.
+pub async fn deploy_dir_with(
+    registry: &Registry,
+    dir: &Path,
+    same_version: SameVersion,
+) -> anyhow::Result<Deployed> {
     let manifest = read_manifest(dir)?;
+    comfaas_runtime::check_entry(dir, &manifest.entry)?;
     let folder = dir.to_path_buf();
     let bundle = tokio::task::spawn_blocking(move || comfaas_runtime::pack(&folder))
         .await?
         .with_context(|| format!("cannot pack {}", dir.display()))?;
-    let deployment = registry
-        .deploy(manifest, bundle.bytes.into(), &bundle.digest)
-        .await?;
-    Ok(deployment)
+    match registry
+        .deploy(manifest, bundle.bytes.into(), &bundle.digest, same_version)
+        .await
+    {
+        Err(e @ RegistryError::VersionTaken { .. }) => Err(anyhow::anyhow!(
+            "{e}: raise `version` in {}, or deploy with --force to replace it \
+             (nodes then install the new content)",
+            dir.join(MANIFEST_FILE).display()
+        )),
+        other => Ok(other?),
+    }
 }
 
 /// Install state of one deployment on each node that reported it.
 pub type Installs = BTreeMap<String, (InstallState, Option<String>)>;
 
 /// Waits until every node heard from has installed (or failed to install)
-/// `deployment`, or `timeout` passes. Returns what each node reported.
+/// `deployment`, or `timeout` passes, but never less than a heartbeat
+/// round: an empty answer means no node is running, not that none was
+/// heard yet. Returns what each node reported.
 pub async fn wait_installed(
     client: &async_nats::Client,
     subjects: &Subjects,
@@ -70,7 +97,7 @@ pub async fn wait_installed_showing(
                 .values()
                 .all(|s| matches!(s, Some((InstallState::Ready | InstallState::Failed, _))));
         if done
-            || started.elapsed() >= timeout
+            || started.elapsed() >= timeout.max(settle)
             || (nodes.is_empty() && started.elapsed() >= settle * 2)
         {
             break;
@@ -109,19 +136,7 @@ pub async fn wait_installed_showing(
 
 /// Prints what [`wait_installed`] found; `false` when no node is ready.
 pub fn report(deployment: &Deployment, installs: &Installs) -> bool {
-    let m = &deployment.manifest;
-    println!(
-        "deployed {} {} ({}, bundle {} of {} bytes, {})",
-        m.name,
-        m.version,
-        m.runtime,
-        &deployment.bundle.digest[..deployment.bundle.digest.len().min(19)],
-        deployment.bundle.size,
-        match &deployment.signature {
-            Some(s) => format!("signed by {}", s.signer),
-            None => "unsigned".to_owned(),
-        }
-    );
+    print_deployed(deployment);
     if installs.is_empty() {
         println!("  no executor is running: it installs when one starts");
         return true;
@@ -135,10 +150,27 @@ pub fn report(deployment: &Deployment, installs: &Installs) -> bool {
     installs.values().any(|(s, _)| *s == InstallState::Ready)
 }
 
-/// Waits up to `wait_s` seconds (0: not at all) for nodes to install
-/// `deployment`, showing their states as they change (on a terminal),
-/// prints what they report (with `json`, as [`DeployReport`]), and fails
-/// when none could.
+/// The line naming what was deployed.
+fn print_deployed(deployment: &Deployment) {
+    let m = &deployment.manifest;
+    println!(
+        "deployed {} {} ({}, bundle {} of {} bytes, {})",
+        m.name,
+        m.version,
+        m.runtime,
+        &deployment.bundle.digest[..deployment.bundle.digest.len().min(19)],
+        deployment.bundle.size,
+        match &deployment.signature {
+            Some(s) => format!("signed by {}", s.signer),
+            None => "unsigned".to_owned(),
+        }
+    );
+}
+
+/// Waits up to `wait_s` seconds (0: not at all, and says so; else at
+/// least a heartbeat round) for nodes to install `deployment`, showing
+/// their states as they change (on a terminal), prints what they report
+/// (with `json`, as [`DeployReport`]), and fails when none could.
 pub async fn wait_and_report(
     client: &async_nats::Client,
     subjects: &Subjects,
@@ -146,13 +178,20 @@ pub async fn wait_and_report(
     wait_s: u64,
     json: bool,
 ) -> anyhow::Result<()> {
-    let installs = if wait_s == 0 {
-        Installs::default()
-    } else {
-        let mut progress = InstallProgress::new(deployment);
-        let timeout = Duration::from_secs(wait_s);
-        wait_installed_showing(client, subjects, deployment, timeout, Some(&mut progress)).await?
-    };
+    if wait_s == 0 {
+        // Nothing was heard: say so rather than report an empty node set.
+        if json {
+            report_json(deployment, &Installs::default())?;
+        } else {
+            print_deployed(deployment);
+            println!("  not waited for executors (--wait 0): `comfaas ls` shows each node's state");
+        }
+        return Ok(());
+    }
+    let mut progress = InstallProgress::new(deployment);
+    let timeout = Duration::from_secs(wait_s);
+    let installs =
+        wait_installed_showing(client, subjects, deployment, timeout, Some(&mut progress)).await?;
     let ready = if json {
         report_json(deployment, &installs)?
     } else {

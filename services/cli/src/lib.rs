@@ -12,6 +12,7 @@ pub mod dashboard;
 pub mod deploy;
 pub mod dev;
 pub mod dlq;
+pub mod domains;
 pub mod inspect;
 pub mod invoke;
 pub mod iot;

@@ -46,6 +46,11 @@ enum Command {
         /// Print the deployment and each node's install state as JSON
         #[arg(long)]
         json: bool,
+        /// Replace a version already deployed with other content (nodes
+        /// reinstall it), or re-announce the same content (nodes whose
+        /// install failed try again)
+        #[arg(long)]
+        force: bool,
     },
     /// Set, remove or list the secrets functions read as files
     Secret {
@@ -290,6 +295,12 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
     comfaas_platform::resources::set_replicas(nats.replicas)?;
     let client = nats.connect("comfaas cli").await?;
     let registry = || async {
+        // From a cloud site, not an empty registry of its own: the edge's.
+        if let Some(comfaas::domains::Misplaced::AtEdge(message)) =
+            comfaas::domains::registry_elsewhere(&client, &nats).await
+        {
+            anyhow::bail!(message);
+        }
         Registry::open(&nats.jetstream(client.clone()))
             .await
             .with_context(|| match &nats.nkey_file {
@@ -310,6 +321,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             wait,
             signing_key,
             json,
+            force,
         } => {
             let mut registry = registry().await?;
             // The operator's identity on NATS is also its signing key.
@@ -323,7 +335,23 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
                      executors that trust operator keys will refuse it"
                 ),
             }
-            let deployment = deploy::deploy_dir(&registry, &dir).await?;
+            let same_version = if force {
+                comfaas_platform::registry::SameVersion::Replace
+            } else {
+                comfaas_platform::registry::SameVersion::Refuse
+            };
+            let deployment = match deploy::deploy_dir_with(&registry, &dir, same_version).await? {
+                comfaas_platform::registry::Deployed::Stored(d) => d,
+                comfaas_platform::registry::Deployed::Unchanged(d) => {
+                    if !json {
+                        println!(
+                            "unchanged: {} {} is already deployed with this content",
+                            d.manifest.name, d.manifest.version
+                        );
+                    }
+                    d
+                }
+            };
             deploy::wait_and_report(&client, &subjects, &deployment, wait, json).await?;
             collect_garbage(&registry).await;
         }
@@ -375,7 +403,14 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             }
             deploy::wait_and_report(&client, &subjects, &deployment, wait, json).await?;
         }
-        Command::Ls { json } => inspect::ls(&registry().await?, &client, &subjects, json).await?,
+        Command::Ls { json } => {
+            // On a cloud site, say where the registry is rather than make
+            // an empty one here and list nothing.
+            if let Some(elsewhere) = comfaas::domains::registry_elsewhere(&client, &nats).await {
+                anyhow::bail!("{}", elsewhere.message());
+            }
+            inspect::ls(&registry().await?, &client, &subjects, json).await?
+        }
         Command::Rm { function } => {
             let registry = registry().await?;
             inspect::rm(&registry, &function).await?;
@@ -420,6 +455,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::BackupEdge { domain } => {
+            comfaas::domains::check_edge_domain(&client, &domain).await?;
             // The mirrors live on the site we are connected to.
             let js = async_nats::jetstream::new(client.clone());
             comfaas_platform::resources::backup_edge(&js, &domain).await?;

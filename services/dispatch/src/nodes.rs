@@ -221,6 +221,7 @@ impl NodeTable {
                     tier: n.load.tier,
                     alive: self.alive(n, now),
                     serves: n.load.serves(function),
+                    install: install_state(&n.load, function),
                     slots: n.load.slots,
                     running,
                     queued,
@@ -241,25 +242,6 @@ impl NodeTable {
                 }
             })
             .collect()
-    }
-
-    /// Why `function` is not servable on live nodes that know it:
-    /// `node: install failed: …` or `node: installing`.
-    pub fn install_report(&self, function: &str, now: Instant) -> Vec<String> {
-        let mut report: Vec<String> = self
-            .nodes
-            .values()
-            .filter(|n| self.alive(n, now) && !n.load.serves(function))
-            .filter_map(|n| {
-                let f = n.load.functions.iter().find(|f| f.name == function)?;
-                Some(match &f.reason {
-                    Some(reason) => format!("{}: install failed: {reason}", n.load.node),
-                    None => format!("{}: installing", n.load.node),
-                })
-            })
-            .collect();
-        report.sort();
-        report
     }
 
     /// Whether `function` (bundle `digest`) is on its way to some live node
@@ -337,6 +319,19 @@ impl NodeTable {
         out.sort_by(|a, b| a.node.cmp(&b.node));
         out
     }
+}
+
+/// Why `function` is not served on a node that knows it: `installing`,
+/// or `install failed: …`; `None` when it serves it or never heard of it.
+fn install_state(load: &NodeLoad, function: &str) -> Option<String> {
+    if load.serves(function) {
+        return None;
+    }
+    let f = load.functions.iter().find(|f| f.name == function)?;
+    Some(match &f.reason {
+        Some(reason) => format!("install failed: {reason}"),
+        None => "installing".to_owned(),
+    })
 }
 
 #[cfg(test)]

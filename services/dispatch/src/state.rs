@@ -261,12 +261,9 @@ impl State {
         {
             return Choice::Installing;
         }
-        let report = inner.nodes.install_report(function, now);
-        if report.is_empty() {
-            return Choice::Nowhere(error);
-        }
-        let message = format!("{} ({})", error.message, report.join("; "));
-        Choice::Nowhere(InvocationError::new(error.code, message))
+        // The message already says, node by node, why none could take it
+        // (installing, install failed, dead, too few processes).
+        Choice::Nowhere(error)
     }
 
     /// The invocation is sent to the chosen node, expected to finish by the

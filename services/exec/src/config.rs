@@ -288,6 +288,31 @@ mod tests {
         comfaas_platform::settings::load(&ExecConfig::default(), None, &cli.flags).unwrap()
     }
 
+    /// The executor's own keys, its nested tables and the NATS keys it
+    /// shares are known; a typo is not.
+    #[test]
+    fn unknown_keys_of_an_executor_file_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("exec.toml");
+        std::fs::write(
+            &file,
+            "node = \"n1\"\nslots = 2\nslotz = 3\nnats_url = \"nats://h:4222\"\n\
+             js_domain = \"edge\"\nfind_links = [\"/w\"]\n\
+             [sandbox]\nisolation = \"none\"\nuid_bsae = 9\n\
+             [limits]\nmemory = \"256MB\"\ncpu_time = \"30s\"\n",
+        )
+        .unwrap();
+        let defaults = ExecConfig::default();
+        let config: ExecConfig =
+            comfaas_platform::settings::load(&defaults, Some(&file), &ExecFlags::default())
+                .unwrap();
+        assert_eq!((config.slots, config.limits.cpu_time.is_some()), (2, true));
+        assert_eq!(
+            comfaas_platform::settings::unknown_keys(&file, &defaults, &config),
+            ["sandbox.uid_bsae", "slotz"]
+        );
+    }
+
     #[test]
     fn trusted_operators_come_from_repeated_flags_and_are_checked() {
         let (a, b) = (

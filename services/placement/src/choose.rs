@@ -84,6 +84,73 @@ fn matches_placement(node: &NodeView, placement: &Placement) -> bool {
     }
 }
 
+/// Nodes an error names one by one; the others are counted.
+const NAMED_NODES: usize = 6;
+/// Characters of one node's reason (an install failure) an error quotes.
+const REASON_CHARS: usize = 100;
+
+/// Why no node of `nodes` takes `request`, node by node and bounded:
+/// `2 of 3 alive; e1: allows 2 processes, 4 asked; c1: install failed: …;
+/// 1 excluded by placement `edge``. Each node is named with the first
+/// condition it fails, in the order [`choose`] filters.
+fn why_none(nodes: &[NodeView], request: &Request<'_>) -> String {
+    let alive = nodes.iter().filter(|n| n.alive).count();
+    let mut parts = vec![if nodes.is_empty() {
+        "no node heard from".to_owned()
+    } else {
+        format!("{alive} of {} alive", nodes.len())
+    }];
+    let mut excluded = 0;
+    let mut named = 0;
+    let mut unnamed = 0;
+    for node in nodes {
+        let reason = if !matches_placement(node, request.placement) {
+            excluded += 1;
+            continue;
+        } else if !node.alive {
+            "not alive".to_owned()
+        } else if !node.serves {
+            let text = node.install.as_deref().unwrap_or("function not installed");
+            let mut quoted: String = text.chars().take(REASON_CHARS).collect();
+            if quoted.len() < text.len() {
+                quoted.push('…');
+            }
+            quoted
+        } else if request.procs.fit(node.max_procs.max(1)).is_none() {
+            format!(
+                "allows {} processes, {} asked",
+                node.max_procs.max(1),
+                request.procs.min
+            )
+        } else if !node.has_room() {
+            format!(
+                "queue full ({} running, {} queued, room for {})",
+                node.running,
+                node.queued,
+                node.slots.saturating_add(node.queue_capacity)
+            )
+        } else {
+            continue;
+        };
+        if named < NAMED_NODES {
+            parts.push(format!("{}: {reason}", node.node));
+            named += 1;
+        } else {
+            unnamed += 1;
+        }
+    }
+    if unnamed > 0 {
+        parts.push(format!("{unnamed} more"));
+    }
+    if excluded > 0 {
+        parts.push(format!(
+            "{excluded} excluded by placement `{}`",
+            request.placement
+        ));
+    }
+    parts.join("; ")
+}
+
 /// Picks the node for `request` among `nodes`, or says why none can take
 /// it: 503 (unavailable) when no node matches the placement, is alive,
 /// serves the function or allows its processes; 429 (busy) when every
@@ -102,20 +169,20 @@ pub fn choose(
         Placement::Auto => String::new(),
         p => format!(" (placement `{p}`)"),
     };
+    // Each refusal says why each node could not take it.
+    let unavailable = |what: String| {
+        InvocationError::unavailable(format!("{what}: {}", why_none(nodes, request)))
+    };
     if placed.is_empty() {
-        return Err(InvocationError::unavailable(format!(
-            "no node matches{where_}"
-        )));
+        return Err(unavailable(format!("no node matches{where_}")));
     }
     let live: Vec<&NodeView> = placed.into_iter().filter(|n| n.alive).collect();
     if live.is_empty() {
-        return Err(InvocationError::unavailable(format!(
-            "no live node{where_}"
-        )));
+        return Err(unavailable(format!("no live node{where_}")));
     }
     let ready: Vec<&NodeView> = live.into_iter().filter(|n| n.serves).collect();
     if ready.is_empty() {
-        return Err(InvocationError::unavailable(format!(
+        return Err(unavailable(format!(
             "no live node{where_} has function `{function}` installed"
         )));
     }
@@ -124,7 +191,7 @@ pub fn choose(
         .filter_map(|n| Some((n, request.procs.fit(n.max_procs.max(1))?)))
         .collect();
     if sized.is_empty() {
-        return Err(InvocationError::unavailable(format!(
+        return Err(unavailable(format!(
             "no live node{where_} allows {} processes for `{function}`",
             request.procs.min
         )));
@@ -132,7 +199,8 @@ pub fn choose(
     let roomy: Vec<(&NodeView, u32)> = sized.into_iter().filter(|(n, _)| n.has_room()).collect();
     if roomy.is_empty() {
         return Err(InvocationError::busy(format!(
-            "every node{where_} serving `{function}` has a full queue"
+            "every node{where_} serving `{function}` has a full queue: {}",
+            why_none(nodes, request)
         )));
     }
     // A node whose input fetches failed lately is the last resort for a
@@ -568,12 +636,107 @@ mod tests {
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         let err = choose(&nodes, &request, &mut rng).unwrap_err();
-        assert_eq!(err.message, "no node matches (placement `cloud`)");
+        assert_eq!(
+            err.message,
+            "no node matches (placement `cloud`): 1 of 1 alive; 1 excluded by placement `cloud`"
+        );
         let request = Request {
             placement: &Placement::Auto,
             ..request
         };
         let err = choose(&nodes, &request, &mut rng).unwrap_err();
-        assert_eq!(err.message, "no live node has function `hello` installed");
+        assert_eq!(
+            err.message,
+            "no live node has function `hello` installed: 1 of 1 alive; e1: function not installed"
+        );
+    }
+
+    /// The message of a refusal: `nodes` as for [`node`] (plus `installing`
+    /// and `failed` flags here), `request` as for [`check`].
+    fn refusal(nodes: &[&str], request: &str) -> String {
+        let nodes: Vec<NodeView> = nodes
+            .iter()
+            .map(|line| {
+                let plain: Vec<&str> = line
+                    .split_whitespace()
+                    .filter(|w| !matches!(*w, "installing" | "failed"))
+                    .collect();
+                let mut view = node(&plain.join(" "));
+                if line.contains(" installing") {
+                    view.serves = false;
+                    view.install = Some("installing".to_owned());
+                }
+                if line.contains(" failed") {
+                    view.serves = false;
+                    view.install = Some(format!("install failed: {}", "no wheel ".repeat(30)));
+                }
+                view
+            })
+            .collect();
+        let mut words = request.split_whitespace();
+        let placement: Placement = words.next().unwrap().parse().unwrap();
+        let procs = words
+            .next()
+            .and_then(|w| w.strip_prefix("procs="))
+            .map_or(Procs::exactly(1), |p| p.parse().unwrap());
+        let request = Request {
+            function: "f",
+            placement: &placement,
+            procs,
+            input_bytes: 0,
+            inline_bytes: 0,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        choose(&nodes, &request, &mut rng).unwrap_err().message
+    }
+
+    /// A refusal says how many nodes are alive and why each one could not
+    /// take the invocation, in a bounded length.
+    #[test]
+    fn refusals_say_why_each_node_is_not_eligible() {
+        assert_eq!(refusal(&[], "auto"), "no node matches: no node heard from");
+        assert_eq!(
+            refusal(
+                &[
+                    "edge-1 edge 0/2 missing",
+                    "cloud-1 cloud 0/2 procs=2",
+                    "cloud-2 cloud 0/2 dead"
+                ],
+                "auto procs=4"
+            ),
+            "no live node allows 4 processes for `f`: 2 of 3 alive; \
+             edge-1: function not installed; cloud-1: allows 2 processes, 4 asked; \
+             cloud-2: not alive"
+        );
+        assert_eq!(
+            refusal(&["e1 edge 0/2 installing", "c1 cloud 0/2 dead"], "auto"),
+            "no live node has function `f` installed: 1 of 2 alive; e1: installing; c1: not alive"
+        );
+        assert_eq!(
+            refusal(&["e1 edge 0/2 dead", "c1 cloud 0/2"], "edge"),
+            "no live node (placement `edge`): 1 of 2 alive; e1: not alive; \
+             1 excluded by placement `edge`"
+        );
+        assert_eq!(
+            refusal(&["e1 edge 2/2 full", "c1 cloud 0/2 missing"], "auto"),
+            "every node serving `f` has a full queue: 2 of 2 alive; \
+             e1: queue full (2 running, 6 queued, room for 6); c1: function not installed"
+        );
+        // An install failure is quoted, cut short.
+        let failed = refusal(&["e1 edge 0/2 failed"], "auto");
+        assert!(
+            failed.contains("e1: install failed: no wheel no wheel"),
+            "{failed}"
+        );
+        assert!(failed.ends_with('…') && failed.len() < 200, "{failed}");
+        // Many nodes: six named, the rest counted.
+        let many: Vec<String> = (0..40).map(|i| format!("n{i} edge 0/2 dead")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let text = refusal(&many, "auto");
+        assert!(
+            text.starts_with("no live node: 0 of 40 alive; n0: not alive;"),
+            "{text}"
+        );
+        assert!(text.ends_with("n5: not alive; 34 more"), "{text}");
     }
 }

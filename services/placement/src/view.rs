@@ -21,6 +21,10 @@ pub struct NodeView {
     pub alive: bool,
     /// The function is installed and served there.
     pub serves: bool,
+    /// Why it is not served there when the node knows the function
+    /// (`installing`, `install failed: …`), for errors that say why no
+    /// node could take an invocation.
+    pub install: Option<String>,
     /// Runs allowed at once.
     pub slots: u32,
     /// Runs under way (as last reported).

@@ -246,7 +246,7 @@ impl Grant {
         // The probe is deleted at once; account info is read by
         // async-nats before it creates a KV bucket.
         self.api(format!("STREAM.DELETE.{}", names::STORAGE_PROBE_STREAM))
-            .api("INFO")
+            .api(names::JS_ACCOUNT_INFO)
     }
 
     /// Replies to this identity: `_INBOX.<public key>.>` only.

@@ -48,6 +48,23 @@ pub enum RegistryError {
         /// Versions in the history.
         kept: String,
     },
+    /// A rollback of a function that is not deployed (never, or removed:
+    /// removing a function drops its history with it).
+    #[error("function `{0}` is not deployed; a removed function keeps no history to roll back to: deploy it again")]
+    NotDeployed(String),
+    /// A deploy reused a version number for other content: a version names
+    /// one content, so what runs under it stays what was tested under it.
+    #[error(
+        "version `{version}` of `{name}` is already deployed with other content (bundle {digest})"
+    )]
+    VersionTaken {
+        /// The function.
+        name: String,
+        /// The version.
+        version: String,
+        /// The bundle deployed under that version, shortened.
+        digest: String,
+    },
     /// The deployment could not be signed.
     #[error(transparent)]
     Sign(#[from] KeyError),
@@ -70,6 +87,45 @@ pub enum RegistryChange {
     Deployed(Box<Deployment>),
     /// A function was removed.
     Removed(String),
+}
+
+/// What [`Registry::deploy`] does with a version that was deployed before
+/// (it is in the function's kept history) with other content.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SameVersion {
+    /// Refuse it ([`RegistryError::VersionTaken`]).
+    #[default]
+    Refuse,
+    /// Replace it: the new content is current under the old number. Nodes
+    /// install it again, as they key installs by the bundle's digest, not
+    /// the version.
+    Replace,
+}
+
+/// What [`Registry::deploy`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deployed {
+    /// Stored as the function's current deployment.
+    Stored(Deployment),
+    /// The same manifest and bundle (signed by the same key, when signed)
+    /// are already current: nothing was written, nothing reinstalls.
+    Unchanged(Deployment),
+}
+
+impl Deployed {
+    /// The function's current deployment after the deploy.
+    pub fn deployment(&self) -> &Deployment {
+        match self {
+            Self::Stored(d) | Self::Unchanged(d) => d,
+        }
+    }
+
+    /// As [`Deployed::deployment`], by value.
+    pub fn into_deployment(self) -> Deployment {
+        match self {
+            Self::Stored(d) | Self::Unchanged(d) => d,
+        }
+    }
 }
 
 /// Handle on the registry bucket and the package store.
@@ -105,16 +161,51 @@ impl Registry {
     /// and makes `manifest` the function's current deployment, signed when
     /// this registry has a signer.
     ///
+    /// With [`SameVersion::Refuse`], the same manifest and bundle as the
+    /// current deployment is a no-op ([`Deployed::Unchanged`]), and a
+    /// version found in the kept history with other content is refused; a
+    /// version deployed before with this very content (going back to it)
+    /// is stored again. With [`SameVersion::Replace`] it is always stored:
+    /// nodes whose install of the same bundle failed try it again.
+    ///
     /// `digest` is `sha256:<hex>` of `bundle`, computed by the packer.
     pub async fn deploy(
         &self,
         manifest: Manifest,
         bundle: Bytes,
         digest: &str,
-    ) -> Result<Deployment, RegistryError> {
+        same_version: SameVersion,
+    ) -> Result<Deployed, RegistryError> {
         let size = bundle.len() as u64;
         if size > MAX_BUNDLE_BYTES {
             return Err(RegistryError::BundleTooLarge { size });
+        }
+        let same_content = |d: &Deployment| d.bundle.digest == digest && d.manifest == manifest;
+        let refuse = same_version == SameVersion::Refuse;
+        if let Some(current) = self.get(&manifest.name).await?.filter(|_| refuse) {
+            let signed_alike = match (&self.signer, &current.signature) {
+                (None, _) => true,
+                (Some(signer), Some(signature)) => signature.signer == signer.public_key(),
+                (Some(_), None) => false,
+            };
+            if same_content(&current) && signed_alike {
+                return Ok(Deployed::Unchanged(current));
+            }
+        }
+        if refuse {
+            let history = self.history(&manifest.name).await?;
+            if let Some(taken) = history
+                .iter()
+                .rev()
+                .find(|d| d.manifest.version == manifest.version && !same_content(d))
+            {
+                let digest = &taken.bundle.digest;
+                return Err(RegistryError::VersionTaken {
+                    name: manifest.name.clone(),
+                    version: manifest.version.clone(),
+                    digest: digest[..digest.len().min(19)].to_owned(),
+                });
+            }
         }
         let object = digest.replace(':', "-");
         if self.packages.info(&object).await.is_err() {
@@ -139,7 +230,7 @@ impl Registry {
             signer.sign(&mut deployment)?;
         }
         self.put(&deployment).await?;
-        Ok(deployment)
+        Ok(Deployed::Stored(deployment))
     }
 
     /// Makes `deployment` current again (used by rollback).
@@ -191,13 +282,16 @@ impl Registry {
         Ok(out)
     }
 
-    /// Removes `name`; `false` when it was not deployed.
+    /// Removes `name` with its history (a purge, not a delete marker): its
+    /// bundles are then unused and collected, so no kept revision may point
+    /// at a deleted bundle, and the name starts afresh if deployed again.
+    /// `false` when it was not deployed.
     pub async fn remove(&self, name: &str) -> Result<bool, RegistryError> {
         if self.get(name).await?.is_none() {
             return Ok(false);
         }
         self.functions
-            .delete(name)
+            .purge(name)
             .await
             .map_err(|e| NatsError::new(format!("remove {name}"), e))?;
         Ok(true)
@@ -222,18 +316,20 @@ impl Registry {
 
     /// Makes an earlier deployment of `name` current again: the one of
     /// version `to`, or else the newest whose bundle differs from the
-    /// current one. Returns what is now deployed.
+    /// current one. Returns what is now deployed. A function not deployed
+    /// (removed) has no history: [`RegistryError::NotDeployed`].
     pub async fn rollback(
         &self,
         name: &str,
         to: Option<&str>,
     ) -> Result<Deployment, RegistryError> {
-        let current = self.get(name).await?;
+        let Some(current) = self.get(name).await? else {
+            return Err(RegistryError::NotDeployed(name.to_owned()));
+        };
         let history = self.history(name).await?;
-        let current_digest = current.as_ref().map(|d| d.bundle.digest.clone());
         let target = history.iter().rev().find(|d| match to {
             Some(version) => d.manifest.version == version,
-            None => Some(&d.bundle.digest) != current_digest.as_ref(),
+            None => d.bundle.digest != current.bundle.digest,
         });
         let Some(target) = target else {
             let kept: Vec<&str> = history

@@ -51,6 +51,14 @@ pub enum BundleError {
     /// Over a size or count limit.
     #[error("bundle is too large: {0}")]
     TooLarge(String),
+    /// The manifest's entry point is not a file the bundle would hold.
+    #[error("entry `{entry}` (comfaas.toml) {why}")]
+    MissingEntry {
+        /// The entry as the manifest writes it.
+        entry: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The bytes do not hash to the expected digest.
     #[error("bundle digest is {actual}, expected {expected}")]
     DigestMismatch {
@@ -135,6 +143,59 @@ pub fn pack(dir: &Path) -> Result<Bundle, BundleError> {
         .map_err(io("finish bundle"))?;
     let digest = digest_of(&bytes);
     Ok(Bundle { bytes, digest })
+}
+
+/// Checks, before anything is packed or uploaded, that `entry` (relative
+/// to the function folder `dir`, as the manifest validated it) is a
+/// regular file that [`pack`] puts in the bundle: not missing, not a
+/// folder or link, not under a folder never packed (`target/`, `.venv/`,
+/// ...). Otherwise every node would fail the install, later and less clearly.
+pub fn check_entry(dir: &Path, entry: &str) -> Result<(), BundleError> {
+    let refuse = |why: String| {
+        Err(BundleError::MissingEntry {
+            entry: entry.to_owned(),
+            why,
+        })
+    };
+    let relative = Path::new(entry);
+    if let Some(skipped) = relative
+        .parent()
+        .into_iter()
+        .flat_map(Path::components)
+        .find_map(|c| match c {
+            Component::Normal(name) => SKIPPED_DIRS
+                .iter()
+                .find(|s| std::ffi::OsStr::new(s) == name),
+            _ => None,
+        })
+    {
+        return refuse(format!(
+            "is under `{skipped}/`, a folder never packed into bundles"
+        ));
+    }
+    let path = dir.join(relative);
+    // Every folder on the way must be a real folder: pack refuses links.
+    let mut walked = dir.to_path_buf();
+    for component in relative.components() {
+        walked.push(component);
+        match std::fs::symlink_metadata(&walked) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return refuse(format!("does not exist in {}", dir.display()));
+            }
+            Err(e) => return refuse(format!("cannot be read in {}: {e}", dir.display())),
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return refuse(format!(
+                    "goes through the symbolic link {} (bundles hold no links)",
+                    walked.display()
+                ));
+            }
+            Ok(meta) if walked == path && !meta.is_file() => {
+                return refuse(format!("is not a regular file in {}", dir.display()));
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(unix)]
@@ -294,6 +355,35 @@ mod tests {
             "X = 1\n"
         );
         assert!(!dest.join("__pycache__").exists());
+    }
+
+    #[test]
+    fn the_entry_must_be_a_file_the_bundle_holds() {
+        let dir = folder();
+        std::fs::create_dir(dir.path().join("target")).unwrap();
+        std::fs::write(dir.path().join("target/app"), "x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("lib"), dir.path().join("linked")).unwrap();
+        for (entry, expect) in [
+            ("lib/util.py", "ok"),
+            ("comfaas.toml", "ok"),
+            ("main.py", "does not exist in"),
+            ("lib/nope.py", "does not exist in"),
+            ("lib", "is not a regular file"),
+            ("target/app", "is under `target/`"),
+            ("linked/util.py", "symbolic link"),
+        ] {
+            let got = match check_entry(dir.path(), entry) {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                got.contains(expect),
+                "{entry}: expected {expect:?}, got {got:?}"
+            );
+            if expect != "ok" {
+                assert!(got.starts_with(&format!("entry `{entry}`")), "{got}");
+            }
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod jail;
 pub mod process;
 pub mod sandbox;
 
-pub use bundle::{pack, unpack, Bundle, BundleError, MAX_UNPACKED_BYTES};
+pub use bundle::{check_entry, pack, unpack, Bundle, BundleError, MAX_UNPACKED_BYTES};
 pub use handler::{HandlerPool, WorkerError, WorkerSpec};
 pub use install::{
     available_runtimes, default_wheelhouse, install, InstallError, Installation, MpiFlavor,

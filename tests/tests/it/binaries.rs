@@ -142,7 +142,9 @@ async fn a_broken_manifest_is_refused_naming_the_field() {
         ("name = \"x\"\nversion = \"1\"\nruntime = \"cobol\"\nentry = \"m.py\"", "unknown variant `cobol`"),
         ("name = \"x\"\nversion = \"1\"\nruntime = \"python\"\nentry = \"m.py\"\ntimout = \"1s\"", "unknown field `timout`"),
         ("name = \"x\"\nversion = \"1\"\nruntime = \"python\"\nentry = \"../m.py\"", "field `entry`"),
-        ("name = [", "comfaas.toml"),
+        ("name = [", "comfaas.toml:1:9: invalid array"),
+        ("name = \"x\"\nversion = \"1\"\nruntime = \"python\"\nentry = \"m.py\"\n  timout = \"1s\"", "comfaas.toml:5:3: unknown field `timout`"),
+        ("name = \"x\"\nversion = \"1 0\"\nruntime = \"python\"\nentry = \"m.py\"", "comfaas.toml:2:1: field `version`"),
     ];
     for (manifest, expect) in cases {
         std::fs::write(dir.path().join("comfaas.toml"), manifest).unwrap();
@@ -153,6 +155,12 @@ async fn a_broken_manifest_is_refused_naming_the_field() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{manifest}");
         assert!(stderr.contains(expect), "{manifest}: {stderr}");
+        // The path in front, as compilers print it, for editors to jump to.
+        let manifest_path = dir.path().join("comfaas.toml");
+        assert!(
+            stderr.contains(&format!("comfaas: {}", manifest_path.display())),
+            "{manifest}: {stderr}"
+        );
     }
     let out = comfaas(nats.url(), &["deploy", "/nonexistent/fn"]);
     assert!(
@@ -161,6 +169,34 @@ async fn a_broken_manifest_is_refused_naming_the_field() {
     // Nothing was registered.
     let out = comfaas(nats.url(), &["ls"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("no functions deployed"));
+}
+
+/// A key the configuration does not have (a typo) is warned about, naming
+/// the file and the key; the command still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_configuration_keys_are_warned_about() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("comfaas.toml");
+    std::fs::write(
+        &file,
+        format!("nats_url = \"{}\"\njs_domian = \"edge\"\n", nats.url()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary("comfaas"))
+        .args(["--config", file.to_str().unwrap(), "ls"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "configuration {}: unknown key `js_domian` is ignored",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("`nats_url`"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,7 +386,7 @@ async fn the_cli_refuses_bad_arguments_clearly() {
         ),
         (
             &["rollback", "ghost"],
-            "no earlier version of `ghost` in its history (versions kept: none)",
+            "function `ghost` is not deployed; a removed function keeps no history",
         ),
         (
             &["invoke", "hello", "--placement", "moon"],

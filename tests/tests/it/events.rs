@@ -253,7 +253,7 @@ async fn two_dispatchers_share_the_load_and_run_nothing_twice() {
         publish_event(&p, "tally", &format!("e{i}"), &format!("e{i}")).await;
     }
     for reply in futures::future::join_all(requests).await {
-        assert_eq!(header(&reply, h::STATUS), "ok");
+        assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
     }
     let mut seen = std::collections::HashMap::new();
     while seen.values().sum::<u32>() < 80 {

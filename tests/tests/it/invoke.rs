@@ -336,9 +336,30 @@ async fn a_broken_install_is_reported_and_answers_503() {
         "name = \"broken\"\nversion = \"1\"\nruntime = \"python\"\nentry = \"main.py\"\n",
     )
     .unwrap();
-    let deployment = comfaas::deploy::deploy_dir(&p.registry, &dir)
+    // `comfaas deploy` refuses it before uploading anything...
+    let refused = comfaas::deploy::deploy_dir(&p.registry, &dir)
         .await
-        .unwrap();
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("entry `main.py` (comfaas.toml) does not exist in"),
+        "{refused}"
+    );
+    assert!(p.registry.get("broken").await.unwrap().is_none());
+    // ...so it is stored as another client could: the nodes refuse it.
+    let bundle = comfaas_runtime::pack(&dir).unwrap();
+    let manifest = comfaas::deploy::read_manifest(&dir).unwrap();
+    let deployment = p
+        .registry
+        .deploy(
+            manifest,
+            bundle.bytes.into(),
+            &bundle.digest,
+            comfaas_platform::registry::SameVersion::Refuse,
+        )
+        .await
+        .unwrap()
+        .into_deployment();
     p.wait_state(
         &deployment,
         &["edge-1", "cloud-1"],
@@ -349,7 +370,7 @@ async fn a_broken_install_is_reported_and_answers_503() {
     let (code, message) = error_of(&reply);
     assert_eq!(code, "503");
     assert!(
-        message.contains("no live node has function `broken` installed"),
+        message.contains("no live node has function `broken` installed: 2 of 2 alive; "),
         "{message}"
     );
     assert!(

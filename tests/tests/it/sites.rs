@@ -246,3 +246,98 @@ async fn emulated_links_are_felt_and_each_site_shows_its_round_trip() {
     count_edge_input(&p, "miami-1", 2 << 20, Some("node:miami-1")).await;
     drop(clouds);
 }
+
+/// `comfaas` at `url` with `args`: (success, stdout, stderr).
+fn cli(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(comfaas_tests::binary("comfaas"))
+        .args(["--nats-url", url])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Whether the server at `client` has the stream `name` (in its own domain).
+async fn has_stream(client: &async_nats::Client, name: &str) -> bool {
+    async_nats::jetstream::new(client.clone())
+        .get_stream(name)
+        .await
+        .is_ok()
+}
+
+/// On a cloud site, `ls` without `--js-domain` says the registry is in the
+/// edge's domain (and makes no empty registry there); with it, it lists.
+/// `backup-edge` refuses a domain that does not answer, or holds no
+/// events, before creating any mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_site_points_at_the_edge_domain_and_backup_checks_it() {
+    let leaf_port = free_port();
+    let cloud = EmbeddedServer::start(ServerOptions::hub(&configs(), "cloud", leaf_port))
+        .await
+        .unwrap();
+    let edge = EmbeddedServer::start(ServerOptions::leaf(&configs(), "edge", leaf_port))
+        .await
+        .unwrap();
+    let hub = async_nats::connect(cloud.url()).await.unwrap();
+    let p = Platform::on(edge).await;
+    link_up(&p.client, &hub).await;
+    comfaas::deploy::deploy_dir(&p.registry, &repo_root().join("functions/hello"))
+        .await
+        .unwrap();
+    let registry = comfaas_schemas::names::kv_stream(comfaas_schemas::names::FUNCTIONS_BUCKET);
+
+    let (ok, stdout, stderr) = cli(cloud.url(), &["ls"]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("this site (JetStream domain `cloud`) has no function registry")
+            && stderr.contains("`comfaas --js-domain edge ls`"),
+        "{stderr}"
+    );
+    // Nor does a deploy or an rm store or remove anything on the wrong site.
+    let hello = repo_root().join("functions/hello");
+    for args in [
+        &["deploy", hello.to_str().unwrap(), "--wait", "0"][..],
+        &["rm", "hello"],
+    ] {
+        let (ok, _, stderr) = cli(cloud.url(), args);
+        assert!(
+            !ok && stderr.contains("it is in the edge's domain `edge`; give `--js-domain edge`"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(
+        !has_stream(&hub, &registry).await,
+        "a registry was made on the cloud site"
+    );
+    let (ok, stdout, stderr) = cli(cloud.url(), &["--js-domain", "edge", "ls"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("hello"), "{stdout}");
+    // At the edge, where the registry is, nothing to say.
+    let (ok, stdout, stderr) = cli(p.nats.url(), &["ls"]);
+    assert!(ok && stdout.contains("hello"), "{stdout}{stderr}");
+
+    for (domain, expect) in [
+        (
+            "nope",
+            "JetStream domain `nope` does not answer from this site",
+        ),
+        (
+            "cloud",
+            "JetStream domain `cloud` has no COMFAAS_EVENTS stream",
+        ),
+        ("a.b", "is not a JetStream domain name"),
+    ] {
+        let (ok, _, stderr) = cli(cloud.url(), &["backup-edge", "--domain", domain]);
+        assert!(!ok && stderr.contains(expect), "{domain}: {stderr}");
+        let backup = comfaas_schemas::names::events_backup_stream(domain);
+        assert!(
+            !has_stream(&hub, &backup).await,
+            "{domain}: a mirror was made"
+        );
+    }
+    drop(cloud);
+}

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use comfaas_platform::registry::SameVersion;
 use comfaas_schemas::names::headers as h;
 use comfaas_schemas::{decode, InstallState, Manifest, NodeLoad, Runtime};
 use comfaas_tests::{header, write_wheel, NodeSpec, Platform};
@@ -270,9 +271,10 @@ async fn hostile_bundles_are_refused_and_nothing_is_installed() {
         let digest = comfaas_runtime::bundle::digest_of(&bytes);
         let deployment = p
             .registry
-            .deploy(manifest(name), bytes.into(), &digest)
+            .deploy(manifest(name), bytes.into(), &digest, SameVersion::Refuse)
             .await
-            .unwrap();
+            .unwrap()
+            .into_deployment();
         p.wait_state(&deployment, &["edge-1"], InstallState::Failed)
             .await;
         let reply = p.invoke(name, "").await;
@@ -293,7 +295,12 @@ async fn hostile_bundles_are_refused_and_nothing_is_installed() {
     let huge = vec![0u8; (comfaas_platform::registry::MAX_BUNDLE_BYTES + 1) as usize];
     let err = p
         .registry
-        .deploy(manifest("huge"), huge.into(), "sha256:00")
+        .deploy(
+            manifest("huge"),
+            huge.into(),
+            "sha256:00",
+            SameVersion::Refuse,
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("exceeds the limit"), "{err}");
@@ -331,4 +338,136 @@ async fn bundles_no_kept_revision_uses_are_collected() {
         p.registry.fetch_bundle(&keep.bundle).await.is_ok(),
         "a deployed bundle stays"
     );
+}
+
+/// `comfaas deploy|rm|rollback …` against `p`, as an operator runs it:
+/// (success, stdout, stderr).
+async fn cli(p: &Platform, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(comfaas_tests::binary("comfaas"))
+        .args(["--nats-url", p.nats.url()])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn path(dir: &std::path::Path) -> &str {
+    dir.to_str().unwrap()
+}
+
+/// A version names one content: deploying it again unchanged is a no-op,
+/// with other content it is refused unless `--force`, which nodes then
+/// install. `rm` drops the history: rollback says so, and the version
+/// number is free again. `--wait 0` says it did not wait; an entry that is
+/// not in the folder is refused before anything is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_names_one_content_and_rm_forgets_it() {
+    let p = one_node().await;
+    let v1 = versioned(&p, "svc", "1", "", &says("v1"));
+    let (ok, stdout, stderr) = cli(&p, &["deploy", path(&v1)]).await;
+    assert!(ok && stdout.contains("edge-1: ready"), "{stdout}{stderr}");
+    assert_eq!(said(&p.invoke("svc", "").await).0, "v1");
+
+    // The same content again: nothing is written, nothing reinstalls.
+    let (ok, stdout, stderr) = cli(&p, &["deploy", path(&v1)]).await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("unchanged: svc 1 is already deployed with this content")
+            && stdout.contains("edge-1: ready"),
+        "{stdout}"
+    );
+    assert_eq!(p.registry.history("svc").await.unwrap().len(), 1);
+
+    // Other content under the same number: refused, v1 goes on serving.
+    let other = versioned(&p, "svc", "1", "", &says("other"));
+    let (ok, stdout, stderr) = cli(&p, &["deploy", path(&other)]).await;
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains(
+            "version `1` of `svc` is already deployed with other content (bundle sha256:"
+        ) && stderr.contains("raise `version` in")
+            && stderr.contains("or deploy with --force to replace it"),
+        "{stderr}"
+    );
+    assert_eq!(p.registry.history("svc").await.unwrap().len(), 1);
+    assert_eq!(said(&p.invoke("svc", "").await).0, "v1");
+
+    // Forced: the node installs the new content under the old number.
+    let (ok, stdout, stderr) = cli(&p, &["deploy", path(&other), "--force"]).await;
+    assert!(ok && stdout.contains("edge-1: ready"), "{stdout}{stderr}");
+    assert_eq!(said(&p.invoke("svc", "").await).0, "other");
+
+    // Not waited for: said, not "no executor is running".
+    let v2 = versioned(&p, "svc", "2", "", &says("v2"));
+    let (ok, stdout, stderr) = cli(&p, &["deploy", path(&v2), "--wait", "0"]).await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("deployed svc 2") && stdout.contains("not waited for executors"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("no executor is running"), "{stdout}");
+
+    // Removed: its history goes with it, so rollback has nothing, and
+    // version 1 may hold anything again.
+    let (ok, stdout, stderr) = cli(&p, &["rm", "svc"]).await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(p.registry.history("svc").await.unwrap().is_empty());
+    let (ok, stdout, stderr) = cli(&p, &["rollback", "svc"]).await;
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("function `svc` is not deployed; a removed function keeps no history"),
+        "{stderr}"
+    );
+    // (Written again: every `versioned` of a name writes the same folder.)
+    let v1 = versioned(&p, "svc", "1", "", &says("v1"));
+    let (ok, stdout, stderr) = cli(&p, &["deploy", path(&v1)]).await;
+    assert!(ok && stdout.contains("edge-1: ready"), "{stdout}{stderr}");
+    assert_eq!(said(&p.invoke("svc", "").await).0, "v1");
+
+    // An entry that is not in the folder: refused before any upload.
+    let lost = versioned(&p, "lost", "1", "", &says("x"));
+    std::fs::remove_file(lost.join("main.py")).unwrap();
+    let (ok, stdout, stderr) = cli(&p, &["deploy", path(&lost)]).await;
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("entry `main.py` (comfaas.toml) does not exist in"),
+        "{stderr}"
+    );
+    assert!(p.registry.get("lost").await.unwrap().is_none());
+}
+
+/// `deploy --force` of the very content already deployed stores it again,
+/// so a node whose install of it failed (a secret not set yet) tries again;
+/// without `--force` the same content changes nothing, and the node stays
+/// failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_makes_a_failed_install_of_the_same_bundle_try_again() {
+    let p = one_node().await;
+    let dir = versioned(&p, "needs", "1", "secrets = [\"LATE\"]", &says("v1"));
+    let (ok, stdout, stderr) = cli(&p, &["deploy", path(&dir), "--wait", "5"]).await;
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout.contains("edge-1: failed") && stdout.contains("secret `LATE` is not set"),
+        "{stdout}{stderr}"
+    );
+    let js = async_nats::jetstream::new(p.client.clone());
+    comfaas_platform::secrets::SecretStore::open_or_create(&js)
+        .await
+        .unwrap()
+        .set("LATE", b"now")
+        .await
+        .unwrap();
+    let (ok, stdout, _) = cli(&p, &["deploy", path(&dir), "--wait", "5"]).await;
+    assert!(
+        !ok && stdout.contains("unchanged") && stdout.contains("edge-1: failed"),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = cli(&p, &["deploy", path(&dir), "--force"]).await;
+    assert!(ok && stdout.contains("edge-1: ready"), "{stdout}{stderr}");
+    assert_eq!(said(&p.invoke("needs", "").await).0, "v1");
 }
