@@ -1,6 +1,6 @@
 //! The `comfaas` command-line interface: operators' and developers' entry
 //! to the platform (`auth`, `dev`, `deploy`, `invoke`, `ls`, `rm`, `nodes`,
-//! `iot-sim`, `secret`, `dlq`). The functions behind each command are public so tests and
+//! `iot-sim`, `secret`, `dlq`, `decisions`). The functions behind each command are public so tests and
 //! the embedded default reuse them.
 //!
 //! Architecture invariant: the CLI speaks only the public contract
@@ -8,6 +8,7 @@
 //! except `dev`, which hosts them in-process.
 
 pub mod auth;
+pub mod decisions;
 pub mod deploy;
 pub mod dev;
 pub mod dlq;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use comfaas::{auth, deploy, dev, dlq, inspect, invoke, iot, secret};
+use comfaas::{auth, decisions, deploy, dev, dlq, inspect, invoke, iot, secret};
 use comfaas_platform::nats::{NatsFlags, NatsOptions};
 use comfaas_platform::registry::Registry;
 
@@ -100,6 +100,16 @@ enum Command {
     },
     /// Show the live node table
     Nodes,
+    /// Show the dispatchers' latest placement decisions: candidates, each
+    /// estimate's parts, the choice
+    Decisions {
+        /// Keep printing new decisions as they are made
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON object per decision and line
+        #[arg(long)]
+        json: bool,
+    },
     /// The dead-letter queue: events that ended without a successful run
     Dlq {
         #[command(subcommand)]
@@ -307,6 +317,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             collect_garbage(&registry).await;
         }
         Command::Nodes => inspect::nodes(&client, &subjects).await?,
+        Command::Decisions { follow, json } => {
+            let format = if json {
+                decisions::Format::Json
+            } else {
+                decisions::Format::Table
+            };
+            decisions::run(&client, &subjects, follow, format).await?
+        }
         Command::Dlq { command } => {
             let js = nats.jetstream(client.clone());
             let mut queue = comfaas_platform::dlq::Dlq::open(&js, &subjects).await?;
