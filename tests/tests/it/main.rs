@@ -31,6 +31,7 @@ mod faults;
 mod inputs;
 mod invoke;
 mod nodedeath;
+mod observe;
 mod roles;
 mod runtimes;
 mod sandbox;
