@@ -986,6 +986,10 @@ mod readme {
                 "CandidateEstimate",
                 fields(&metrics.recent[0].candidates[0]),
             ),
+            (
+                "EstimateParts",
+                fields(&metrics.recent[0].candidates[0].parts.unwrap()),
+            ),
         ];
         for (name, fields) in messages {
             let start = readme

@@ -79,6 +79,29 @@ pub struct DevOptions {
     /// [default: $XDG_STATE_HOME/comfaas/auth, or ~/.local/state/comfaas/auth]
     #[arg(long, requires = "secure")]
     pub auth_dir: Option<PathBuf>,
+    /// First port of the Prometheus endpoints on 127.0.0.1: the
+    /// dispatcher's, then one per executor in order (0: off)
+    #[arg(long, default_value_t = 9464)]
+    pub metrics_port: u16,
+}
+
+/// The Prometheus address of the `index`th service `comfaas dev` starts
+/// (0: the dispatcher, then the executors), empty when metrics are off.
+fn metrics_addr(options: &DevOptions, index: u16) -> String {
+    match options.metrics_port {
+        0 => String::new(),
+        port => format!("127.0.0.1:{}", port.saturating_add(index)),
+    }
+}
+
+/// Prints where the metrics of a service are scraped, if anywhere.
+fn print_metrics_url(who: &str, addr: &str) {
+    if !addr.is_empty() {
+        println!(
+            "  {who} metrics: http://{addr}{}",
+            comfaas_platform::metrics::METRICS_PATH
+        );
+    }
 }
 
 /// Where `comfaas dev --secure` keeps its credentials by default.
@@ -394,9 +417,11 @@ pub async fn run(
     let dispatcher = Dispatcher::connect(DispatchConfig {
         nats: as_role(auth, &url, "dispatcher"),
         id: "dispatch-dev".to_owned(),
+        metrics_addr: metrics_addr(&options, 0),
         ..DispatchConfig::default()
     })
     .await?;
+    print_metrics_url("dispatcher", &metrics_addr(&options, 0));
     services.spawn(dispatcher.run(shutdown.clone()));
     // Wheels fetched by scripts/setup.sh spare the index a trip; one cargo
     // target folder lets both executors share the Rust build.
@@ -430,9 +455,11 @@ pub async fn run(
             // Executors sharing this host hand out uids from ranges of
             // their own, so no two functions share a user.
             sandbox: node_sandbox(index),
+            metrics_addr: metrics_addr(&options, u16::try_from(index + 1).unwrap_or(u16::MAX)),
             ..ExecConfig::default()
         };
         println!("executor {} ({}) started", config.node, config.tier);
+        print_metrics_url(&config.node, &config.metrics_addr);
         let executor = Executor::connect(config).await?;
         services.spawn(executor.run(shutdown.clone()));
     }
