@@ -86,11 +86,19 @@ pub struct DevOptions {
 }
 
 /// The Prometheus address of the `index`th service `comfaas dev` starts
-/// (0: the dispatcher, then the executors), empty when metrics are off.
+/// (0: the dispatcher, then the executors), empty when metrics are off or
+/// the port is taken (said in one line: a busy port must not stop `dev`).
 fn metrics_addr(options: &DevOptions, index: u16) -> String {
-    match options.metrics_port {
-        0 => String::new(),
-        port => format!("127.0.0.1:{}", port.saturating_add(index)),
+    if options.metrics_port == 0 {
+        return String::new();
+    }
+    let addr = format!("127.0.0.1:{}", options.metrics_port.saturating_add(index));
+    match std::net::TcpListener::bind(&addr) {
+        Ok(_) => addr,
+        Err(e) => {
+            eprintln!("metrics not served on {addr}: {e} (--metrics-port picks other ports)");
+            String::new()
+        }
     }
 }
 
@@ -414,14 +422,15 @@ pub async fn run(
 
     let mut services = JoinSet::new();
     let nats = as_role(auth, &url, "operator");
+    let dispatch_metrics = metrics_addr(&options, 0);
+    print_metrics_url("dispatcher", &dispatch_metrics);
     let dispatcher = Dispatcher::connect(DispatchConfig {
         nats: as_role(auth, &url, "dispatcher"),
         id: "dispatch-dev".to_owned(),
-        metrics_addr: metrics_addr(&options, 0),
+        metrics_addr: dispatch_metrics,
         ..DispatchConfig::default()
     })
     .await?;
-    print_metrics_url("dispatcher", &metrics_addr(&options, 0));
     services.spawn(dispatcher.run(shutdown.clone()));
     // Wheels fetched by scripts/setup.sh spare the index a trip; one cargo
     // target folder lets both executors share the Rust build.

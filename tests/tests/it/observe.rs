@@ -13,6 +13,7 @@ use async_nats::HeaderMap;
 use comfaas_dispatch::DispatchConfig;
 use comfaas_platform::auth::Role;
 use comfaas_schemas::names::{headers as h, micro};
+use comfaas_schemas::InstallState;
 use comfaas_tests::{binary, header, repo_root, NodeSpec, Platform, Security};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -294,11 +295,30 @@ async fn prometheus_counters_move_with_invocations_errors_and_events() {
     assert_eq!(String::from_utf8_lossy(&counted.payload).trim(), "100000");
     // An event that fails is dead-lettered.
     p.publish_event("hello", &[], "not json").await;
+    // One no node can run yet (its install failed: 503, transient) is
+    // handed back for a later try.
+    let broken = p.function(
+        "broken-c",
+        "",
+        &[("main.c", "int main(void) { return nope; }\n")],
+    );
+    std::fs::write(
+        broken.join("comfaas.toml"),
+        "name = \"broken-c\"\nversion = \"1\"\nruntime = \"c\"\nentry = \"main.c\"\n",
+    )
+    .unwrap();
+    let deployment = comfaas::deploy::deploy_dir(&p.registry, &broken)
+        .await
+        .unwrap();
+    p.wait_state(&deployment, &["edge-1"], InstallState::Failed)
+        .await;
+    p.publish_event("broken-c", &[], "").await;
 
     // Nodes answer requesters before they tell the dispatcher, which
     // counts then: wait until it has counted all five.
     let dispatch = wait_for(&dispatch_addr, |text| {
         sample(text, "comfaas_dispatch_events_dead_lettered_total", &[]) >= 1.0
+            && sample(text, "comfaas_dispatch_events_retried_total", &[]) >= 1.0
             && sample(text, "comfaas_dispatch_invocations_total", &[]) >= 5.0
     })
     .await
@@ -341,6 +361,20 @@ async fn prometheus_counters_move_with_invocations_errors_and_events() {
             &[r#"function="hello""#]
         ),
         1.0,
+        "{dispatch}"
+    );
+    assert!(
+        d(
+            "comfaas_dispatch_invocations_total",
+            &[r#"function="broken-c""#, r#"status="503""#]
+        ) >= 1.0,
+        "{dispatch}"
+    );
+    assert!(
+        d(
+            "comfaas_dispatch_events_retried_total",
+            &[r#"function="broken-c""#]
+        ) >= 1.0,
         "{dispatch}"
     );
     assert!(
