@@ -167,8 +167,9 @@ async fn discovery_lists_the_dispatcher_and_executors_and_their_stats_move(secur
     p.assert_no_violations();
 }
 
-/// In a secure site a device may neither ask discovery nor answer it, and
-/// a node may answer only as itself.
+/// In a secure site a device may neither ask discovery nor answer it, a
+/// node may answer only as itself, and no service answers onto a subject
+/// that is not an inbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_may_not_use_discovery_nor_a_node_answer_for_another() {
     let p = Platform::start_secure().await;
@@ -186,6 +187,20 @@ async fn a_device_may_not_use_discovery_nor_a_node_answer_for_another() {
     let _spy = p.device.subscribe("$SRV.>").await.unwrap();
     p.device.flush().await.unwrap();
     logged(&p, "$SRV.>").await;
+
+    // A discovery request whose reply subject is not an inbox gets no
+    // answer: else the services would publish there (here: a forged
+    // result) with their own identities.
+    let forged = p.subjects.result("hello");
+    let mut results = p.client.subscribe(forged.clone()).await.unwrap();
+    p.client
+        .publish_with_reply("$SRV.PING", forged, "".into())
+        .await
+        .unwrap();
+    p.client.flush().await.unwrap();
+    if let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(1), results.next()).await {
+        panic!("a discovery answer went to {}", message.subject);
+    }
 
     // A node impersonating another in discovery.
     let node = p
