@@ -16,7 +16,7 @@ use comfaas_schemas::names::{headers as h, micro};
 use comfaas_schemas::InstallState;
 use comfaas_tests::{binary, header, repo_root, NodeSpec, Platform, Security};
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 open_and_secure!(
     discovery_lists_the_dispatcher_and_executors_and_their_stats_move,
@@ -526,6 +526,42 @@ async fn decisions_show_the_choice_of_an_invocation(security: Security) {
         let estimate = candidate["estimate_ms"].as_f64().unwrap();
         assert!((total - estimate).abs() < 1e-6, "{candidate}");
     }
+
+    // `-f`: a decision made after it started is printed as it comes.
+    let mut follow = tokio::process::Command::new(binary("comfaas"))
+        .args(p.cli_args(role))
+        .args(["decisions", "-f", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    // The first listing is printed once its window has closed: the
+    // earlier decision in it means what comes next is followed.
+    let first = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(&invocation) {
+                return;
+            }
+        }
+        panic!("decisions -f ended before listing {invocation}");
+    })
+    .await;
+    assert!(first.is_ok(), "decisions -f did not list {invocation}");
+    let later = header(&p.invoke("hello", "{}").await, h::INVOCATION_ID);
+    let seen = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(&later) {
+                return line;
+            }
+        }
+        panic!("decisions -f ended before {later}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("decisions -f did not print {later} within 20 s"));
+    assert!(seen.contains("\"function\":\"hello\""), "{seen}");
+    follow.kill().await.unwrap();
     p.assert_no_violations();
 }
 
