@@ -27,8 +27,8 @@ pub use manifest::{
 };
 pub use messages::{
     now_unix_ms, BundleRef, CandidateEstimate, Deployment, DeploymentSignature, DispatchMetrics,
-    ErrorCount, FunctionState, InputObject, InstallState, Invocation, NodeLoad, NodeMetrics,
-    PlacementRecord, SandboxReport, SignaturePolicy, SigningError, Tier, DEPLOYMENT_SIGNING_DOMAIN,
-    SCHEMA_VERSION,
+    ErrorCount, EstimateParts, FunctionState, InputObject, InstallState, Invocation, NodeLoad,
+    NodeMetrics, PlacementRecord, SandboxReport, SignaturePolicy, SigningError, Tier,
+    DEPLOYMENT_SIGNING_DOMAIN, SCHEMA_VERSION,
 };
 pub use names::validate_secret_name;

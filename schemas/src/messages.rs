@@ -540,6 +540,9 @@ pub struct PlacementRecord {
     /// The estimate for every eligible node, best first.
     #[serde(default)]
     pub candidates: Vec<CandidateEstimate>,
+    /// When the try ended (Unix ms); absent from older dispatchers.
+    #[serde(default)]
+    pub unix_ms: Option<u64>,
 }
 
 /// One eligible node's estimate in a placement decision.
@@ -549,6 +552,31 @@ pub struct CandidateEstimate {
     pub node: String,
     /// Estimated completion time, ms.
     pub estimate_ms: f64,
+    /// What the estimate is made of; absent from older dispatchers.
+    #[serde(default)]
+    pub parts: Option<EstimateParts>,
+}
+
+/// The parts of one completion-time estimate, ms; they add up to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct EstimateParts {
+    /// Waiting for a slot behind the jobs at the node.
+    pub wait_ms: f64,
+    /// Slow-down from sharing the node's cores with its other jobs.
+    pub contention_ms: f64,
+    /// Fetching the input from the object store.
+    pub transfer_ms: f64,
+    /// The round trip to the node.
+    pub rtt_ms: f64,
+    /// The run itself.
+    pub run_ms: f64,
+}
+
+impl EstimateParts {
+    /// The estimate they make up, ms.
+    pub fn total_ms(&self) -> f64 {
+        self.wait_ms + self.contention_ms + self.transfer_ms + self.rtt_ms + self.run_ms
+    }
 }
 
 /// A dispatcher's own report, on `<prefix>.dispatch.<id>.metrics` every second.
@@ -740,7 +768,15 @@ mod tests_support {
                 candidates: vec![CandidateEstimate {
                     node: "edge-1".into(),
                     estimate_ms: 2.5,
+                    parts: Some(EstimateParts {
+                        wait_ms: 0.5,
+                        contention_ms: 0.0,
+                        transfer_ms: 0.0,
+                        rtt_ms: 1.0,
+                        run_ms: 1.0,
+                    }),
                 }],
+                unix_ms: Some(4),
             }],
             sent_unix_ms: 5,
             bad_reply_subjects: 1,
@@ -949,6 +985,10 @@ mod readme {
             (
                 "CandidateEstimate",
                 fields(&metrics.recent[0].candidates[0]),
+            ),
+            (
+                "EstimateParts",
+                fields(&metrics.recent[0].candidates[0].parts.unwrap()),
             ),
         ];
         for (name, fields) in messages {

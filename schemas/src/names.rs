@@ -114,6 +114,61 @@ pub fn is_token(text: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// NATS micro-service discovery (`$SRV.PING|INFO|STATS[.<name>[.<id>]]`),
+/// what `nats micro ls|info|stats` and any NATS client ask: the names the
+/// dispatchers and executors answer under. `$SRV` is NATS's own prefix,
+/// shared by every service on the server, not under the comfaas prefix.
+pub mod micro {
+    /// The prefix of every discovery request.
+    pub const API_PREFIX: &str = "$SRV";
+    /// The verbs a service answers.
+    pub const VERBS: [&str; 3] = ["PING", "INFO", "STATS"];
+    /// The dispatchers' service name (its ids are the dispatcher ids).
+    pub const DISPATCH_SERVICE: &str = "comfaas-dispatch";
+    /// The executors' service name (its ids are the node ids).
+    pub const EXEC_SERVICE: &str = "comfaas-exec";
+
+    /// Every subject instance `id` of `service` answers on: each verb
+    /// alone, with the service name, and with name and id.
+    pub fn subjects(service: &str, id: &str) -> Vec<String> {
+        VERBS
+            .iter()
+            .flat_map(|verb| {
+                [
+                    format!("{API_PREFIX}.{verb}"),
+                    format!("{API_PREFIX}.{verb}.{service}"),
+                    format!("{API_PREFIX}.{verb}.{service}.{id}"),
+                ]
+            })
+            .collect()
+    }
+
+    /// The same as wildcards, for permissions: any verb, to all services,
+    /// to `service`, and to its instance `id` (`*` for any instance).
+    pub fn grant(service: &str, id: &str) -> [String; 3] {
+        [
+            format!("{API_PREFIX}.*"),
+            format!("{API_PREFIX}.*.{service}"),
+            format!("{API_PREFIX}.*.{service}.{id}"),
+        ]
+    }
+
+    /// Every discovery request, for those who may ask.
+    pub fn all() -> String {
+        format!("{API_PREFIX}.>")
+    }
+
+    /// The request of `verb` to every service (`$SRV.PING`), to one
+    /// (`service`), or to one instance (`service` and `id`).
+    pub fn request(verb: &str, service: Option<&str>, id: Option<&str>) -> String {
+        match (service, id) {
+            (Some(service), Some(id)) => format!("{API_PREFIX}.{verb}.{service}.{id}"),
+            (Some(service), None) => format!("{API_PREFIX}.{verb}.{service}"),
+            _ => format!("{API_PREFIX}.{verb}"),
+        }
+    }
+}
+
 /// Header names of the device-facing format (see `schemas/README.md`).
 pub mod headers {
     /// Request: an object in `comfaas_inputs` that is the input.
@@ -138,6 +193,12 @@ pub mod headers {
     pub const TIER: &str = "Comfaas-Tier";
     /// Reply: the function's run time in milliseconds.
     pub const DURATION_MS: &str = "Comfaas-Duration-Ms";
+    /// Reply: milliseconds the invocation waited in the node's queue for a
+    /// slot before its run started.
+    pub const QUEUE_MS: &str = "Comfaas-Queue-Ms";
+    /// Reply: milliseconds the node spent getting a large input (from its
+    /// cache or the object store) before the run; 0 for an inline input.
+    pub const FETCH_MS: &str = "Comfaas-Fetch-Ms";
     /// Reply: the function that ran (set on `result` subjects).
     pub const FUNCTION: &str = "Comfaas-Function";
     /// Reply: a large output stored in `comfaas_outputs`.

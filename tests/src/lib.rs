@@ -474,6 +474,8 @@ pub struct NodeSpec {
     pub trusted_operators: Vec<String>,
     /// How it confines runs (bwrap by default, as in production).
     pub sandbox: comfaas_runtime::SandboxConfig,
+    /// Where it serves Prometheus metrics (empty: off).
+    pub metrics_addr: String,
 }
 
 impl NodeSpec {
@@ -493,6 +495,7 @@ impl NodeSpec {
             heartbeat_ms: 1000,
             trusted_operators: Vec::new(),
             sandbox: comfaas_runtime::SandboxConfig::default(),
+            metrics_addr: String::new(),
         }
     }
 
@@ -542,6 +545,7 @@ impl NodeSpec {
             cargo_offline: true,
             cargo_target_dir: repo_root().join("target").join("comfaas-functions"),
             sandbox: self.sandbox,
+            metrics_addr: self.metrics_addr,
             ..ExecConfig::default()
         }
     }

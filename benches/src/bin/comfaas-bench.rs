@@ -160,6 +160,7 @@ async fn instant_node(
                 node: Some(node_id.clone()),
                 tier: Some(Tier::Edge),
                 duration_ms: Some(0),
+                ..ReplyMeta::default()
             };
             // As an executor does: the outcome straight to the requester,
             // then the result subject, then a notice to the dispatcher.

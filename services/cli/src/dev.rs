@@ -105,6 +105,37 @@ pub struct DevOptions {
     /// Do not serve the dashboard
     #[arg(long)]
     pub no_dashboard: bool,
+    /// First port of the Prometheus endpoints on 127.0.0.1: the
+    /// dispatcher's, then one per executor in order (0: off)
+    #[arg(long, default_value_t = 9464)]
+    pub metrics_port: u16,
+}
+
+/// The Prometheus address of the `index`th service `comfaas dev` starts
+/// (0: the dispatcher, then the executors), empty when metrics are off or
+/// the port is taken (said in one line: a busy port must not stop `dev`).
+fn metrics_addr(options: &DevOptions, index: u16) -> String {
+    if options.metrics_port == 0 {
+        return String::new();
+    }
+    let addr = format!("127.0.0.1:{}", options.metrics_port.saturating_add(index));
+    match std::net::TcpListener::bind(&addr) {
+        Ok(_) => addr,
+        Err(e) => {
+            eprintln!("metrics not served on {addr}: {e} (--metrics-port picks other ports)");
+            String::new()
+        }
+    }
+}
+
+/// Prints where the metrics of a service are scraped, if anywhere.
+fn print_metrics_url(who: &str, addr: &str) {
+    if !addr.is_empty() {
+        println!(
+            "  {who} metrics: http://{addr}{}",
+            comfaas_platform::metrics::METRICS_PATH
+        );
+    }
 }
 
 /// The server configurations of `nats/`, built in so `comfaas dev` works
@@ -585,14 +616,17 @@ pub async fn run(
     }
 
     let mut services = JoinSet::new();
+    let dispatch_metrics = metrics_addr(&options, 0);
     let dispatcher = Dispatcher::connect(DispatchConfig {
         nats: as_role(auth, &url, "dispatcher"),
         id: "dispatch-dev".to_owned(),
+        metrics_addr: dispatch_metrics.clone(),
         ..DispatchConfig::default()
     })
     .await?;
     services.spawn(dispatcher.run(shutdown.clone()));
     stages.done("dispatcher dispatch-dev up");
+    print_metrics_url("dispatcher", &dispatch_metrics);
     // Wheels fetched by scripts/setup.sh spare the index a trip; one cargo
     // target folder lets both executors share the Rust build.
     let wheelhouse = Some(comfaas_runtime::default_wheelhouse()).filter(|d| d.is_dir());
@@ -625,6 +659,7 @@ pub async fn run(
             // Executors sharing this host hand out uids from ranges of
             // their own, so no two functions share a user.
             sandbox: node_sandbox(index),
+            metrics_addr: metrics_addr(&options, u16::try_from(index + 1).unwrap_or(u16::MAX)),
             ..ExecConfig::default()
         };
         let what = format!(
@@ -635,9 +670,11 @@ pub async fn run(
             config.max_procs(),
             oversubscribed(config.max_procs())
         );
+        let (node_name, node_metrics) = (config.node.clone(), config.metrics_addr.clone());
         let executor = Executor::connect(config).await?;
         services.spawn(executor.run(shutdown.clone()));
         stages.done(&what);
+        print_metrics_url(&node_name, &node_metrics);
     }
 
     let client = nats.connect("comfaas dev").await?;

@@ -1,6 +1,6 @@
 //! The `comfaas` command-line interface: operators' and developers' entry
 //! to the platform (`auth`, `dev`, `deploy`, `invoke`, `ls`, `rm`, `nodes`,
-//! `iot-sim`, `secret`, `dlq`, `new`, `completions`, `dashboard`). The functions behind each command are public so tests and
+//! `iot-sim`, `secret`, `dlq`, `new`, `completions`, `dashboard`, `decisions`). The functions behind each command are public so tests and
 //! the embedded default reuse them.
 //!
 //! Architecture invariant: the CLI speaks only the public contract
@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod dashboard;
+pub mod decisions;
 pub mod deploy;
 pub mod dev;
 pub mod dlq;

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
-use comfaas::{auth, dashboard, deploy, dev, dlq, inspect, invoke, iot, output, scaffold, secret};
+use comfaas::{
+    auth, dashboard, decisions, deploy, dev, dlq, inspect, invoke, iot, output, scaffold, secret,
+};
 use comfaas_platform::nats::{NatsFlags, NatsOptions};
 use comfaas_platform::registry::Registry;
 
@@ -144,6 +146,16 @@ enum Command {
     /// Serve a live web page of the site: nodes, functions, placement
     /// decisions, events, invocations per second (read-only)
     Dashboard(dashboard::DashboardOptions),
+    /// Show the dispatchers' latest placement decisions: candidates, each
+    /// estimate's parts, the choice
+    Decisions {
+        /// Keep printing new decisions as they are made
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON object per decision and line
+        #[arg(long)]
+        json: bool,
+    },
     /// The dead-letter queue: events that ended without a successful run
     Dlq {
         #[command(subcommand)]
@@ -425,6 +437,14 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             };
             let shutdown = comfaas_platform::signals::shutdown_on_signal();
             dashboard::serve(source, options.addr, shutdown).await?;
+        }
+        Command::Decisions { follow, json } => {
+            let format = if json {
+                decisions::Format::Json
+            } else {
+                decisions::Format::Table
+            };
+            decisions::run(&client, &subjects, follow, format).await?
         }
         Command::Dlq { command } => {
             let js = nats.jetstream(client.clone());

@@ -36,6 +36,9 @@ pub struct DispatchConfig {
     /// An event published longer ago than this is dead-lettered, not run
     /// (like Lambda's maximum event age); 0 for no limit.
     pub max_event_age_s: u64,
+    /// Where to serve Prometheus metrics (`host:port`, `GET /metrics`);
+    /// empty: off, and nothing is counted.
+    pub metrics_addr: String,
 }
 
 impl Default for DispatchConfig {
@@ -52,6 +55,7 @@ impl Default for DispatchConfig {
             max_event_deliveries: comfaas_platform::resources::EVENTS_MAX_DELIVER,
             max_events_pending: comfaas_platform::resources::EVENTS_MAX_ACK_PENDING,
             max_event_age_s: 6 * 3600,
+            metrics_addr: String::new(),
         }
     }
 }
@@ -98,4 +102,8 @@ pub struct DispatchFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Serve Prometheus metrics on this host:port (GET /metrics) [default: off]
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
 }

@@ -218,6 +218,9 @@ async fn handle(
         if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
             tracing::warn!("cannot nak event: {e}");
         }
+        if let Some(function) = &answer.function {
+            shared.observe.retried(function);
+        }
         return;
     }
     let mut answer = answer;
@@ -364,6 +367,7 @@ async fn dead_letter(
         .await
         .map_err(|e| e.to_string())?;
     shared.state.dead_lettered();
+    shared.observe.dead_lettered(function);
     tracing::info!(event = %delivery.id, function, code, "event dead-lettered: {reason}");
     Ok(())
 }

@@ -14,6 +14,7 @@
 mod config;
 mod events;
 mod nodes;
+mod observe;
 mod place;
 mod shared;
 mod state;
@@ -61,6 +62,7 @@ impl Dispatcher {
         Ok(Self {
             shared: Arc::new(Shared {
                 state: State::new(config.dead_after_heartbeats),
+                observe: observe::Observe::new(&config),
                 permits: Arc::new(Semaphore::new(config.max_concurrent)),
                 config,
                 client,
@@ -99,6 +101,29 @@ impl Dispatcher {
         // create the store: the dispatcher does (see platform::auth),
         // after the events stream, which must get its disk first.
         comfaas_platform::resources::outputs_store(&js).await?;
+        // Listed by `$SRV` discovery from here on.
+        shared
+            .observe
+            .service(&shared.config)
+            .start(client.clone(), shutdown.clone())
+            .await
+            .context("register the comfaas-dispatch micro service")?;
+        if !shared.config.metrics_addr.is_empty() {
+            let render = {
+                let shared = shared.clone();
+                Arc::new(move || shared.observe.render(&shared.state, &shared.config.id))
+            };
+            let addr = comfaas_platform::metrics::serve(
+                &shared.config.metrics_addr,
+                render,
+                shutdown.clone(),
+            )
+            .await?;
+            tracing::info!(
+                "metrics at http://{addr}{}",
+                comfaas_platform::metrics::METRICS_PATH
+            );
+        }
         tracing::info!(id = %shared.config.id, "dispatcher serving {}", shared.subjects.invoke_all());
 
         let mut tasks = Tasks::new("dispatcher");

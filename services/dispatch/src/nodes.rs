@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use comfaas_placement::{NodeView, RunFit};
-use comfaas_schemas::{NodeLoad, NodeMetrics};
+use comfaas_schemas::{NodeLoad, NodeMetrics, Tier};
 use tokio_util::sync::CancellationToken;
 
 struct Node {
@@ -300,7 +300,22 @@ impl NodeTable {
         });
     }
 
-    /// Per-node metrics for the dispatcher's report.
+    /// Each node known: id, tier, runs and queue as it last reported.
+    pub fn loads(&self) -> Vec<(String, Tier, u32, u32)> {
+        self.nodes
+            .values()
+            .map(|n| {
+                (
+                    n.load.node.clone(),
+                    n.load.tier,
+                    n.load.running,
+                    n.load.queued,
+                )
+            })
+            .collect()
+    }
+
+    /// Every node known, as the metrics report lists it.
     pub fn metrics(&self, now: Instant) -> Vec<NodeMetrics> {
         let mut out: Vec<NodeMetrics> = self
             .nodes

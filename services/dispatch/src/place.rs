@@ -107,6 +107,7 @@ pub async fn execute(
     event: Option<&EventRun>,
 ) -> Answer {
     shared.state.start();
+    let arrived = Instant::now();
     let id = match event {
         Some(event) => event.id.clone(),
         None => uuid::Uuid::new_v4().simple().to_string(),
@@ -138,6 +139,9 @@ pub async fn execute(
         reply::set_msg_id(&mut answer.headers, &msg_id);
     }
     shared.state.finish(answer.error);
+    shared
+        .observe
+        .answered(&answer, arrived.elapsed(), event.is_some());
     answer
 }
 
@@ -243,7 +247,10 @@ async fn invoke(
             explain: last_refusal.is_none(),
         };
         let decision = match shared.state.choose(&wanted, tried) {
-            Choice::Node(decision) => decision,
+            Choice::Node(decision, tier) => {
+                shared.observe.placed(tier);
+                decision
+            }
             // The node holding the event's run cannot take it: anywhere.
             Choice::Nowhere(_) | Choice::Never(_) | Choice::Installing if attaching => {
                 attaching = false;

@@ -9,6 +9,7 @@ use comfaas_schemas::names::Subjects;
 use tokio::sync::Semaphore;
 
 use crate::config::DispatchConfig;
+use crate::observe::Observe;
 use crate::state::State;
 
 /// The dispatcher's context, one per process, behind an `Arc`.
@@ -29,4 +30,6 @@ pub struct Shared {
     pub state: State,
     /// One per invocation or event handled at once.
     pub permits: Arc<Semaphore>,
+    /// Counters for discovery and metrics.
+    pub observe: Observe,
 }

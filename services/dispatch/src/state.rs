@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use comfaas_placement::{Decision, Request};
 use comfaas_schemas::{
-    now_unix_ms, CandidateEstimate, Deployment, DispatchMetrics, ErrorCode, ErrorCount,
-    InvocationError, NodeLoad, PlacementRecord, SCHEMA_VERSION,
+    now_unix_ms, Deployment, DispatchMetrics, ErrorCode, ErrorCount, InvocationError, NodeLoad,
+    PlacementRecord, Tier, SCHEMA_VERSION,
 };
 
 use crate::nodes::{NodeTable, Observed};
@@ -52,8 +52,8 @@ struct Stats {
 
 /// What [`State::choose`] found for one try of an invocation.
 pub enum Choice {
-    /// Send it there.
-    Node(Decision),
+    /// Send it there (a node of this tier).
+    Node(Decision, Tier),
     /// No node serves the function yet, but one is installing it (or a
     /// fresh deploy has not reached the nodes): look again shortly.
     Installing,
@@ -229,7 +229,13 @@ impl State {
         let mut views = self.lock().nodes.views(function, now);
         views.retain(|v| !tried.contains(&v.node));
         let error = match comfaas_placement::choose(&views, wanted.request, &mut rand::rng()) {
-            Ok(decision) => return Choice::Node(decision),
+            Ok(decision) => {
+                let tier = views
+                    .iter()
+                    .find(|v| v.node == decision.node)
+                    .map_or(Tier::Edge, |v| v.tier);
+                return Choice::Node(decision, tier);
+            }
             Err(error) => error,
         };
         if !wanted.explain {
@@ -301,14 +307,8 @@ impl State {
             reason: decision.reason.clone(),
             took_ms: Some(took_ms),
             estimate_ms: Some(decision.estimate_ms),
-            candidates: decision
-                .candidates
-                .iter()
-                .map(|(node, estimate_ms)| CandidateEstimate {
-                    node: node.clone(),
-                    estimate_ms: *estimate_ms,
-                })
-                .collect(),
+            candidates: decision.candidates.clone(),
+            unix_ms: Some(now_unix_ms()),
         };
         let mut inner = self.lock();
         inner.nodes.answered(node, sent.token);
@@ -331,6 +331,11 @@ impl State {
             recent.pop_front();
         }
         recent.push_back(record);
+    }
+
+    /// Each known node with its tier, runs and queue as it last reported.
+    pub fn node_loads(&self) -> Vec<(String, Tier, u32, u32)> {
+        self.lock().nodes.loads()
     }
 
     /// The metrics report of dispatcher `id`; forgets nodes long silent.

@@ -75,6 +75,9 @@ pub struct ExecConfig {
     /// Limits of a run its manifest leaves out (`[limits]`: `memory`,
     /// `procs`, `open_files`, `file_size`, `cpu_time`).
     pub limits: ResourceLimits,
+    /// Where to serve Prometheus metrics (`host:port`, `GET /metrics`);
+    /// empty: off, and nothing is counted.
+    pub metrics_addr: String,
 }
 
 impl Default for ExecConfig {
@@ -106,6 +109,7 @@ impl Default for ExecConfig {
             trusted_operators: Vec::new(),
             sandbox: SandboxConfig::default(),
             limits: default_limits(),
+            metrics_addr: String::new(),
         }
     }
 }
@@ -270,6 +274,10 @@ pub struct ExecFlags {
     #[arg(long = "trusted-operator", value_name = "KEY")]
     #[serde(rename = "trusted_operators", skip_serializing_if = "Vec::is_empty")]
     pub trusted_operators: Vec<String>,
+    /// Serve Prometheus metrics on this host:port (GET /metrics) [default: off]
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
 }
 
 #[cfg(test)]

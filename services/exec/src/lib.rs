@@ -21,6 +21,7 @@ mod functions;
 mod inputs;
 mod install;
 mod load;
+mod observe;
 mod recent;
 mod run;
 mod work;
@@ -38,6 +39,7 @@ pub use config::{default_limits, ExecConfig, ExecFlags};
 use functions::FunctionTable;
 use install::Installer;
 use load::Heartbeat;
+use observe::Observe;
 use recent::RecentRuns;
 use run::{Outputs, Runner};
 use work::Worker;
@@ -211,6 +213,27 @@ impl Executor {
             .subscribe(held_subject.clone())
             .await
             .with_context(|| format!("subscribe to {held_subject}"))?;
+        // Listed by `$SRV` discovery from here on, like the work subject.
+        let observe = Observe::new(&config);
+        observe
+            .service(&config)
+            .start(self.client.clone(), shutdown.clone())
+            .await
+            .context("register the comfaas-exec micro service")?;
+        if !config.metrics_addr.is_empty() {
+            let render = {
+                let (observe, admission, inputs) =
+                    (observe.clone(), admission.clone(), inputs.clone());
+                Arc::new(move || observe.render(&admission, &inputs))
+            };
+            let addr =
+                comfaas_platform::metrics::serve(&config.metrics_addr, render, shutdown.clone())
+                    .await?;
+            tracing::info!(
+                "metrics at http://{addr}{}",
+                comfaas_platform::metrics::METRICS_PATH
+            );
+        }
         let recent = RecentRuns::new(
             Duration::from_secs(config.remember_events_s),
             REMEMBERED_EVENTS,
@@ -248,6 +271,7 @@ impl Executor {
         tasks.spawn(answer_pings(
             self.client.clone(),
             pings,
+            observe.clone(),
             stop_heartbeat.clone(),
         ));
         tasks.spawn(answer_held(
@@ -287,6 +311,7 @@ impl Executor {
                 },
             },
             recent,
+            observe,
         };
         worker.serve(work_sub, shutdown.clone()).await;
 
@@ -310,10 +335,12 @@ impl Executor {
 async fn answer_pings(
     client: async_nats::Client,
     mut pings: async_nats::Subscriber,
+    observe: Arc<Observe>,
     stop: CancellationToken,
 ) {
     use futures::StreamExt;
     while let Some(Some(ping)) = stop.run_until_cancelled(pings.next()).await {
+        observe.ping.ok(Duration::ZERO);
         if let Some(reply) = ping.reply {
             // Only an inbox: a ping "answered" on `$JS.API.…` would be a
             // request made with this node's identity.

@@ -66,6 +66,8 @@ pub struct Job<'a> {
 pub struct Ran {
     /// How long the function ran.
     pub duration: Duration,
+    /// How long getting its large input took (zero for an inline one).
+    pub fetch: Duration,
     /// Its output, or why it failed.
     pub output: Result<Output, InvocationError>,
 }
@@ -84,10 +86,12 @@ impl Runner {
     /// function that ran and failed is an `Ok` with a failed output.
     pub async fn run(&self, job: Job<'_>) -> Result<Ran, InvocationError> {
         let invocation = job.invocation;
+        let fetching = std::time::Instant::now();
         let input = match &invocation.input_object {
             None => RunInput::Bytes(Bytes::copy_from_slice(&invocation.input)),
             Some(object) => RunInput::File(self.inputs.get(object).await?),
         };
+        let fetch = fetching.elapsed();
         let outcome = match &job.served.pool {
             Some(pool) => {
                 let input = match input {
@@ -98,7 +102,10 @@ impl Runner {
             }
             None => self.run_process(&job, input).await?,
         };
-        Ok(self.ran(&job, outcome))
+        Ok(Ran {
+            fetch,
+            ..self.ran(&job, outcome)
+        })
     }
 
     /// The outcome of a run as the requester sees it.
@@ -127,6 +134,7 @@ impl Runner {
         };
         Ran {
             duration: outcome.duration,
+            fetch: Duration::ZERO,
             output,
         }
     }

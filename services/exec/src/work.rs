@@ -10,7 +10,7 @@
 //! whose `reply_to` is not one is refused (400) before it runs.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::{Admission, Ticket};
 use crate::config::ExecConfig;
 use crate::functions::{FunctionTable, Lookup, Served};
+use crate::observe::Observe;
 use crate::recent::{outcome_of, Claim, Outcome, RecentRuns};
 use crate::run::{Job, Runner};
 
@@ -49,6 +50,8 @@ pub struct Worker {
     /// Events running here or run recently, by id: what a redelivery
     /// attaches to.
     pub recent: RecentRuns,
+    /// Counters for discovery and metrics.
+    pub observe: Arc<Observe>,
 }
 
 /// What a work message gets back.
@@ -108,7 +111,10 @@ impl Worker {
                 "work message whose reply subject is not an inbox dropped");
             return;
         }
-        let mut reply = self.answer(&message.payload).await;
+        let started = Instant::now();
+        let (function, mut reply) = self.answer(&message.payload).await;
+        self.observe
+            .answered(&function, &reply.headers, started.elapsed());
         let _held = reply.ticket.take();
         let client = &self.client;
         // A refusal, or no requester to answer directly: the work request's
@@ -132,27 +138,31 @@ impl Worker {
         publish(client, work_reply, notice, Bytes::new()).await;
     }
 
-    /// The reply to one work message.
-    async fn answer(&self, payload: &[u8]) -> Reply {
+    /// The reply to one work message, with the function it named (empty
+    /// when it did not decode).
+    async fn answer(&self, payload: &[u8]) -> (String, Reply) {
         let invocation: Invocation = match decode(payload) {
             Ok(invocation) => invocation,
             Err(e) => {
                 let node = &self.config.node;
-                return self.refuse(
+                let refusal = self.refuse(
                     "",
                     InvocationError::bad_request(format!(
                         "node {node} got an invalid invocation: {e}"
                     )),
                 );
+                return (String::new(), refusal);
             }
         };
-        if invocation.event && !invocation.id.is_empty() {
-            return self.answer_event(&invocation).await;
-        }
-        match self.admit_and_run(&invocation).await {
-            Ok(reply) => reply,
-            Err(refusal) => self.refuse(&invocation.id, refusal),
-        }
+        let reply = if invocation.event && !invocation.id.is_empty() {
+            self.answer_event(&invocation).await
+        } else {
+            match self.admit_and_run(&invocation).await {
+                Ok(reply) => reply,
+                Err(refusal) => self.refuse(&invocation.id, refusal),
+            }
+        };
+        (invocation.function, reply)
     }
 
     /// An event runs once here however often it is delivered: a delivery
@@ -225,6 +235,7 @@ impl Worker {
         };
         let requested = invocation.timeout_ms.map(Duration::from_millis);
         let timeout = self.limits.timeout(requested, served.timeout);
+        let queued = Instant::now();
         let ticket = start_in_time(ticket, invocation.deadline_unix_ms, timeout)
             .await
             .ok_or_else(|| {
@@ -239,9 +250,13 @@ impl Worker {
             procs,
             timeout,
         };
+        let queue = queued.elapsed();
         let ran = self.runner.run(job).await?;
+        self.observe.ran(function, queue, ran.fetch, ran.duration);
         let mut meta = self.meta(id);
         meta.duration_ms = Some(ran.duration.as_millis() as u64);
+        meta.queue_ms = Some(queue.as_millis() as u64);
+        meta.fetch_ms = Some(ran.fetch.as_millis() as u64);
         let (headers, body) = match ran.output {
             Ok(output) => {
                 let mut headers = reply::ok(&meta);
@@ -285,7 +300,7 @@ impl Worker {
             invocation_id: invocation_id.to_owned(),
             node: Some(self.config.node.clone()),
             tier: Some(self.config.tier),
-            duration_ms: None,
+            ..ReplyMeta::default()
         }
     }
 

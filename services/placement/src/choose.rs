@@ -3,7 +3,7 @@
 //! costs each, explores a node never tried when it may be the best, and
 //! breaks near-ties at random.
 
-use comfaas_schemas::{InvocationError, Placement, Procs, Tier};
+use comfaas_schemas::{CandidateEstimate, EstimateParts, InvocationError, Placement, Procs, Tier};
 use rand::Rng;
 
 use crate::cost::Estimator;
@@ -48,8 +48,8 @@ pub struct Decision {
     pub reason: String,
     /// Its estimated completion time, ms.
     pub estimate_ms: f64,
-    /// Every eligible node's estimate, ms, best first.
-    pub candidates: Vec<(String, f64)>,
+    /// Every eligible node's estimate and its parts, best first.
+    pub candidates: Vec<CandidateEstimate>,
 }
 
 /// One eligible node, costed.
@@ -60,6 +60,8 @@ struct Costed<'a> {
     procs: u32,
     /// Its estimated completion time, ms.
     estimate_ms: f64,
+    /// What that estimate is made of.
+    parts: EstimateParts,
     /// Never ran the function: a candidate for exploration.
     untried: bool,
 }
@@ -223,18 +225,26 @@ pub fn choose(
     );
     let mut costed: Vec<Costed<'_>> = roomy
         .iter()
-        .map(|&(view, procs)| Costed {
-            view,
-            procs,
-            estimate_ms: estimator.estimate_ms(view, procs),
-            untried: view.runs.is_empty(),
+        .map(|&(view, procs)| {
+            let parts = estimator.parts(view, procs);
+            Costed {
+                view,
+                procs,
+                estimate_ms: parts.total_ms(),
+                parts,
+                untried: view.runs.is_empty(),
+            }
         })
         .collect();
     costed.sort_by(|a, b| a.estimate_ms.total_cmp(&b.estimate_ms));
     let best = costed[0].estimate_ms;
-    let candidates: Vec<(String, f64)> = costed
+    let candidates: Vec<CandidateEstimate> = costed
         .iter()
-        .map(|c| (c.view.node.clone(), c.estimate_ms))
+        .map(|c| CandidateEstimate {
+            node: c.view.node.clone(),
+            estimate_ms: c.estimate_ms,
+            parts: Some(c.parts),
+        })
         .collect();
     // Learn: try a node never tried (and not being tried now) when it may
     // well be the best, once another node has taught a run time.

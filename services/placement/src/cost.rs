@@ -4,7 +4,7 @@
 //! run time measured elsewhere, its tier's fetch throughput, a first
 //! guess).
 
-use comfaas_schemas::Tier;
+use comfaas_schemas::{EstimateParts, Tier};
 
 use crate::view::NodeView;
 
@@ -77,8 +77,9 @@ impl Estimator {
     }
 
     /// Estimated completion time of the job at `view` with `procs`
-    /// processes, ms.
-    pub(crate) fn estimate_ms(&self, view: &NodeView, procs: u32) -> f64 {
+    /// processes, in its parts (ms; [`EstimateParts::total_ms`] adds them
+    /// up), as decisions report them.
+    pub(crate) fn parts(&self, view: &NodeView, procs: u32) -> EstimateParts {
         let fallback_run_ms = self
             .fastest_work
             .map_or(FIRST_RUN_MS, |w| w / f64::from(procs));
@@ -103,7 +104,13 @@ impl Estimator {
                         .unwrap_or(fallback_fetch_bytes_per_s)
                     * 1000.0
         };
-        view.wait_ms(run) + contention + transfer + rtt + run
+        EstimateParts {
+            wait_ms: view.wait_ms(run),
+            contention_ms: contention,
+            transfer_ms: transfer,
+            rtt_ms: rtt,
+            run_ms: run,
+        }
     }
 }
 

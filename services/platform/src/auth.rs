@@ -254,6 +254,15 @@ impl Grant {
         self.subscribe(format!("{}.>", names::inbox_prefix_of(public_key)))
     }
 
+    /// Answering NATS micro discovery (`$SRV.PING|INFO|STATS`) as instance
+    /// `id` of `service` (see `platform::micro`): only its own name and id.
+    fn discovered_as(&mut self, service: &str, id: &str) -> &mut Self {
+        for subject in names::micro::grant(service, id) {
+            self.subscribe(subject);
+        }
+        self.answer_requests()
+    }
+
     /// Answering requests: publishing on reply subjects, which are inboxes.
     fn answer_requests(&mut self) -> &mut Self {
         self.publish(format!("{}.>", names::INBOX_PREFIX))
@@ -334,7 +343,8 @@ impl Role {
                 g.deny_subscribe.push(s.all());
             }
             Self::Operator => {
-                g.publish(s.invoke_all())
+                g.publish(names::micro::all())
+                    .publish(s.invoke_all())
                     .publish(s.event_all())
                     .subscribe(s.node_load_all())
                     .subscribe(s.dispatch_metrics_all())
@@ -382,6 +392,8 @@ impl Role {
                 .read_objects(names::INPUTS_BUCKET)
                 .api(format!("CONSUMER.MSG.NEXT.{events}.{consumer}"))
                 .publish(format!("{}.{events}.{consumer}.>", js::ACK));
+                // Any dispatcher id: ids are chosen at start (random by default).
+                g.discovered_as(names::micro::DISPATCH_SERVICE, "*");
             }
             Self::Executor { node } => {
                 g.subscribe(s.work(node))
@@ -394,7 +406,8 @@ impl Role {
                     .read_kv(names::SECRETS_BUCKET)
                     .read_objects(names::PACKAGES_BUCKET)
                     .pull_objects(names::INPUTS_BUCKET)
-                    .put_objects(names::OUTPUTS_BUCKET);
+                    .put_objects(names::OUTPUTS_BUCKET)
+                    .discovered_as(names::micro::EXEC_SERVICE, node);
             }
             Self::MqttDevice => {
                 // Results of every function, as the observer reads them:
@@ -411,7 +424,8 @@ impl Role {
                     .subscribe(mqtt::DELIVERIES);
             }
             Self::Observer => {
-                g.subscribe(s.node_load_all())
+                g.publish(names::micro::all())
+                    .subscribe(s.node_load_all())
                     .subscribe(s.dispatch_metrics_all())
                     .subscribe(s.result_all())
                     .read_stream(names::RESULTS_STREAM)

@@ -10,6 +10,8 @@
 
 pub mod auth;
 pub mod dlq;
+pub mod metrics;
+pub mod micro;
 pub mod nats;
 pub mod objects;
 pub mod registry;

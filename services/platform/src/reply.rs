@@ -18,6 +18,10 @@ pub struct ReplyMeta {
     pub tier: Option<Tier>,
     /// Run time of the function, ms.
     pub duration_ms: Option<u64>,
+    /// Time it waited for a slot in the node's queue, ms.
+    pub queue_ms: Option<u64>,
+    /// Time the node took to get its large input, ms.
+    pub fetch_ms: Option<u64>,
 }
 
 /// Headers of a successful reply.
@@ -84,8 +88,14 @@ fn add_meta(headers: &mut HeaderMap, meta: &ReplyMeta) {
     if let Some(tier) = meta.tier {
         headers.insert(h::TIER, tier.as_str());
     }
-    if let Some(ms) = meta.duration_ms {
-        headers.insert(h::DURATION_MS, ms.to_string().as_str());
+    for (name, ms) in [
+        (h::DURATION_MS, meta.duration_ms),
+        (h::QUEUE_MS, meta.queue_ms),
+        (h::FETCH_MS, meta.fetch_ms),
+    ] {
+        if let Some(ms) = ms {
+            headers.insert(name, ms.to_string().as_str());
+        }
     }
 }
 
@@ -174,6 +184,8 @@ mod tests {
             node: Some("edge-1".into()),
             tier: Some(Tier::Edge),
             duration_ms: Some(12),
+            queue_ms: Some(3),
+            fetch_ms: Some(0),
         };
         let failed = InvocationError::function_failed("exit 1:\nTraceback\r\n");
         let headers = error(&failed, &meta);
@@ -187,6 +199,8 @@ mod tests {
         );
         assert_eq!(get(&headers, h::NODE).as_deref(), Some("edge-1"));
         assert_eq!(get(&headers, h::DURATION_MS).as_deref(), Some("12"));
+        assert_eq!(get(&headers, h::QUEUE_MS).as_deref(), Some("3"));
+        assert_eq!(get(&headers, h::FETCH_MS).as_deref(), Some("0"));
         assert_eq!(outcome(Some(&ok(&meta))), Outcome::Ok);
         assert_eq!(outcome(None), Outcome::Unknown);
     }

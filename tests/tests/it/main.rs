@@ -35,6 +35,7 @@ mod inputs;
 mod invoke;
 mod mqtt;
 mod nodedeath;
+mod observe;
 mod roles;
 mod runtimes;
 mod sandbox;

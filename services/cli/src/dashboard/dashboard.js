@@ -114,10 +114,13 @@ function renderNodes(s) {
   fillBody("nodes", rows, 11, "no node heard yet");
 }
 
-// The parts of an estimate beyond its total, when the dispatcher sends them.
+// The parts of an estimate (wait, contention, transfer, round trip, run),
+// when the dispatcher sends them (`CandidateEstimate.parts`).
 function parts(candidate) {
-  return Object.entries(candidate)
-    .filter(([k, v]) => k !== "node" && k !== "estimate_ms" && typeof v === "number")
+  const p = candidate.parts;
+  if (!p || typeof p !== "object") return "";
+  return Object.entries(p)
+    .filter(([, v]) => typeof v === "number")
     .map(([k, v]) => k.replace(/_ms$/, "") + " " + fmt(v, 2))
     .join(", ");
 }

@@ -385,7 +385,9 @@ mod tests {
                     candidates: vec![CandidateEstimate {
                         node: "a".into(),
                         estimate_ms: 1.0,
+                        parts: None,
                     }],
+                    unix_ms: None,
                 })
                 .collect(),
             sent_unix_ms,
