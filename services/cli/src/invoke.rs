@@ -137,8 +137,18 @@ pub async fn print_reply(
             Ok(())
         }
         Outcome::Error {
-            raw_code, message, ..
-        } => anyhow::bail!("error {raw_code}: {message}"),
+            raw_code,
+            message: summary,
+            ..
+        } => {
+            // A failed run's body is the end of its stderr (a traceback),
+            // printed as written, before the one-line summary.
+            let detail = String::from_utf8_lossy(&message.payload);
+            if !detail.trim().is_empty() {
+                eprintln!("{}", detail.trim_end());
+            }
+            anyhow::bail!("error {raw_code}: {summary}")
+        }
         Outcome::Unknown => anyhow::bail!("the reply carries no {} header", h::STATUS),
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use comfaas::{auth, deploy, dev, dlq, inspect, invoke, iot, secret};
+use comfaas::{auth, deploy, dev, dlq, inspect, invoke, iot, logs, secret};
 use comfaas_platform::nats::{NatsFlags, NatsOptions};
 use comfaas_platform::registry::Registry;
 
@@ -100,6 +100,23 @@ enum Command {
     },
     /// Show the live node table
     Nodes,
+    /// Print what a function's runs wrote to stderr (`time node id | line`)
+    Logs {
+        /// Function name
+        function: String,
+        /// Keep printing new logs as runs write them
+        #[arg(long, short)]
+        follow: bool,
+        /// Only this invocation's (its Comfaas-Invocation-Id)
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// Only runs on this node
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+        /// Only logs this recent, e.g. 10m, 2h [default: all kept]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+    },
     /// The dead-letter queue: events that ended without a successful run
     Dlq {
         #[command(subcommand)]
@@ -307,6 +324,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             collect_garbage(&registry).await;
         }
         Command::Nodes => inspect::nodes(&client, &subjects).await?,
+        Command::Logs {
+            function,
+            follow,
+            id,
+            node,
+            since,
+        } => {
+            let options = logs::LogsOptions {
+                filter: comfaas_platform::logs::LogFilter {
+                    function,
+                    node,
+                    invocation_id: id,
+                    since,
+                },
+                follow,
+            };
+            logs::run(&nats.jetstream(client.clone()), &subjects, options).await?;
+        }
         Command::Dlq { command } => {
             let js = nats.jetstream(client.clone());
             let mut queue = comfaas_platform::dlq::Dlq::open(&js, &subjects).await?;

@@ -36,6 +36,9 @@ pub struct DispatchConfig {
     /// An event published longer ago than this is dead-lettered, not run
     /// (like Lambda's maximum event age); 0 for no limit.
     pub max_event_age_s: u64,
+    /// Size and age limits of the function logs stream `COMFAAS_LOGS`,
+    /// which the dispatcher creates (`[logs]`: `max_bytes`, `max_age_s`).
+    pub logs: comfaas_platform::resources::LogsLimits,
 }
 
 impl Default for DispatchConfig {
@@ -52,6 +55,7 @@ impl Default for DispatchConfig {
             max_event_deliveries: comfaas_platform::resources::EVENTS_MAX_DELIVER,
             max_events_pending: comfaas_platform::resources::EVENTS_MAX_ACK_PENDING,
             max_event_age_s: 6 * 3600,
+            logs: comfaas_platform::resources::LogsLimits::default(),
         }
     }
 }
@@ -68,6 +72,7 @@ impl DispatchConfig {
         if !comfaas_schemas::names::is_token(&self.id) {
             anyhow::bail!("dispatcher id `{}` must be one subject token", self.id);
         }
+        self.logs.validate()?;
         if self.max_concurrent == 0 || self.metrics_ms == 0 || self.dead_after_heartbeats == 0 {
             anyhow::bail!(
                 "max_concurrent, metrics_ms and dead_after_heartbeats must be above zero"

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::{Admission, Ticket};
 use crate::config::ExecConfig;
 use crate::functions::{FunctionTable, Lookup, Served};
+use crate::logs::{LogQueue, RunLog};
 use crate::recent::{outcome_of, Claim, Outcome, RecentRuns};
 use crate::run::{Job, Runner};
 
@@ -49,6 +50,8 @@ pub struct Worker {
     /// Events running here or run recently, by id: what a redelivery
     /// attaches to.
     pub recent: RecentRuns,
+    /// Where runs' logs go, when they are published.
+    pub logs: Option<LogQueue>,
 }
 
 /// What a work message gets back.
@@ -60,6 +63,8 @@ struct Reply {
     /// The run's queue place and slot, held until its outcome is sent, so
     /// that the load report their release wakes follows the answer.
     ticket: Option<Ticket>,
+    /// The run's log, published once the answer left.
+    log: Option<RunLog>,
 }
 
 /// Where the outcome of a run goes besides the dispatcher.
@@ -110,6 +115,17 @@ impl Worker {
         }
         let mut reply = self.answer(&message.payload).await;
         let _held = reply.ticket.take();
+        let log = reply.log.take();
+        self.answer_and_deliver(work_reply, reply).await;
+        // Only now: logs never delay an answer.
+        if let (Some(queue), Some(log)) = (&self.logs, log) {
+            queue.send(log);
+        }
+    }
+
+    /// Sends `reply` where it goes: to the requester, the result subject
+    /// and a notice to the dispatcher, or to the dispatcher alone.
+    async fn answer_and_deliver(&self, work_reply: async_nats::Subject, reply: Reply) {
         let client = &self.client;
         // A refusal, or no requester to answer directly: the work request's
         // sender gets the reply (and may try another node after a refusal).
@@ -188,6 +204,7 @@ impl Worker {
                     reply_to: invocation.reply_to.clone(),
                 }),
                 ticket: None,
+                log: None,
             };
         }
     }
@@ -242,6 +259,13 @@ impl Worker {
         let ran = self.runner.run(job).await?;
         let mut meta = self.meta(id);
         meta.duration_ms = Some(ran.duration.as_millis() as u64);
+        let log = self.logs.is_some().then(|| RunLog {
+            function: function.to_owned(),
+            version: served.version.clone(),
+            invocation_id: id.to_owned(),
+            event_id: invocation.event.then(|| id.to_owned()),
+            text: ran.stderr.log(self.config.logs.max_bytes_per_run),
+        });
         let (headers, body) = match ran.output {
             Ok(output) => {
                 let mut headers = reply::ok(&meta);
@@ -252,7 +276,10 @@ impl Worker {
             }
             Err(failure) => {
                 tracing::info!(invocation = id, code = failure.code.as_u16(), "{failure}");
-                (reply::error(&failure, &meta), Bytes::new())
+                // The whole end of stderr, with its newlines: a traceback
+                // reads as Python printed it.
+                let detail = Bytes::from(ran.stderr.tail_text(comfaas_runtime::capture::TAIL_BYTES));
+                (reply::error(&failure, &meta), detail)
             }
         };
         Ok(Reply {
@@ -263,6 +290,7 @@ impl Worker {
                 reply_to: invocation.reply_to.clone(),
             }),
             ticket: Some(ticket),
+            log,
         })
     }
 
@@ -297,6 +325,7 @@ impl Worker {
             body: Bytes::new(),
             delivery: None,
             ticket: None,
+            log: None,
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod dlq;
+pub mod logs;
 pub mod nats;
 pub mod objects;
 pub mod registry;

@@ -5,7 +5,9 @@
 //! Frames, both ways on the worker's stdin/stdout: a request is a 4-byte
 //! big-endian length and the input; an answer is one status byte (0 ok,
 //! 1 the handler raised, 2 ready), a 4-byte big-endian length and the
-//! output (or the traceback). Whatever the function prints goes to stderr.
+//! output (or the traceback). Whatever the function prints goes to stderr;
+//! after each call the worker writes [`CALL_END`] there, so the executor
+//! knows which bytes of the shared stderr pipe belong to which call.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -18,10 +20,24 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
+use crate::capture::{Captured, StderrCapture, TAIL_BYTES};
 use crate::jail::{Confined, Jail, LimitHit};
-use crate::process::{Exit, RunOutcome, STDERR_TAIL_BYTES};
+use crate::process::{Exit, RunOutcome};
+
+/// What the worker writes to stderr after each call: everything before it
+/// was printed by that call. NUL bytes, so no text a function prints is
+/// mistaken for it.
+pub const CALL_END: &[u8] = b"\x00comfaas-call-end\x00";
+
+/// How long a call's reply waits for its stderr to be read up to
+/// [`CALL_END`]: the marker is in the pipe before the answer frame is, so
+/// this is only the time the reading task takes to run.
+const CALL_END_WAIT: Duration = Duration::from_secs(1);
+
+/// Bytes of a worker's stderr quoted when it fails to start.
+const START_ERROR_BYTES: usize = 4096;
 
 /// File name of the worker script in a handler function's environment.
 pub const WORKER_FILE: &str = "comfaas_worker.py";
@@ -35,6 +51,9 @@ import struct
 import sys
 import traceback
 
+CALL_END = b"\x00comfaas-call-end\x00"
+TRACEBACK_BYTES = 16384
+
 
 def read_exact(stream, n):
     buf = b""
@@ -47,6 +66,14 @@ def read_exact(stream, n):
 
 
 def write_frame(stream, status, data):
+    # What the call printed is in the stderr pipe, closed by the marker,
+    # before its answer: the executor reads them in that order.
+    try:
+        sys.stderr.flush()
+        sys.__stderr__.flush()
+    except Exception:
+        pass
+    os.write(2, CALL_END)
     stream.write(struct.pack(">BI", status, len(data)) + data)
     stream.flush()
 
@@ -66,7 +93,8 @@ def main():
     if not callable(handle):
         print(f"{entry} defines no handle(data) function", file=sys.stderr)
         return 3
-    write_frame(proto_out, 2, b"ready")
+    proto_out.write(struct.pack(">BI", 2, 5) + b"ready")
+    proto_out.flush()
     while True:
         header = read_exact(proto_in, 4)
         if header is None:
@@ -85,7 +113,8 @@ def main():
                 out = json.dumps(out).encode()
             write_frame(proto_out, 0, bytes(out))
         except Exception:
-            write_frame(proto_out, 1, traceback.format_exc()[-2000:].encode())
+            tb = traceback.format_exc().encode("utf-8", "replace")
+            write_frame(proto_out, 1, tb[-TRACEBACK_BYTES:])
 
 
 if __name__ == "__main__":
@@ -146,7 +175,10 @@ struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    /// What it writes to stderr, since the start of the current call.
+    stderr: Arc<Mutex<StderrCapture>>,
+    /// Calls whose [`CALL_END`] was read (`u64::MAX` once stderr closed).
+    calls_ended: watch::Receiver<u64>,
     dir: PathBuf,
     confined: Option<Confined>,
 }
@@ -157,8 +189,35 @@ impl Worker {
     }
 
     fn stderr_tail(&self) -> String {
-        let tail = self.stderr.lock().map(|t| t.clone()).unwrap_or_default();
-        String::from_utf8_lossy(&tail).trim().to_owned()
+        self.stderr
+            .lock()
+            .map(|c| c.clone().finish().tail_text(START_ERROR_BYTES))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// Starts capturing a new call's stderr, keeping `log_bytes` for its
+    /// log; returns the count of calls ended so far.
+    fn begin_call(&mut self, log_bytes: usize) -> u64 {
+        if let Ok(mut capture) = self.stderr.lock() {
+            *capture = StderrCapture::new(log_bytes);
+        }
+        *self.calls_ended.borrow_and_update()
+    }
+
+    /// The stderr of the call begun when `ended` calls had ended: waits
+    /// (briefly) until its [`CALL_END`] was read, or stderr closed.
+    async fn end_call(&mut self, ended: u64) -> Captured {
+        let _ = tokio::time::timeout(
+            CALL_END_WAIT,
+            self.calls_ended.wait_for(|&n| n > ended),
+        )
+        .await;
+        self.stderr
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c).finish())
+            .unwrap_or_default()
     }
 
     async fn send(&mut self, input: &[u8]) -> std::io::Result<()> {
@@ -246,14 +305,16 @@ impl HandlerPool {
         else {
             return Err(WorkerError::NoPipes);
         };
-        let tail = Arc::new(Mutex::new(Vec::new()));
-        tokio::spawn(keep_tail(stderr, tail.clone()));
+        let capture = Arc::new(Mutex::new(StderrCapture::new(0)));
+        let (ends, calls_ended) = watch::channel(0);
+        tokio::spawn(read_stderr(stderr, capture.clone(), ends));
         let pid = child.id();
         let mut worker = Worker {
             child,
             stdin,
             stdout: BufReader::new(stdout),
-            stderr: tail,
+            stderr: capture,
+            calls_ended,
             dir,
             confined: None,
         };
@@ -285,20 +346,32 @@ impl HandlerPool {
 
     /// One invocation on a warm worker; a worker that times out, dies or
     /// floods is killed and replaced on the next call. Waiting for a free
-    /// worker counts against the timeout.
-    pub async fn call(&self, input: Bytes, timeout: Duration, max_output: usize) -> RunOutcome {
+    /// worker counts against the timeout. What the call printed, and its
+    /// traceback when it raised, is the outcome's stderr, of which
+    /// `log_bytes` are kept for the log.
+    pub async fn call(
+        &self,
+        input: Bytes,
+        timeout: Duration,
+        max_output: usize,
+        log_bytes: usize,
+    ) -> RunOutcome {
         let started = Instant::now();
-        let (exit, stdout, stderr_tail, limit) =
-            match tokio::time::timeout(timeout, self.exchange(input, max_output)).await {
-                // Dropping the exchange drops its worker, which kills its group.
-                Err(_) => (Exit::TimedOut, Vec::new(), String::new(), None),
-                Ok(done) => done,
-            };
+        let (exit, stdout, stderr, limit) = match tokio::time::timeout(
+            timeout,
+            self.exchange(input, max_output, log_bytes),
+        )
+        .await
+        {
+            // Dropping the exchange drops its worker, which kills its group.
+            Err(_) => (Exit::TimedOut, Vec::new(), Captured::default(), None),
+            Ok(done) => done,
+        };
         RunOutcome {
             exit,
             stdout,
             stdout_file: None,
-            stderr_tail,
+            stderr,
             duration: started.elapsed(),
             limit,
         }
@@ -308,12 +381,13 @@ impl HandlerPool {
         &self,
         input: Bytes,
         max_output: usize,
-    ) -> (Exit, Vec<u8>, String, Option<LimitHit>) {
+        log_bytes: usize,
+    ) -> (Exit, Vec<u8>, Captured, Option<LimitHit>) {
         let Ok(_permit) = self.permits.acquire().await else {
             return (
                 Exit::SpawnFailed("pool closed".to_owned()),
                 Vec::new(),
-                String::new(),
+                Captured::default(),
                 None,
             );
         };
@@ -326,16 +400,14 @@ impl HandlerPool {
                     return (
                         Exit::SpawnFailed(e.to_string()),
                         Vec::new(),
-                        String::new(),
+                        Captured::default(),
                         None,
                     )
                 }
             },
         };
-        // Only this call's stderr belongs in its error.
-        if let Ok(mut tail) = worker.stderr.lock() {
-            tail.clear();
-        }
+        // Only this call's stderr belongs in its log and its error.
+        let mut ended = worker.begin_call(log_bytes);
         if worker.send(&input).await.is_err() {
             // It died while idle; nothing was consumed: one fresh worker.
             drop(worker);
@@ -345,17 +417,18 @@ impl HandlerPool {
                     return (
                         Exit::SpawnFailed(e.to_string()),
                         Vec::new(),
-                        String::new(),
+                        Captured::default(),
                         None,
                     )
                 }
             };
+            ended = worker.begin_call(log_bytes);
             if let Err(e) = worker.send(&input).await {
-                let tail = worker.stderr_tail();
+                let stderr = worker.end_call(ended).await;
                 return (
                     Exit::SpawnFailed(format!("worker closed its input: {e}")),
                     Vec::new(),
-                    tail,
+                    stderr,
                     None,
                 );
             }
@@ -373,46 +446,92 @@ impl HandlerPool {
                     .confined
                     .as_ref()
                     .and_then(|c| c.limit_hit(code, signal));
-                (
-                    Exit::Failed { code, signal },
-                    Vec::new(),
-                    worker.stderr_tail(),
-                    limit,
-                )
+                let stderr = worker.end_call(ended).await;
+                (Exit::Failed { code, signal }, Vec::new(), stderr, limit)
             }
-            Ok(None) => (Exit::OutputTooLarge, Vec::new(), String::new(), None),
+            Ok(None) => {
+                let stderr = worker.end_call(ended).await;
+                (Exit::OutputTooLarge, Vec::new(), stderr, None)
+            }
             Ok(Some((0, output))) => {
+                let stderr = worker.end_call(ended).await;
                 self.release(worker);
-                (Exit::Success, output, String::new(), None)
+                (Exit::Success, output, stderr, None)
             }
             Ok(Some((_, traceback))) => {
+                // The traceback comes in the frame, after what the call
+                // printed: the log and the error read as Python prints them.
+                let stderr = worker.end_call(ended).await;
                 self.release(worker);
-                (
-                    Exit::Raised,
-                    Vec::new(),
-                    String::from_utf8_lossy(&traceback).into_owned(),
-                    None,
-                )
+                (Exit::Raised, Vec::new(), with_traceback(stderr, &traceback), None)
             }
         }
         // A worker not released above is dropped: its group is killed.
     }
 }
 
-async fn keep_tail(mut stderr: tokio::process::ChildStderr, tail: Arc<Mutex<Vec<u8>>>) {
-    let mut buf = vec![0u8; 4096];
-    while let Ok(n) = stderr.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        if let Ok(mut tail) = tail.lock() {
-            tail.extend_from_slice(&buf[..n]);
-            if tail.len() > STDERR_TAIL_BYTES {
-                let cut = tail.len() - STDERR_TAIL_BYTES;
-                tail.drain(..cut);
+/// `stderr` with `traceback` appended, as if the call had printed it.
+fn with_traceback(stderr: Captured, traceback: &[u8]) -> Captured {
+    // The head is the budget's start; the traceback belongs at the end.
+    let mut tail = stderr.tail;
+    tail.extend_from_slice(traceback);
+    let over = tail.len().saturating_sub(TAIL_BYTES);
+    tail.drain(..over);
+    Captured {
+        skipped: stderr.skipped + over as u64,
+        head: stderr.head,
+        tail,
+    }
+}
+
+/// Reads a worker's stderr into `capture` (whichever call is current),
+/// counting each [`CALL_END`] in `ends`; `u64::MAX` once the pipe closes.
+async fn read_stderr(
+    mut stderr: tokio::process::ChildStderr,
+    capture: Arc<Mutex<StderrCapture>>,
+    ends: watch::Sender<u64>,
+) {
+    let push = |bytes: &[u8]| {
+        if !bytes.is_empty() {
+            if let Ok(mut capture) = capture.lock() {
+                capture.push(bytes);
             }
         }
+    };
+    let mut buf = vec![0u8; 8 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = match stderr.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(at) = find(&pending, CALL_END) {
+            push(&pending[..at]);
+            pending.drain(..at + CALL_END.len());
+            ends.send_modify(|n| *n = n.saturating_add(1));
+        }
+        // A marker may be split across reads: its start waits for the rest.
+        let keep = marker_prefix_len(&pending);
+        let flush = pending.len() - keep;
+        push(&pending[..flush]);
+        pending.drain(..flush);
     }
+    push(&pending);
+    ends.send_replace(u64::MAX);
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Length of the longest end of `bytes` that begins [`CALL_END`].
+fn marker_prefix_len(bytes: &[u8]) -> usize {
+    (1..CALL_END.len())
+        .rev()
+        .find(|&k| bytes.len() >= k && bytes[bytes.len() - k..] == CALL_END[..k])
+        .unwrap_or(0)
 }
 
 fn uuid_like() -> String {
@@ -428,6 +547,26 @@ fn uuid_like() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_marker_split_across_reads_is_held_back() {
+        assert_eq!(marker_prefix_len(b"abc"), 0);
+        assert_eq!(marker_prefix_len(b"abc\x00"), 1);
+        assert_eq!(marker_prefix_len(b"abc\x00comfaas-c"), 10);
+        assert_eq!(find(b"xx\x00comfaas-call-end\x00yy", CALL_END), Some(2));
+        assert!(WORKER_SOURCE.contains(r#"CALL_END = b"\x00comfaas-call-end\x00""#));
+    }
+
+    #[test]
+    fn a_traceback_ends_the_calls_stderr() {
+        let printed = Captured::of(b"printed\n");
+        let both = with_traceback(printed, b"Traceback\nValueError: x\n");
+        assert_eq!(both.tail_text(TAIL_BYTES), "printed\nTraceback\nValueError: x\n");
+        let big = with_traceback(Captured::of(&[b'p'; TAIL_BYTES]), b"Traceback\n");
+        assert_eq!(big.tail.len(), TAIL_BYTES);
+        assert_eq!(big.skipped, 10);
+        assert!(big.tail.ends_with(b"Traceback\n"));
+    }
 
     #[test]
     fn the_worker_script_is_valid_python() {

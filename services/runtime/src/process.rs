@@ -11,12 +11,11 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::capture::{Captured, StderrCapture, TAIL_BYTES};
 use crate::jail::{Jail, LimitHit};
 
-/// Bytes of stderr kept for error messages (the tail, where tracebacks end).
-pub const STDERR_TAIL_BYTES: usize = 2048;
-/// Bytes of stderr quoted in a failure description.
-const ERROR_TAIL_BYTES: usize = 1024;
+/// Longest line of stderr quoted in a one-line failure description.
+const SUMMARY_LINE_BYTES: usize = 300;
 
 /// What to run and within which bounds.
 #[derive(Debug, Clone)]
@@ -40,6 +39,9 @@ pub struct RunSpec {
     pub spill: Option<(PathBuf, u64)>,
     /// What confines it.
     pub jail: Jail,
+    /// Bytes of stderr kept for the run's log (the last
+    /// [`TAIL_BYTES`](crate::capture::TAIL_BYTES) are always kept, for errors).
+    pub log_bytes: usize,
 }
 
 /// The input of a run.
@@ -69,7 +71,7 @@ pub enum Exit {
     OutputTooLarge,
     /// Could not be started.
     SpawnFailed(String),
-    /// A handler-mode function raised; the traceback is the stderr tail.
+    /// A handler-mode function raised; the traceback ends its stderr.
     Raised,
 }
 
@@ -83,8 +85,9 @@ pub struct RunOutcome {
     pub stdout: Vec<u8>,
     /// The spill file holding all of stdout, when it outgrew `max_output`.
     pub stdout_file: Option<(PathBuf, u64)>,
-    /// The last [`STDERR_TAIL_BYTES`] of stderr, lossily decoded.
-    pub stderr_tail: String,
+    /// Its stderr (in handler mode, what the call printed and the
+    /// traceback), as far as it was kept.
+    pub stderr: Captured,
     /// Wall-clock time from start to end.
     pub duration: Duration,
     /// The limit it hit, when a failure is known to come from one.
@@ -98,13 +101,15 @@ impl RunOutcome {
             exit,
             stdout: Vec::new(),
             stdout_file: None,
-            stderr_tail: String::new(),
+            stderr: Captured::default(),
             duration,
             limit: None,
         }
     }
 
-    /// A one-line description of a failure, with the stderr tail.
+    /// A one-line description of a failure, ending with the last line of
+    /// stderr (where a traceback names its exception); the whole end of
+    /// stderr is [`RunOutcome::failure_detail`].
     pub fn describe_failure(&self, timeout: Duration) -> String {
         let what = match &self.exit {
             Exit::Success => return String::new(),
@@ -124,25 +129,30 @@ impl RunOutcome {
             Exit::SpawnFailed(e) => format!("function could not be started: {e}"),
             Exit::Raised => "handler raised an exception".to_owned(),
         };
-        // The end of stderr is where the reason usually is; keep it short
-        // enough to fit a header.
-        let mut tail = self.stderr_tail.trim();
-        if self.exit == Exit::Raised {
-            // The last line of a traceback names the exception.
-            return format!("{what}: {}", tail.lines().last().unwrap_or_default());
-        }
-        if tail.len() > ERROR_TAIL_BYTES {
-            let mut start = tail.len() - ERROR_TAIL_BYTES;
-            while !tail.is_char_boundary(start) {
-                start += 1;
+        let tail = self.stderr.tail_text(SUMMARY_LINE_BYTES * 4);
+        let last = tail.lines().rev().map(str::trim).find(|l| !l.is_empty());
+        match last {
+            None => what,
+            Some(line) => {
+                let mut line = line.to_owned();
+                if line.len() > SUMMARY_LINE_BYTES {
+                    let mut cut = SUMMARY_LINE_BYTES;
+                    while !line.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    line.truncate(cut);
+                    line.push('…');
+                }
+                format!("{what}: {line}")
             }
-            tail = &tail[start..];
         }
-        if tail.is_empty() {
-            what
-        } else {
-            format!("{what}; stderr: {tail}")
-        }
+    }
+
+    /// The end of stderr (at most [`TAIL_BYTES`](crate::capture::TAIL_BYTES),
+    /// with its newlines): what a failed run's reply body carries, a
+    /// traceback whole.
+    pub fn failure_detail(&self) -> String {
+        self.stderr.tail_text(TAIL_BYTES)
     }
 }
 
@@ -229,7 +239,12 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
         status
     };
     let collect = async {
-        let ((), out, err, status) = tokio::join!(feed, output, read_tail(stderr), exited);
+        let ((), out, err, status) = tokio::join!(
+            feed,
+            output,
+            read_stderr(stderr, spec.log_bytes),
+            exited
+        );
         (out, err, status)
     };
     let result = tokio::time::timeout(spec.timeout, collect).await;
@@ -241,7 +256,7 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
             let _ = child.wait().await;
             RunOutcome::empty(Exit::TimedOut, duration)
         }
-        Ok((out, stderr_tail, status)) => {
+        Ok((out, stderr, status)) => {
             let exit = match (&out, status) {
                 (None, _) => Exit::OutputTooLarge,
                 (Some(_), Ok(status)) if status.success() => Exit::Success,
@@ -267,7 +282,7 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
                 exit,
                 stdout,
                 stdout_file,
-                stderr_tail,
+                stderr,
                 duration,
                 limit,
             }
@@ -329,25 +344,17 @@ async fn read_output(
     }
 }
 
-/// Reads all of `reader`, keeping the last [`STDERR_TAIL_BYTES`].
-async fn read_tail(mut reader: impl AsyncRead + Unpin) -> String {
-    let mut tail: Vec<u8> = Vec::new();
+/// Reads all of `reader` into a capture keeping `log_bytes` for the log.
+async fn read_stderr(mut reader: impl AsyncRead + Unpin, log_bytes: usize) -> Captured {
+    let mut capture = StderrCapture::new(log_bytes);
     let mut buf = vec![0u8; 8 * 1024];
     loop {
         match reader.read(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                tail.extend_from_slice(&buf[..n]);
-                if tail.len() > 2 * STDERR_TAIL_BYTES {
-                    tail.drain(..tail.len() - STDERR_TAIL_BYTES);
-                }
-            }
+            Ok(n) => capture.push(&buf[..n]),
         }
     }
-    if tail.len() > STDERR_TAIL_BYTES {
-        tail.drain(..tail.len() - STDERR_TAIL_BYTES);
-    }
-    String::from_utf8_lossy(&tail).into_owned()
+    capture.finish()
 }
 
 #[cfg(test)]
@@ -365,6 +372,7 @@ mod tests {
             max_output: 1024,
             spill: None,
             jail: Jail::none(),
+            log_bytes: 64 * 1024,
         }
     }
 
@@ -385,10 +393,11 @@ mod tests {
                 signal: None
             }
         );
-        assert_eq!(out.stderr_tail.trim(), "boom");
-        assert!(out
-            .describe_failure(Duration::from_secs(1))
-            .contains("status 3; stderr: boom"));
+        assert_eq!(out.failure_detail(), "boom\n");
+        assert_eq!(
+            out.describe_failure(Duration::from_secs(1)),
+            "function exited with status 3: boom"
+        );
     }
 
     #[tokio::test]
@@ -463,6 +472,36 @@ mod tests {
         let env = String::from_utf8_lossy(&out.stdout);
         assert!(!env.contains("hunter2"), "{env}");
         assert!(env.contains("PATH=/usr/bin:/bin"));
+    }
+
+    #[tokio::test]
+    async fn a_traceback_reaches_the_detail_whole_and_the_summary_by_its_last_line() {
+        let script = "printf 'Traceback (most recent call last):\\n  File \"x\", line 1\\nValueError: bad\\n' >&2; exit 1";
+        let out = run(sh(script, "", 5000)).await;
+        assert_eq!(
+            out.failure_detail(),
+            "Traceback (most recent call last):\n  File \"x\", line 1\nValueError: bad\n"
+        );
+        assert_eq!(
+            out.describe_failure(Duration::from_secs(1)),
+            "function exited with status 1: ValueError: bad"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stderr_flood_is_bounded_and_marked() {
+        let out = run(sh(
+            "head -c 10000000 /dev/zero | tr '\\0' 'x' >&2; echo last >&2; exit 2",
+            "",
+            20_000,
+        ))
+        .await;
+        assert_eq!(out.stderr.skipped, 10_000_005 - 64 * 1024);
+        let log = out.stderr.log(64 * 1024);
+        assert!(log.len() < 64 * 1024 + 100);
+        let text = String::from_utf8_lossy(&log);
+        assert!(text.contains("[comfaas: log truncated, "), "marker");
+        assert!(text.ends_with("last\n"));
     }
 
     #[tokio::test]
