@@ -30,6 +30,7 @@ mod events;
 mod faults;
 mod inputs;
 mod invoke;
+mod logs;
 mod nodedeath;
 mod roles;
 mod runtimes;
