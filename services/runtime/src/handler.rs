@@ -19,8 +19,8 @@ use bytes::Bytes;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout};
-use tokio::sync::{watch, Semaphore};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+use tokio::sync::Semaphore;
 
 use crate::capture::{Captured, StderrCapture, TAIL_BYTES};
 use crate::jail::{Confined, Jail, LimitHit};
@@ -31,9 +31,8 @@ use crate::process::{Exit, RunOutcome};
 /// mistaken for it.
 pub const CALL_END: &[u8] = b"\x00comfaas-call-end\x00";
 
-/// How long a call's reply waits for its stderr to be read up to
-/// [`CALL_END`]: the marker is in the pipe before the answer frame is, so
-/// this is only the time the reading task takes to run.
+/// How long stderr is still read after an answer that came without its
+/// [`CALL_END`] (a worker that died mid-call: its last words).
 const CALL_END_WAIT: Duration = Duration::from_secs(1);
 
 /// Bytes of a worker's stderr quoted when it fails to start.
@@ -175,10 +174,14 @@ struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
-    /// What it writes to stderr, since the start of the current call.
-    stderr: Arc<Mutex<StderrCapture>>,
-    /// Calls whose [`CALL_END`] was read (`u64::MAX` once stderr closed).
-    calls_ended: watch::Receiver<u64>,
+    /// Its stderr, read while it starts and while it serves a call, in the
+    /// task waiting for its answer (no hand-off to another task on the
+    /// reply path). What it writes between calls waits in the pipe and is
+    /// counted to the next call.
+    stderr: ChildStderr,
+    /// Bytes read from stderr not given to a capture yet: the start of a
+    /// marker split across reads, or what followed a marker.
+    pending: Vec<u8>,
     dir: PathBuf,
     confined: Option<Confined>,
 }
@@ -188,53 +191,89 @@ impl Worker {
         self.child.id().map(|id| Pid::from_raw(id as i32))
     }
 
-    fn stderr_tail(&self) -> String {
-        self.stderr
-            .lock()
-            .map(|c| c.clone().finish().tail_text(START_ERROR_BYTES))
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    }
-
-    /// Starts capturing a new call's stderr, keeping `log_bytes` for its
-    /// log; returns the count of calls ended so far.
-    fn begin_call(&mut self, log_bytes: usize) -> u64 {
-        if let Ok(mut capture) = self.stderr.lock() {
-            *capture = StderrCapture::new(log_bytes);
-        }
-        *self.calls_ended.borrow_and_update()
-    }
-
-    /// The stderr of the call begun when `ended` calls had ended: waits
-    /// (briefly) until its [`CALL_END`] was read, or stderr closed.
-    async fn end_call(&mut self, ended: u64) -> Captured {
-        let _ = tokio::time::timeout(
-            CALL_END_WAIT,
-            self.calls_ended.wait_for(|&n| n > ended),
-        )
-        .await;
-        self.stderr
-            .lock()
-            .map(|mut c| std::mem::take(&mut *c).finish())
-            .unwrap_or_default()
-    }
-
     async fn send(&mut self, input: &[u8]) -> std::io::Result<()> {
         self.stdin.write_u32(input.len() as u32).await?;
         self.stdin.write_all(input).await?;
         self.stdin.flush().await
     }
 
-    async fn read_frame(&mut self, max: usize) -> std::io::Result<Option<(u8, Vec<u8>)>> {
-        let status = self.stdout.read_u8().await?;
-        let len = self.stdout.read_u32().await? as usize;
-        if len > max {
-            return Ok(None);
+    /// The next answer frame (data of at most `max` bytes, else `None`),
+    /// reading stderr into `capture` meanwhile, up to the call's
+    /// [`CALL_END`]. The worker writes the marker before the frame, so it
+    /// is normally read first; when the frame comes without it (a worker
+    /// that died, or at start, when there is none), stderr is read for at
+    /// most `settle` more.
+    async fn read_frame_capturing(
+        &mut self,
+        max: usize,
+        capture: &mut StderrCapture,
+        settle: Duration,
+    ) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+        let read = read_frame(&mut self.stdout, max);
+        let drain = drain_stderr(&mut self.stderr, &mut self.pending, capture);
+        tokio::pin!(read, drain);
+        let mut drained = false;
+        let frame = loop {
+            tokio::select! {
+                frame = &mut read => break frame,
+                () = &mut drain, if !drained => drained = true,
+            }
+        };
+        if !drained && !settle.is_zero() {
+            let _ = tokio::time::timeout(settle, &mut drain).await;
         }
-        let mut data = vec![0u8; len];
-        self.stdout.read_exact(&mut data).await?;
-        Ok(Some((status, data)))
+        frame
+    }
+
+    /// Reads what is left of stderr (a worker that exited) for at most
+    /// `wait` into `capture`.
+    async fn drain_rest(&mut self, capture: &mut StderrCapture, wait: Duration) {
+        let drain = drain_stderr(&mut self.stderr, &mut self.pending, capture);
+        let _ = tokio::time::timeout(wait, drain).await;
+    }
+}
+
+async fn read_frame(
+    stdout: &mut BufReader<ChildStdout>,
+    max: usize,
+) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+    let status = stdout.read_u8().await?;
+    let len = stdout.read_u32().await? as usize;
+    if len > max {
+        return Ok(None);
+    }
+    let mut data = vec![0u8; len];
+    stdout.read_exact(&mut data).await?;
+    Ok(Some((status, data)))
+}
+
+/// Reads `stderr` into `capture` until a [`CALL_END`] (what follows it
+/// stays in `pending`) or the end of the pipe. Cancel-safe: bytes read are
+/// in `pending` or `capture`, never lost.
+async fn drain_stderr(
+    stderr: &mut ChildStderr,
+    pending: &mut Vec<u8>,
+    capture: &mut StderrCapture,
+) {
+    let mut buf = vec![0u8; 8 * 1024];
+    loop {
+        if let Some(at) = find(pending, CALL_END) {
+            capture.push(&pending[..at]);
+            pending.drain(..at + CALL_END.len());
+            return;
+        }
+        // A marker may be split across reads: its start waits for the rest.
+        let flush = pending.len() - marker_prefix_len(pending);
+        capture.push(&pending[..flush]);
+        pending.drain(..flush);
+        match stderr.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                capture.push(pending);
+                pending.clear();
+                return;
+            }
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+        }
     }
 }
 
@@ -305,16 +344,13 @@ impl HandlerPool {
         else {
             return Err(WorkerError::NoPipes);
         };
-        let capture = Arc::new(Mutex::new(StderrCapture::new(0)));
-        let (ends, calls_ended) = watch::channel(0);
-        tokio::spawn(read_stderr(stderr, capture.clone(), ends));
         let pid = child.id();
         let mut worker = Worker {
             child,
             stdin,
             stdout: BufReader::new(stdout),
-            stderr: capture,
-            calls_ended,
+            stderr,
+            pending: Vec::new(),
             dir,
             confined: None,
         };
@@ -324,14 +360,22 @@ impl HandlerPool {
                 .await
                 .map_err(WorkerError::Confine)?,
         );
-        match tokio::time::timeout(START_TIMEOUT, worker.read_frame(1024)).await {
+        // What it prints while importing is read (so a chatty import
+        // cannot fill the pipe) and kept for the error if it fails.
+        let mut capture = StderrCapture::new(0);
+        let ready = worker.read_frame_capturing(1024, &mut capture, Duration::ZERO);
+        match tokio::time::timeout(START_TIMEOUT, ready).await {
             Ok(Ok(Some((2, _)))) => Ok(worker),
             Ok(_) => {
                 // Give stderr a moment to arrive: it holds the reason.
                 let _ = tokio::time::timeout(Duration::from_secs(2), worker.child.wait()).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                worker.drain_rest(&mut capture, CALL_END_WAIT).await;
                 Err(WorkerError::NotReady {
-                    stderr: worker.stderr_tail(),
+                    stderr: capture
+                        .finish()
+                        .tail_text(START_ERROR_BYTES)
+                        .trim()
+                        .to_owned(),
                 })
             }
             Err(_) => Err(WorkerError::SlowStart(START_TIMEOUT)),
@@ -407,7 +451,7 @@ impl HandlerPool {
             },
         };
         // Only this call's stderr belongs in its log and its error.
-        let mut ended = worker.begin_call(log_bytes);
+        let mut capture = StderrCapture::new(log_bytes);
         if worker.send(&input).await.is_err() {
             // It died while idle; nothing was consumed: one fresh worker.
             drop(worker);
@@ -422,18 +466,20 @@ impl HandlerPool {
                     )
                 }
             };
-            ended = worker.begin_call(log_bytes);
             if let Err(e) = worker.send(&input).await {
-                let stderr = worker.end_call(ended).await;
+                worker.drain_rest(&mut capture, CALL_END_WAIT).await;
                 return (
                     Exit::SpawnFailed(format!("worker closed its input: {e}")),
                     Vec::new(),
-                    stderr,
+                    capture.finish(),
                     None,
                 );
             }
         }
-        match worker.read_frame(max_output).await {
+        let frame = worker
+            .read_frame_capturing(max_output, &mut capture, CALL_END_WAIT)
+            .await;
+        match frame {
             Err(_) => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), worker.child.wait()).await;
                 let status = worker.child.try_wait().ok().flatten();
@@ -446,24 +492,19 @@ impl HandlerPool {
                     .confined
                     .as_ref()
                     .and_then(|c| c.limit_hit(code, signal));
-                let stderr = worker.end_call(ended).await;
-                (Exit::Failed { code, signal }, Vec::new(), stderr, limit)
+                (Exit::Failed { code, signal }, Vec::new(), capture.finish(), limit)
             }
-            Ok(None) => {
-                let stderr = worker.end_call(ended).await;
-                (Exit::OutputTooLarge, Vec::new(), stderr, None)
-            }
+            Ok(None) => (Exit::OutputTooLarge, Vec::new(), capture.finish(), None),
             Ok(Some((0, output))) => {
-                let stderr = worker.end_call(ended).await;
                 self.release(worker);
-                (Exit::Success, output, stderr, None)
+                (Exit::Success, output, capture.finish(), None)
             }
             Ok(Some((_, traceback))) => {
                 // The traceback comes in the frame, after what the call
                 // printed: the log and the error read as Python prints them.
-                let stderr = worker.end_call(ended).await;
                 self.release(worker);
-                (Exit::Raised, Vec::new(), with_traceback(stderr, &traceback), None)
+                let stderr = with_traceback(capture.finish(), &traceback);
+                (Exit::Raised, Vec::new(), stderr, None)
             }
         }
         // A worker not released above is dropped: its group is killed.
@@ -482,43 +523,6 @@ fn with_traceback(stderr: Captured, traceback: &[u8]) -> Captured {
         head: stderr.head,
         tail,
     }
-}
-
-/// Reads a worker's stderr into `capture` (whichever call is current),
-/// counting each [`CALL_END`] in `ends`; `u64::MAX` once the pipe closes.
-async fn read_stderr(
-    mut stderr: tokio::process::ChildStderr,
-    capture: Arc<Mutex<StderrCapture>>,
-    ends: watch::Sender<u64>,
-) {
-    let push = |bytes: &[u8]| {
-        if !bytes.is_empty() {
-            if let Ok(mut capture) = capture.lock() {
-                capture.push(bytes);
-            }
-        }
-    };
-    let mut buf = vec![0u8; 8 * 1024];
-    let mut pending: Vec<u8> = Vec::new();
-    loop {
-        let n = match stderr.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        pending.extend_from_slice(&buf[..n]);
-        while let Some(at) = find(&pending, CALL_END) {
-            push(&pending[..at]);
-            pending.drain(..at + CALL_END.len());
-            ends.send_modify(|n| *n = n.saturating_add(1));
-        }
-        // A marker may be split across reads: its start waits for the rest.
-        let keep = marker_prefix_len(&pending);
-        let flush = pending.len() - keep;
-        push(&pending[..flush]);
-        pending.drain(..flush);
-    }
-    push(&pending);
-    ends.send_replace(u64::MAX);
 }
 
 /// Where `needle` first occurs in `haystack`.

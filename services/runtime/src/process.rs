@@ -129,9 +129,8 @@ impl RunOutcome {
             Exit::SpawnFailed(e) => format!("function could not be started: {e}"),
             Exit::Raised => "handler raised an exception".to_owned(),
         };
-        let tail = self.stderr.tail_text(SUMMARY_LINE_BYTES * 4);
-        let last = tail.lines().rev().map(str::trim).find(|l| !l.is_empty());
-        match last {
+        let tail = self.stderr.tail_text(TAIL_BYTES);
+        match summary_line(&tail) {
             None => what,
             Some(line) => {
                 let mut line = line.to_owned();
@@ -154,6 +153,28 @@ impl RunOutcome {
     pub fn failure_detail(&self) -> String {
         self.stderr.tail_text(TAIL_BYTES)
     }
+}
+
+/// The line of `stderr` that best says why a run failed: the last one
+/// that says something, outside the boxes between rules (`-----`, `=====`)
+/// MPI launchers print after a rank failed, which would otherwise hide the
+/// function's own last words; the last line in a box when all are in one.
+fn summary_line(stderr: &str) -> Option<&str> {
+    let is_rule = |l: &str| l.len() >= 10 && (l.chars().all(|c| c == '-') || l.chars().all(|c| c == '='));
+    let says = |l: &str| l.chars().any(char::is_alphanumeric);
+    let mut in_box = false;
+    let mut boxed = None;
+    for line in stderr.lines().rev().map(str::trim) {
+        if is_rule(line) {
+            in_box = !in_box;
+        } else if says(line) {
+            if !in_box {
+                return Some(line);
+            }
+            boxed = boxed.or(Some(line));
+        }
+    }
+    boxed
 }
 
 fn humantime_ms(d: Duration) -> String {
@@ -486,6 +507,23 @@ mod tests {
             out.describe_failure(Duration::from_secs(1)),
             "function exited with status 1: ValueError: bad"
         );
+    }
+
+    #[tokio::test]
+    async fn the_summary_skips_rules_and_blank_lines() {
+        let out = run(sh("printf 'rank 1: bad input\\n\\n' >&2; exit 2", "", 5000)).await;
+        assert_eq!(
+            out.describe_failure(Duration::from_secs(1)),
+            "function exited with status 2: rank 1: bad input"
+        );
+        let rule = "-".repeat(74);
+        let mpirun = format!(
+            "pi: got 3 bytes, not points\n{rule}\nPrimary job terminated normally\n{rule}\n\
+             {rule}\nmpirun detected that one or more processes exited\n\n  Exit code:    2\n{rule}\n"
+        );
+        assert_eq!(summary_line(&mpirun), Some("pi: got 3 bytes, not points"));
+        assert_eq!(summary_line(&format!("{rule}\nonly boxed\n{rule}\n")), Some("only boxed"));
+        assert_eq!(summary_line("\n--\n"), None);
     }
 
     #[tokio::test]

@@ -406,3 +406,4 @@ async fn violation_logged(p: &Platform, subject: &str) {
     }
     panic!("no violation logged for {subject}: {:#?}", p.nats.violations());
 }
+
