@@ -82,12 +82,7 @@ pub fn lines(record: &LogRecord) -> Vec<String> {
     let time = humantime::format_rfc3339_millis(record.time);
     String::from_utf8_lossy(&record.text)
         .lines()
-        .map(|line| {
-            format!(
-                "{time} {} {} | {line}",
-                record.node, record.invocation_id
-            )
-        })
+        .map(|line| format!("{time} {} {} | {line}", record.node, record.invocation_id))
         .collect()
 }
 

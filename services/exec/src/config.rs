@@ -356,8 +356,14 @@ mod tests {
         let small = from_toml("[logs]\nmax_bytes_per_run = 4096\nqueue = 8\n").unwrap();
         assert_eq!((small.logs.max_bytes_per_run, small.logs.queue), (4096, 8));
         for (bad, says) in [
-            ("[logs]\nmax_bytes_per_run = 0\n", "logs.max_bytes_per_run must be between 1"),
-            ("[logs]\nmax_bytes_per_run = 999999999\n", "logs.max_bytes_per_run must be between 1"),
+            (
+                "[logs]\nmax_bytes_per_run = 0\n",
+                "logs.max_bytes_per_run must be between 1",
+            ),
+            (
+                "[logs]\nmax_bytes_per_run = 999999999\n",
+                "logs.max_bytes_per_run must be between 1",
+            ),
             ("[logs]\nqueue = 0\n", "logs.queue must be above zero"),
             ("[logs]\nenable = true\n", "enable"),
         ] {

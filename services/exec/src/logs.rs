@@ -84,7 +84,9 @@ impl LogQueue {
 /// The body size of log messages for a server taking `max_payload` bytes.
 fn chunk_bytes(max_payload: usize) -> usize {
     // Headers (ids, names) and protocol framing need some room.
-    max_payload.saturating_sub(4096).clamp(1024, MAX_CHUNK_BYTES)
+    max_payload
+        .saturating_sub(4096)
+        .clamp(1024, MAX_CHUNK_BYTES)
 }
 
 async fn publish_logs(
@@ -167,7 +169,11 @@ mod tests {
         check("one\n", 10, &["one\n"]);
         check("one\ntwo\nthree\n", 10, &["one\ntwo\n", "three\n"]);
         check("one\ntwo\nthree", 8, &["one\ntwo\n", "three"]);
-        check("a-very-long-line\nx\n", 5, &["a-ver", "y-lon", "g-lin", "e\nx\n"]);
+        check(
+            "a-very-long-line\nx\n",
+            5,
+            &["a-ver", "y-lon", "g-lin", "e\nx\n"],
+        );
         check("abc", 1, &["a", "b", "c"]);
     }
 

@@ -278,7 +278,8 @@ impl Worker {
                 tracing::info!(invocation = id, code = failure.code.as_u16(), "{failure}");
                 // The whole end of stderr, with its newlines: a traceback
                 // reads as Python printed it.
-                let detail = Bytes::from(ran.stderr.tail_text(comfaas_runtime::capture::TAIL_BYTES));
+                let detail =
+                    Bytes::from(ran.stderr.tail_text(comfaas_runtime::capture::TAIL_BYTES));
                 (reply::error(&failure, &meta), detail)
             }
         };

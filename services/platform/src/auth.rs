@@ -525,12 +525,12 @@ mod tests {
             .allow
             .contains(&"comfaas.node.edge-1.load".to_owned()));
         // Logs only as itself, and it reads no logs.
-        assert!(p
+        assert!(p.publish.allow.contains(&"comfaas.log.*.edge-1".to_owned()));
+        assert!(!p
             .publish
             .allow
-            .contains(&"comfaas.log.*.edge-1".to_owned()));
-        assert!(!p.publish.allow.iter().any(|s| s == "comfaas.log.>"
-            || s.contains(names::LOGS_STREAM)));
+            .iter()
+            .any(|s| s == "comfaas.log.>" || s.contains(names::LOGS_STREAM)));
         assert!(!p.publish.allow.iter().any(|s| s.starts_with("$KV.")));
         assert!(!p.publish.allow.iter().any(|s| s.contains("STREAM.CREATE")));
         assert!(!p.publish.allow.iter().any(|s| s.contains("STREAM.PURGE")));

@@ -52,9 +52,7 @@ pub struct LogRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum LogsError {
     /// The stream is not there: no dispatcher created it yet.
-    #[error(
-        "there is no {stream} stream on this site (a dispatcher creates it; is one running?)"
-    )]
+    #[error("there is no {stream} stream on this site (a dispatcher creates it; is one running?)")]
     NoStream {
         /// The stream's name.
         stream: &'static str,
@@ -112,9 +110,7 @@ impl LogReader {
                     stream: names::LOGS_STREAM,
                 })
             }
-            Err(e) => {
-                return Err(NatsError::new(format!("open {}", names::LOGS_STREAM), e).into())
-            }
+            Err(e) => return Err(NatsError::new(format!("open {}", names::LOGS_STREAM), e).into()),
         };
         let deliver_policy = match filter.since {
             None => consumer::DeliverPolicy::All,
@@ -167,14 +163,18 @@ impl LogReader {
             let Some(message) = self.messages.next().await else {
                 return Ok(None);
             };
-            let message = message
-                .map_err(|e| NatsError::new(format!("read {}", names::LOGS_STREAM), e))?;
+            let message =
+                message.map_err(|e| NatsError::new(format!("read {}", names::LOGS_STREAM), e))?;
             let info = message
                 .info()
                 .map_err(|e| NatsError::new("read a log's metadata", e))?;
             let published = info.published;
             self.pending = info.pending;
-            let record = record(message.message.headers.as_ref(), published, &message.payload);
+            let record = record(
+                message.message.headers.as_ref(),
+                published,
+                &message.payload,
+            );
             let wanted = self
                 .filter
                 .invocation_id

@@ -110,10 +110,7 @@ impl Captured {
         let mut text = String::from_utf8_lossy(&end[start..]).into_owned();
         if cut {
             // A partial first line reads as garbage: start at the next one.
-            if let Some(newline) = text
-                .find('\n')
-                .filter(|&i| i < 1024 && i + 1 < text.len())
-            {
+            if let Some(newline) = text.find('\n').filter(|&i| i < 1024 && i + 1 < text.len()) {
                 text.drain(..=newline);
             }
         }
@@ -126,7 +123,8 @@ impl Captured {
         let head = &self.head[..self.head.len().min(budget)];
         let tail_room = budget.saturating_sub(head.len());
         let tail = &self.tail[self.tail.len() - self.tail.len().min(tail_room)..];
-        let dropped = self.skipped + (self.head.len() - head.len() + self.tail.len() - tail.len()) as u64;
+        let dropped =
+            self.skipped + (self.head.len() - head.len() + self.tail.len() - tail.len()) as u64;
         let mut log = Vec::with_capacity(head.len() + tail.len() + 80);
         log.extend_from_slice(head);
         if dropped > 0 {

@@ -492,7 +492,12 @@ impl HandlerPool {
                     .confined
                     .as_ref()
                     .and_then(|c| c.limit_hit(code, signal));
-                (Exit::Failed { code, signal }, Vec::new(), capture.finish(), limit)
+                (
+                    Exit::Failed { code, signal },
+                    Vec::new(),
+                    capture.finish(),
+                    limit,
+                )
             }
             Ok(None) => (Exit::OutputTooLarge, Vec::new(), capture.finish(), None),
             Ok(Some((0, output))) => {
@@ -565,7 +570,10 @@ mod tests {
     fn a_traceback_ends_the_calls_stderr() {
         let printed = Captured::of(b"printed\n");
         let both = with_traceback(printed, b"Traceback\nValueError: x\n");
-        assert_eq!(both.tail_text(TAIL_BYTES), "printed\nTraceback\nValueError: x\n");
+        assert_eq!(
+            both.tail_text(TAIL_BYTES),
+            "printed\nTraceback\nValueError: x\n"
+        );
         let big = with_traceback(Captured::of(&[b'p'; TAIL_BYTES]), b"Traceback\n");
         assert_eq!(big.tail.len(), TAIL_BYTES);
         assert_eq!(big.skipped, 10);

@@ -160,7 +160,8 @@ impl RunOutcome {
 /// MPI launchers print after a rank failed, which would otherwise hide the
 /// function's own last words; the last line in a box when all are in one.
 fn summary_line(stderr: &str) -> Option<&str> {
-    let is_rule = |l: &str| l.len() >= 10 && (l.chars().all(|c| c == '-') || l.chars().all(|c| c == '='));
+    let is_rule =
+        |l: &str| l.len() >= 10 && (l.chars().all(|c| c == '-') || l.chars().all(|c| c == '='));
     let says = |l: &str| l.chars().any(char::is_alphanumeric);
     let mut in_box = false;
     let mut boxed = None;
@@ -260,12 +261,8 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
         status
     };
     let collect = async {
-        let ((), out, err, status) = tokio::join!(
-            feed,
-            output,
-            read_stderr(stderr, spec.log_bytes),
-            exited
-        );
+        let ((), out, err, status) =
+            tokio::join!(feed, output, read_stderr(stderr, spec.log_bytes), exited);
         (out, err, status)
     };
     let result = tokio::time::timeout(spec.timeout, collect).await;
@@ -522,7 +519,10 @@ mod tests {
              {rule}\nmpirun detected that one or more processes exited\n\n  Exit code:    2\n{rule}\n"
         );
         assert_eq!(summary_line(&mpirun), Some("pi: got 3 bytes, not points"));
-        assert_eq!(summary_line(&format!("{rule}\nonly boxed\n{rule}\n")), Some("only boxed"));
+        assert_eq!(
+            summary_line(&format!("{rule}\nonly boxed\n{rule}\n")),
+            Some("only boxed")
+        );
         assert_eq!(summary_line("\n--\n"), None);
     }
 

@@ -16,7 +16,11 @@ use comfaas_schemas::names::{self, headers as h};
 use comfaas_tests::{binary, header, NodeSpec, Platform, Security};
 
 /// Every record `filter` selects now, read with `client`.
-async fn read_logs(p: &Platform, client: &async_nats::Client, filter: &LogFilter) -> Vec<LogRecord> {
+async fn read_logs(
+    p: &Platform,
+    client: &async_nats::Client,
+    filter: &LogFilter,
+) -> Vec<LogRecord> {
     let js = async_nats::jetstream::new(client.clone());
     let mut reader = LogReader::open(&js, &p.subjects, filter.clone())
         .await
@@ -141,7 +145,10 @@ async fn a_runs_stderr_reaches_the_logs_with_its_names(security: Security) {
     let out = p.invoke("noisy", "").await;
     assert_eq!(header(&out, h::STATUS), "ok");
     let id = header(&out, h::INVOCATION_ID);
-    let logs = logs_when(&p, &p.client, &of_invocation("noisy", &id), |r| !r.is_empty()).await;
+    let logs = logs_when(&p, &p.client, &of_invocation("noisy", &id), |r| {
+        !r.is_empty()
+    })
+    .await;
     assert_eq!(text(&logs), "noisy line 1\nnoisy line 2\n");
     assert_eq!(logs[0].node, header(&out, h::NODE));
 
@@ -201,7 +208,10 @@ async fn a_raising_handler_answers_its_whole_traceback_once() {
         assert!(body.contains(frame), "{frame} missing: {body}");
     }
     // The header: one line naming the exception and where the rest is.
-    assert!(!summary.contains('\n') && !summary.contains("Traceback"), "{summary}");
+    assert!(
+        !summary.contains('\n') && !summary.contains("Traceback"),
+        "{summary}"
+    );
     assert!(
         summary.starts_with("handler raised an exception: ValueError: bad reading: 42"),
         "{summary}"
@@ -227,7 +237,9 @@ async fn a_raising_handler_answers_its_whole_traceback_once() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("\ncomfaas: error 500: handler raised an exception: ValueError: bad reading: 7"),
+        stderr.contains(
+            "\ncomfaas: error 500: handler raised an exception: ValueError: bad reading: 7"
+        ),
         "{stderr}"
     );
 }
@@ -242,7 +254,11 @@ async fn a_stderr_flood_is_cut_and_marked_and_the_node_keeps_serving() {
                  line = 'x' * 1023 + '\\n'\n\
                  for _ in range(50000):\n    sys.stderr.write(line)\n\
                  sys.stderr.write('the end\\n')\n";
-    let script = p.function("flood", "", &[("main.py", &format!("{flood}print('ok')\n"))]);
+    let script = p.function(
+        "flood",
+        "",
+        &[("main.py", &format!("{flood}print('ok')\n"))],
+    );
     let handler = p.function(
         "flood-handler",
         "mode = \"handler\"",
@@ -258,7 +274,12 @@ async fn a_stderr_flood_is_cut_and_marked_and_the_node_keeps_serving() {
     p.deploy(&handler, &["edge-1"]).await;
     for function in ["flood", "flood-handler"] {
         let reply = p.invoke(function, "").await;
-        assert_eq!(header(&reply, h::STATUS), "ok", "{function}: {:?}", reply.headers);
+        assert_eq!(
+            header(&reply, h::STATUS),
+            "ok",
+            "{function}: {:?}",
+            reply.headers
+        );
         assert_eq!(String::from_utf8_lossy(&reply.payload).trim(), "ok");
         let id = header(&reply, h::INVOCATION_ID);
         let logs = logs_when(&p, &p.client, &of_invocation(function, &id), |r| {
@@ -267,7 +288,11 @@ async fn a_stderr_flood_is_cut_and_marked_and_the_node_keeps_serving() {
         .await;
         let all = text(&logs);
         // The default budget: 64 KiB, plus the marker line.
-        assert!(all.len() <= 64 * 1024 + 100, "{function}: {} bytes", all.len());
+        assert!(
+            all.len() <= 64 * 1024 + 100,
+            "{function}: {} bytes",
+            all.len()
+        );
         let written = 50_000 * 1024 + "the end\n".len();
         let marker = format!(
             "[comfaas: log truncated, {} bytes not kept]\n",
@@ -331,14 +356,20 @@ async fn logs_are_filtered_by_invocation_and_node() {
     let listed = comfaas(&p, "operator", &["logs", "where", "--node", "cloud-1"]).await;
     let stdout = String::from_utf8_lossy(&listed.stdout);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
-    assert!(stdout.contains(&format!(" cloud-1 {} | ran", ids[2])), "{stdout}");
+    assert!(
+        stdout.contains(&format!(" cloud-1 {} | ran", ids[2])),
+        "{stdout}"
+    );
 
     // Nothing there: said, not an empty screen; no such function: an error.
     let none = comfaas(&p, "operator", &["logs", "where", "--id", "nope"]).await;
     assert!(none.status.success());
     assert!(none.stdout.is_empty());
     let said = String::from_utf8_lossy(&none.stderr);
-    assert!(said.contains("no logs of `where` for invocation nope"), "{said}");
+    assert!(
+        said.contains("no logs of `where` for invocation nope"),
+        "{said}"
+    );
     let unknown = comfaas(&p, "operator", &["logs", "nosuch"]).await;
     assert!(!unknown.status.success());
     let said = String::from_utf8_lossy(&unknown.stderr);
@@ -376,19 +407,21 @@ async fn an_executor_logs_only_as_itself_and_a_device_reads_no_logs() {
 
     // A device may not read the stream, nor listen to log subjects.
     let device_js = async_nats::jetstream::new(p.device.clone());
-    assert!(LogReader::open(&device_js, &p.subjects, of("f")).await.is_err());
-    violation_logged(
-        &p,
-        &format!("$JS.API.STREAM.INFO.{}", names::LOGS_STREAM),
-    )
-    .await;
+    assert!(LogReader::open(&device_js, &p.subjects, of("f"))
+        .await
+        .is_err());
+    violation_logged(&p, &format!("$JS.API.STREAM.INFO.{}", names::LOGS_STREAM)).await;
     let mut listening = p.device.subscribe(p.subjects.log_all()).await.unwrap();
     p.device.flush().await.unwrap();
     node.publish(p.subjects.log("f", "node-x"), "more".into())
         .await
         .unwrap();
     node.flush().await.unwrap();
-    let heard = tokio::time::timeout(Duration::from_millis(700), futures::StreamExt::next(&mut listening)).await;
+    let heard = tokio::time::timeout(
+        Duration::from_millis(700),
+        futures::StreamExt::next(&mut listening),
+    )
+    .await;
     assert!(!matches!(heard, Ok(Some(_))), "a device heard a log");
     violation_logged(&p, &p.subjects.log_all()).await;
     let records = logs_when(&p, &observer, &of("f"), |r| r.len() == 2).await;
@@ -404,6 +437,8 @@ async fn violation_logged(p: &Platform, subject: &str) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("no violation logged for {subject}: {:#?}", p.nats.violations());
+    panic!(
+        "no violation logged for {subject}: {:#?}",
+        p.nats.violations()
+    );
 }
-
