@@ -152,6 +152,29 @@ async fn a_runs_stderr_reaches_the_logs_with_its_names(security: Security) {
     assert_eq!(text(&logs), "noisy line 1\nnoisy line 2\n");
     assert_eq!(logs[0].node, header(&out, h::NODE));
 
+    // An event's run carries its event id.
+    let mut results = p
+        .client
+        .subscribe(p.subjects.result("noisy"))
+        .await
+        .unwrap();
+    p.client.flush().await.unwrap();
+    p.publish_event("noisy", &[], "").await;
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures::StreamExt::next(&mut results),
+    )
+    .await
+    .expect("the event's result")
+    .unwrap();
+    let event = header(&result, h::EVENT_ID);
+    assert!(!event.is_empty());
+    let logs = logs_when(&p, &p.client, &of_invocation("noisy", &event), |r| {
+        !r.is_empty()
+    })
+    .await;
+    assert_eq!(logs[0].event_id.as_deref(), Some(event.as_str()));
+
     // The operator's and the observer's `comfaas logs`.
     for role in ["operator", "observer"] {
         let listed = comfaas(&p, role, &["logs", "chatty", "--id", &id1]).await;
@@ -191,6 +214,8 @@ async fn a_raising_handler_answers_its_whole_traceback_once() {
         )],
     );
     p.deploy(&dir, &["edge-1"]).await;
+    let mut results = p.client.subscribe(p.subjects.result("boom")).await.unwrap();
+    p.client.flush().await.unwrap();
     let reply = p.invoke("boom", "42").await;
     let (code, summary) = error_of(reply.headers.as_ref().unwrap());
     let id = header(&reply, h::INVOCATION_ID);
@@ -220,6 +245,30 @@ async fn a_raising_handler_answers_its_whole_traceback_once() {
         summary.contains(&format!("comfaas logs boom --id {id}")),
         "{summary}"
     );
+    // What `comfaas dev` prints of it: names, code, the first lines.
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut results),
+    )
+    .await
+    .expect("the result")
+    .unwrap();
+    let printed = comfaas::logs::failed_run(&result).expect("a failed run");
+    assert!(
+        printed.starts_with(&format!(
+            "failed: boom {id} on edge-1 (500): handler raised"
+        )),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("\n  | about to parse\n  | Traceback (most recent call last):\n"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("  | ValueError: bad reading: 42\n"),
+        "{printed}"
+    );
+
     // The log has it too.
     let logs = logs_when(&p, &p.client, &of_invocation("boom", &id), |r| {
         text(r).contains("ValueError")
@@ -361,6 +410,25 @@ async fn logs_are_filtered_by_invocation_and_node() {
         "{stdout}"
     );
 
+    // Following: a new run's lines appear as it ends.
+    let mut follow = tokio::process::Command::new(binary("comfaas"))
+        .args(p.cli_args("operator"))
+        .args(["logs", "where", "-f", "--since", "1m"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(follow.stdout.take().unwrap()));
+    for _ in 0..3 {
+        assert!(next_line(&mut lines).await.ends_with(" | ran"));
+    }
+    let reply = p.invoke_with("where", "", placed_on("cloud-1")).await;
+    let id = header(&reply, h::INVOCATION_ID);
+    let line = next_line(&mut lines).await;
+    assert!(line.ends_with(&format!(" cloud-1 {id} | ran")), "{line}");
+    drop(follow);
+
     // Nothing there: said, not an empty screen; no such function: an error.
     let none = comfaas(&p, "operator", &["logs", "where", "--id", "nope"]).await;
     assert!(none.status.success());
@@ -441,4 +509,15 @@ async fn violation_logged(p: &Platform, subject: &str) {
         "no violation logged for {subject}: {:#?}",
         p.nats.violations()
     );
+}
+
+/// The next line `comfaas logs -f` prints, within 20 s.
+async fn next_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("a followed line")
+        .unwrap()
+        .expect("comfaas logs -f ended")
 }
