@@ -87,10 +87,19 @@ async fn comfaas(p: &Platform, role: &str, args: &[&str]) -> std::process::Outpu
         .expect("run comfaas")
 }
 
-fn placed_on(node: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(h::PLACEMENT, format!("node:{node}").as_str());
-    headers
+/// Invokes `function` on `node`; a 503 (the dispatcher has not yet heard
+/// that the node serves the new deployment) is tried again for a while.
+async fn invoke_on(p: &Platform, function: &str, node: &str) -> async_nats::Message {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut headers = HeaderMap::new();
+        headers.insert(h::PLACEMENT, format!("node:{node}").as_str());
+        let reply = p.invoke_with(function, "", headers).await;
+        if header(&reply, h::ERROR_CODE) != "503" || std::time::Instant::now() > deadline {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 open_and_secure!(a_runs_stderr_reaches_the_logs_with_its_names);
@@ -371,8 +380,8 @@ async fn logs_are_filtered_by_invocation_and_node() {
     p.deploy(&dir, &["edge-1", "cloud-1"]).await;
     let mut ids = Vec::new();
     for node in ["edge-1", "edge-1", "cloud-1"] {
-        let reply = p.invoke_with("where", "", placed_on(node)).await;
-        assert_eq!(header(&reply, h::NODE), node);
+        let reply = invoke_on(&p, "where", node).await;
+        assert_eq!(header(&reply, h::NODE), node, "{:?}", reply.headers);
         ids.push(header(&reply, h::INVOCATION_ID));
     }
     let all = logs_when(&p, &p.client, &of("where"), |r| r.len() == 3).await;
@@ -423,7 +432,7 @@ async fn logs_are_filtered_by_invocation_and_node() {
     for _ in 0..3 {
         assert!(next_line(&mut lines).await.ends_with(" | ran"));
     }
-    let reply = p.invoke_with("where", "", placed_on("cloud-1")).await;
+    let reply = invoke_on(&p, "where", "cloud-1").await;
     let id = header(&reply, h::INVOCATION_ID);
     let line = next_line(&mut lines).await;
     assert!(line.ends_with(&format!(" cloud-1 {id} | ran")), "{line}");
