@@ -401,14 +401,12 @@ impl HandlerPool {
         log_bytes: usize,
     ) -> RunOutcome {
         let started = Instant::now();
-        let (exit, stdout, stderr, limit) = match tokio::time::timeout(
-            timeout,
-            self.exchange(input, max_output, log_bytes),
-        )
-        .await
-        {
+        // Outside the timed part: a call that times out keeps what it printed.
+        let mut capture = StderrCapture::new(log_bytes);
+        let exchange = self.exchange(input, max_output, &mut capture);
+        let (exit, stdout, stderr, limit) = match tokio::time::timeout(timeout, exchange).await {
             // Dropping the exchange drops its worker, which kills its group.
-            Err(_) => (Exit::TimedOut, Vec::new(), Captured::default(), None),
+            Err(_) => (Exit::TimedOut, Vec::new(), capture.finish(), None),
             Ok(done) => done,
         };
         RunOutcome {
@@ -425,7 +423,7 @@ impl HandlerPool {
         &self,
         input: Bytes,
         max_output: usize,
-        log_bytes: usize,
+        capture: &mut StderrCapture,
     ) -> (Exit, Vec<u8>, Captured, Option<LimitHit>) {
         let Ok(_permit) = self.permits.acquire().await else {
             return (
@@ -450,8 +448,6 @@ impl HandlerPool {
                 }
             },
         };
-        // Only this call's stderr belongs in its log and its error.
-        let mut capture = StderrCapture::new(log_bytes);
         if worker.send(&input).await.is_err() {
             // It died while idle; nothing was consumed: one fresh worker.
             drop(worker);
@@ -467,17 +463,17 @@ impl HandlerPool {
                 }
             };
             if let Err(e) = worker.send(&input).await {
-                worker.drain_rest(&mut capture, CALL_END_WAIT).await;
+                worker.drain_rest(capture, CALL_END_WAIT).await;
                 return (
                     Exit::SpawnFailed(format!("worker closed its input: {e}")),
                     Vec::new(),
-                    capture.finish(),
+                    std::mem::take(capture).finish(),
                     None,
                 );
             }
         }
         let frame = worker
-            .read_frame_capturing(max_output, &mut capture, CALL_END_WAIT)
+            .read_frame_capturing(max_output, capture, CALL_END_WAIT)
             .await;
         match frame {
             Err(_) => {
@@ -495,20 +491,30 @@ impl HandlerPool {
                 (
                     Exit::Failed { code, signal },
                     Vec::new(),
-                    capture.finish(),
+                    std::mem::take(capture).finish(),
                     limit,
                 )
             }
-            Ok(None) => (Exit::OutputTooLarge, Vec::new(), capture.finish(), None),
+            Ok(None) => (
+                Exit::OutputTooLarge,
+                Vec::new(),
+                std::mem::take(capture).finish(),
+                None,
+            ),
             Ok(Some((0, output))) => {
                 self.release(worker);
-                (Exit::Success, output, capture.finish(), None)
+                (
+                    Exit::Success,
+                    output,
+                    std::mem::take(capture).finish(),
+                    None,
+                )
             }
             Ok(Some((_, traceback))) => {
                 // The traceback comes in the frame, after what the call
                 // printed: the log and the error read as Python prints them.
                 self.release(worker);
-                let stderr = with_traceback(capture.finish(), &traceback);
+                let stderr = with_traceback(std::mem::take(capture).finish(), &traceback);
                 (Exit::Raised, Vec::new(), stderr, None)
             }
         }

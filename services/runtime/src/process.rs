@@ -260,21 +260,27 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
         kill_group(group);
         status
     };
+    // Outside the timed part: a run that times out keeps what it wrote.
+    let mut capture = StderrCapture::new(spec.log_bytes);
     let collect = async {
-        let ((), out, err, status) =
-            tokio::join!(feed, output, read_stderr(stderr, spec.log_bytes), exited);
-        (out, err, status)
+        let ((), out, (), status) =
+            tokio::join!(feed, output, read_stderr(stderr, &mut capture), exited);
+        (out, status)
     };
     let result = tokio::time::timeout(spec.timeout, collect).await;
+    let stderr = capture.finish();
     // Whatever happened, nothing the function started outlives the run.
     kill_group(group);
     let duration = started.elapsed();
     let outcome = match result {
         Err(_) => {
             let _ = child.wait().await;
-            RunOutcome::empty(Exit::TimedOut, duration)
+            RunOutcome {
+                stderr,
+                ..RunOutcome::empty(Exit::TimedOut, duration)
+            }
         }
-        Ok((out, stderr, status)) => {
+        Ok((out, status)) => {
             let exit = match (&out, status) {
                 (None, _) => Exit::OutputTooLarge,
                 (Some(_), Ok(status)) if status.success() => Exit::Success,
@@ -362,9 +368,8 @@ async fn read_output(
     }
 }
 
-/// Reads all of `reader` into a capture keeping `log_bytes` for the log.
-async fn read_stderr(mut reader: impl AsyncRead + Unpin, log_bytes: usize) -> Captured {
-    let mut capture = StderrCapture::new(log_bytes);
+/// Reads all of `reader` into `capture`.
+async fn read_stderr(mut reader: impl AsyncRead + Unpin, capture: &mut StderrCapture) {
     let mut buf = vec![0u8; 8 * 1024];
     loop {
         match reader.read(&mut buf).await {
@@ -372,7 +377,6 @@ async fn read_stderr(mut reader: impl AsyncRead + Unpin, log_bytes: usize) -> Ca
             Ok(n) => capture.push(&buf[..n]),
         }
     }
-    capture.finish()
 }
 
 #[cfg(test)]
@@ -430,6 +434,21 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(1800)).await;
         assert!(!marker.exists(), "a process of the timed-out run survived");
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_run_keeps_what_it_wrote() {
+        let out = run(sh(
+            "echo 'step 1 done' >&2; echo 'waiting for the bus' >&2; sleep 30",
+            "",
+            500,
+        ))
+        .await;
+        assert_eq!(out.exit, Exit::TimedOut);
+        assert_eq!(out.failure_detail(), "step 1 done\nwaiting for the bus\n");
+        assert!(out
+            .describe_failure(Duration::from_millis(500))
+            .ends_with("was killed: waiting for the bus"));
     }
 
     #[tokio::test]

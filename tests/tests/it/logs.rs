@@ -530,3 +530,40 @@ async fn next_line(
         .unwrap()
         .expect("comfaas logs -f ended")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_handler_answers_what_it_printed() {
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    let dir = p.function(
+        "stuck",
+        "mode = \"handler\"\ntimeout = \"1s\"",
+        &[(
+            "main.py",
+            "import time\n\
+             def handle(data):\n    \
+                 print('waiting for the bus', flush=True)\n    \
+                 time.sleep(30)\n",
+        )],
+    );
+    p.deploy(&dir, &["edge-1"]).await;
+    let reply = p.invoke("stuck", "").await;
+    assert_eq!(header(&reply, h::ERROR_CODE), "408");
+    assert_eq!(
+        String::from_utf8_lossy(&reply.payload),
+        "waiting for the bus\n"
+    );
+    let summary = header(&reply, h::ERROR);
+    assert!(
+        summary
+            .starts_with("function exceeded its timeout of 1s and was killed: waiting for the bus"),
+        "{summary}"
+    );
+    let id = header(&reply, h::INVOCATION_ID);
+    let logs = logs_when(&p, &p.client, &of_invocation("stuck", &id), |r| {
+        !r.is_empty()
+    })
+    .await;
+    assert_eq!(text(&logs), "waiting for the bus\n");
+}
