@@ -449,6 +449,8 @@ pub struct NodeSpec {
     pub trusted_operators: Vec<String>,
     /// How it confines runs (bwrap by default, as in production).
     pub sandbox: comfaas_runtime::SandboxConfig,
+    /// What it does with runs' stderr (`[logs]`; published by default).
+    pub logs: comfaas_exec::LogsConfig,
 }
 
 impl NodeSpec {
@@ -468,6 +470,7 @@ impl NodeSpec {
             heartbeat_ms: 1000,
             trusted_operators: Vec::new(),
             sandbox: comfaas_runtime::SandboxConfig::default(),
+            logs: comfaas_exec::LogsConfig::default(),
         }
     }
 
@@ -517,6 +520,7 @@ impl NodeSpec {
             cargo_offline: true,
             cargo_target_dir: repo_root().join("target").join("comfaas-functions"),
             sandbox: self.sandbox,
+            logs: self.logs,
             ..ExecConfig::default()
         }
     }

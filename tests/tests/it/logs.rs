@@ -567,3 +567,49 @@ async fn a_timed_out_handler_answers_what_it_printed() {
     .await;
     assert_eq!(text(&logs), "waiting for the bus\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_off_publish_nothing_and_errors_still_carry_stderr() {
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    let quiet = comfaas_exec::LogsConfig {
+        enabled: false,
+        ..comfaas_exec::LogsConfig::default()
+    };
+    drop(
+        p.executor(NodeSpec {
+            logs: quiet,
+            ..NodeSpec::edge("edge-1")
+        })
+        .await,
+    );
+    let dir = p.function(
+        "mute",
+        "",
+        &[(
+            "main.py",
+            "import sys\nsys.stderr.write('said something\\n')\nsys.exit(int(sys.stdin.read() or 0))\n",
+        )],
+    );
+    p.deploy(&dir, &["edge-1"]).await;
+    let mut listening = p.client.subscribe(p.subjects.log_all()).await.unwrap();
+    p.client.flush().await.unwrap();
+    let ok = p.invoke("mute", "0").await;
+    assert_eq!(header(&ok, h::STATUS), "ok");
+    let failed = p.invoke("mute", "3").await;
+    assert_eq!(header(&failed, h::ERROR_CODE), "500");
+    assert_eq!(String::from_utf8_lossy(&failed.payload), "said something\n");
+    let summary = header(&failed, h::ERROR);
+    assert!(
+        summary.contains("the end of stderr is in the reply body"),
+        "{summary}"
+    );
+    assert!(!summary.contains("comfaas logs"), "{summary}");
+    let heard = tokio::time::timeout(
+        Duration::from_millis(700),
+        futures::StreamExt::next(&mut listening),
+    )
+    .await;
+    assert!(!matches!(heard, Ok(Some(_))), "a log was published");
+    assert!(read_logs(&p, &p.client, &of("mute")).await.is_empty());
+}
