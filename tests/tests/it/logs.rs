@@ -613,3 +613,64 @@ async fn logs_off_publish_nothing_and_errors_still_carry_stderr() {
     assert!(!matches!(heard, Ok(Some(_))), "a log was published");
     assert!(read_logs(&p, &p.client, &of("mute")).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatcher_makes_the_logs_stream_with_its_limits() {
+    let p = Platform::start().await;
+    let limits = comfaas_platform::resources::LogsLimits {
+        max_bytes: 8 << 20,
+        max_age_s: 600,
+    };
+    drop(
+        p.dispatcher_with(comfaas_dispatch::DispatchConfig {
+            logs: limits,
+            ..comfaas_dispatch::DispatchConfig::default()
+        })
+        .await,
+    );
+    let js = async_nats::jetstream::new(p.client.clone());
+    let mut stream = js.get_stream(names::LOGS_STREAM).await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    assert_eq!(config.subjects, vec![p.subjects.log_all()]);
+    assert_eq!(config.max_bytes, 8 << 20);
+    assert_eq!(config.max_age, Duration::from_secs(600));
+    assert_eq!(
+        config.retention,
+        async_nats::jetstream::stream::RetentionPolicy::Limits
+    );
+    assert_eq!(
+        config.discard,
+        async_nats::jetstream::stream::DiscardPolicy::Old
+    );
+    // Another dispatcher with other limits brings the stream to them.
+    drop(p.dispatcher().await);
+    let config = stream.info().await.unwrap().config.clone();
+    assert_eq!(config.max_bytes, 256 << 20);
+    assert_eq!(config.max_age, Duration::from_secs(24 * 3600));
+    // Limits that cannot work are refused with what is wrong.
+    for (bad, says) in [
+        (
+            comfaas_platform::resources::LogsLimits {
+                max_bytes: 1000,
+                ..limits
+            },
+            "logs.max_bytes must be at least 1 MiB",
+        ),
+        (
+            comfaas_platform::resources::LogsLimits {
+                max_age_s: 0,
+                ..limits
+            },
+            "logs.max_age_s must be above zero",
+        ),
+    ] {
+        let refused = comfaas_dispatch::Dispatcher::connect(comfaas_dispatch::DispatchConfig {
+            nats: p.nats.options(),
+            logs: bad,
+            ..comfaas_dispatch::DispatchConfig::default()
+        })
+        .await;
+        let error = format!("{:#}", refused.err().expect("refused"));
+        assert!(error.contains(says), "{error}");
+    }
+}
