@@ -642,11 +642,21 @@ async fn the_dispatcher_makes_the_logs_stream_with_its_limits() {
         config.discard,
         async_nats::jetstream::stream::DiscardPolicy::Old
     );
-    // Another dispatcher with other limits brings the stream to them.
-    drop(p.dispatcher().await);
+    // Another dispatcher with other limits brings the stream to them
+    // (small ones: the server reserves the disk they name).
+    drop(
+        p.dispatcher_with(comfaas_dispatch::DispatchConfig {
+            logs: comfaas_platform::resources::LogsLimits {
+                max_bytes: 16 << 20,
+                max_age_s: 1200,
+            },
+            ..comfaas_dispatch::DispatchConfig::default()
+        })
+        .await,
+    );
     let config = stream.info().await.unwrap().config.clone();
-    assert_eq!(config.max_bytes, 256 << 20);
-    assert_eq!(config.max_age, Duration::from_secs(24 * 3600));
+    assert_eq!(config.max_bytes, 16 << 20);
+    assert_eq!(config.max_age, Duration::from_secs(1200));
     // Limits that cannot work are refused with what is wrong.
     for (bad, says) in [
         (
