@@ -34,6 +34,11 @@ pub fn object_chunks_subject(bucket: &str, nuid: &str) -> String {
     format!("$O.{bucket}.C.{nuid}")
 }
 
+/// Stream of function logs (`<prefix>.log.<fn>.<node>`): what each run
+/// wrote to stderr, bounded per run, kept within size and age limits
+/// (limits retention, the oldest dropped first).
+pub const LOGS_STREAM: &str = "COMFAAS_LOGS";
+
 /// Stream of events that ended without a successful run (the dead-letter
 /// queue, `<prefix>.dlq.<fn>`): each keeps the event's payload and headers
 /// plus the `Comfaas-Dlq-*` headers saying why.
@@ -199,6 +204,9 @@ pub mod headers {
     /// Reply: milliseconds the node spent getting a large input (from its
     /// cache or the object store) before the run; 0 for an inline input.
     pub const FETCH_MS: &str = "Comfaas-Fetch-Ms";
+    /// Log: the version of the function that ran.
+    pub const VERSION: &str = "Comfaas-Version";
+
     /// Reply: the function that ran (set on `result` subjects).
     pub const FUNCTION: &str = "Comfaas-Function";
     /// Reply: a large output stored in `comfaas_outputs`.
@@ -353,6 +361,23 @@ impl Subjects {
         format!("{}.dlq.{function}", self.prefix)
     }
 
+    /// `<prefix>.log.<fn>.<node>`: what runs of a function on a node wrote
+    /// to stderr, kept in [`LOGS_STREAM`]; the executor `<node>` publishes
+    /// there, operators and observers read (`comfaas logs`).
+    pub fn log(&self, function: &str, node: &str) -> String {
+        format!("{}.log.{function}.{node}", self.prefix)
+    }
+
+    /// `<prefix>.log.>`: every function's logs.
+    pub fn log_all(&self) -> String {
+        format!("{}.log.>", self.prefix)
+    }
+
+    /// `<prefix>.log.*.<node>`: the logs the executor `<node>` may publish.
+    pub fn log_of_node(&self, node: &str) -> String {
+        self.log("*", node)
+    }
+
     /// `<prefix>.held.<event-id>`: a dispatcher asks, before placing a
     /// redelivered event, whether a node is running it or ran it recently;
     /// only that node answers (with its id), on the asker's inbox.
@@ -397,6 +422,10 @@ mod tests {
         assert_eq!(s.result("hello"), "comfaas.result.hello");
         assert_eq!(s.node_load_all(), "comfaas.node.*.load");
         assert_eq!(s.dispatch_metrics("d1"), "comfaas.dispatch.d1.metrics");
+        assert_eq!(s.log("hello", "edge-1"), "comfaas.log.hello.edge-1");
+        assert_eq!(s.log("hello", "*"), "comfaas.log.hello.*");
+        assert_eq!(s.log_all(), "comfaas.log.>");
+        assert_eq!(s.log_of_node("edge-1"), "comfaas.log.*.edge-1");
         let t = Subjects::new("acme.faas");
         assert_eq!(t.invoke("x"), "acme.faas.invoke.x");
     }

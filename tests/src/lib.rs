@@ -476,6 +476,8 @@ pub struct NodeSpec {
     pub sandbox: comfaas_runtime::SandboxConfig,
     /// Where it serves Prometheus metrics (empty: off).
     pub metrics_addr: String,
+    /// What it does with runs' stderr (`[logs]`; published by default).
+    pub logs: comfaas_exec::LogsConfig,
 }
 
 impl NodeSpec {
@@ -496,6 +498,7 @@ impl NodeSpec {
             trusted_operators: Vec::new(),
             sandbox: comfaas_runtime::SandboxConfig::default(),
             metrics_addr: String::new(),
+            logs: comfaas_exec::LogsConfig::default(),
         }
     }
 
@@ -546,6 +549,7 @@ impl NodeSpec {
             cargo_target_dir: repo_root().join("target").join("comfaas-functions"),
             sandbox: self.sandbox,
             metrics_addr: self.metrics_addr,
+            logs: self.logs,
             ..ExecConfig::default()
         }
     }

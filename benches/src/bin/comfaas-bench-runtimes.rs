@@ -282,6 +282,7 @@ async fn bare_process_cost(p: &Platform, total: usize) {
                 max_output: 1 << 20,
                 spill: None,
                 jail: dir.jail().clone(),
+                log_bytes: 64 * 1024,
             })
             .await;
             dir.remove().await;

@@ -678,6 +678,12 @@ pub async fn run(
     }
 
     let client = nats.connect("comfaas dev").await?;
+    // Failed runs (function, id, code, the start of their traceback) are printed as they happen.
+    services.spawn(crate::logs::print_failed_runs(
+        client.clone(),
+        nats.subjects(),
+        shutdown.clone(),
+    ));
     let mut registry = Registry::open(&nats.jetstream(client.clone())).await?;
     if let Some(operator) = operator {
         // Secure: the nodes install only what the operator signed.

@@ -191,6 +191,9 @@ pub struct ReplyError {
     pub code: String,
     /// `Nats-Service-Error`.
     pub message: String,
+    /// The reply's body: for a failed run, the end of its stderr (a
+    /// traceback, newlines kept).
+    pub detail: Option<String>,
 }
 
 /// Writes a reply's output to `output_file` (or stdout): the body, or the
@@ -235,13 +238,23 @@ pub async fn print_reply(
     let failure = match reply::outcome(message.headers.as_ref()) {
         Outcome::Ok => None,
         Outcome::Error {
-            raw_code, message, ..
+            raw_code,
+            message: summary,
+            ..
         } => {
+            // A failed run's body is the end of its stderr (a traceback),
+            // printed as written, before the one-line summary.
+            let detail = String::from_utf8_lossy(&message.payload);
+            let detail = detail.trim_end();
+            if !options.json && !detail.trim().is_empty() {
+                eprintln!("{detail}");
+            }
             report.error = Some(ReplyError {
                 code: raw_code.clone(),
-                message: message.clone(),
+                message: summary.clone(),
+                detail: (!detail.trim().is_empty()).then(|| detail.to_owned()),
             });
-            Some(anyhow::anyhow!("error {raw_code}: {message}"))
+            Some(anyhow::anyhow!("error {raw_code}: {summary}"))
         }
         Outcome::Unknown => Some(anyhow::anyhow!("the reply carries no {} header", h::STATUS)),
     };

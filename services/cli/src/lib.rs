@@ -1,6 +1,6 @@
 //! The `comfaas` command-line interface: operators' and developers' entry
 //! to the platform (`auth`, `dev`, `deploy`, `invoke`, `ls`, `rm`, `nodes`,
-//! `iot-sim`, `secret`, `dlq`, `new`, `completions`, `dashboard`, `decisions`). The functions behind each command are public so tests and
+//! `iot-sim`, `secret`, `dlq`, `new`, `completions`, `dashboard`, `decisions`, `logs`). The functions behind each command are public so tests and
 //! the embedded default reuse them.
 //!
 //! Architecture invariant: the CLI speaks only the public contract
@@ -17,6 +17,7 @@ pub mod domains;
 pub mod inspect;
 pub mod invoke;
 pub mod iot;
+pub mod logs;
 pub mod output;
 pub mod scaffold;
 pub mod secret;

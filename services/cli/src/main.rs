@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
 use comfaas::{
-    auth, dashboard, decisions, deploy, dev, dlq, inspect, invoke, iot, output, scaffold, secret,
+    auth, dashboard, decisions, deploy, dev, dlq, inspect, invoke, iot, logs, output, scaffold,
+    secret,
 };
 use comfaas_platform::nats::{NatsFlags, NatsOptions};
 use comfaas_platform::registry::Registry;
@@ -155,6 +156,23 @@ enum Command {
         /// One JSON object per decision and line
         #[arg(long)]
         json: bool,
+    },
+    /// Print what a function's runs wrote to stderr (`time node id | line`)
+    Logs {
+        /// Function name
+        function: String,
+        /// Keep printing new logs as runs write them
+        #[arg(long, short)]
+        follow: bool,
+        /// Only this invocation's (its Comfaas-Invocation-Id)
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// Only runs on this node
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+        /// Only logs this recent, e.g. 10m, 2h [default: all kept]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
     },
     /// The dead-letter queue: events that ended without a successful run
     Dlq {
@@ -445,6 +463,24 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
                 decisions::Format::Table
             };
             decisions::run(&client, &subjects, follow, format).await?
+        }
+        Command::Logs {
+            function,
+            follow,
+            id,
+            node,
+            since,
+        } => {
+            let options = logs::LogsOptions {
+                filter: comfaas_platform::logs::LogFilter {
+                    function,
+                    node,
+                    invocation_id: id,
+                    since,
+                },
+                follow,
+            };
+            logs::run(&nats.jetstream(client.clone()), &subjects, options).await?;
         }
         Command::Dlq { command } => {
             let js = nats.jetstream(client.clone());

@@ -39,6 +39,9 @@ pub struct DispatchConfig {
     /// Where to serve Prometheus metrics (`host:port`, `GET /metrics`);
     /// empty: off, and nothing is counted.
     pub metrics_addr: String,
+    /// Size and age limits of the function logs stream `COMFAAS_LOGS`,
+    /// which the dispatcher creates (`[logs]`: `max_bytes`, `max_age_s`).
+    pub logs: comfaas_platform::resources::LogsLimits,
 }
 
 impl Default for DispatchConfig {
@@ -56,6 +59,7 @@ impl Default for DispatchConfig {
             max_events_pending: comfaas_platform::resources::EVENTS_MAX_ACK_PENDING,
             max_event_age_s: 6 * 3600,
             metrics_addr: String::new(),
+            logs: comfaas_platform::resources::LogsLimits::default(),
         }
     }
 }
@@ -72,6 +76,7 @@ impl DispatchConfig {
         if !comfaas_schemas::names::is_token(&self.id) {
             anyhow::bail!("dispatcher id `{}` must be one subject token", self.id);
         }
+        self.logs.validate()?;
         if self.max_concurrent == 0 || self.metrics_ms == 0 || self.dead_after_heartbeats == 0 {
             anyhow::bail!(
                 "max_concurrent, metrics_ms and dead_after_heartbeats must be above zero"

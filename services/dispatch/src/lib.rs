@@ -58,6 +58,7 @@ impl Dispatcher {
         let registry = Registry::open(&js).await?;
         let subjects = config.nats.subjects();
         comfaas_platform::resources::results_stream(&js, &subjects).await?;
+        comfaas_platform::resources::logs_stream(&js, &subjects, config.logs).await?;
         let inputs = comfaas_platform::resources::inputs_store(&js).await?;
         Ok(Self {
             shared: Arc::new(Shared {

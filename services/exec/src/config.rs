@@ -78,7 +78,39 @@ pub struct ExecConfig {
     /// Where to serve Prometheus metrics (`host:port`, `GET /metrics`);
     /// empty: off, and nothing is counted.
     pub metrics_addr: String,
+    /// Function logs (`[logs]`: `enabled`, `max_bytes_per_run`, `queue`).
+    pub logs: LogsConfig,
 }
+
+/// What the executor does with what runs write to stderr (`[logs]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogsConfig {
+    /// Publish each run's stderr to `<prefix>.log.<fn>.<node>` (kept in
+    /// `COMFAAS_LOGS`). Off: nothing is published; a failed run's reply
+    /// still carries the end of its stderr.
+    pub enabled: bool,
+    /// Most bytes of one run's stderr published: its start and its last
+    /// 16 KiB, with a line saying how much was dropped between.
+    pub max_bytes_per_run: usize,
+    /// Runs' logs waiting to be published; beyond it a run's log is
+    /// dropped (and counted) rather than slowing the runs.
+    pub queue: usize,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_bytes_per_run: 64 * 1024,
+            queue: 256,
+        }
+    }
+}
+
+/// Largest `max_bytes_per_run`: a run's log is held in memory until it
+/// is published.
+pub const MAX_LOG_BYTES_PER_RUN: usize = 16 << 20;
 
 impl Default for ExecConfig {
     fn default() -> Self {
@@ -110,6 +142,7 @@ impl Default for ExecConfig {
             sandbox: SandboxConfig::default(),
             limits: default_limits(),
             metrics_addr: String::new(),
+            logs: LogsConfig::default(),
         }
     }
 }
@@ -163,6 +196,18 @@ impl ExecConfig {
             anyhow::bail!("input_stall_ms must be above zero");
         }
         self.trusted()?;
+        if self.logs.enabled {
+            let per_run = self.logs.max_bytes_per_run;
+            if per_run == 0 || per_run > MAX_LOG_BYTES_PER_RUN {
+                anyhow::bail!(
+                    "logs.max_bytes_per_run must be between 1 and {MAX_LOG_BYTES_PER_RUN} \
+                     (set logs.enabled = false to publish no logs), not {per_run}"
+                );
+            }
+            if self.logs.queue == 0 {
+                anyhow::bail!("logs.queue must be above zero");
+            }
+        }
         Ok(())
     }
 
@@ -321,6 +366,45 @@ mod tests {
         );
     }
 
+    fn from_toml(text: &str) -> anyhow::Result<ExecConfig> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("exec.toml");
+        std::fs::write(&file, text)?;
+        let config: ExecConfig = comfaas_platform::settings::load(
+            &ExecConfig::default(),
+            Some(&file),
+            &ExecFlags::default(),
+        )?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn logs_are_configured_in_their_section_and_checked() {
+        let on = from_toml("").unwrap();
+        assert_eq!(on.logs, LogsConfig::default());
+        assert!(on.logs.enabled);
+        let off = from_toml("[logs]\nenabled = false\n").unwrap();
+        assert!(!off.logs.enabled);
+        let small = from_toml("[logs]\nmax_bytes_per_run = 4096\nqueue = 8\n").unwrap();
+        assert_eq!((small.logs.max_bytes_per_run, small.logs.queue), (4096, 8));
+        for (bad, says) in [
+            (
+                "[logs]\nmax_bytes_per_run = 0\n",
+                "logs.max_bytes_per_run must be between 1",
+            ),
+            (
+                "[logs]\nmax_bytes_per_run = 999999999\n",
+                "logs.max_bytes_per_run must be between 1",
+            ),
+            ("[logs]\nqueue = 0\n", "logs.queue must be above zero"),
+            ("[logs]\nenable = true\n", "enable"),
+        ] {
+            let error = format!("{:#}", from_toml(bad).unwrap_err());
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
+
     #[test]
     fn trusted_operators_come_from_repeated_flags_and_are_checked() {
         let (a, b) = (
@@ -337,6 +421,7 @@ mod tests {
         assert_eq!(open.signatures(), SignaturePolicy::Off);
 
         let typo = from_flags(&["--trusted-operator", "UABC"]);
+        assert!(typo.validate().is_err());
         let error = typo.validate().unwrap_err().to_string();
         assert!(
             error.starts_with("trusted_operators: `UABC` is not a public nkey"),

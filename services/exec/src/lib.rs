@@ -21,6 +21,7 @@ mod functions;
 mod inputs;
 mod install;
 mod load;
+mod logs;
 mod observe;
 mod recent;
 mod run;
@@ -35,7 +36,7 @@ use comfaas_runtime::{Sandboxes, Toolchain};
 use tokio_util::sync::CancellationToken;
 
 use admission::Admission;
-pub use config::{default_limits, ExecConfig, ExecFlags};
+pub use config::{default_limits, ExecConfig, ExecFlags, LogsConfig};
 use functions::FunctionTable;
 use install::Installer;
 use load::Heartbeat;
@@ -292,6 +293,19 @@ impl Executor {
             secrets: js.clone(),
         };
         tasks.spawn(installer.run(changes, shutdown.child_token()));
+        // Logs are published until the runs are done, then what is queued.
+        let stop_logs = CancellationToken::new();
+        let logs = config.logs.enabled.then(|| {
+            let (queue, publish) = logs::LogQueue::start(
+                self.client.clone(),
+                subjects.clone(),
+                config.node.clone(),
+                config.logs.queue,
+                stop_logs.clone(),
+            );
+            tasks.spawn(publish);
+            queue
+        });
         let worker = Worker {
             client: self.client.clone(),
             config: config.clone(),
@@ -309,11 +323,19 @@ impl Executor {
                     store: outputs_store,
                     js,
                 },
+                log_bytes: if config.logs.enabled {
+                    config.logs.max_bytes_per_run
+                } else {
+                    0
+                },
+                logs_enabled: config.logs.enabled,
             },
             recent,
             observe,
+            logs,
         };
         worker.serve(work_sub, shutdown.clone()).await;
+        stop_logs.cancel();
 
         stop_heartbeat.cancel();
         tasks.wait().await;

@@ -12,7 +12,7 @@ use async_nats::jetstream;
 use async_nats::jetstream::object_store::ObjectStore;
 use bytes::Bytes;
 use comfaas_runtime::process::Exit;
-use comfaas_runtime::{MpiLauncher, RunInput, RunOutcome, RunSpec};
+use comfaas_runtime::{Captured, MpiLauncher, RunInput, RunOutcome, RunSpec};
 use comfaas_schemas::names::OUTPUTS_BUCKET;
 use comfaas_schemas::{Invocation, InvocationError};
 
@@ -39,6 +39,10 @@ pub struct Runner {
     pub inputs: Arc<InputCache>,
     /// Large outputs.
     pub outputs: Outputs,
+    /// Bytes of a run's stderr kept for its log.
+    pub log_bytes: usize,
+    /// Whether runs' logs are published (what a failed run's error says).
+    pub logs_enabled: bool,
 }
 
 /// Where outputs too large for a reply go: the object store
@@ -68,8 +72,11 @@ pub struct Ran {
     pub duration: Duration,
     /// How long getting its large input took (zero for an inline one).
     pub fetch: Duration,
-    /// Its output, or why it failed.
+    /// Its output, or why it failed (one line: the reply header).
     pub output: Result<Output, InvocationError>,
+    /// What it wrote to stderr, as far as it was kept: its log, and the
+    /// body of its reply when it failed.
+    pub stderr: Captured,
 }
 
 /// What a successful run produced.
@@ -98,7 +105,8 @@ impl Runner {
                     RunInput::Bytes(bytes) => bytes,
                     RunInput::File(path) => read_for_handler(&path).await?,
                 };
-                pool.call(input, job.timeout, self.max_output).await
+                pool.call(input, job.timeout, self.max_output, self.log_bytes)
+                    .await
             }
             None => self.run_process(&job, input).await?,
         };
@@ -116,10 +124,19 @@ impl Runner {
                 body: Bytes::from(outcome.stdout),
             }),
             ref exit => {
+                let function = &job.invocation.function;
+                // The header is one line: the rest is in the body and the log.
+                let rest = match (outcome.stderr.is_empty(), self.logs_enabled) {
+                    (true, _) => String::new(),
+                    (false, true) => format!(
+                        "; stderr in the reply body and `comfaas logs {function} --id {}`",
+                        job.invocation.id
+                    ),
+                    (false, false) => "; the end of stderr is in the reply body".to_owned(),
+                };
                 let message = format!(
-                    "{} (function `{}` {} on node {})",
+                    "{} (function `{function}` {} on node {}{rest})",
                     outcome.describe_failure(job.timeout),
-                    job.invocation.function,
                     job.served.version,
                     self.node
                 );
@@ -136,6 +153,7 @@ impl Runner {
             duration: outcome.duration,
             fetch: Duration::ZERO,
             output,
+            stderr: outcome.stderr,
         }
     }
 
@@ -175,6 +193,7 @@ impl Runner {
             max_output: self.max_output,
             spill: Some((private.spill_file(), self.max_output_object_bytes)),
             jail: private.jail().clone(),
+            log_bytes: self.log_bytes,
         })
         .await;
         // A large output goes to the object store before its file goes.

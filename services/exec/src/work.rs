@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::{Admission, Ticket};
 use crate::config::ExecConfig;
 use crate::functions::{FunctionTable, Lookup, Served};
+use crate::logs::{LogQueue, RunLog};
 use crate::observe::Observe;
 use crate::recent::{outcome_of, Claim, Outcome, RecentRuns};
 use crate::run::{Job, Runner};
@@ -52,6 +53,8 @@ pub struct Worker {
     pub recent: RecentRuns,
     /// Counters for discovery and metrics.
     pub observe: Arc<Observe>,
+    /// Where runs' logs go, when they are published.
+    pub logs: Option<LogQueue>,
 }
 
 /// What a work message gets back.
@@ -63,6 +66,8 @@ struct Reply {
     /// The run's queue place and slot, held until its outcome is sent, so
     /// that the load report their release wakes follows the answer.
     ticket: Option<Ticket>,
+    /// The run's log, published once the answer left.
+    log: Option<RunLog>,
 }
 
 /// Where the outcome of a run goes besides the dispatcher.
@@ -116,6 +121,17 @@ impl Worker {
         self.observe
             .answered(&function, &reply.headers, started.elapsed());
         let _held = reply.ticket.take();
+        let log = reply.log.take();
+        self.answer_and_deliver(work_reply, reply).await;
+        // Only now: logs never delay an answer.
+        if let (Some(queue), Some(log)) = (&self.logs, log) {
+            queue.send(log);
+        }
+    }
+
+    /// Sends `reply` where it goes: to the requester, the result subject
+    /// and a notice to the dispatcher, or to the dispatcher alone.
+    async fn answer_and_deliver(&self, work_reply: async_nats::Subject, reply: Reply) {
         let client = &self.client;
         // A refusal, or no requester to answer directly: the work request's
         // sender gets the reply (and may try another node after a refusal).
@@ -198,6 +214,7 @@ impl Worker {
                     reply_to: invocation.reply_to.clone(),
                 }),
                 ticket: None,
+                log: None,
             };
         }
     }
@@ -257,6 +274,13 @@ impl Worker {
         meta.duration_ms = Some(ran.duration.as_millis() as u64);
         meta.queue_ms = Some(queue.as_millis() as u64);
         meta.fetch_ms = Some(ran.fetch.as_millis() as u64);
+        let log = self.logs.is_some().then(|| RunLog {
+            function: function.to_owned(),
+            version: served.version.clone(),
+            invocation_id: id.to_owned(),
+            event_id: invocation.event.then(|| id.to_owned()),
+            text: ran.stderr.log(self.config.logs.max_bytes_per_run),
+        });
         let (headers, body) = match ran.output {
             Ok(output) => {
                 let mut headers = reply::ok(&meta);
@@ -267,7 +291,11 @@ impl Worker {
             }
             Err(failure) => {
                 tracing::info!(invocation = id, code = failure.code.as_u16(), "{failure}");
-                (reply::error(&failure, &meta), Bytes::new())
+                // The whole end of stderr, with its newlines: a traceback
+                // reads as Python printed it.
+                let detail =
+                    Bytes::from(ran.stderr.tail_text(comfaas_runtime::capture::TAIL_BYTES));
+                (reply::error(&failure, &meta), detail)
             }
         };
         Ok(Reply {
@@ -278,6 +306,7 @@ impl Worker {
                 reply_to: invocation.reply_to.clone(),
             }),
             ticket: Some(ticket),
+            log,
         })
     }
 
@@ -312,6 +341,7 @@ impl Worker {
             body: Bytes::new(),
             delivery: None,
             ticket: None,
+            log: None,
         }
     }
 }

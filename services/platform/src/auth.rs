@@ -230,10 +230,13 @@ impl Grant {
             names::object_store_stream(names::INPUTS_BUCKET),
             names::object_store_stream(names::OUTPUTS_BUCKET),
             names::DLQ_STREAM.to_owned(),
+            names::LOGS_STREAM.to_owned(),
             names::STORAGE_PROBE_STREAM.to_owned(),
         ] {
             self.create_stream(&stream);
         }
+        // The logs stream takes new size and age limits from the config.
+        self.api(format!("STREAM.UPDATE.{}", names::LOGS_STREAM));
         // The events stream is brought up to date when an older comfaas
         // made it, and made with the dispatchers' durable consumer (its
         // interest retention keeps events only for a consumer).
@@ -361,6 +364,7 @@ impl Role {
                     .read_objects(names::OUTPUTS_BUCKET)
                     .read_stream(names::RESULTS_STREAM)
                     .read_stream(names::DLQ_STREAM)
+                    .read_stream(names::LOGS_STREAM)
                     .api(format!("STREAM.PURGE.{}", names::DLQ_STREAM))
                     .api(format!("STREAM.MSG.DELETE.{}", names::DLQ_STREAM));
                 // A cloud site keeps a mirror of the edge's streams.
@@ -400,6 +404,7 @@ impl Role {
                     .subscribe(s.node_ping(node))
                     .subscribe(s.event_held_all())
                     .publish(s.node_load(node))
+                    .publish(s.log_of_node(node))
                     .publish(s.result_all())
                     .answer_requests()
                     .read_kv(names::FUNCTIONS_BUCKET)
@@ -437,7 +442,8 @@ impl Role {
                         "CONSUMER.INFO.{}.{}",
                         names::EVENTS_STREAM,
                         names::DISPATCH_EVENTS_CONSUMER
-                    ));
+                    ))
+                    .read_stream(names::LOGS_STREAM);
             }
         }
         g.build()
@@ -613,6 +619,13 @@ mod tests {
             .publish
             .allow
             .contains(&"comfaas.node.edge-1.load".to_owned()));
+        // Logs only as itself, and it reads no logs.
+        assert!(p.publish.allow.contains(&"comfaas.log.*.edge-1".to_owned()));
+        assert!(!p
+            .publish
+            .allow
+            .iter()
+            .any(|s| s == "comfaas.log.>" || s.contains(names::LOGS_STREAM)));
         assert!(!p.publish.allow.iter().any(|s| s.starts_with("$KV.")));
         assert!(!p.publish.allow.iter().any(|s| s.contains("STREAM.CREATE")));
         assert!(!p.publish.allow.iter().any(|s| s.contains("STREAM.PURGE")));

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod dlq;
+pub mod logs;
 pub mod metrics;
 pub mod micro;
 pub mod nats;

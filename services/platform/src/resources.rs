@@ -243,6 +243,83 @@ async fn sized_stream(
     }
 }
 
+/// A limit of a stream's configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidLimits(pub String);
+
+/// Size and age limits of the logs stream (`[logs]` in the dispatcher's
+/// configuration: `max_bytes`, `max_age_s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogsLimits {
+    /// Most bytes the stream keeps; the oldest logs go first.
+    pub max_bytes: i64,
+    /// How long a log is kept, seconds.
+    pub max_age_s: u64,
+}
+
+impl Default for LogsLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 << 20,
+            max_age_s: 24 * 3600,
+        }
+    }
+}
+
+impl LogsLimits {
+    /// Checks the limits: a stream with no room or no time keeps nothing.
+    pub fn validate(&self) -> Result<(), InvalidLimits> {
+        if self.max_bytes < 1 << 20 {
+            return Err(InvalidLimits(format!(
+                "logs.max_bytes must be at least 1 MiB (1048576), not {}",
+                self.max_bytes
+            )));
+        }
+        if self.max_age_s == 0 {
+            return Err(InvalidLimits(
+                "logs.max_age_s must be above zero".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The logs stream: what runs wrote to stderr, on `<prefix>.log.>`, within
+/// `limits` (limits retention, discard old: logs are for looking back,
+/// the newest matter most). A stream made with other limits gets these.
+pub async fn logs_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    limits: LogsLimits,
+) -> Result<stream::Stream, NatsError> {
+    let config = stream::Config {
+        name: names::LOGS_STREAM.to_owned(),
+        description: Some("comfaas function logs: what runs wrote to stderr".to_owned()),
+        subjects: vec![subjects.log_all()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: Duration::from_secs(limits.max_age_s),
+        max_bytes: limits.max_bytes,
+        ..Default::default()
+    };
+    let (stream, made) = sized_stream(js, config).await?;
+    let have = stream.cached_info().config.clone();
+    if have.max_age != made.max_age || have.max_bytes != made.max_bytes {
+        if let Err(e) = js.update_stream(&made).await {
+            tracing::warn!(
+                "stream {} keeps its limits ({} bytes, {:?}): {e}",
+                names::LOGS_STREAM,
+                have.max_bytes,
+                have.max_age
+            );
+        }
+    }
+    Ok(stream)
+}
+
 /// The results stream: every `<prefix>.result.>` message, for a day.
 pub async fn results_stream(
     js: &jetstream::Context,

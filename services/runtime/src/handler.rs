@@ -5,7 +5,9 @@
 //! Frames, both ways on the worker's stdin/stdout: a request is a 4-byte
 //! big-endian length and the input; an answer is one status byte (0 ok,
 //! 1 the handler raised, 2 ready), a 4-byte big-endian length and the
-//! output (or the traceback). Whatever the function prints goes to stderr.
+//! output (or the traceback). Whatever the function prints goes to stderr;
+//! after each call the worker writes [`CALL_END`] there, so the executor
+//! knows which bytes of the shared stderr pipe belong to which call.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -17,11 +19,24 @@ use bytes::Bytes;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::Semaphore;
 
+use crate::capture::{Captured, StderrCapture, TAIL_BYTES};
 use crate::jail::{Confined, Jail, LimitHit};
-use crate::process::{Exit, RunOutcome, STDERR_TAIL_BYTES};
+use crate::process::{Exit, RunOutcome};
+
+/// What the worker writes to stderr after each call: everything before it
+/// was printed by that call. NUL bytes, so no text a function prints is
+/// mistaken for it.
+pub const CALL_END: &[u8] = b"\x00comfaas-call-end\x00";
+
+/// How long stderr is still read after an answer that came without its
+/// [`CALL_END`] (a worker that died mid-call: its last words).
+const CALL_END_WAIT: Duration = Duration::from_secs(1);
+
+/// Bytes of a worker's stderr quoted when it fails to start.
+const START_ERROR_BYTES: usize = 4096;
 
 /// File name of the worker script in a handler function's environment.
 pub const WORKER_FILE: &str = "comfaas_worker.py";
@@ -35,6 +50,9 @@ import struct
 import sys
 import traceback
 
+CALL_END = b"\x00comfaas-call-end\x00"
+TRACEBACK_BYTES = 16384
+
 
 def read_exact(stream, n):
     buf = b""
@@ -47,6 +65,14 @@ def read_exact(stream, n):
 
 
 def write_frame(stream, status, data):
+    # What the call printed is in the stderr pipe, closed by the marker,
+    # before its answer: the executor reads them in that order.
+    try:
+        sys.stderr.flush()
+        sys.__stderr__.flush()
+    except Exception:
+        pass
+    os.write(2, CALL_END)
     stream.write(struct.pack(">BI", status, len(data)) + data)
     stream.flush()
 
@@ -66,7 +92,8 @@ def main():
     if not callable(handle):
         print(f"{entry} defines no handle(data) function", file=sys.stderr)
         return 3
-    write_frame(proto_out, 2, b"ready")
+    proto_out.write(struct.pack(">BI", 2, 5) + b"ready")
+    proto_out.flush()
     while True:
         header = read_exact(proto_in, 4)
         if header is None:
@@ -85,7 +112,8 @@ def main():
                 out = json.dumps(out).encode()
             write_frame(proto_out, 0, bytes(out))
         except Exception:
-            write_frame(proto_out, 1, traceback.format_exc()[-2000:].encode())
+            tb = traceback.format_exc().encode("utf-8", "replace")
+            write_frame(proto_out, 1, tb[-TRACEBACK_BYTES:])
 
 
 if __name__ == "__main__":
@@ -146,7 +174,14 @@ struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    /// Its stderr, read while it starts and while it serves a call, in the
+    /// task waiting for its answer (no hand-off to another task on the
+    /// reply path). What it writes between calls waits in the pipe and is
+    /// counted to the next call.
+    stderr: ChildStderr,
+    /// Bytes read from stderr not given to a capture yet: the start of a
+    /// marker split across reads, or what followed a marker.
+    pending: Vec<u8>,
     dir: PathBuf,
     confined: Option<Confined>,
 }
@@ -156,26 +191,89 @@ impl Worker {
         self.child.id().map(|id| Pid::from_raw(id as i32))
     }
 
-    fn stderr_tail(&self) -> String {
-        let tail = self.stderr.lock().map(|t| t.clone()).unwrap_or_default();
-        String::from_utf8_lossy(&tail).trim().to_owned()
-    }
-
     async fn send(&mut self, input: &[u8]) -> std::io::Result<()> {
         self.stdin.write_u32(input.len() as u32).await?;
         self.stdin.write_all(input).await?;
         self.stdin.flush().await
     }
 
-    async fn read_frame(&mut self, max: usize) -> std::io::Result<Option<(u8, Vec<u8>)>> {
-        let status = self.stdout.read_u8().await?;
-        let len = self.stdout.read_u32().await? as usize;
-        if len > max {
-            return Ok(None);
+    /// The next answer frame (data of at most `max` bytes, else `None`),
+    /// reading stderr into `capture` meanwhile, up to the call's
+    /// [`CALL_END`]. The worker writes the marker before the frame, so it
+    /// is normally read first; when the frame comes without it (a worker
+    /// that died, or at start, when there is none), stderr is read for at
+    /// most `settle` more.
+    async fn read_frame_capturing(
+        &mut self,
+        max: usize,
+        capture: &mut StderrCapture,
+        settle: Duration,
+    ) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+        let read = read_frame(&mut self.stdout, max);
+        let drain = drain_stderr(&mut self.stderr, &mut self.pending, capture);
+        tokio::pin!(read, drain);
+        let mut drained = false;
+        let frame = loop {
+            tokio::select! {
+                frame = &mut read => break frame,
+                () = &mut drain, if !drained => drained = true,
+            }
+        };
+        if !drained && !settle.is_zero() {
+            let _ = tokio::time::timeout(settle, &mut drain).await;
         }
-        let mut data = vec![0u8; len];
-        self.stdout.read_exact(&mut data).await?;
-        Ok(Some((status, data)))
+        frame
+    }
+
+    /// Reads what is left of stderr (a worker that exited) for at most
+    /// `wait` into `capture`.
+    async fn drain_rest(&mut self, capture: &mut StderrCapture, wait: Duration) {
+        let drain = drain_stderr(&mut self.stderr, &mut self.pending, capture);
+        let _ = tokio::time::timeout(wait, drain).await;
+    }
+}
+
+async fn read_frame(
+    stdout: &mut BufReader<ChildStdout>,
+    max: usize,
+) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+    let status = stdout.read_u8().await?;
+    let len = stdout.read_u32().await? as usize;
+    if len > max {
+        return Ok(None);
+    }
+    let mut data = vec![0u8; len];
+    stdout.read_exact(&mut data).await?;
+    Ok(Some((status, data)))
+}
+
+/// Reads `stderr` into `capture` until a [`CALL_END`] (what follows it
+/// stays in `pending`) or the end of the pipe. Cancel-safe: bytes read are
+/// in `pending` or `capture`, never lost.
+async fn drain_stderr(
+    stderr: &mut ChildStderr,
+    pending: &mut Vec<u8>,
+    capture: &mut StderrCapture,
+) {
+    let mut buf = vec![0u8; 8 * 1024];
+    loop {
+        if let Some(at) = find(pending, CALL_END) {
+            capture.push(&pending[..at]);
+            pending.drain(..at + CALL_END.len());
+            return;
+        }
+        // A marker may be split across reads: its start waits for the rest.
+        let flush = pending.len() - marker_prefix_len(pending);
+        capture.push(&pending[..flush]);
+        pending.drain(..flush);
+        match stderr.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                capture.push(pending);
+                pending.clear();
+                return;
+            }
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+        }
     }
 }
 
@@ -246,14 +344,13 @@ impl HandlerPool {
         else {
             return Err(WorkerError::NoPipes);
         };
-        let tail = Arc::new(Mutex::new(Vec::new()));
-        tokio::spawn(keep_tail(stderr, tail.clone()));
         let pid = child.id();
         let mut worker = Worker {
             child,
             stdin,
             stdout: BufReader::new(stdout),
-            stderr: tail,
+            stderr,
+            pending: Vec::new(),
             dir,
             confined: None,
         };
@@ -263,14 +360,22 @@ impl HandlerPool {
                 .await
                 .map_err(WorkerError::Confine)?,
         );
-        match tokio::time::timeout(START_TIMEOUT, worker.read_frame(1024)).await {
+        // What it prints while importing is read (so a chatty import
+        // cannot fill the pipe) and kept for the error if it fails.
+        let mut capture = StderrCapture::new(0);
+        let ready = worker.read_frame_capturing(1024, &mut capture, Duration::ZERO);
+        match tokio::time::timeout(START_TIMEOUT, ready).await {
             Ok(Ok(Some((2, _)))) => Ok(worker),
             Ok(_) => {
                 // Give stderr a moment to arrive: it holds the reason.
                 let _ = tokio::time::timeout(Duration::from_secs(2), worker.child.wait()).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                worker.drain_rest(&mut capture, CALL_END_WAIT).await;
                 Err(WorkerError::NotReady {
-                    stderr: worker.stderr_tail(),
+                    stderr: capture
+                        .finish()
+                        .tail_text(START_ERROR_BYTES)
+                        .trim()
+                        .to_owned(),
                 })
             }
             Err(_) => Err(WorkerError::SlowStart(START_TIMEOUT)),
@@ -285,20 +390,30 @@ impl HandlerPool {
 
     /// One invocation on a warm worker; a worker that times out, dies or
     /// floods is killed and replaced on the next call. Waiting for a free
-    /// worker counts against the timeout.
-    pub async fn call(&self, input: Bytes, timeout: Duration, max_output: usize) -> RunOutcome {
+    /// worker counts against the timeout. What the call printed, and its
+    /// traceback when it raised, is the outcome's stderr, of which
+    /// `log_bytes` are kept for the log.
+    pub async fn call(
+        &self,
+        input: Bytes,
+        timeout: Duration,
+        max_output: usize,
+        log_bytes: usize,
+    ) -> RunOutcome {
         let started = Instant::now();
-        let (exit, stdout, stderr_tail, limit) =
-            match tokio::time::timeout(timeout, self.exchange(input, max_output)).await {
-                // Dropping the exchange drops its worker, which kills its group.
-                Err(_) => (Exit::TimedOut, Vec::new(), String::new(), None),
-                Ok(done) => done,
-            };
+        // Outside the timed part: a call that times out keeps what it printed.
+        let mut capture = StderrCapture::new(log_bytes);
+        let exchange = self.exchange(input, max_output, &mut capture);
+        let (exit, stdout, stderr, limit) = match tokio::time::timeout(timeout, exchange).await {
+            // Dropping the exchange drops its worker, which kills its group.
+            Err(_) => (Exit::TimedOut, Vec::new(), capture.finish(), None),
+            Ok(done) => done,
+        };
         RunOutcome {
             exit,
             stdout,
             stdout_file: None,
-            stderr_tail,
+            stderr,
             duration: started.elapsed(),
             limit,
         }
@@ -308,12 +423,13 @@ impl HandlerPool {
         &self,
         input: Bytes,
         max_output: usize,
-    ) -> (Exit, Vec<u8>, String, Option<LimitHit>) {
+        capture: &mut StderrCapture,
+    ) -> (Exit, Vec<u8>, Captured, Option<LimitHit>) {
         let Ok(_permit) = self.permits.acquire().await else {
             return (
                 Exit::SpawnFailed("pool closed".to_owned()),
                 Vec::new(),
-                String::new(),
+                Captured::default(),
                 None,
             );
         };
@@ -326,16 +442,12 @@ impl HandlerPool {
                     return (
                         Exit::SpawnFailed(e.to_string()),
                         Vec::new(),
-                        String::new(),
+                        Captured::default(),
                         None,
                     )
                 }
             },
         };
-        // Only this call's stderr belongs in its error.
-        if let Ok(mut tail) = worker.stderr.lock() {
-            tail.clear();
-        }
         if worker.send(&input).await.is_err() {
             // It died while idle; nothing was consumed: one fresh worker.
             drop(worker);
@@ -345,22 +457,25 @@ impl HandlerPool {
                     return (
                         Exit::SpawnFailed(e.to_string()),
                         Vec::new(),
-                        String::new(),
+                        Captured::default(),
                         None,
                     )
                 }
             };
             if let Err(e) = worker.send(&input).await {
-                let tail = worker.stderr_tail();
+                worker.drain_rest(capture, CALL_END_WAIT).await;
                 return (
                     Exit::SpawnFailed(format!("worker closed its input: {e}")),
                     Vec::new(),
-                    tail,
+                    std::mem::take(capture).finish(),
                     None,
                 );
             }
         }
-        match worker.read_frame(max_output).await {
+        let frame = worker
+            .read_frame_capturing(max_output, capture, CALL_END_WAIT)
+            .await;
+        match frame {
             Err(_) => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), worker.child.wait()).await;
                 let status = worker.child.try_wait().ok().flatten();
@@ -376,43 +491,62 @@ impl HandlerPool {
                 (
                     Exit::Failed { code, signal },
                     Vec::new(),
-                    worker.stderr_tail(),
+                    std::mem::take(capture).finish(),
                     limit,
                 )
             }
-            Ok(None) => (Exit::OutputTooLarge, Vec::new(), String::new(), None),
+            Ok(None) => (
+                Exit::OutputTooLarge,
+                Vec::new(),
+                std::mem::take(capture).finish(),
+                None,
+            ),
             Ok(Some((0, output))) => {
                 self.release(worker);
-                (Exit::Success, output, String::new(), None)
-            }
-            Ok(Some((_, traceback))) => {
-                self.release(worker);
                 (
-                    Exit::Raised,
-                    Vec::new(),
-                    String::from_utf8_lossy(&traceback).into_owned(),
+                    Exit::Success,
+                    output,
+                    std::mem::take(capture).finish(),
                     None,
                 )
+            }
+            Ok(Some((_, traceback))) => {
+                // The traceback comes in the frame, after what the call
+                // printed: the log and the error read as Python prints them.
+                self.release(worker);
+                let stderr = with_traceback(std::mem::take(capture).finish(), &traceback);
+                (Exit::Raised, Vec::new(), stderr, None)
             }
         }
         // A worker not released above is dropped: its group is killed.
     }
 }
 
-async fn keep_tail(mut stderr: tokio::process::ChildStderr, tail: Arc<Mutex<Vec<u8>>>) {
-    let mut buf = vec![0u8; 4096];
-    while let Ok(n) = stderr.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        if let Ok(mut tail) = tail.lock() {
-            tail.extend_from_slice(&buf[..n]);
-            if tail.len() > STDERR_TAIL_BYTES {
-                let cut = tail.len() - STDERR_TAIL_BYTES;
-                tail.drain(..cut);
-            }
-        }
+/// `stderr` with `traceback` appended, as if the call had printed it.
+fn with_traceback(stderr: Captured, traceback: &[u8]) -> Captured {
+    // The head is the budget's start; the traceback belongs at the end.
+    let mut tail = stderr.tail;
+    tail.extend_from_slice(traceback);
+    let over = tail.len().saturating_sub(TAIL_BYTES);
+    tail.drain(..over);
+    Captured {
+        skipped: stderr.skipped + over as u64,
+        head: stderr.head,
+        tail,
     }
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Length of the longest end of `bytes` that begins [`CALL_END`].
+fn marker_prefix_len(bytes: &[u8]) -> usize {
+    (1..CALL_END.len())
+        .rev()
+        .find(|&k| bytes.len() >= k && bytes[bytes.len() - k..] == CALL_END[..k])
+        .unwrap_or(0)
 }
 
 fn uuid_like() -> String {
@@ -428,6 +562,29 @@ fn uuid_like() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_marker_split_across_reads_is_held_back() {
+        assert_eq!(marker_prefix_len(b"abc"), 0);
+        assert_eq!(marker_prefix_len(b"abc\x00"), 1);
+        assert_eq!(marker_prefix_len(b"abc\x00comfaas-c"), 10);
+        assert_eq!(find(b"xx\x00comfaas-call-end\x00yy", CALL_END), Some(2));
+        assert!(WORKER_SOURCE.contains(r#"CALL_END = b"\x00comfaas-call-end\x00""#));
+    }
+
+    #[test]
+    fn a_traceback_ends_the_calls_stderr() {
+        let printed = Captured::of(b"printed\n");
+        let both = with_traceback(printed, b"Traceback\nValueError: x\n");
+        assert_eq!(
+            both.tail_text(TAIL_BYTES),
+            "printed\nTraceback\nValueError: x\n"
+        );
+        let big = with_traceback(Captured::of(&[b'p'; TAIL_BYTES]), b"Traceback\n");
+        assert_eq!(big.tail.len(), TAIL_BYTES);
+        assert_eq!(big.skipped, 10);
+        assert!(big.tail.ends_with(b"Traceback\n"));
+    }
 
     #[test]
     fn the_worker_script_is_valid_python() {

@@ -9,6 +9,7 @@
 //! network.
 
 pub mod bundle;
+pub mod capture;
 pub mod handler;
 pub mod install;
 pub mod jail;
@@ -16,6 +17,7 @@ pub mod process;
 pub mod sandbox;
 
 pub use bundle::{check_entry, pack, unpack, Bundle, BundleError, MAX_UNPACKED_BYTES};
+pub use capture::{Captured, StderrCapture};
 pub use handler::{HandlerPool, WorkerError, WorkerSpec};
 pub use install::{
     available_runtimes, default_wheelhouse, install, InstallError, Installation, MpiFlavor,

@@ -11,12 +11,11 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::capture::{Captured, StderrCapture, TAIL_BYTES};
 use crate::jail::{Jail, LimitHit};
 
-/// Bytes of stderr kept for error messages (the tail, where tracebacks end).
-pub const STDERR_TAIL_BYTES: usize = 2048;
-/// Bytes of stderr quoted in a failure description.
-const ERROR_TAIL_BYTES: usize = 1024;
+/// Longest line of stderr quoted in a one-line failure description.
+const SUMMARY_LINE_BYTES: usize = 300;
 
 /// What to run and within which bounds.
 #[derive(Debug, Clone)]
@@ -40,6 +39,9 @@ pub struct RunSpec {
     pub spill: Option<(PathBuf, u64)>,
     /// What confines it.
     pub jail: Jail,
+    /// Bytes of stderr kept for the run's log (the last
+    /// [`TAIL_BYTES`](crate::capture::TAIL_BYTES) are always kept, for errors).
+    pub log_bytes: usize,
 }
 
 /// The input of a run.
@@ -69,7 +71,7 @@ pub enum Exit {
     OutputTooLarge,
     /// Could not be started.
     SpawnFailed(String),
-    /// A handler-mode function raised; the traceback is the stderr tail.
+    /// A handler-mode function raised; the traceback ends its stderr.
     Raised,
 }
 
@@ -83,8 +85,9 @@ pub struct RunOutcome {
     pub stdout: Vec<u8>,
     /// The spill file holding all of stdout, when it outgrew `max_output`.
     pub stdout_file: Option<(PathBuf, u64)>,
-    /// The last [`STDERR_TAIL_BYTES`] of stderr, lossily decoded.
-    pub stderr_tail: String,
+    /// Its stderr (in handler mode, what the call printed and the
+    /// traceback), as far as it was kept.
+    pub stderr: Captured,
     /// Wall-clock time from start to end.
     pub duration: Duration,
     /// The limit it hit, when a failure is known to come from one.
@@ -98,13 +101,15 @@ impl RunOutcome {
             exit,
             stdout: Vec::new(),
             stdout_file: None,
-            stderr_tail: String::new(),
+            stderr: Captured::default(),
             duration,
             limit: None,
         }
     }
 
-    /// A one-line description of a failure, with the stderr tail.
+    /// A one-line description of a failure, ending with the last line of
+    /// stderr (where a traceback names its exception); the whole end of
+    /// stderr is [`RunOutcome::failure_detail`].
     pub fn describe_failure(&self, timeout: Duration) -> String {
         let what = match &self.exit {
             Exit::Success => return String::new(),
@@ -124,26 +129,53 @@ impl RunOutcome {
             Exit::SpawnFailed(e) => format!("function could not be started: {e}"),
             Exit::Raised => "handler raised an exception".to_owned(),
         };
-        // The end of stderr is where the reason usually is; keep it short
-        // enough to fit a header.
-        let mut tail = self.stderr_tail.trim();
-        if self.exit == Exit::Raised {
-            // The last line of a traceback names the exception.
-            return format!("{what}: {}", tail.lines().last().unwrap_or_default());
-        }
-        if tail.len() > ERROR_TAIL_BYTES {
-            let mut start = tail.len() - ERROR_TAIL_BYTES;
-            while !tail.is_char_boundary(start) {
-                start += 1;
+        let tail = self.stderr.tail_text(TAIL_BYTES);
+        match summary_line(&tail) {
+            None => what,
+            Some(line) => {
+                let mut line = line.to_owned();
+                if line.len() > SUMMARY_LINE_BYTES {
+                    let mut cut = SUMMARY_LINE_BYTES;
+                    while !line.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    line.truncate(cut);
+                    line.push('…');
+                }
+                format!("{what}: {line}")
             }
-            tail = &tail[start..];
-        }
-        if tail.is_empty() {
-            what
-        } else {
-            format!("{what}; stderr: {tail}")
         }
     }
+
+    /// The end of stderr (at most [`TAIL_BYTES`](crate::capture::TAIL_BYTES),
+    /// with its newlines): what a failed run's reply body carries, a
+    /// traceback whole.
+    pub fn failure_detail(&self) -> String {
+        self.stderr.tail_text(TAIL_BYTES)
+    }
+}
+
+/// The line of `stderr` that best says why a run failed: the last one
+/// that says something, outside the boxes between rules (`-----`, `=====`)
+/// MPI launchers print after a rank failed, which would otherwise hide the
+/// function's own last words; the last line in a box when all are in one.
+fn summary_line(stderr: &str) -> Option<&str> {
+    let is_rule =
+        |l: &str| l.len() >= 10 && (l.chars().all(|c| c == '-') || l.chars().all(|c| c == '='));
+    let says = |l: &str| l.chars().any(char::is_alphanumeric);
+    let mut in_box = false;
+    let mut boxed = None;
+    for line in stderr.lines().rev().map(str::trim) {
+        if is_rule(line) {
+            in_box = !in_box;
+        } else if says(line) {
+            if !in_box {
+                return Some(line);
+            }
+            boxed = boxed.or(Some(line));
+        }
+    }
+    boxed
 }
 
 fn humantime_ms(d: Duration) -> String {
@@ -228,20 +260,27 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
         kill_group(group);
         status
     };
+    // Outside the timed part: a run that times out keeps what it wrote.
+    let mut capture = StderrCapture::new(spec.log_bytes);
     let collect = async {
-        let ((), out, err, status) = tokio::join!(feed, output, read_tail(stderr), exited);
-        (out, err, status)
+        let ((), out, (), status) =
+            tokio::join!(feed, output, read_stderr(stderr, &mut capture), exited);
+        (out, status)
     };
     let result = tokio::time::timeout(spec.timeout, collect).await;
+    let stderr = capture.finish();
     // Whatever happened, nothing the function started outlives the run.
     kill_group(group);
     let duration = started.elapsed();
     let outcome = match result {
         Err(_) => {
             let _ = child.wait().await;
-            RunOutcome::empty(Exit::TimedOut, duration)
+            RunOutcome {
+                stderr,
+                ..RunOutcome::empty(Exit::TimedOut, duration)
+            }
         }
-        Ok((out, stderr_tail, status)) => {
+        Ok((out, status)) => {
             let exit = match (&out, status) {
                 (None, _) => Exit::OutputTooLarge,
                 (Some(_), Ok(status)) if status.success() => Exit::Success,
@@ -267,7 +306,7 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
                 exit,
                 stdout,
                 stdout_file,
-                stderr_tail,
+                stderr,
                 duration,
                 limit,
             }
@@ -329,25 +368,15 @@ async fn read_output(
     }
 }
 
-/// Reads all of `reader`, keeping the last [`STDERR_TAIL_BYTES`].
-async fn read_tail(mut reader: impl AsyncRead + Unpin) -> String {
-    let mut tail: Vec<u8> = Vec::new();
+/// Reads all of `reader` into `capture`.
+async fn read_stderr(mut reader: impl AsyncRead + Unpin, capture: &mut StderrCapture) {
     let mut buf = vec![0u8; 8 * 1024];
     loop {
         match reader.read(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                tail.extend_from_slice(&buf[..n]);
-                if tail.len() > 2 * STDERR_TAIL_BYTES {
-                    tail.drain(..tail.len() - STDERR_TAIL_BYTES);
-                }
-            }
+            Ok(n) => capture.push(&buf[..n]),
         }
     }
-    if tail.len() > STDERR_TAIL_BYTES {
-        tail.drain(..tail.len() - STDERR_TAIL_BYTES);
-    }
-    String::from_utf8_lossy(&tail).into_owned()
 }
 
 #[cfg(test)]
@@ -365,6 +394,7 @@ mod tests {
             max_output: 1024,
             spill: None,
             jail: Jail::none(),
+            log_bytes: 64 * 1024,
         }
     }
 
@@ -385,10 +415,11 @@ mod tests {
                 signal: None
             }
         );
-        assert_eq!(out.stderr_tail.trim(), "boom");
-        assert!(out
-            .describe_failure(Duration::from_secs(1))
-            .contains("status 3; stderr: boom"));
+        assert_eq!(out.failure_detail(), "boom\n");
+        assert_eq!(
+            out.describe_failure(Duration::from_secs(1)),
+            "function exited with status 3: boom"
+        );
     }
 
     #[tokio::test]
@@ -403,6 +434,21 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(1800)).await;
         assert!(!marker.exists(), "a process of the timed-out run survived");
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_run_keeps_what_it_wrote() {
+        let out = run(sh(
+            "echo 'step 1 done' >&2; echo 'waiting for the bus' >&2; sleep 30",
+            "",
+            500,
+        ))
+        .await;
+        assert_eq!(out.exit, Exit::TimedOut);
+        assert_eq!(out.failure_detail(), "step 1 done\nwaiting for the bus\n");
+        assert!(out
+            .describe_failure(Duration::from_millis(500))
+            .ends_with("was killed: waiting for the bus"));
     }
 
     #[tokio::test]
@@ -463,6 +509,56 @@ mod tests {
         let env = String::from_utf8_lossy(&out.stdout);
         assert!(!env.contains("hunter2"), "{env}");
         assert!(env.contains("PATH=/usr/bin:/bin"));
+    }
+
+    #[tokio::test]
+    async fn a_traceback_reaches_the_detail_whole_and_the_summary_by_its_last_line() {
+        let script = "printf 'Traceback (most recent call last):\\n  File \"x\", line 1\\nValueError: bad\\n' >&2; exit 1";
+        let out = run(sh(script, "", 5000)).await;
+        assert_eq!(
+            out.failure_detail(),
+            "Traceback (most recent call last):\n  File \"x\", line 1\nValueError: bad\n"
+        );
+        assert_eq!(
+            out.describe_failure(Duration::from_secs(1)),
+            "function exited with status 1: ValueError: bad"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_summary_skips_rules_and_blank_lines() {
+        let out = run(sh("printf 'rank 1: bad input\\n\\n' >&2; exit 2", "", 5000)).await;
+        assert_eq!(
+            out.describe_failure(Duration::from_secs(1)),
+            "function exited with status 2: rank 1: bad input"
+        );
+        let rule = "-".repeat(74);
+        let mpirun = format!(
+            "pi: got 3 bytes, not points\n{rule}\nPrimary job terminated normally\n{rule}\n\
+             {rule}\nmpirun detected that one or more processes exited\n\n  Exit code:    2\n{rule}\n"
+        );
+        assert_eq!(summary_line(&mpirun), Some("pi: got 3 bytes, not points"));
+        assert_eq!(
+            summary_line(&format!("{rule}\nonly boxed\n{rule}\n")),
+            Some("only boxed")
+        );
+        assert_eq!(summary_line("\n--\n"), None);
+    }
+
+    #[tokio::test]
+    async fn a_stderr_flood_is_bounded_and_marked() {
+        let out = run(sh(
+            "head -c 10000000 /dev/zero | tr '\\0' 'x' >&2; echo last >&2; exit 2",
+            "",
+            20_000,
+        ))
+        .await;
+        assert_eq!(out.stderr.skipped, 10_000_005 - 64 * 1024);
+        let log = out.stderr.log(64 * 1024);
+        assert!(log.len() < 64 * 1024 + 100);
+        let text = String::from_utf8_lossy(&log);
+        assert!(text.contains("[comfaas: log truncated, "), "marker");
+        assert!(text.ends_with("last\n"));
     }
 
     #[tokio::test]

@@ -33,6 +33,7 @@ mod events;
 mod faults;
 mod inputs;
 mod invoke;
+mod logs;
 mod mqtt;
 mod nodedeath;
 mod observe;

@@ -86,6 +86,7 @@ impl Node {
             max_output: 1 << 20,
             spill: None,
             jail: run_dir.jail().clone(),
+            log_bytes: 64 * 1024,
         })
         .await;
         run_dir.remove().await;
@@ -100,7 +101,7 @@ fn uuid_like() -> String {
 }
 
 fn stdout(outcome: &RunOutcome) -> String {
-    assert_eq!(outcome.exit, Exit::Success, "{}", outcome.stderr_tail);
+    assert_eq!(outcome.exit, Exit::Success, "{}", outcome.failure_detail());
     String::from_utf8_lossy(&outcome.stdout).trim().to_owned()
 }
 
@@ -312,7 +313,7 @@ async fn each_limit_hit_is_named() {
             matches!(outcome.exit, Exit::Failed { .. }),
             "{:?} {}",
             outcome.exit,
-            outcome.stderr_tail
+            outcome.failure_detail()
         );
         outcome.describe_failure(Duration::from_secs(30))
     };
@@ -345,7 +346,7 @@ async fn each_limit_hit_is_named() {
             procs.limit,
             Some(LimitHit::Procs(16)),
             "{}",
-            procs.stderr_tail
+            procs.failure_detail()
         );
     }
     // Within its limits the function still runs.

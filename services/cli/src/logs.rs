@@ -1,0 +1,140 @@
+//! `comfaas logs FN [-f] [--id ID] [--node N] [--since 10m]`: what a
+//! function's runs wrote to stderr, from `COMFAAS_LOGS`, one line each as
+//! `time node id | line`.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use comfaas_platform::logs::{LogFilter, LogReader, LogRecord};
+use comfaas_schemas::names::Subjects;
+
+/// What `comfaas logs` was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct LogsOptions {
+    /// Which logs.
+    pub filter: LogFilter,
+    /// Keep waiting for new ones.
+    pub follow: bool,
+}
+
+/// Prints the logs `options` select to stdout; a function without any
+/// (never ran, or not deployed) is said so on stderr, and an error when it
+/// is not deployed either.
+pub async fn run(
+    js: &async_nats::jetstream::Context,
+    subjects: &Subjects,
+    options: LogsOptions,
+) -> anyhow::Result<()> {
+    let function = options.filter.function.clone();
+    let mut reader = LogReader::open(js, subjects, options.filter.clone()).await?;
+    let mut printed = 0usize;
+    let mut stdout = std::io::stdout().lock();
+    while let Some(record) = reader.next(options.follow).await? {
+        for line in lines(&record) {
+            // A closed pipe (`| head`) ends the listing, not an error.
+            if writeln!(stdout, "{line}").is_err() {
+                return Ok(());
+            }
+        }
+        if options.follow {
+            let _ = stdout.flush();
+        }
+        printed += 1;
+    }
+    if printed > 0 {
+        return Ok(());
+    }
+    if !deployed(js, &function).await {
+        anyhow::bail!("no logs of `{function}`: no function `{function}` is deployed");
+    }
+    let mut what = format!("no logs of `{function}`");
+    if let Some(id) = &options.filter.invocation_id {
+        what.push_str(&format!(" for invocation {id}"));
+    }
+    if let Some(node) = &options.filter.node {
+        what.push_str(&format!(" on node {node}"));
+    }
+    if let Some(since) = options.filter.since {
+        what.push_str(&format!(
+            " in the last {}",
+            humantime::format_duration(since)
+        ));
+    }
+    eprintln!("{what} (its runs wrote nothing to stderr, or the logs expired)");
+    Ok(())
+}
+
+/// Whether `function` is in the registry; `true` when that cannot be told
+/// (an observer may not read the registry): then only "no logs" is said.
+async fn deployed(js: &async_nats::jetstream::Context, function: &str) -> bool {
+    let lookup = async {
+        let registry = comfaas_platform::registry::Registry::open(js).await.ok()?;
+        registry.get(function).await.ok()
+    };
+    match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+        Ok(Some(found)) => found.is_some(),
+        _ => true,
+    }
+}
+
+/// `record` as printed lines: `time node id | line`.
+pub fn lines(record: &LogRecord) -> Vec<String> {
+    let time = humantime::format_rfc3339_millis(record.time);
+    String::from_utf8_lossy(&record.text)
+        .lines()
+        .map(|line| format!("{time} {} {} | {line}", record.node, record.invocation_id))
+        .collect()
+}
+
+/// Lines of a failed run's stderr `comfaas dev` prints.
+const FAILED_RUN_LINES: usize = 12;
+
+/// Prints each failed run on `subjects`' result subjects until `shutdown`
+/// (`comfaas dev`): function, invocation id, node, code, the one-line
+/// error, and the first lines of the stderr its reply carries.
+pub async fn print_failed_runs(
+    client: async_nats::Client,
+    subjects: Subjects,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let mut results = client.subscribe(subjects.result_all()).await?;
+    while let Some(Some(result)) = shutdown.run_until_cancelled(results.next()).await {
+        if let Some(text) = failed_run(&result) {
+            eprint!("{text}");
+        }
+    }
+    Ok(())
+}
+
+/// What [`print_failed_runs`] prints for `result`; `None` when it succeeded.
+pub fn failed_run(result: &async_nats::Message) -> Option<String> {
+    use comfaas_platform::reply::{self, Outcome};
+    use comfaas_schemas::names::headers as h;
+    let headers = result.headers.as_ref()?;
+    let Outcome::Error {
+        raw_code, message, ..
+    } = reply::outcome(Some(headers))
+    else {
+        return None;
+    };
+    let get = |name| reply::get(headers, name).unwrap_or_default();
+    let function = get(h::FUNCTION);
+    let id = get(h::INVOCATION_ID);
+    let mut text = format!(
+        "failed: {function} {id} on {} ({raw_code}): {message}\n",
+        get(h::NODE)
+    );
+    let detail = String::from_utf8_lossy(&result.payload);
+    let lines: Vec<&str> = detail.lines().collect();
+    for line in lines.iter().take(FAILED_RUN_LINES) {
+        text.push_str(&format!("  | {line}\n"));
+    }
+    if lines.len() > FAILED_RUN_LINES {
+        text.push_str(&format!(
+            "  | … {} more lines: comfaas logs {function} --id {id}\n",
+            lines.len() - FAILED_RUN_LINES
+        ));
+    }
+    Some(text)
+}
