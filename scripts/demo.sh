@@ -65,6 +65,17 @@ echo
 echo "[demo] an unknown function gets a clear error"
 "$BIN/comfaas" invoke nope || true
 echo
+echo "[demo] where the last requests went and why (comfaas decisions), and what hello's runs wrote"
+"$BIN/comfaas" decisions | head -n 8 || true
+"$BIN/comfaas" logs hello | tail -n 3 || true
+METRICS=$(sed -n 's/.*dispatcher metrics: \(http[^ ]*\).*/\1/p' "$LOG" | head -n 1)
+if [ -n "$METRICS" ]; then
+  echo "[demo] Prometheus metrics at $METRICS:"
+  python3 -c 'import sys, urllib.request; print(*[l for l in urllib.request.urlopen(sys.argv[1]).read().decode().splitlines() if l.startswith("comfaas_dispatch_invocations_total")][:4], sep="\n")' "$METRICS" || true
+fi
+DASH=$(sed -n 's/.*dashboard at \(http[^ ]*\).*/\1/p' "$LOG" | head -n 1)
+[ -n "$DASH" ] && echo "[demo] the live dashboard was at $DASH (open it while comfaas dev runs)"
+echo
 MQTT_PORT=$(sed -n 's/.*MQTT devices at mqtts\{0,1\}:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$LOG" | head -n 1)
 echo "[demo] an MQTT device (paho-mqtt) publishes an event on comfaas/event/hello (QoS 1) and reads"
 echo "       its result on comfaas/result/hello (MQTT port $MQTT_PORT)"

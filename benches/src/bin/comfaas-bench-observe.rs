@@ -11,9 +11,12 @@
 //! Rounds interleave the arms (off, on, on, off, …), so drift on a shared
 //! machine falls on both alike; the figures are over all rounds.
 //!
-//! A new toggle (e.g. function logs on/off) is one field of [`Toggles`],
-//! one line where [`Arm::start`] configures the services, and one more
-//! entry in [`arms`].
+//! Toggles: Prometheus metrics (dispatcher and executor) and function
+//! logs (the executor's `[logs] enabled`; the handler prints one line per
+//! call, so every call has a log to publish). The arms: both off (the
+//! baseline of the ratios), metrics only, logs only, both on. A new toggle
+//! is one field of [`Toggles`], one line where [`Arm::start`] configures
+//! the services, and more entries in [`arms`].
 //!
 //! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench-observe`
 
@@ -48,13 +51,41 @@ struct Args {
 struct Toggles {
     /// Prometheus metrics on the dispatcher and the executor.
     metrics: bool,
+    /// Function logs: each run's stderr published to `COMFAAS_LOGS`.
+    logs: bool,
 }
 
 /// The arms compared: the first is the baseline of the ratios.
 fn arms() -> Vec<(&'static str, Toggles)> {
     vec![
-        ("metrics off", Toggles { metrics: false }),
-        ("metrics on", Toggles { metrics: true }),
+        (
+            "both off",
+            Toggles {
+                metrics: false,
+                logs: false,
+            },
+        ),
+        (
+            "metrics on",
+            Toggles {
+                metrics: true,
+                logs: false,
+            },
+        ),
+        (
+            "logs on",
+            Toggles {
+                metrics: false,
+                logs: true,
+            },
+        ),
+        (
+            "both on",
+            Toggles {
+                metrics: true,
+                logs: true,
+            },
+        ),
     ]
 }
 
@@ -97,6 +128,10 @@ impl Arm {
                     slots: 2,
                     queue: 128,
                     metrics_addr: exec_metrics,
+                    logs: comfaas_exec::LogsConfig {
+                        enabled: toggles.logs,
+                        ..comfaas_exec::LogsConfig::default()
+                    },
                     ..NodeSpec::edge(NODE)
                 })
                 .await,
@@ -106,7 +141,7 @@ impl Arm {
             "mode = \"handler\"\nworkers = 2",
             &[(
                 "main.py",
-                "def handle(data: bytes) -> bytes:\n    return data\n",
+                "import sys\n\ndef handle(data: bytes) -> bytes:\n    print(f\"handled {len(data)} bytes\", file=sys.stderr)\n    return data\n",
             )],
         );
         platform.deploy(&function, &[NODE]).await;

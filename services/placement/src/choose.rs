@@ -88,8 +88,12 @@ fn matches_placement(node: &NodeView, placement: &Placement) -> bool {
 
 /// Nodes an error names one by one; the others are counted.
 const NAMED_NODES: usize = 6;
-/// Characters of one node's reason (an install failure) an error quotes.
-const REASON_CHARS: usize = 100;
+/// Characters of the start of one node's reason (an install failure) an
+/// error quotes: what failed.
+const REASON_HEAD_CHARS: usize = 80;
+/// Characters of its end: where a compiler's or a traceback's last line,
+/// the cause, is.
+const REASON_TAIL_CHARS: usize = 600;
 
 /// Why no node of `nodes` takes `request`, node by node and bounded:
 /// `2 of 3 alive; e1: allows 2 processes, 4 asked; c1: install failed: …;
@@ -113,11 +117,14 @@ fn why_none(nodes: &[NodeView], request: &Request<'_>) -> String {
             "not alive".to_owned()
         } else if !node.serves {
             let text = node.install.as_deref().unwrap_or("function not installed");
-            let mut quoted: String = text.chars().take(REASON_CHARS).collect();
-            if quoted.len() < text.len() {
-                quoted.push('…');
+            let chars = text.chars().count();
+            if chars > REASON_HEAD_CHARS + REASON_TAIL_CHARS {
+                let head: String = text.chars().take(REASON_HEAD_CHARS).collect();
+                let tail: String = text.chars().skip(chars - REASON_TAIL_CHARS).collect();
+                format!("{head} … {tail}")
+            } else {
+                text.to_owned()
             }
-            quoted
         } else if request.procs.fit(node.max_procs.max(1)).is_none() {
             format!(
                 "allows {} processes, {} asked",
@@ -678,7 +685,10 @@ mod tests {
                 }
                 if line.contains(" failed") {
                     view.serves = false;
-                    view.install = Some(format!("install failed: {}", "no wheel ".repeat(30)));
+                    view.install = Some(format!(
+                        "install failed: {}the cause",
+                        "no wheel ".repeat(120)
+                    ));
                 }
                 view
             })
@@ -732,13 +742,17 @@ mod tests {
             "every node serving `f` has a full queue: 2 of 2 alive; \
              e1: queue full (2 running, 6 queued, room for 6); c1: function not installed"
         );
-        // An install failure is quoted, cut short.
+        // An install failure is quoted, its middle cut: what failed and the
+        // cause at its end are kept.
         let failed = refusal(&["e1 edge 0/2 failed"], "auto");
         assert!(
             failed.contains("e1: install failed: no wheel no wheel"),
             "{failed}"
         );
-        assert!(failed.ends_with('…') && failed.len() < 200, "{failed}");
+        assert!(
+            failed.contains(" … ") && failed.ends_with("no wheel the cause") && failed.len() < 800,
+            "{failed}"
+        );
         // Many nodes: six named, the rest counted.
         let many: Vec<String> = (0..40).map(|i| format!("n{i} edge 0/2 dead")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();

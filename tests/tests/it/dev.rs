@@ -397,10 +397,17 @@ async fn dev_refuses_flags_it_would_ignore() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
     let help = String::from_utf8_lossy(&comfaas(&["dev", "--help"]).stdout).into_owned();
-    let slots = help
+    // The flag's help: its line and, when clap puts the text on lines of
+    // its own (long help), those up to the next flag.
+    let slots: String = help
         .lines()
-        .find(|l| l.contains("--slots"))
-        .unwrap_or_default();
+        .skip_while(|l| !l.contains("--slots"))
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || !l.trim_start().starts_with('-'))
+        .map(|(_, l)| l)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(slots.contains("--slots"), "{help}");
     assert_eq!(slots.matches("[default").count(), 1, "{slots}");
 }
 
