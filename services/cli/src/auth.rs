@@ -677,6 +677,12 @@ pub enum AuthCommand {
         /// The auth folder
         dir: PathBuf,
     },
+    /// Write the server configuration again from the identities, with the
+    /// permissions of this comfaas (after an upgrade); reload the server after
+    Refresh {
+        /// The auth folder
+        dir: PathBuf,
+    },
     /// Print the public key of a seed file and the inbox prefix its replies
     /// must use (e.g. `nats --inbox-prefix …` for a device)
     Show {
@@ -719,6 +725,11 @@ pub fn run(command: AuthCommand, prefix: &str) -> anyhow::Result<()> {
             println!("{who}: removed");
             println!("{}", reload_hint(&auth));
         }
+        AuthCommand::Refresh { dir } => {
+            let auth = AuthDir::open(&dir)?;
+            auth.write()?;
+            println!("{}", reload_hint(&auth));
+        }
         AuthCommand::Show { file } => {
             let key = public_key(&file)?;
             println!("public key:   {key}");
@@ -755,6 +766,36 @@ pub fn run(command: AuthCommand, prefix: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A folder made by an older comfaas (its server include lacks grants
+    /// this version's services need) gets this version's permissions back
+    /// from its identities, as `auth refresh` and `dev --secure` do.
+    #[test]
+    fn a_refresh_writes_this_versions_permissions() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("auth");
+        let options = InitOptions {
+            tls: false,
+            nodes: vec!["edge-1".to_owned()],
+            hosts: vec![],
+            edge_domain: "edge".to_owned(),
+        };
+        let auth = init(&dir, "comfaas", &options).unwrap();
+        let conf = auth.server_conf();
+        let current = std::fs::read_to_string(&conf).unwrap();
+        let log_grant = "comfaas.log.*.edge-1";
+        assert!(current.contains(log_grant), "{current}");
+        std::fs::write(&conf, current.replace(log_grant, "comfaas.old")).unwrap();
+        run(AuthCommand::Refresh { dir: dir.clone() }, "comfaas").unwrap();
+        assert_eq!(std::fs::read_to_string(&conf).unwrap(), current);
+        assert!(run(
+            AuthCommand::Refresh {
+                dir: temp.path().join("none")
+            },
+            "comfaas"
+        )
+        .is_err());
+    }
 
     #[test]
     fn init_writes_the_layout_and_add_rewrites_the_include() {

@@ -158,7 +158,11 @@ fn print_deployed(deployment: &Deployment) {
         m.name,
         m.version,
         m.runtime,
-        &deployment.bundle.digest[..deployment.bundle.digest.len().min(19)],
+        deployment
+            .bundle
+            .digest
+            .get(..19)
+            .unwrap_or(&deployment.bundle.digest),
         deployment.bundle.size,
         match &deployment.signature {
             Some(s) => format!("signed by {}", s.signer),

@@ -305,6 +305,9 @@ fn prepare_auth(options: &DevOptions) -> anyhow::Result<AuthDir> {
     if options.mqtt_port.is_some() && auth.mqtt_password(MQTT_DEVICE).is_none() {
         auth.add_mqtt_device(MQTT_DEVICE)?;
     }
+    // A folder made by an older comfaas holds the permissions of that
+    // version: write them again from the identities, as this one grants.
+    auth.write()?;
     Ok(auth)
 }
 
@@ -355,8 +358,6 @@ enum Servers {
 }
 
 impl Servers {
-    /// What services at the edge (the dispatcher, the CLI) connect to:
-    /// the edge server's URL, or every cluster member's.
     /// The edge server's MQTT port, when it listens for MQTT.
     fn mqtt_port(&self) -> Option<u16> {
         match self {
@@ -366,6 +367,8 @@ impl Servers {
         }
     }
 
+    /// What services at the edge (the dispatcher, the CLI) connect to:
+    /// the edge server's URL, or every cluster member's.
     fn edge_url(&self) -> String {
         match self {
             Self::Single(server) => server.url().to_owned(),
@@ -681,6 +684,7 @@ pub async fn run(
     // Failed runs (function, id, code, the start of their traceback) are printed as they happen.
     services.spawn(crate::logs::print_failed_runs(
         client.clone(),
+        nats.jetstream(client.clone()),
         nats.subjects(),
         shutdown.clone(),
     ));

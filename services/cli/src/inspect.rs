@@ -148,7 +148,7 @@ pub async fn ls(
             row.name.clone(),
             row.version.clone(),
             row.runtime.to_owned(),
-            digest[..digest.len().min(12)].to_owned(),
+            digest.get(..12).unwrap_or(digest).to_owned(),
             if states.is_empty() {
                 "-".to_owned()
             } else {

@@ -89,52 +89,120 @@ pub fn lines(record: &LogRecord) -> Vec<String> {
 /// Lines of a failed run's stderr `comfaas dev` prints.
 const FAILED_RUN_LINES: usize = 12;
 
+/// How long [`print_failed_runs`] waits for a failed run's log: the node
+/// publishes it just after its reply.
+const FAILED_RUN_LOG_WAIT: Duration = Duration::from_secs(3);
+
 /// Prints each failed run on `subjects`' result subjects until `shutdown`
 /// (`comfaas dev`): function, invocation id, node, code, the one-line
-/// error, and the first lines of the stderr its reply carries.
+/// error, and the first lines of its stderr, read from its log (the result
+/// subject carries no stderr: observers and MQTT devices read it).
 pub async fn print_failed_runs(
     client: async_nats::Client,
+    js: async_nats::jetstream::Context,
     subjects: Subjects,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     use futures::StreamExt as _;
     let mut results = client.subscribe(subjects.result_all()).await?;
     while let Some(Some(result)) = shutdown.run_until_cancelled(results.next()).await {
-        if let Some(text) = failed_run(&result) {
-            eprint!("{text}");
-        }
+        let Some(failed) = FailedRun::of(&result) else {
+            continue;
+        };
+        let stderr = run_log(&js, &subjects, &failed).await;
+        eprint!("{}", failed.text(stderr.as_deref()));
     }
     Ok(())
 }
 
-/// What [`print_failed_runs`] prints for `result`; `None` when it succeeded.
-pub fn failed_run(result: &async_nats::Message) -> Option<String> {
-    use comfaas_platform::reply::{self, Outcome};
-    use comfaas_schemas::names::headers as h;
-    let headers = result.headers.as_ref()?;
-    let Outcome::Error {
-        raw_code, message, ..
-    } = reply::outcome(Some(headers))
-    else {
-        return None;
+/// The stderr a failed run logged, when its log arrives in time.
+async fn run_log(
+    js: &async_nats::jetstream::Context,
+    subjects: &Subjects,
+    failed: &FailedRun,
+) -> Option<String> {
+    let filter = comfaas_platform::logs::LogFilter {
+        function: failed.function.clone(),
+        node: Some(failed.node.clone()).filter(|n| !n.is_empty()),
+        invocation_id: Some(failed.id.clone()),
+        since: Some(Duration::from_secs(600)),
     };
-    let get = |name| reply::get(headers, name).unwrap_or_default();
-    let function = get(h::FUNCTION);
-    let id = get(h::INVOCATION_ID);
-    let mut text = format!(
-        "failed: {function} {id} on {} ({raw_code}): {message}\n",
-        get(h::NODE)
-    );
-    let detail = String::from_utf8_lossy(&result.payload);
-    let lines: Vec<&str> = detail.lines().collect();
-    for line in lines.iter().take(FAILED_RUN_LINES) {
-        text.push_str(&format!("  | {line}\n"));
+    let deadline = tokio::time::Instant::now() + FAILED_RUN_LOG_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(mut reader) =
+            comfaas_platform::logs::LogReader::open(js, subjects, filter.clone()).await
+        {
+            let mut text = String::new();
+            while let Ok(Some(record)) = reader.next(false).await {
+                text.push_str(&String::from_utf8_lossy(&record.text));
+            }
+            if !text.is_empty() {
+                return Some(text);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    if lines.len() > FAILED_RUN_LINES {
-        text.push_str(&format!(
-            "  | … {} more lines: comfaas logs {function} --id {id}\n",
-            lines.len() - FAILED_RUN_LINES
-        ));
+    None
+}
+
+/// A failed run, as its result on the result subject names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRun {
+    /// Function name.
+    pub function: String,
+    /// Invocation id.
+    pub id: String,
+    /// The node that ran it (empty when none did).
+    pub node: String,
+    /// The error code.
+    pub code: String,
+    /// The one-line error.
+    pub message: String,
+}
+
+impl FailedRun {
+    /// The failed run `result` reports; `None` when it succeeded.
+    pub fn of(result: &async_nats::Message) -> Option<Self> {
+        use comfaas_platform::reply::{self, Outcome};
+        use comfaas_schemas::names::headers as h;
+        let headers = result.headers.as_ref()?;
+        let Outcome::Error {
+            raw_code, message, ..
+        } = reply::outcome(Some(headers))
+        else {
+            return None;
+        };
+        let get = |name| reply::get(headers, name).unwrap_or_default();
+        Some(Self {
+            function: get(h::FUNCTION),
+            id: get(h::INVOCATION_ID),
+            node: get(h::NODE),
+            code: raw_code,
+            message,
+        })
     }
-    Some(text)
+
+    /// What [`print_failed_runs`] prints: names, code, the one-line error
+    /// and the first lines of `stderr`.
+    pub fn text(&self, stderr: Option<&str>) -> String {
+        let Self {
+            function,
+            id,
+            node,
+            code,
+            message,
+        } = self;
+        let mut text = format!("failed: {function} {id} on {node} ({code}): {message}\n");
+        let lines: Vec<&str> = stderr.unwrap_or_default().lines().collect();
+        for line in lines.iter().take(FAILED_RUN_LINES) {
+            text.push_str(&format!("  | {line}\n"));
+        }
+        if lines.len() > FAILED_RUN_LINES {
+            text.push_str(&format!(
+                "  | … {} more lines: comfaas logs {function} --id {id}\n",
+                lines.len() - FAILED_RUN_LINES
+            ));
+        }
+        text
+    }
 }

@@ -230,8 +230,10 @@ async fn handle(
     if request::msg_id(Some(&answer.headers)).is_none() {
         answer.headers.insert(h::MSG_ID, delivery.id.as_str());
     }
-    if answer.error.is_some() && answer.body.is_empty() {
-        answer.body = error_body(&answer.headers);
+    // On the result subject an error says its code and why, never the
+    // run's stderr (readable there by observers and MQTT devices).
+    if let Some(body) = comfaas_platform::reply::result_error_body(&answer.headers) {
+        answer.body = body;
     }
     if !place::publish_result(&shared, &answer).await {
         // Kept in its stream; the next delivery's result is de-duplicated
@@ -251,17 +253,6 @@ async fn handle(
     if let Err(e) = message.double_ack().await {
         tracing::warn!(event = %delivery.id, "cannot ack event: {e}");
     }
-}
-
-/// The body of an error result the dispatcher answers itself: the code and
-/// message of its headers as JSON, `{"status":"error","code":404,"error":"…"}`.
-/// A device reading results over MQTT sees no headers: without this it
-/// would get an empty message and no reason.
-fn error_body(headers: &HeaderMap) -> bytes::Bytes {
-    let (code, message) = comfaas_platform::reply::error_of(headers);
-    serde_json::json!({ "status": h::STATUS_ERROR, "code": code, "error": message })
-        .to_string()
-        .into()
 }
 
 /// One try of the event: asks first, when `ask_held`, which node holds its
@@ -384,7 +375,10 @@ mod tests {
         );
         let headers =
             comfaas_platform::reply::error(&error, &comfaas_platform::reply::ReplyMeta::default());
-        let body: serde_json::Value = serde_json::from_slice(&error_body(&headers)).expect("JSON");
+        let body: serde_json::Value = serde_json::from_slice(
+            &comfaas_platform::reply::result_error_body(&headers).expect("an error"),
+        )
+        .expect("JSON");
         assert_eq!(body["code"], 404);
         assert_eq!(body["status"], "error");
         assert_eq!(body["error"], "function `nope` is not deployed");

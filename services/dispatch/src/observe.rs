@@ -13,7 +13,7 @@ use std::time::Duration;
 use comfaas_platform::micro::{EndpointCounter, MicroEndpoint, MicroService};
 use comfaas_platform::reply;
 use comfaas_schemas::names::{self, micro};
-use comfaas_schemas::Tier;
+use comfaas_schemas::{ErrorCode, Tier};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -144,6 +144,9 @@ impl DispatchMetrics {
     }
 }
 
+/// The `function` label of answers to requests naming no deployed function.
+pub const UNKNOWN_FUNCTION: &str = "_unknown";
+
 fn by_function(function: &str) -> ByFunction {
     ByFunction {
         function: function.to_owned(),
@@ -176,7 +179,13 @@ impl Observe {
             }
         };
         let Some(m) = &self.metrics else { return };
-        let function = answer.function.as_deref().unwrap_or_default();
+        // A request for a function that is not deployed (404) or a
+        // malformed one (400) names whatever its sender chose: one label
+        // for all of them, so no sender can grow the series without bound.
+        let function = match answer.error {
+            Some(ErrorCode::NotFound | ErrorCode::BadRequest) => UNKNOWN_FUNCTION,
+            _ => answer.function.as_deref().unwrap_or_default(),
+        };
         m.invocations
             .get_or_create(&Answered {
                 function: function.to_owned(),

@@ -84,7 +84,7 @@ pub struct ExecConfig {
 
 /// What the executor does with what runs write to stderr (`[logs]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct LogsConfig {
     /// Publish each run's stderr to `<prefix>.log.<fn>.<node>` (kept in
     /// `COMFAAS_LOGS`). Off: nothing is published; a failed run's reply
@@ -388,6 +388,10 @@ mod tests {
         assert!(!off.logs.enabled);
         let small = from_toml("[logs]\nmax_bytes_per_run = 4096\nqueue = 8\n").unwrap();
         assert_eq!((small.logs.max_bytes_per_run, small.logs.queue), (4096, 8));
+        // A misspelled key is warned about (`settings::unknown_keys`), as
+        // anywhere in the file, not fatal; the section keeps its defaults.
+        let typo = from_toml("[logs]\nenable = false\n").unwrap();
+        assert!(typo.logs.enabled);
         for (bad, says) in [
             (
                 "[logs]\nmax_bytes_per_run = 0\n",
@@ -398,7 +402,6 @@ mod tests {
                 "logs.max_bytes_per_run must be between 1",
             ),
             ("[logs]\nqueue = 0\n", "logs.queue must be above zero"),
-            ("[logs]\nenable = true\n", "enable"),
         ] {
             let error = format!("{:#}", from_toml(bad).unwrap_err());
             assert!(error.contains(says), "{bad}: {error}");

@@ -114,6 +114,9 @@ impl ExecMetrics {
     }
 }
 
+/// The `function` label of work naming no function this node has.
+pub const UNKNOWN_FUNCTION: &str = "_unknown";
+
 impl Observe {
     /// Counters for `config`'s node; Prometheus series only when it serves them.
     pub fn new(config: &ExecConfig) -> Arc<Self> {
@@ -141,6 +144,14 @@ impl Observe {
             }
         };
         if let Some(m) = &self.metrics {
+            // Work for a function this node does not have (404) or that is
+            // malformed (400) names whatever its sender chose: one label
+            // for all of them, so the series stay bounded.
+            let function = if matches!(status.as_str(), "400" | "404") {
+                UNKNOWN_FUNCTION
+            } else {
+                function
+            };
             m.invocations
                 .get_or_create(&Answered {
                     function: function.to_owned(),

@@ -148,9 +148,13 @@ impl Worker {
         // notice tells the dispatcher it is done.
         let result_headers = reply::for_result(&reply.headers, &function);
         let notice = reply::notice(&reply.headers);
+        // On the result subject an error says its code and why, not the
+        // run's stderr: that subject is read by observers and MQTT devices.
+        let error_body = reply::result_error_body(&reply.headers);
         publish(client, reply_to.into(), reply.headers, reply.body.clone()).await;
         let result = self.config.nats.subjects().result(&function);
-        publish(client, result.into(), result_headers, reply.body).await;
+        let result_body = error_body.unwrap_or(reply.body);
+        publish(client, result.into(), result_headers, result_body).await;
         publish(client, work_reply, notice, Bytes::new()).await;
     }
 

@@ -91,9 +91,25 @@ const NAMED_NODES: usize = 6;
 /// Characters of the start of one node's reason (an install failure) an
 /// error quotes: what failed.
 const REASON_HEAD_CHARS: usize = 80;
-/// Characters of its end: where a compiler's or a traceback's last line,
-/// the cause, is.
-const REASON_TAIL_CHARS: usize = 600;
+/// Characters of the ends of all the install failures an error quotes,
+/// shared among them: where a compiler's or a traceback's last lines, the
+/// cause, are. With the rest it stays under the 2 KiB an error header
+/// carries (`platform::reply`).
+const REASON_TAIL_BUDGET: usize = 1200;
+/// The least of that budget one install failure gets.
+const REASON_TAIL_MIN: usize = 120;
+
+/// `text` with its middle cut to fit `head` and `tail` characters.
+fn quote(text: &str, head: usize, tail: usize) -> String {
+    let chars = text.chars().count();
+    if chars > head + tail {
+        let start: String = text.chars().take(head).collect();
+        let end: String = text.chars().skip(chars - tail).collect();
+        format!("{start} … {end}")
+    } else {
+        text.to_owned()
+    }
+}
 
 /// Why no node of `nodes` takes `request`, node by node and bounded:
 /// `2 of 3 alive; e1: allows 2 processes, 4 asked; c1: install failed: …;
@@ -107,46 +123,42 @@ fn why_none(nodes: &[NodeView], request: &Request<'_>) -> String {
         format!("{alive} of {} alive", nodes.len())
     }];
     let mut excluded = 0;
-    let mut named = 0;
-    let mut unnamed = 0;
+    // Each node's first failed condition; an install failure's text is
+    // quoted once it is known how many share the budget.
+    let mut reasons: Vec<(&str, Result<String, &str>)> = Vec::new();
     for node in nodes {
         let reason = if !matches_placement(node, request.placement) {
             excluded += 1;
             continue;
         } else if !node.alive {
-            "not alive".to_owned()
+            Ok("not alive".to_owned())
         } else if !node.serves {
-            let text = node.install.as_deref().unwrap_or("function not installed");
-            let chars = text.chars().count();
-            if chars > REASON_HEAD_CHARS + REASON_TAIL_CHARS {
-                let head: String = text.chars().take(REASON_HEAD_CHARS).collect();
-                let tail: String = text.chars().skip(chars - REASON_TAIL_CHARS).collect();
-                format!("{head} … {tail}")
-            } else {
-                text.to_owned()
-            }
+            Err(node.install.as_deref().unwrap_or("function not installed"))
         } else if request.procs.fit(node.max_procs.max(1)).is_none() {
-            format!(
+            Ok(format!(
                 "allows {} processes, {} asked",
                 node.max_procs.max(1),
                 request.procs.min
-            )
+            ))
         } else if !node.has_room() {
-            format!(
+            Ok(format!(
                 "queue full ({} running, {} queued, room for {})",
                 node.running,
                 node.queued,
                 node.slots.saturating_add(node.queue_capacity)
-            )
+            ))
         } else {
             continue;
         };
-        if named < NAMED_NODES {
-            parts.push(format!("{}: {reason}", node.node));
-            named += 1;
-        } else {
-            unnamed += 1;
-        }
+        reasons.push((&node.node, reason));
+    }
+    let unnamed = reasons.len().saturating_sub(NAMED_NODES);
+    reasons.truncate(NAMED_NODES);
+    let installs = reasons.iter().filter(|(_, r)| r.is_err()).count().max(1);
+    let tail = (REASON_TAIL_BUDGET / installs).max(REASON_TAIL_MIN);
+    for (node, reason) in reasons {
+        let reason = reason.unwrap_or_else(|text| quote(text, REASON_HEAD_CHARS, tail));
+        parts.push(format!("{node}: {reason}"));
     }
     if unnamed > 0 {
         parts.push(format!("{unnamed} more"));
@@ -687,7 +699,7 @@ mod tests {
                     view.serves = false;
                     view.install = Some(format!(
                         "install failed: {}the cause",
-                        "no wheel ".repeat(120)
+                        "no wheel ".repeat(200)
                     ));
                 }
                 view
@@ -750,7 +762,7 @@ mod tests {
             "{failed}"
         );
         assert!(
-            failed.contains(" … ") && failed.ends_with("no wheel the cause") && failed.len() < 800,
+            failed.contains(" … ") && failed.ends_with("no wheel the cause") && failed.len() < 1400,
             "{failed}"
         );
         // Many nodes: six named, the rest counted.
@@ -762,5 +774,16 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("n5: not alive; 34 more"), "{text}");
+        // Many long install failures share the budget: each keeps its
+        // cause, and the whole fits an error header (2 KiB).
+        let failing: Vec<String> = (0..8).map(|i| format!("f{i} edge 0/2 failed")).collect();
+        let failing: Vec<&str> = failing.iter().map(String::as_str).collect();
+        let text = refusal(&failing, "auto");
+        assert_eq!(text.matches("the cause").count(), 6, "{text}");
+        assert!(
+            text.ends_with("2 more") && text.len() < 2048,
+            "{}: {text}",
+            text.len()
+        );
     }
 }

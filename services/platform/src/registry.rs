@@ -203,7 +203,7 @@ impl Registry {
                 return Err(RegistryError::VersionTaken {
                     name: manifest.name.clone(),
                     version: manifest.version.clone(),
-                    digest: digest[..digest.len().min(19)].to_owned(),
+                    digest: digest.get(..19).unwrap_or(digest).to_owned(),
                 });
             }
         }

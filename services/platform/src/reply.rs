@@ -157,6 +157,21 @@ pub fn outcome(headers: Option<&HeaderMap>) -> Outcome {
     }
 }
 
+/// The body an error result carries on the result subject:
+/// `{"status":"error","code":404,"error":"…"}` from its headers. Whoever
+/// reads results there (an MQTT device sees no headers) learns the code
+/// and why, and never the run's stderr, which only the requester's direct
+/// reply and the logs (operators, observers) carry. `None` for an `ok`
+/// reply, whose body is its output.
+pub fn result_error_body(headers: &HeaderMap) -> Option<bytes::Bytes> {
+    let (code, message) = error_of(headers);
+    (code != 0).then(|| {
+        serde_json::json!({ "status": h::STATUS_ERROR, "code": code, "error": message })
+            .to_string()
+            .into()
+    })
+}
+
 /// The numeric code and text of an error reply (`0` and an empty text
 /// when it is not one).
 pub fn error_of(headers: &HeaderMap) -> (u16, String) {

@@ -251,7 +251,7 @@ pub struct InvalidLimits(pub String);
 /// Size and age limits of the logs stream (`[logs]` in the dispatcher's
 /// configuration: `max_bytes`, `max_age_s`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct LogsLimits {
     /// Most bytes the stream keeps; the oldest logs go first.
     pub max_bytes: i64,

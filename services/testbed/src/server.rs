@@ -128,9 +128,9 @@ pub struct MqttListener {
 }
 
 impl MqttListener {
-    /// The configuration lines of this listener, and the server name MQTT
-    /// needs.
-    pub fn config(&self) -> String {
+    /// The configuration lines of this listener, and (with `named`) the
+    /// server name MQTT needs, for a configuration that has none.
+    pub fn config(&self, named: bool) -> String {
         // -1: a free port, as `-p -1` is for clients.
         let port = if self.port == 0 {
             "-1".to_owned()
@@ -145,10 +145,12 @@ impl MqttListener {
             ),
             None => String::new(),
         };
-        format!(
-            "server_name: {}\nmqtt {{\n  host: 127.0.0.1\n  port: {port}\n{tls}}}\n",
-            quoted(MQTT_SERVER_NAME)
-        )
+        let name = if named {
+            format!("server_name: {}\n", quoted(MQTT_SERVER_NAME))
+        } else {
+            String::new()
+        };
+        format!("{name}mqtt {{\n  host: 127.0.0.1\n  port: {port}\n{tls}}}\n")
     }
 }
 
@@ -320,7 +322,13 @@ impl EmbeddedServer {
         } else {
             Command::new(&binary)
         };
-        let mqtt = options.mqtt.as_ref().map(MqttListener::config);
+        // A site's configuration names its server already (its leaf and
+        // JetStream domain need one): MQTT uses that name.
+        let has_name = options.config_text.as_deref().is_some_and(|text| {
+            text.lines()
+                .any(|l| l.trim_start().starts_with("server_name"))
+        });
+        let mqtt = options.mqtt.as_ref().map(|m| m.config(!has_name));
         let text = match (&options.config_text, &mqtt) {
             (Some(text), Some(mqtt)) => Some(format!("{mqtt}{text}")),
             (text, mqtt) => text.clone().or(mqtt.clone()),

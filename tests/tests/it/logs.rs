@@ -254,7 +254,7 @@ async fn a_raising_handler_answers_its_whole_traceback_once() {
         summary.contains(&format!("comfaas logs boom --id {id}")),
         "{summary}"
     );
-    // What `comfaas dev` prints of it: names, code, the first lines.
+    // The result of it.
     let result = tokio::time::timeout(
         Duration::from_secs(10),
         futures::StreamExt::next(&mut results),
@@ -262,7 +262,22 @@ async fn a_raising_handler_answers_its_whole_traceback_once() {
     .await
     .expect("the result")
     .unwrap();
-    let printed = comfaas::logs::failed_run(&result).expect("a failed run");
+    // On the result subject (read by observers and MQTT devices): the code
+    // and why, never the run's stderr.
+    let on_result = String::from_utf8_lossy(&result.payload).into_owned();
+    let on_result: serde_json::Value = serde_json::from_str(&on_result).expect(&on_result);
+    assert_eq!(on_result["code"], 500, "{on_result}");
+    assert!(!on_result.to_string().contains("Traceback"), "{on_result}");
+    let failed = comfaas::logs::FailedRun::of(&result).expect("a failed run");
+
+    // The log has it too.
+    let logs = logs_when(&p, &p.client, &of_invocation("boom", &id), |r| {
+        text(r).contains("ValueError")
+    })
+    .await;
+    assert_eq!(text(&logs), body);
+    // What `comfaas dev` prints of it, with the stderr read from its log.
+    let printed = failed.text(Some(text(&logs).as_str()));
     assert!(
         printed.starts_with(&format!(
             "failed: boom {id} on edge-1 (500): handler raised"
@@ -277,13 +292,6 @@ async fn a_raising_handler_answers_its_whole_traceback_once() {
         printed.contains("  | ValueError: bad reading: 42\n"),
         "{printed}"
     );
-
-    // The log has it too.
-    let logs = logs_when(&p, &p.client, &of_invocation("boom", &id), |r| {
-        text(r).contains("ValueError")
-    })
-    .await;
-    assert_eq!(text(&logs), body);
 
     // `comfaas invoke` prints it as Python did, then the summary.
     let invoked = comfaas(&p, "device", &["invoke", "boom", "--data", "7"]).await;

@@ -328,16 +328,37 @@ async fn prometheus_counters_move_with_invocations_errors_and_events() {
     p.wait_state(&deployment, &["edge-1"], InstallState::Failed)
         .await;
     p.publish_event("broken-c", &[], "").await;
+    // Requests for functions that are not deployed, named as their sender
+    // pleases: counted under one label, never one series per name.
+    let strangers: Vec<String> = (0..2)
+        .map(|_| format!("no-such-{}", uuid::Uuid::new_v4().simple()))
+        .collect();
+    for name in &strangers {
+        let reply = p.invoke(name, "").await;
+        assert_eq!(header(&reply, h::ERROR_CODE), "404", "{:?}", reply.headers);
+    }
 
     // Nodes answer requesters before they tell the dispatcher, which
-    // counts then: wait until it has counted all five.
+    // counts then: wait until it has counted all seven.
     let dispatch = wait_for(&dispatch_addr, |text| {
         sample(text, "comfaas_dispatch_events_dead_lettered_total", &[]) >= 1.0
             && sample(text, "comfaas_dispatch_events_retried_total", &[]) >= 1.0
-            && sample(text, "comfaas_dispatch_invocations_total", &[]) >= 5.0
+            && sample(text, "comfaas_dispatch_invocations_total", &[]) >= 7.0
     })
     .await
-    .expect("the dispatcher counted five answers and a dead letter within 20 s");
+    .expect("the dispatcher counted seven answers and a dead letter within 20 s");
+    assert_eq!(
+        sample(
+            &dispatch,
+            "comfaas_dispatch_invocations_total",
+            &[r#"function="_unknown""#, r#"status="404""#]
+        ),
+        2.0,
+        "{dispatch}"
+    );
+    for name in &strangers {
+        assert!(!dispatch.contains(name.as_str()), "{name} in {dispatch}");
+    }
     let edge = scrape(&edge_addr).await;
     let d = |name: &str, labels: &[&str]| sample(&dispatch, name, labels);
     assert_eq!(
