@@ -119,6 +119,21 @@ pub fn is_token(text: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// nats-server's MQTT bridge: its names, not comfaas's, spelled here with
+/// the rest.
+pub mod mqtt {
+    /// Where the server delivers a QoS 1 subscription's messages to the
+    /// MQTT client's connection (`$MQTT.sub.<nuid>`): nats-server 2.9
+    /// checks the client's subscribe permission on it.
+    pub const DELIVERIES: &str = "$MQTT.sub.>";
+
+    /// The MQTT topic an MQTT client uses for NATS `subject`
+    /// (`comfaas.event.f` is `comfaas/event/f`).
+    pub fn topic(subject: &str) -> String {
+        subject.replace('.', "/")
+    }
+}
+
 /// NATS micro-service discovery (`$SRV.PING|INFO|STATS[.<name>[.<id>]]`),
 /// what `nats micro ls|info|stats` and any NATS client ask: the names the
 /// dispatchers and executors answer under. `$SRV` is NATS's own prefix,
@@ -126,8 +141,14 @@ pub fn is_token(text: &str) -> bool {
 pub mod micro {
     /// The prefix of every discovery request.
     pub const API_PREFIX: &str = "$SRV";
+    /// Asks which services there are.
+    pub const PING: &str = "PING";
+    /// Asks for a service's description and endpoints.
+    pub const INFO: &str = "INFO";
+    /// Asks for a service's endpoint counters.
+    pub const STATS: &str = "STATS";
     /// The verbs a service answers.
-    pub const VERBS: [&str; 3] = ["PING", "INFO", "STATS"];
+    pub const VERBS: [&str; 3] = [PING, INFO, STATS];
     /// The dispatchers' service name (its ids are the dispatcher ids).
     pub const DISPATCH_SERVICE: &str = "comfaas-dispatch";
     /// The executors' service name (its ids are the node ids).

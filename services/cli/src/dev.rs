@@ -613,8 +613,8 @@ pub async fn run(
         };
         stages.done(&format!(
             "MQTT devices at {scheme}://127.0.0.1:{port}: publish on {}, results on {}",
-            mqtt_topic(&nats.subjects().event("<fn>")),
-            mqtt_topic(&nats.subjects().result("<fn>"))
+            comfaas_schemas::names::mqtt::topic(&nats.subjects().event("<fn>")),
+            comfaas_schemas::names::mqtt::topic(&nats.subjects().result("<fn>"))
         ));
     }
 
@@ -762,8 +762,8 @@ pub async fn run(
         }
     }
     if let Some(port) = mqtt_port {
-        let event = mqtt_topic(&nats.subjects().event("hello"));
-        let result = mqtt_topic(&nats.subjects().result("hello"));
+        let event = comfaas_schemas::names::mqtt::topic(&nats.subjects().event("hello"));
+        let result = comfaas_schemas::names::mqtt::topic(&nats.subjects().result("hello"));
         match auth {
             None => {
                 println!("  MQTT: mosquitto_sub -h 127.0.0.1 -p {port} -t {result} -v &");
@@ -892,11 +892,6 @@ pub async fn deploy_all(
 
 /// How often `comfaas dev` says a function is still being installed.
 const STILL_INSTALLING_EVERY: Duration = Duration::from_secs(5);
-
-/// The MQTT topic of `subject`: nats-server maps `/` to `.`.
-fn mqtt_topic(subject: &str) -> String {
-    subject.replace('.', "/")
-}
 
 /// What the start-up line of an executor allowing `max_procs` processes per
 /// job adds when that is more than the host's cores.

@@ -22,7 +22,6 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::config::DispatchConfig;
-use crate::place::Answer;
 use crate::state::State;
 
 /// Counters of the dispatcher's work, shared by its tasks.
@@ -144,6 +143,20 @@ impl DispatchMetrics {
     }
 }
 
+/// What [`Observe::answered`] counts of an answer (the dispatcher's
+/// `place::Answer`, seen without depending on it).
+#[derive(Debug, Clone, Copy)]
+pub struct Counted<'a> {
+    /// The function the request named, if it named one.
+    pub function: Option<&'a str>,
+    /// Its error, if it failed.
+    pub error: Option<ErrorCode>,
+    /// The answer's headers (an error's text).
+    pub headers: &'a async_nats::HeaderMap,
+    /// The node tried last, if any.
+    pub node: Option<&'a str>,
+}
+
 /// The `function` label of answers to requests naming no deployed function.
 pub const UNKNOWN_FUNCTION: &str = "_unknown";
 
@@ -165,11 +178,11 @@ impl Observe {
 
     /// An invocation (or, when `event`, one try of an event) got `answer`
     /// `took` after it arrived.
-    pub fn answered(&self, answer: &Answer, took: Duration, event: bool) {
+    pub fn answered(&self, answer: &Counted<'_>, took: Duration, event: bool) {
         let counter = if event { &self.events } else { &self.invoke };
         let status = match answer.error {
             Some(code) => {
-                let (_, text) = reply::error_of(&answer.headers);
+                let (_, text) = reply::error_of(answer.headers);
                 counter.error(took, code.as_u16(), &text);
                 code.as_u16().to_string()
             }
@@ -184,12 +197,12 @@ impl Observe {
         // for all of them, so no sender can grow the series without bound.
         let function = match answer.error {
             Some(ErrorCode::NotFound | ErrorCode::BadRequest) => UNKNOWN_FUNCTION,
-            _ => answer.function.as_deref().unwrap_or_default(),
+            _ => answer.function.unwrap_or_default(),
         };
         m.invocations
             .get_or_create(&Answered {
                 function: function.to_owned(),
-                node: answer.tried.last().cloned().unwrap_or_default(),
+                node: answer.node.unwrap_or_default().to_owned(),
                 status,
             })
             .inc();

@@ -139,9 +139,15 @@ pub async fn execute(
         reply::set_msg_id(&mut answer.headers, &msg_id);
     }
     shared.state.finish(answer.error);
+    let counted = crate::observe::Counted {
+        function: answer.function.as_deref(),
+        error: answer.error,
+        headers: &answer.headers,
+        node: answer.tried.last().map(String::as_str),
+    };
     shared
         .observe
-        .answered(&answer, arrived.elapsed(), event.is_some());
+        .answered(&counted, arrived.elapsed(), event.is_some());
     answer
 }
 

@@ -114,14 +114,6 @@ mod js {
     pub const OBJECT: &str = "$O";
 }
 
-/// nats-server's own subjects for MQTT clients (its names, not comfaas's).
-mod mqtt {
-    /// Where the server delivers a QoS 1 subscription's messages to the
-    /// MQTT client's connection (`$MQTT.sub.<nuid>`): nats-server 2.9
-    /// checks the client's subscribe permission on it.
-    pub const DELIVERIES: &str = "$MQTT.sub.>";
-}
-
 /// A builder of one role's lists, so each capability reads as one line.
 #[derive(Default)]
 struct Grant {
@@ -426,7 +418,7 @@ impl Role {
                 g.publish(s.event_all())
                     .subscribe(result_all)
                     .subscribe(result_level)
-                    .subscribe(mqtt::DELIVERIES);
+                    .subscribe(names::mqtt::DELIVERIES);
             }
             Self::Observer => {
                 g.publish(names::micro::all())

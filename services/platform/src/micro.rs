@@ -220,9 +220,9 @@ impl MicroService {
                 .and_then(|rest| rest.split('.').next())
                 .unwrap_or_default();
             let body = match verb {
-                "PING" => serde_json::to_vec(&self.ping()),
-                "INFO" => serde_json::to_vec(&self.info()),
-                "STATS" => serde_json::to_vec(&self.stats(&started)),
+                micro::PING => serde_json::to_vec(&self.ping()),
+                micro::INFO => serde_json::to_vec(&self.info()),
+                micro::STATS => serde_json::to_vec(&self.stats(&started)),
                 _ => continue,
             };
             match body {
