@@ -113,11 +113,23 @@ pub fn kv_stream(bucket: &str) -> String {
 /// with (node and dispatcher ids, event ids): non-empty, ASCII letters,
 /// digits, `-` and `_` only.
 pub fn is_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !text.is_empty() && text.chars().all(is_token_char)
 }
+
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
+}
+
+/// `text` as such a token: anything else replaced by `_`.
+pub fn to_token(text: &str) -> String {
+    text.chars()
+        .map(|c| if is_token_char(c) { c } else { '_' })
+        .collect()
+}
+
+/// The function named where none could be read (a dead letter's subject,
+/// a metrics label for requests naming no deployed function).
+pub const UNKNOWN_FUNCTION: &str = "_unknown";
 
 /// nats-server's MQTT bridge: its names, not comfaas's, spelled here with
 /// the rest.
@@ -419,6 +431,14 @@ impl Subjects {
         rest.strip_suffix(".load").filter(|n| !n.contains('.'))
     }
 
+    /// The event id of a `held` ask's subject ([`Subjects::event_held`]).
+    pub fn event_of_held<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".held.")
+            .filter(|id| is_token(id))
+    }
+
     /// The function named by the last token of an `invoke` or `event` subject.
     pub fn function_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
         let rest = subject
@@ -426,6 +446,19 @@ impl Subjects {
             .strip_prefix('.')?;
         let (kind, function) = rest.split_once('.')?;
         matches!(kind, "invoke" | "event").then_some(function)
+    }
+}
+
+#[cfg(test)]
+mod held_tests {
+    use super::*;
+
+    #[test]
+    fn a_held_ask_names_its_event() {
+        let s = Subjects::new("comfaas");
+        assert_eq!(s.event_of_held(&s.event_held("42-edge")), Some("42-edge"));
+        assert_eq!(s.event_of_held("comfaas.held.a.b"), None);
+        assert_eq!(s.event_of_held("other.held.42"), None);
     }
 }
 

@@ -368,6 +368,22 @@ impl TestNats {
         self.server.log_lines("Violation")
     }
 
+    /// Waits (at most 5 s) until the server has logged a violation naming
+    /// `subject` (its log is read as it comes, so give it a moment).
+    pub async fn wait_violation(&self, subject: &str) {
+        let quoted = format!("\"{subject}\"");
+        for _ in 0..100 {
+            if self.violations().iter().any(|l| l.contains(&quoted)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no violation logged for {subject}: {:#?}",
+            self.violations()
+        );
+    }
+
     /// Waits (at most 30 s) until node `node` under the default prefix
     /// reports its load: it is up and serving its work subject.
     pub async fn wait_for_node(&self, node: &str) {
@@ -394,9 +410,18 @@ impl TestNats {
 
 /// The first message on `sub`, waiting at most 30 s for `who` to send it.
 async fn first_message(mut sub: async_nats::Subscriber, who: &str) -> async_nats::Message {
-    tokio::time::timeout(Duration::from_secs(30), sub.next())
+    next_message(&mut sub, Duration::from_secs(30), who).await
+}
+
+/// The next message on `sub`, which `what` must send within `within`.
+pub async fn next_message(
+    sub: &mut async_nats::Subscriber,
+    within: Duration,
+    what: &str,
+) -> async_nats::Message {
+    tokio::time::timeout(within, sub.next())
         .await
-        .unwrap_or_else(|_| panic!("{who} reports within 30 s"))
+        .unwrap_or_else(|_| panic!("{what} within {within:?}"))
         .expect("subscription open")
 }
 

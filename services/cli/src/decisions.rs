@@ -118,15 +118,11 @@ fn print(decisions: &[Decision], format: Format) -> anyhow::Result<()> {
             lines
         }
     };
+    // A closed pipe (`| head`) ends the listing quietly: `main` knows the
+    // error (`output::is_broken_pipe`).
     let mut out = std::io::stdout().lock();
-    // A closed pipe (`| head`) ends the listing quietly.
-    if out
-        .write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .is_err()
-    {
-        std::process::exit(0);
-    }
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
     Ok(())
 }
 

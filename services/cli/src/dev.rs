@@ -118,14 +118,20 @@ fn metrics_addr(options: &DevOptions, index: u16) -> String {
     if options.metrics_port == 0 {
         return String::new();
     }
-    let addr = format!("127.0.0.1:{}", options.metrics_port.saturating_add(index));
-    match std::net::TcpListener::bind(&addr) {
-        Ok(_) => addr,
-        Err(e) => {
+    let port = options.metrics_port.saturating_add(index);
+    let addr = format!("127.0.0.1:{port}");
+    match port_taken(port) {
+        None => addr,
+        Some(e) => {
             eprintln!("metrics not served on {addr}: {e} (--metrics-port picks other ports)");
             String::new()
         }
     }
+}
+
+/// Why `port` on loopback cannot be listened on, if it cannot (in use).
+fn port_taken(port: u16) -> Option<std::io::Error> {
+    std::net::TcpListener::bind(("127.0.0.1", port)).err()
 }
 
 /// Prints where the metrics of a service are scraped, if anywhere.
@@ -178,14 +184,13 @@ fn check_port_free(port: u16, what: &str, flag: &str) -> anyhow::Result<()> {
     if port == 0 {
         return Ok(());
     }
-    std::net::TcpListener::bind(("127.0.0.1", port))
-        .map(drop)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "port {port} ({what}) is in use ({e}): another nats-server or `comfaas dev`? \
-                 Choose another with {flag} PORT (0: any free port)"
-            )
-        })
+    match port_taken(port) {
+        None => Ok(()),
+        Some(e) => anyhow::bail!(
+            "port {port} ({what}) is in use ({e}): another nats-server or `comfaas dev`? \
+             Choose another with {flag} PORT (0: any free port)"
+        ),
+    }
 }
 
 /// The ports `options` asks for, each checked free.
@@ -896,8 +901,8 @@ const STILL_INSTALLING_EVERY: Duration = Duration::from_secs(5);
 /// What the start-up line of an executor allowing `max_procs` processes per
 /// job adds when that is more than the host's cores.
 fn oversubscribed(max_procs: u32) -> String {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if usize::try_from(max_procs).unwrap_or(usize::MAX) > cores {
+    let cores = comfaas_exec::cores();
+    if max_procs > cores {
         format!(", oversubscribing {cores} cores")
     } else {
         String::new()

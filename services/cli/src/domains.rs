@@ -25,11 +25,9 @@ pub enum Probe {
 
 /// Looks up `stream` through `js` (a domain's JetStream), creating nothing.
 pub async fn probe_stream(js: &jetstream::Context, stream: &str) -> Probe {
+    // One STREAM.INFO: the lookup's answer holds the count.
     match js.get_stream(stream).await {
-        Ok(mut found) => match found.info().await {
-            Ok(info) => Probe::Present(info.state.messages),
-            Err(e) => Probe::Unreachable(e.to_string()),
-        },
+        Ok(found) => Probe::Present(found.cached_info().state.messages),
         Err(e) => match e.kind() {
             GetStreamErrorKind::JetStream(js_error)
                 if js_error.error_code() == ErrorCode::STREAM_NOT_FOUND =>
@@ -65,15 +63,6 @@ pub enum Misplaced {
     /// This site (in a domain of its own) has none, and the default edge
     /// domain has none either: the message says how to name the edge's.
     NotHere(String),
-}
-
-impl Misplaced {
-    /// What to tell the user.
-    pub fn message(&self) -> &str {
-        match self {
-            Self::AtEdge(m) | Self::NotHere(m) => m,
-        }
-    }
 }
 
 /// When no `--js-domain` is given and the connected server's JetStream

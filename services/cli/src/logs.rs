@@ -30,14 +30,13 @@ pub async fn run(
     let mut printed = 0usize;
     let mut stdout = std::io::stdout().lock();
     while let Some(record) = reader.next(options.follow).await? {
+        // A closed pipe (`| head`) ends the listing quietly: `main` knows
+        // the error (`output::is_broken_pipe`).
         for line in lines(&record) {
-            // A closed pipe (`| head`) ends the listing, not an error.
-            if writeln!(stdout, "{line}").is_err() {
-                return Ok(());
-            }
+            writeln!(stdout, "{line}")?;
         }
         if options.follow {
-            let _ = stdout.flush();
+            stdout.flush()?;
         }
         printed += 1;
     }
@@ -67,9 +66,24 @@ pub async fn run(
 /// Whether `function` is in the registry; `true` when that cannot be told
 /// (an observer may not read the registry): then only "no logs" is said.
 async fn deployed(js: &async_nats::jetstream::Context, function: &str) -> bool {
+    // Read, never create: opening the registry would make an empty one on
+    // a site that has none.
     let lookup = async {
-        let registry = comfaas_platform::registry::Registry::open(js).await.ok()?;
-        registry.get(function).await.ok()
+        let functions = match js
+            .get_key_value(comfaas_schemas::names::FUNCTIONS_BUCKET)
+            .await
+        {
+            Ok(functions) => functions,
+            // No registry on this site: nothing is deployed here.
+            Err(e)
+                if comfaas_platform::resources::jetstream_code(&e)
+                    == Some(async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                return Some(None);
+            }
+            Err(_) => return None,
+        };
+        functions.get(function).await.ok()
     };
     match tokio::time::timeout(Duration::from_secs(5), lookup).await {
         Ok(Some(found)) => found.is_some(),
@@ -121,28 +135,29 @@ async fn run_log(
     subjects: &Subjects,
     failed: &FailedRun,
 ) -> Option<String> {
-    let filter = comfaas_platform::logs::LogFilter {
+    // No node ran it (refused before placement): there is no log to wait for.
+    if failed.node.is_empty() {
+        return None;
+    }
+    let filter = LogFilter {
         function: failed.function.clone(),
-        node: Some(failed.node.clone()).filter(|n| !n.is_empty()),
+        node: Some(failed.node.clone()),
         invocation_id: Some(failed.id.clone()),
         since: Some(Duration::from_secs(600)),
     };
     let deadline = tokio::time::Instant::now() + FAILED_RUN_LOG_WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if let Ok(mut reader) =
-            comfaas_platform::logs::LogReader::open(js, subjects, filter.clone()).await
-        {
-            let mut text = String::new();
-            while let Ok(Some(record)) = reader.next(false).await {
-                text.push_str(&String::from_utf8_lossy(&record.text));
-            }
-            if !text.is_empty() {
-                return Some(text);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let mut reader = LogReader::open(js, subjects, filter).await.ok()?;
+    // The first record as it arrives (the node publishes after replying),
+    // then whatever else of it the stream already holds.
+    let first = tokio::time::timeout_at(deadline, reader.next(true))
+        .await
+        .ok()?
+        .ok()??;
+    let mut text = String::from_utf8_lossy(&first.text).into_owned();
+    while let Ok(Some(record)) = reader.next(false).await {
+        text.push_str(&String::from_utf8_lossy(&record.text));
     }
-    None
+    Some(text)
 }
 
 /// A failed run, as its result on the result subject names it.

@@ -324,12 +324,18 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
     }
     comfaas_platform::resources::set_replicas(nats.replicas)?;
     let client = nats.connect("comfaas cli").await?;
-    let registry = || async {
-        // From a cloud site, not an empty registry of its own: the edge's.
-        if let Some(comfaas::domains::Misplaced::AtEdge(message)) =
-            comfaas::domains::registry_elsewhere(&client, &nats).await
-        {
-            anyhow::bail!(message);
+    // From a cloud site, not an empty registry of its own: the edge's.
+    // `strict` (ls) refuses a site that has none at all too, rather than
+    // make an empty one and list nothing.
+    let (client_ref, nats_ref) = (&client, &nats);
+    let registry = |strict: bool| async move {
+        let (client, nats) = (client_ref, nats_ref);
+        match comfaas::domains::registry_elsewhere(client, nats).await {
+            Some(comfaas::domains::Misplaced::AtEdge(message)) => anyhow::bail!(message),
+            Some(comfaas::domains::Misplaced::NotHere(message)) if strict => {
+                anyhow::bail!(message)
+            }
+            _ => {}
         }
         Registry::open(&nats.jetstream(client.clone()))
             .await
@@ -353,7 +359,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             json,
             force,
         } => {
-            let mut registry = registry().await?;
+            let mut registry = registry(false).await?;
             // The operator's identity on NATS is also its signing key.
             match signing_key.or_else(|| nats.nkey_file.clone()) {
                 Some(path) => {
@@ -427,22 +433,20 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             wait,
             json,
         } => {
-            let deployment = registry().await?.rollback(&function, to.as_deref()).await?;
+            let deployment = registry(false)
+                .await?
+                .rollback(&function, to.as_deref())
+                .await?;
             if !json {
                 println!("rolled back {function} to {}", deployment.manifest.version);
             }
             deploy::wait_and_report(&client, &subjects, &deployment, wait, json).await?;
         }
         Command::Ls { json } => {
-            // On a cloud site, say where the registry is rather than make
-            // an empty one here and list nothing.
-            if let Some(elsewhere) = comfaas::domains::registry_elsewhere(&client, &nats).await {
-                anyhow::bail!("{}", elsewhere.message());
-            }
-            inspect::ls(&registry().await?, &client, &subjects, json).await?
+            inspect::ls(&registry(true).await?, &client, &subjects, json).await?
         }
         Command::Rm { function } => {
-            let registry = registry().await?;
+            let registry = registry(false).await?;
             inspect::rm(&registry, &function).await?;
             collect_garbage(&registry).await;
         }

@@ -148,22 +148,9 @@ impl Delivery {
 /// JetStream domain when there is one. A subject token.
 fn event_id(sequence: u64, domain: Option<&str>) -> String {
     match domain.filter(|d| !d.is_empty()) {
-        Some(domain) => format!("{sequence}-{}", token(domain)),
+        Some(domain) => format!("{sequence}-{}", names::to_token(domain)),
         None => sequence.to_string(),
     }
-}
-
-/// `text` with anything that cannot be in a subject token replaced.
-fn token(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 async fn handle(
@@ -316,7 +303,8 @@ async fn dead_letter(
     delivery: &Delivery,
     answer: &Answer,
 ) -> Result<(), String> {
-    let function = request::function_of(&shared.subjects, &message.subject).unwrap_or("_unknown");
+    let function =
+        request::function_of(&shared.subjects, &message.subject).unwrap_or(names::UNKNOWN_FUNCTION);
     let mut headers = HeaderMap::new();
     if let Some(original) = message.headers.as_ref() {
         for (name, values) in original.iter() {

@@ -96,12 +96,12 @@ impl Dispatcher {
             .await
             .context("subscribe to invocations")?;
         let changes = shared.registry.watch_forever();
-        let js = shared.config.nats.jetstream(client.clone());
-        let events = events::consumer(&js, &shared).await?;
+        let js = &shared.js;
+        let events = events::consumer(js, &shared).await?;
         // Executors write large outputs but, on a secure site, may not
         // create the store: the dispatcher does (see platform::auth),
         // after the events stream, which must get its disk first.
-        comfaas_platform::resources::outputs_store(&js).await?;
+        comfaas_platform::resources::outputs_store(js).await?;
         // Listed by `$SRV` discovery from here on.
         shared
             .observe
@@ -112,7 +112,7 @@ impl Dispatcher {
         if !shared.config.metrics_addr.is_empty() {
             let render = {
                 let shared = shared.clone();
-                Arc::new(move || shared.observe.render(&shared.state, &shared.config.id))
+                Arc::new(move || shared.observe.render(&shared.state))
             };
             let addr = comfaas_platform::metrics::serve(
                 &shared.config.metrics_addr,

@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use comfaas_platform::metrics::{
+    self, function_label, seconds_by_function, Answered, ByFunction, SecondsByFunction,
+};
 use comfaas_platform::micro::{EndpointCounter, MicroEndpoint, MicroService};
 use comfaas_platform::reply;
 use comfaas_schemas::names::{self, micro};
@@ -18,7 +21,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::config::DispatchConfig;
@@ -33,21 +35,6 @@ pub struct Observe {
     metrics: Option<DispatchMetrics>,
 }
 
-/// Labels of an answered invocation or event.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Answered {
-    function: String,
-    /// The last node tried; empty when none was.
-    node: String,
-    /// `ok`, or the error code (`404`, `503`, …).
-    status: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ByFunction {
-    function: String,
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByTier {
     tier: String,
@@ -59,17 +46,10 @@ struct ByNode {
     tier: String,
 }
 
-type Latency = Family<ByFunction, Histogram, fn() -> Histogram>;
-
-/// Seconds, from half a millisecond to about a minute (doubling).
-fn seconds() -> Histogram {
-    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
-}
-
 struct DispatchMetrics {
     registry: Registry,
     invocations: Family<Answered, Counter>,
-    latency: Latency,
+    latency: SecondsByFunction,
     placements: Family<ByTier, Counter>,
     retried: Family<ByFunction, Counter>,
     dead_lettered: Family<ByFunction, Counter>,
@@ -87,7 +67,7 @@ impl DispatchMetrics {
             "Invocations and events answered, by function, last node tried and status (ok or error code)",
             invocations.clone(),
         );
-        let latency: Latency = Family::new_with_constructor(seconds);
+        let latency = seconds_by_function();
         registry.register(
             "latency_seconds",
             "Time from an invocation's arrival at the dispatcher to its answer",
@@ -157,15 +137,6 @@ pub struct Counted<'a> {
     pub node: Option<&'a str>,
 }
 
-/// The `function` label of answers to requests naming no deployed function.
-pub const UNKNOWN_FUNCTION: &str = "_unknown";
-
-fn by_function(function: &str) -> ByFunction {
-    ByFunction {
-        function: function.to_owned(),
-    }
-}
-
 impl Observe {
     /// Counters for `config`; Prometheus series only when it serves them.
     pub fn new(config: &DispatchConfig) -> Self {
@@ -180,25 +151,19 @@ impl Observe {
     /// `took` after it arrived.
     pub fn answered(&self, answer: &Counted<'_>, took: Duration, event: bool) {
         let counter = if event { &self.events } else { &self.invoke };
-        let status = match answer.error {
-            Some(code) => {
-                let (_, text) = reply::error_of(answer.headers);
-                counter.error(took, code.as_u16(), &text);
-                code.as_u16().to_string()
-            }
-            None => {
-                counter.ok(took);
-                names::headers::STATUS_OK.to_owned()
-            }
-        };
+        let code = answer.error.map_or(0, ErrorCode::as_u16);
+        if code == 0 {
+            counter.ok(took);
+        } else {
+            counter.error(took, code, &reply::error_of(answer.headers).1);
+        }
         let Some(m) = &self.metrics else { return };
-        // A request for a function that is not deployed (404) or a
-        // malformed one (400) names whatever its sender chose: one label
-        // for all of them, so no sender can grow the series without bound.
-        let function = match answer.error {
-            Some(ErrorCode::NotFound | ErrorCode::BadRequest) => UNKNOWN_FUNCTION,
-            _ => answer.function.unwrap_or_default(),
+        let status = if code == 0 {
+            names::headers::STATUS_OK.to_owned()
+        } else {
+            code.to_string()
         };
+        let function = function_label(answer.function.unwrap_or_default(), code);
         m.invocations
             .get_or_create(&Answered {
                 function: function.to_owned(),
@@ -207,7 +172,7 @@ impl Observe {
             })
             .inc();
         m.latency
-            .get_or_create(&by_function(function))
+            .get_or_create(&ByFunction::of(function))
             .observe(took.as_secs_f64());
     }
 
@@ -225,24 +190,25 @@ impl Observe {
     /// An event of `function` was handed back for a later try.
     pub fn retried(&self, function: &str) {
         if let Some(m) = &self.metrics {
-            m.retried.get_or_create(&by_function(function)).inc();
+            m.retried.get_or_create(&ByFunction::of(function)).inc();
         }
     }
 
     /// An event of `function` was dead-lettered.
     pub fn dead_lettered(&self, function: &str) {
         if let Some(m) = &self.metrics {
-            m.dead_lettered.get_or_create(&by_function(function)).inc();
+            m.dead_lettered
+                .get_or_create(&ByFunction::of(function))
+                .inc();
         }
     }
 
     /// The Prometheus text now, gauges read from `state`.
-    pub fn render(&self, state: &State, id: &str) -> String {
+    pub fn render(&self, state: &State) -> String {
         let Some(m) = &self.metrics else {
             return String::new();
         };
-        let report = state.metrics(id);
-        m.in_flight.set(i64::from(report.in_flight));
+        m.in_flight.set(i64::from(state.in_flight()));
         // Nodes come and go: only those known now are reported.
         m.node_queued.clear();
         m.node_running.clear();
@@ -256,11 +222,7 @@ impl Observe {
                 .get_or_create(&labels)
                 .set(i64::from(running));
         }
-        let mut text = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &m.registry) {
-            tracing::warn!("cannot encode metrics: {e}");
-        }
-        text
+        metrics::encode(&m.registry)
     }
 
     /// The dispatcher's micro service description: its invocation

@@ -470,10 +470,10 @@ pub async fn publish_result(shared: &Shared, answer: &Answer) -> bool {
         return true;
     };
     let headers = reply::for_result(&answer.headers, function);
-    let js = shared.config.nats.jetstream(shared.client.clone());
     let deadline = Instant::now() + RESULT_STORE_WITHIN;
     loop {
-        let stored = match js
+        let stored = match shared
+            .js
             .publish_with_headers(
                 shared.subjects.result(function),
                 headers.clone(),

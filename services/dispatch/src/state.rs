@@ -246,11 +246,14 @@ impl State {
         // that just started knows no node yet), and not while no node at
         // all is known (a site whose executors are all away may get them
         // back as they were).
-        let known = inner.nodes.views(function, now);
-        if now.duration_since(self.started) > WARM_UP
-            && !known.is_empty()
-            && !comfaas_placement::could_ever_take(&known, wanted.request)
-        {
+        // A busy answer (429) had a node that could take it: only an
+        // unavailable one (503) is worth a second look at every node.
+        let never =
+            error.code == ErrorCode::Unavailable && now.duration_since(self.started) > WARM_UP && {
+                let known = inner.nodes.views(function, now);
+                !known.is_empty() && !comfaas_placement::could_ever_take(&known, wanted.request)
+            };
+        if never {
             return Choice::Never(InvocationError::new(
                 error.code,
                 format!(
@@ -331,6 +334,11 @@ impl State {
             recent.pop_front();
         }
         recent.push_back(record);
+    }
+
+    /// Invocations and events received and not yet answered.
+    pub fn in_flight(&self) -> u32 {
+        self.lock().stats.in_flight
     }
 
     /// Each known node with its tier, runs and queue as it last reported.

@@ -162,7 +162,7 @@ pub fn default_limits() -> ResourceLimits {
 
 /// CPU cores this process may use, read once: the standard library reads
 /// cgroup files to tell, and admission asks on every invocation.
-pub(crate) fn cores() -> u32 {
+pub fn cores() -> u32 {
     static CORES: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
 }

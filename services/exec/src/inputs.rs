@@ -131,8 +131,9 @@ pub struct InputCache {
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// A file being fetched, removed when dropped unless kept: a fetch
-/// cancelled mid-way (its future dropped) leaves nothing behind either.
+/// A file being fetched, removed when dropped unless kept (or removed
+/// already): a fetch cancelled mid-way (its future dropped) leaves nothing
+/// behind either.
 struct Partial {
     path: PathBuf,
     kept: bool,
@@ -141,7 +142,6 @@ struct Partial {
 impl Drop for Partial {
     fn drop(&mut self) {
         if !self.kept {
-            // Usually gone already (removed asynchronously on failure).
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -279,8 +279,10 @@ impl InputCache {
                 Ok(path)
             }
             Err(e) => {
-                // Nothing half-written stays behind.
+                // Nothing half-written stays behind (removed here, so the
+                // guard need not do it again, blocking).
                 let _ = tokio::fs::remove_file(&part.path).await;
+                part.kept = true;
                 // The node's own failures (not the input's, nor a shutdown)
                 // tell dispatchers to send inputs elsewhere for a while.
                 if e.code == comfaas_schemas::ErrorCode::Unavailable

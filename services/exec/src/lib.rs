@@ -36,7 +36,7 @@ use comfaas_runtime::{Sandboxes, Toolchain};
 use tokio_util::sync::CancellationToken;
 
 use admission::Admission;
-pub use config::{default_limits, ExecConfig, ExecFlags, LogsConfig};
+pub use config::{cores, default_limits, ExecConfig, ExecFlags, LogsConfig};
 use functions::FunctionTable;
 use install::Installer;
 use load::Heartbeat;
@@ -281,6 +281,7 @@ impl Executor {
             recent.clone(),
             config.node.clone(),
             stop_heartbeat.clone(),
+            config.nats.subjects(),
         ));
         let installer = Installer {
             registry,
@@ -328,7 +329,6 @@ impl Executor {
                 } else {
                     0
                 },
-                logs_enabled: config.logs.enabled,
             },
             recent,
             observe,
@@ -386,8 +386,10 @@ async fn answer_held(
     recent: RecentRuns,
     node: String,
     stop: CancellationToken,
+    subjects: comfaas_schemas::names::Subjects,
 ) {
     use futures::StreamExt;
+    let answer = bytes::Bytes::from(node);
     while let Some(Some(ask)) = stop.run_until_cancelled(asks.next()).await {
         let Some(reply) = ask
             .reply
@@ -395,11 +397,11 @@ async fn answer_held(
         else {
             continue;
         };
-        let Some(id) = ask.subject.rsplit('.').next() else {
+        let Some(id) = subjects.event_of_held(&ask.subject) else {
             continue;
         };
         if recent.holds(id) {
-            if let Err(e) = client.publish(reply, node.clone().into()).await {
+            if let Err(e) = client.publish(reply, answer.clone()).await {
                 tracing::debug!("cannot answer a held-event ask: {e}");
             }
         }

@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use comfaas_platform::metrics::{
+    self, function_label, seconds_by_function, Answered, ByFunction, SecondsByFunction,
+};
 use comfaas_platform::micro::{EndpointCounter, MicroEndpoint, MicroService};
-use comfaas_platform::reply::{self, Outcome};
-use prometheus_client::encoding::EncodeLabelSet;
+use comfaas_platform::reply;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::admission::Admission;
@@ -33,34 +34,12 @@ pub struct Observe {
     node: String,
 }
 
-/// Labels of an answered work message.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Answered {
-    function: String,
-    node: String,
-    /// `ok`, or the error code (`429`, `500`, …).
-    status: String,
-}
-
-/// Labels of a run.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Ran {
-    function: String,
-}
-
-type Timings = Family<Ran, Histogram, fn() -> Histogram>;
-
-/// Seconds, from half a millisecond to about a minute (doubling).
-fn seconds() -> Histogram {
-    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
-}
-
 struct ExecMetrics {
     registry: Registry,
     invocations: Family<Answered, Counter>,
-    run_seconds: Timings,
-    queue_seconds: Timings,
-    fetch_seconds: Timings,
+    run_seconds: SecondsByFunction,
+    queue_seconds: SecondsByFunction,
+    fetch_seconds: SecondsByFunction,
     running: Gauge,
     queued: Gauge,
     input_bytes_fetched: Counter,
@@ -76,7 +55,7 @@ impl ExecMetrics {
             invocations.clone(),
         );
         let timings = |registry: &mut Registry, name: &str, help: &str| {
-            let family: Timings = Family::new_with_constructor(seconds);
+            let family = seconds_by_function();
             registry.register(name, help, family.clone());
             family
         };
@@ -114,9 +93,6 @@ impl ExecMetrics {
     }
 }
 
-/// The `function` label of work naming no function this node has.
-pub const UNKNOWN_FUNCTION: &str = "_unknown";
-
 impl Observe {
     /// Counters for `config`'s node; Prometheus series only when it serves them.
     pub fn new(config: &ExecConfig) -> Arc<Self> {
@@ -130,28 +106,19 @@ impl Observe {
 
     /// A work message for `function` was answered with `headers` after `took`.
     pub fn answered(&self, function: &str, headers: &async_nats::HeaderMap, took: Duration) {
-        let status = match reply::outcome(Some(headers)) {
-            Outcome::Error {
-                raw_code, message, ..
-            } => {
-                let code = raw_code.parse().unwrap_or(0);
-                self.work.error(took, code, &message);
-                raw_code
-            }
-            _ => {
-                self.work.ok(took);
-                comfaas_schemas::names::headers::STATUS_OK.to_owned()
-            }
-        };
+        let (code, message) = reply::error_of(headers);
+        if code == 0 {
+            self.work.ok(took);
+        } else {
+            self.work.error(took, code, &message);
+        }
         if let Some(m) = &self.metrics {
-            // Work for a function this node does not have (404) or that is
-            // malformed (400) names whatever its sender chose: one label
-            // for all of them, so the series stay bounded.
-            let function = if matches!(status.as_str(), "400" | "404") {
-                UNKNOWN_FUNCTION
+            let status = if code == 0 {
+                comfaas_schemas::names::headers::STATUS_OK.to_owned()
             } else {
-                function
+                code.to_string()
             };
+            let function = function_label(function, code);
             m.invocations
                 .get_or_create(&Answered {
                     function: function.to_owned(),
@@ -166,9 +133,7 @@ impl Observe {
     /// input, then ran for `run`.
     pub fn ran(&self, function: &str, queue: Duration, fetch: Duration, run: Duration) {
         let Some(m) = &self.metrics else { return };
-        let labels = Ran {
-            function: function.to_owned(),
-        };
+        let labels = ByFunction::of(function);
         m.queue_seconds
             .get_or_create(&labels)
             .observe(queue.as_secs_f64());
@@ -191,11 +156,7 @@ impl Observe {
         let fetched = inputs.stats().fetched_bytes;
         m.input_bytes_fetched
             .inc_by(fetched.saturating_sub(m.input_bytes_fetched.get()));
-        let mut text = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &m.registry) {
-            tracing::warn!("cannot encode metrics: {e}");
-        }
-        text
+        metrics::encode(&m.registry)
     }
 
     /// The node's micro service description, its endpoints fed by these counters.

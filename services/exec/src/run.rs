@@ -39,10 +39,9 @@ pub struct Runner {
     pub inputs: Arc<InputCache>,
     /// Large outputs.
     pub outputs: Outputs,
-    /// Bytes of a run's stderr kept for its log.
+    /// Bytes of a run's stderr kept for its log; 0 when logs are off (what
+    /// a failed run's error says).
     pub log_bytes: usize,
-    /// Whether runs' logs are published (what a failed run's error says).
-    pub logs_enabled: bool,
 }
 
 /// Where outputs too large for a reply go: the object store
@@ -126,7 +125,7 @@ impl Runner {
             ref exit => {
                 let function = &job.invocation.function;
                 // The header is one line: the rest is in the body and the log.
-                let rest = match (outcome.stderr.is_empty(), self.logs_enabled) {
+                let rest = match (outcome.stderr.is_empty(), self.log_bytes > 0) {
                     (true, _) => String::new(),
                     (false, true) => format!(
                         "; stderr in the reply body and `comfaas logs {function} --id {}`",

@@ -278,12 +278,13 @@ impl Worker {
         meta.duration_ms = Some(ran.duration.as_millis() as u64);
         meta.queue_ms = Some(queue.as_millis() as u64);
         meta.fetch_ms = Some(ran.fetch.as_millis() as u64);
-        let log = self.logs.is_some().then(|| RunLog {
+        // A run that wrote nothing has no log to publish.
+        let log = (self.logs.is_some() && !ran.stderr.is_empty()).then(|| RunLog {
             function: function.to_owned(),
             version: served.version.clone(),
             invocation_id: id.to_owned(),
             event_id: invocation.event.then(|| id.to_owned()),
-            text: ran.stderr.log(self.config.logs.max_bytes_per_run),
+            text: ran.stderr.log(self.runner.log_bytes),
         });
         let (headers, body) = match ran.output {
             Ok(output) => {

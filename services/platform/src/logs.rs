@@ -100,11 +100,8 @@ impl LogReader {
         let stream = match js.get_stream(names::LOGS_STREAM).await {
             Ok(stream) => stream,
             Err(e)
-                if matches!(
-                    e.kind(),
-                    jetstream::context::GetStreamErrorKind::JetStream(ref js)
-                        if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) =>
+                if crate::resources::jetstream_code(&e)
+                    == Some(jetstream::ErrorCode::STREAM_NOT_FOUND) =>
             {
                 return Err(LogsError::NoStream {
                     stream: names::LOGS_STREAM,
@@ -148,11 +145,6 @@ impl LogReader {
         })
     }
 
-    /// Whether there was anything to read when the reader opened.
-    pub fn had_logs(&self) -> bool {
-        self.pending > 0
-    }
-
     /// The next record the filter selects: `None` once caught up with
     /// what the stream held, unless `follow`, which waits for new ones.
     pub async fn next(&mut self, follow: bool) -> Result<Option<LogRecord>, LogsError> {
@@ -192,11 +184,7 @@ fn record(
     published: async_nats::datetime::DateTime,
     payload: &Bytes,
 ) -> LogRecord {
-    let get = |name: &str| {
-        headers
-            .and_then(|hm| hm.get(name))
-            .map(|v| v.as_str().to_owned())
-    };
+    let get = |name: &str| headers.and_then(|hm| crate::reply::get(hm, name));
     let nanos = u64::try_from(published.unix_timestamp_nanos()).unwrap_or(0);
     LogRecord {
         time: SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos),

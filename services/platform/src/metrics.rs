@@ -11,6 +11,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +30,72 @@ const READ_WITHIN: Duration = Duration::from_secs(5);
 
 /// What renders the metrics text at each scrape.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Labels of an answered invocation (dispatcher) or work message
+/// (executor): the same series shape in both services.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Answered {
+    /// The function, or [`UNKNOWN_FUNCTION`] (see [`function_label`]).
+    pub function: String,
+    /// The node: the last one tried, or the executor's own; empty when none.
+    pub node: String,
+    /// `ok`, or the error code (`404`, `503`, …).
+    pub status: String,
+}
+
+/// Labels of a series by function.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ByFunction {
+    /// The function.
+    pub function: String,
+}
+
+impl ByFunction {
+    /// The labels of `function`.
+    pub fn of(function: &str) -> Self {
+        Self {
+            function: function.to_owned(),
+        }
+    }
+}
+
+/// Histograms of seconds, one per function.
+pub type SecondsByFunction = Family<ByFunction, Histogram, fn() -> Histogram>;
+
+/// Seconds, from half a millisecond to about a minute (doubling).
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+/// A new, empty [`SecondsByFunction`].
+pub fn seconds_by_function() -> SecondsByFunction {
+    Family::new_with_constructor(seconds)
+}
+
+/// The `function` label of answers to requests naming no deployed function.
+pub use comfaas_schemas::names::UNKNOWN_FUNCTION;
+
+/// The `function` label of an answer with error `code` (0: none). A
+/// request for a function that is not deployed (404) or a malformed one
+/// (400) names whatever its sender chose: one label for all of them, so no
+/// sender can grow the series without bound.
+pub fn function_label(function: &str, code: u16) -> &str {
+    if matches!(code, 400 | 404) {
+        UNKNOWN_FUNCTION
+    } else {
+        function
+    }
+}
+
+/// `registry` as the text a scrape gets (empty, with a warning, should
+/// encoding fail).
+pub fn encode(registry: &Registry) -> String {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, registry) {
+        tracing::warn!("cannot encode metrics: {e}");
+    }
+    text
+}
 
 /// An error starting the endpoint.
 #[derive(Debug, thiserror::Error)]

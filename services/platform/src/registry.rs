@@ -114,13 +114,6 @@ pub enum Deployed {
 
 impl Deployed {
     /// The function's current deployment after the deploy.
-    pub fn deployment(&self) -> &Deployment {
-        match self {
-            Self::Stored(d) | Self::Unchanged(d) => d,
-        }
-    }
-
-    /// As [`Deployed::deployment`], by value.
     pub fn into_deployment(self) -> Deployment {
         match self {
             Self::Stored(d) | Self::Unchanged(d) => d,
@@ -181,18 +174,17 @@ impl Registry {
             return Err(RegistryError::BundleTooLarge { size });
         }
         let same_content = |d: &Deployment| d.bundle.digest == digest && d.manifest == manifest;
-        let refuse = same_version == SameVersion::Refuse;
-        if let Some(current) = self.get(&manifest.name).await?.filter(|_| refuse) {
-            let signed_alike = match (&self.signer, &current.signature) {
-                (None, _) => true,
-                (Some(signer), Some(signature)) => signature.signer == signer.public_key(),
-                (Some(_), None) => false,
-            };
-            if same_content(&current) && signed_alike {
-                return Ok(Deployed::Unchanged(current));
+        if same_version == SameVersion::Refuse {
+            if let Some(current) = self.get(&manifest.name).await? {
+                let signed_alike = match (&self.signer, &current.signature) {
+                    (None, _) => true,
+                    (Some(signer), Some(signature)) => signature.signer == signer.public_key(),
+                    (Some(_), None) => false,
+                };
+                if same_content(&current) && signed_alike {
+                    return Ok(Deployed::Unchanged(current));
+                }
             }
-        }
-        if refuse {
             let history = self.history(&manifest.name).await?;
             if let Some(taken) = history
                 .iter()

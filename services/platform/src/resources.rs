@@ -120,24 +120,15 @@ pub async fn events_stream(
         duplicate_window: EVENTS_DEDUP_WINDOW,
         ..Default::default()
     };
-    let (stream, config) = sized_stream(js, config).await?;
     // A stream made by an older comfaas (limits retention, discard old)
-    // is brought up to date; a server that refuses the change keeps it.
-    let have = stream.cached_info().config.clone();
-    if have.discard != config.discard
-        || have.retention != config.retention
-        || have.max_messages_per_subject != config.max_messages_per_subject
-        || have.duplicate_window != config.duplicate_window
-    {
-        if let Err(e) = js.update_stream(&config).await {
-            tracing::warn!(
-                "stream {} keeps its old limits (retention {:?}, discard {:?}): {e}",
-                names::EVENTS_STREAM,
-                have.retention,
-                have.discard
-            );
-        }
-    }
+    // is brought up to date.
+    let stream = current_stream(js, config, |have, want| {
+        have.discard != want.discard
+            || have.retention != want.retention
+            || have.max_messages_per_subject != want.max_messages_per_subject
+            || have.duplicate_window != want.duplicate_window
+    })
+    .await?;
     // Interest retention keeps only what a consumer has yet to take: the
     // dispatchers' consumer exists from the start, so events published
     // before any dispatcher ran are kept for it.
@@ -305,13 +296,31 @@ pub async fn logs_stream(
         max_bytes: limits.max_bytes,
         ..Default::default()
     };
-    let (stream, made) = sized_stream(js, config).await?;
-    let have = stream.cached_info().config.clone();
-    if have.max_age != made.max_age || have.max_bytes != made.max_bytes {
-        if let Err(e) = js.update_stream(&made).await {
+    current_stream(js, config, |have, want| {
+        have.max_age != want.max_age || have.max_bytes != want.max_bytes
+    })
+    .await
+}
+
+/// The stream of `config`, made as [`sized_stream`] makes it; one found
+/// with a configuration `stale` tells apart from the one wanted is updated
+/// to it. A server that refuses the update keeps the stream as it was
+/// (said in a warning): a service still starts on it.
+async fn current_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+    stale: impl Fn(&stream::Config, &stream::Config) -> bool,
+) -> Result<stream::Stream, NatsError> {
+    let (stream, want) = sized_stream(js, config).await?;
+    let have = &stream.cached_info().config;
+    if stale(have, &want) {
+        if let Err(e) = js.update_stream(&want).await {
             tracing::warn!(
-                "stream {} keeps its limits ({} bytes, {:?}): {e}",
-                names::LOGS_STREAM,
+                "stream {} keeps its old configuration (retention {:?}, discard {:?}, \
+                 {} bytes, {:?}): {e}",
+                want.name,
+                have.retention,
+                have.discard,
                 have.max_bytes,
                 have.max_age
             );
@@ -591,9 +600,7 @@ fn no_room(error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// The JetStream error code behind `error`, found by type: walking its
 /// causes to the first error of getting or creating a stream.
-pub(crate) fn jetstream_code(
-    error: &(dyn std::error::Error + 'static),
-) -> Option<jetstream::ErrorCode> {
+pub fn jetstream_code(error: &(dyn std::error::Error + 'static)) -> Option<jetstream::ErrorCode> {
     use async_nats::jetstream::context::{
         CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind,
     };

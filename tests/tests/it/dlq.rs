@@ -12,7 +12,7 @@ use async_nats::HeaderMap;
 use comfaas_dispatch::DispatchConfig;
 use comfaas_platform::dlq::Dlq;
 use comfaas_schemas::names::headers as h;
-use comfaas_tests::{binary, header, repo_root, NodeSpec, Platform, Security};
+use comfaas_tests::{binary, header, next_message, repo_root, NodeSpec, Platform, Security};
 use futures::StreamExt;
 
 async fn publish(p: &Platform, function: &str, msg_id: &str, extra: &[(&str, &str)]) {
@@ -21,13 +21,6 @@ async fn publish(p: &Platform, function: &str, msg_id: &str, extra: &[(&str, &st
         .chain(extra.iter().copied())
         .collect();
     p.publish_event(function, &headers, "{}").await;
-}
-
-async fn next(results: &mut async_nats::Subscriber) -> async_nats::Message {
-    tokio::time::timeout(Duration::from_secs(60), results.next())
-        .await
-        .expect("a result within 60 s")
-        .expect("result stream")
 }
 
 /// The dead letters, polled until `want` are there (dead-lettering follows
@@ -108,7 +101,7 @@ async fn permanent_errors_are_dead_lettered_at_once_and_can_be_replayed(security
     // Each gets its error result at once, not after minutes of retries.
     let mut seen = std::collections::HashMap::new();
     for _ in 0..cases.len() {
-        let result = next(&mut results).await;
+        let result = next_message(&mut results, Duration::from_secs(60), "a result").await;
         assert_eq!(header(&result, h::STATUS), "error", "{:?}", result.headers);
         seen.insert(header(&result, h::MSG_ID), result);
     }
@@ -154,7 +147,7 @@ async fn permanent_errors_are_dead_lettered_at_once_and_can_be_replayed(security
     let (ok, replayed) = comfaas(&p, &["dlq", "replay", "ghost"]);
     assert!(ok, "{replayed}");
     assert!(replayed.contains("(event "), "{replayed}");
-    let result = next(&mut results).await;
+    let result = next_message(&mut results, Duration::from_secs(60), "a result").await;
     assert_eq!(header(&result, h::STATUS), "ok", "{:?}", result.headers);
     assert_eq!(
         header(&result, h::MSG_ID),
@@ -214,7 +207,7 @@ async fn an_event_older_than_max_event_age_is_dead_lettered_not_run() {
         })
         .await,
     );
-    let result = next(&mut results).await;
+    let result = next_message(&mut results, Duration::from_secs(60), "a result").await;
     assert_eq!(header(&result, h::STATUS), "error");
     assert_eq!(header(&result, h::MSG_ID), "stale");
     assert!(
@@ -333,7 +326,7 @@ async fn an_unplaceable_backlog_does_not_hold_up_other_functions() {
     }
     let mut answered = 0;
     while answered < 10 {
-        let result = next(&mut results).await;
+        let result = next_message(&mut results, Duration::from_secs(60), "a result").await;
         assert_eq!(header(&result, h::STATUS), "ok", "{:?}", result.headers);
         answered += 1;
     }

@@ -7,19 +7,12 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use comfaas_schemas::names::headers as h;
-use comfaas_tests::{header, repo_root, NodeSpec, Platform, Security};
+use comfaas_tests::{header, next_message, repo_root, NodeSpec, Platform, Security};
 use futures::StreamExt;
 
 async fn publish_event(p: &Platform, function: &str, msg_id: &str, body: &str) {
     p.publish_event(function, &[(h::MSG_ID, msg_id)], body)
         .await;
-}
-
-async fn next_result(results: &mut async_nats::Subscriber) -> async_nats::Message {
-    tokio::time::timeout(Duration::from_secs(60), results.next())
-        .await
-        .expect("a result within 60 s")
-        .expect("result stream")
 }
 
 open_and_secure!(an_event_without_reply_reaches_the_result_subject);
@@ -35,7 +28,7 @@ async fn an_event_without_reply_reaches_the_result_subject(security: Security) {
         .unwrap();
 
     publish_event(&p, "hello", "dev-7-1", r#"{"name":"device 7"}"#).await;
-    let result = next_result(&mut results).await;
+    let result = next_message(&mut results, Duration::from_secs(60), "a result").await;
     assert_eq!(header(&result, h::STATUS), "ok", "{:?}", result.headers);
     assert_eq!(header(&result, h::MSG_ID), "dev-7-1");
     assert_eq!(header(&result, h::FUNCTION), "hello");
@@ -49,7 +42,7 @@ async fn an_event_without_reply_reaches_the_result_subject(security: Security) {
         .await
         .unwrap();
     publish_event(&p, "ghost", "dev-7-2", "{}").await;
-    let result = next_result(&mut ghost_results).await;
+    let result = next_message(&mut ghost_results, Duration::from_secs(60), "a result").await;
     assert_eq!(header(&result, h::STATUS), "error");
     assert_eq!(header(&result, h::ERROR_CODE), "404");
     assert_eq!(header(&result, h::MSG_ID), "dev-7-2");
@@ -105,7 +98,7 @@ async fn events_survive_a_dispatcher_restart() {
     drop(p.dispatcher().await);
     let mut seen = Vec::new();
     for _ in 0..3 {
-        let result = next_result(&mut results).await;
+        let result = next_message(&mut results, Duration::from_secs(60), "a result").await;
         assert_eq!(header(&result, h::STATUS), "ok", "{:?}", result.headers);
         seen.push(header(&result, h::MSG_ID));
     }
@@ -132,7 +125,7 @@ async fn an_event_with_no_node_yet_waits_for_one() {
     publish_event(&p, "hello", "early", r#"{"name":"early"}"#).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(p.executor(NodeSpec::edge("edge-1")).await);
-    let result = next_result(&mut results).await;
+    let result = next_message(&mut results, Duration::from_secs(60), "a result").await;
     assert_eq!(header(&result, h::STATUS), "ok", "{:?}", result.headers);
     assert_eq!(header(&result, h::MSG_ID), "early");
 }
@@ -149,7 +142,7 @@ async fn a_request_answered_by_the_node_is_published_once() {
         .unwrap();
     let reply = p.invoke("hello", r#"{"name":"once"}"#).await;
     assert_eq!(header(&reply, h::STATUS), "ok");
-    let result = next_result(&mut results).await;
+    let result = next_message(&mut results, Duration::from_secs(60), "a result").await;
     assert_eq!(
         header(&result, h::INVOCATION_ID),
         header(&reply, h::INVOCATION_ID)
@@ -257,7 +250,7 @@ async fn two_dispatchers_share_the_load_and_run_nothing_twice() {
     }
     let mut seen = std::collections::HashMap::new();
     while seen.values().sum::<u32>() < 80 {
-        let result = next_result(&mut results).await;
+        let result = next_message(&mut results, Duration::from_secs(60), "a result").await;
         *seen
             .entry(String::from_utf8_lossy(&result.payload).into_owned())
             .or_insert(0u32) += 1;

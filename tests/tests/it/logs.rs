@@ -488,14 +488,16 @@ async fn an_executor_logs_only_as_itself_and_a_device_reads_no_logs() {
     // The allowed one lands (so the forged one had every chance to).
     let records = logs_when(&p, &observer, &of("f"), |r| !r.is_empty()).await;
     assert_eq!(text(&records), "mine");
-    violation_logged(&p, &forged).await;
+    p.nats.wait_violation(&forged).await;
 
     // A device may not read the stream, nor listen to log subjects.
     let device_js = async_nats::jetstream::new(p.device.clone());
     assert!(LogReader::open(&device_js, &p.subjects, of("f"))
         .await
         .is_err());
-    violation_logged(&p, &format!("$JS.API.STREAM.INFO.{}", names::LOGS_STREAM)).await;
+    p.nats
+        .wait_violation(&format!("$JS.API.STREAM.INFO.{}", names::LOGS_STREAM))
+        .await;
     let mut listening = p.device.subscribe(p.subjects.log_all()).await.unwrap();
     p.device.flush().await.unwrap();
     node.publish(p.subjects.log("f", "node-x"), "more".into())
@@ -508,24 +510,9 @@ async fn an_executor_logs_only_as_itself_and_a_device_reads_no_logs() {
     )
     .await;
     assert!(!matches!(heard, Ok(Some(_))), "a device heard a log");
-    violation_logged(&p, &p.subjects.log_all()).await;
+    p.nats.wait_violation(&p.subjects.log_all()).await;
     let records = logs_when(&p, &observer, &of("f"), |r| r.len() == 2).await;
     assert_eq!(text(&records), "minemore");
-}
-
-/// The server logged a violation naming `subject`.
-async fn violation_logged(p: &Platform, subject: &str) {
-    let quoted = format!("\"{subject}\"");
-    for _ in 0..100 {
-        if p.nats.violations().iter().any(|l| l.contains(&quoted)) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "no violation logged for {subject}: {:#?}",
-        p.nats.violations()
-    );
 }
 
 /// The next line `comfaas logs -f` prints, within 20 s.

@@ -180,13 +180,13 @@ async fn a_device_may_not_use_discovery_nor_a_node_answer_for_another() {
     // answered, so the refusal is not a silent site).
     let refused = p.device.request("$SRV.PING", "".into()).await;
     assert!(refused.is_err(), "a device's $SRV.PING was answered");
-    logged(&p, "$SRV.PING").await;
+    p.nats.wait_violation("$SRV.PING").await;
     let pong: PingResponse = ask(&p.client, "$SRV.PING.comfaas-exec").await;
     assert_eq!(pong.id, "edge-1");
     // Nor may it listen to others' discovery.
     let _spy = p.device.subscribe("$SRV.>").await.unwrap();
     p.device.flush().await.unwrap();
-    logged(&p, "$SRV.>").await;
+    p.nats.wait_violation("$SRV.>").await;
 
     // A discovery request whose reply subject is not an inbox gets no
     // answer: else the services would publish there (here: a forged
@@ -212,22 +212,7 @@ async fn a_device_may_not_use_discovery_nor_a_node_answer_for_another() {
     let other = micro::request("INFO", Some(micro::EXEC_SERVICE), Some("edge-1"));
     let _forged = node.subscribe(other.clone()).await.unwrap();
     node.flush().await.unwrap();
-    logged(&p, &other).await;
-}
-
-/// The server logged a violation naming `subject`.
-async fn logged(p: &Platform, subject: &str) {
-    let quoted = format!("\"{subject}\"");
-    for _ in 0..100 {
-        if p.nats.violations().iter().any(|l| l.contains(&quoted)) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "no violation logged for {subject}: {:#?}",
-        p.nats.violations()
-    );
+    p.nats.wait_violation(&other).await;
 }
 
 /// A free loopback port's address, for a metrics endpoint.

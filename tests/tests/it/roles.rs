@@ -53,22 +53,6 @@ async fn arrives(sub: &mut async_nats::Subscriber, what: &str) -> async_nats::Me
         .unwrap()
 }
 
-/// The server logged a violation naming `subject` (its log is read as it
-/// comes, so give it a moment).
-async fn logged(p: &Platform, subject: &str) {
-    let quoted = format!("\"{subject}\"");
-    for _ in 0..100 {
-        if p.nats.violations().iter().any(|l| l.contains(&quoted)) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "no violation logged for {subject}: {:#?}",
-        p.nats.violations()
-    );
-}
-
 /// Publishes and waits until the server has read it.
 async fn publish(client: &async_nats::Client, subject: &str, payload: &'static str) {
     client
@@ -89,18 +73,18 @@ async fn a_device_cannot_deploy_remove_or_read_the_registry() {
     let js = async_nats::jetstream::new(device.clone());
     let put = js.publish(kv_key.clone(), "forged".into()).await.unwrap();
     assert!(put.await.is_err(), "a device's KV put was acknowledged");
-    logged(&p, &kv_key).await;
+    p.nats.wait_violation(&kv_key).await;
     // A package put.
     let chunk = format!("$O.{}.C.forged", names::PACKAGES_BUCKET);
     publish(device, &chunk, "bundle").await;
-    logged(&p, &chunk).await;
+    p.nats.wait_violation(&chunk).await;
     // Purge the packages (as rm's garbage collection does).
     let purge = format!(
         "$JS.API.STREAM.PURGE.{}",
         names::object_store_stream(names::PACKAGES_BUCKET)
     );
     assert!(device.request(purge.clone(), "".into()).await.is_err());
-    logged(&p, &purge).await;
+    p.nats.wait_violation(&purge).await;
     // Read the registry.
     let read = format!(
         "$JS.API.DIRECT.GET.{}.$KV.{}.hello",
@@ -108,7 +92,7 @@ async fn a_device_cannot_deploy_remove_or_read_the_registry() {
         names::FUNCTIONS_BUCKET
     );
     assert!(device.request(read.clone(), "".into()).await.is_err());
-    logged(&p, &read).await;
+    p.nats.wait_violation(&read).await;
     assert!(
         comfaas_platform::registry::Registry::open(&js)
             .await
@@ -141,7 +125,7 @@ async fn a_device_cannot_send_work_forge_loads_or_listen_to_others() {
     // Work straight onto a node, bypassing the dispatcher.
     publish(device, &work, "from a device").await;
     stays_silent(&mut node_work, "device → work").await;
-    logged(&p, &work).await;
+    p.nats.wait_violation(&work).await;
     publish(&dispatcher, &work, "from the dispatcher").await;
     assert_eq!(
         arrives(&mut node_work, "dispatcher → work").await.payload,
@@ -155,7 +139,7 @@ async fn a_device_cannot_send_work_forge_loads_or_listen_to_others() {
     publish(&dispatcher, &work, "watched").await;
     arrives(&mut node_work, "dispatcher → work").await;
     stays_silent(&mut spy, &every_node).await;
-    logged(&p, &every_node).await;
+    p.nats.wait_violation(&every_node).await;
 
     // A forged load report: an observer sees the node's own reports only.
     let observer = p.nats.client().await;
@@ -170,7 +154,7 @@ async fn a_device_cannot_send_work_forge_loads_or_listen_to_others() {
         real += 1;
     }
     assert!(real > 0, "edge-1's own reports arrive");
-    logged(&p, &load).await;
+    p.nats.wait_violation(&load).await;
 
     // Asking which node holds an event's run (dispatchers only), or
     // listening for those asks (executors only).
@@ -179,13 +163,13 @@ async fn a_device_cannot_send_work_forge_loads_or_listen_to_others() {
     node.flush().await.unwrap();
     publish(device, &held, "which node ran event 1?").await;
     stays_silent(&mut node_held, "device → held").await;
-    logged(&p, &held).await;
+    p.nats.wait_violation(&held).await;
     publish(&dispatcher, &held, "asked by a dispatcher").await;
     arrives(&mut node_held, "dispatcher → held").await;
     let every_held = p.subjects.event_held_all();
     let _spy = device.subscribe(every_held.clone()).await.unwrap();
     device.flush().await.unwrap();
-    logged(&p, &every_held).await;
+    p.nats.wait_violation(&every_held).await;
     still_serves(&p).await;
 }
 
@@ -231,10 +215,10 @@ async fn a_device_cannot_read_another_devices_replies_or_answer_invocations() {
     }
     stays_silent(&mut spy, "another device's inbox").await;
     stays_silent(&mut spy_all, "every inbox").await;
-    logged(&p, &every_inbox).await;
+    p.nats.wait_violation(&every_inbox).await;
     stays_silent(&mut rogue, "the dispatchers' queue group").await;
-    logged(&p, &inbox).await;
-    logged(&p, &p.subjects.invoke_all()).await;
+    p.nats.wait_violation(&inbox).await;
+    p.nats.wait_violation(&p.subjects.invoke_all()).await;
     still_serves(&p).await;
 }
 
@@ -262,7 +246,7 @@ async fn an_executor_takes_work_and_reports_only_as_itself() {
     publish(&dispatcher, &work_b, "for b").await;
     assert_eq!(arrives(&mut own, "b's work").await.payload, "for b");
     stays_silent(&mut stolen, "a on b's work").await;
-    logged(&p, &work_b).await;
+    p.nats.wait_violation(&work_b).await;
 
     let observer = p.nats.client().await;
     let load_b = p.subjects.node_load("node-b");
@@ -272,12 +256,12 @@ async fn an_executor_takes_work_and_reports_only_as_itself() {
     publish(&node_b, &load_b, "b itself").await;
     assert_eq!(arrives(&mut loads, "b's load").await.payload, "b itself");
     stays_silent(&mut loads, "a's report as b").await;
-    logged(&p, &load_b).await;
+    p.nats.wait_violation(&load_b).await;
 
     // Nor may it write the registry.
     let kv_key = format!("$KV.{}.hello", names::FUNCTIONS_BUCKET);
     publish(&node_a, &kv_key, "forged").await;
-    logged(&p, &kv_key).await;
+    p.nats.wait_violation(&kv_key).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,7 +545,7 @@ async fn a_device_cannot_read_other_tenants_inputs_by_sequence() {
             by_sequence.is_err(),
             "a device read an input by sequence on {api}: {by_sequence:?}"
         );
-        logged(&p, &api).await;
+        p.nats.wait_violation(&api).await;
     }
     let dispatcher = p.nats.client_as(&Role::Dispatcher).await;
     let answered = dispatcher

@@ -255,11 +255,9 @@ async fn read_events(js: &async_nats::jetstream::Context) -> EventsView {
         }
         Err(e) => errors.push(format!("{}: {e}", names::EVENTS_STREAM)),
     }
+    // One STREAM.INFO: the lookup's answer holds the count.
     match js.get_stream(names::DLQ_STREAM).await {
-        Ok(mut stream) => match stream.info().await {
-            Ok(info) => view.dead_letters = Some(info.state.messages),
-            Err(e) => errors.push(format!("{}: {e}", names::DLQ_STREAM)),
-        },
+        Ok(stream) => view.dead_letters = Some(stream.cached_info().state.messages),
         Err(e) => errors.push(format!("{}: {e}", names::DLQ_STREAM)),
     }
     if !errors.is_empty() {

@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use comfaas_schemas::{DispatchMetrics, ErrorCount, FunctionState, NodeLoad, PlacementRecord};
+use comfaas_schemas::{DispatchMetrics, ErrorCount, FunctionState, NodeLoad};
+
+use crate::decisions::Decision;
 use serde::Serialize;
 
 /// Placement decisions kept, newest first on the page.
@@ -36,7 +38,7 @@ pub struct Snapshot {
     /// Every dispatcher heard from, by id.
     pub dispatchers: Vec<DispatcherView>,
     /// The latest placement decisions, newest first.
-    pub decisions: Vec<DecisionView>,
+    pub decisions: Vec<Decision>,
     /// The events stream and the dead-letter queue.
     pub events: EventsView,
     /// Invocations per second by node, oldest sample first.
@@ -106,16 +108,6 @@ pub struct DispatcherView {
     pub attached: u64,
 }
 
-/// One placement decision, with the dispatcher that made it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DecisionView {
-    /// The dispatcher.
-    pub dispatcher: String,
-    /// The decision as the dispatcher reports it.
-    #[serde(flatten)]
-    pub record: PlacementRecord,
-}
-
 /// The events stream and the dead-letter queue, as last read from
 /// JetStream. `None` where the reading failed; `error` says why.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -161,7 +153,7 @@ pub struct View {
     loads: BTreeMap<String, HeardLoad>,
     reports: BTreeMap<String, HeardReport>,
     /// Newest first.
-    decisions: VecDeque<DecisionView>,
+    decisions: VecDeque<Decision>,
     rates: VecDeque<RateSample>,
     events: EventsView,
 }
@@ -209,12 +201,21 @@ impl View {
             }
         }
         // Records are in order, oldest first; a new one goes to the front.
+        // New: not in its dispatcher's previous report (whose oldest this
+        // page may have let go already), nor kept here.
+        let before = self
+            .reports
+            .get(&report.dispatcher)
+            .map(|h| &h.report.recent);
         for record in &report.recent {
-            let seen = self.decisions.iter().any(|d| {
-                d.dispatcher == report.dispatcher && d.record.invocation == record.invocation
-            });
+            let reported =
+                before.is_some_and(|b| b.iter().any(|r| r.invocation == record.invocation));
+            let seen = reported
+                || self.decisions.iter().any(|d| {
+                    d.dispatcher == report.dispatcher && d.record.invocation == record.invocation
+                });
             if !seen {
-                self.decisions.push_front(DecisionView {
+                self.decisions.push_front(Decision {
                     dispatcher: report.dispatcher.clone(),
                     record: record.clone(),
                 });
@@ -374,7 +375,7 @@ mod tests {
                 .collect(),
             recent: recent
                 .iter()
-                .map(|id| PlacementRecord {
+                .map(|id| comfaas_schemas::PlacementRecord {
                     invocation: (*id).into(),
                     function: "f".into(),
                     node: "a".into(),
