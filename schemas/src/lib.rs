@@ -10,6 +10,7 @@
 //! ([`encode`]/[`decode`]): a newer sender may add fields and an older
 //! receiver ignores them; every added field is `#[serde(default)]`.
 
+mod cached;
 mod codec;
 mod error;
 mod limits;
@@ -17,6 +18,9 @@ mod manifest;
 mod messages;
 pub mod names;
 
+pub use cached::{
+    digest_hash, CachedInputs, DigestFilter, FILTERED_INPUTS, FILTER_FALSE_POSITIVES, LISTED_INPUTS,
+};
 pub use codec::{decode, encode, CodecError};
 pub use error::{ErrorCode, InvalidValue, InvocationError};
 pub use limits::{job_procs, RunLimits};
@@ -27,8 +31,8 @@ pub use manifest::{
 };
 pub use messages::{
     now_unix_ms, BundleRef, CandidateEstimate, Deployment, DeploymentSignature, DispatchMetrics,
-    ErrorCount, EstimateParts, FunctionState, InputObject, InstallState, Invocation, NodeLoad,
-    NodeMetrics, PlacementRecord, SandboxReport, SignaturePolicy, SigningError, Tier,
-    DEPLOYMENT_SIGNING_DOMAIN, SCHEMA_VERSION,
+    ErrorCount, EstimateParts, FunctionState, InputObject, InstallState, InstallStep, InstallTimes,
+    Invocation, NodeLoad, NodeMetrics, NoticeBatch, PlacementRecord, SandboxReport,
+    SignaturePolicy, SigningError, Tier, WorkNotice, DEPLOYMENT_SIGNING_DOMAIN, SCHEMA_VERSION,
 };
 pub use names::validate_secret_name;

@@ -70,8 +70,8 @@ pub struct Manifest {
     /// Where to run by default.
     #[serde(default)]
     pub placement: Placement,
-    /// How a Python function is called: a process per invocation, or warm
-    /// workers calling `handle(data)`.
+    /// How the function is called: a process per invocation, or warm
+    /// workers calling its handler (runtimes python, c, java and exec).
     #[serde(default)]
     pub mode: Mode,
     /// Warm workers per node in handler mode (default 1).
@@ -353,15 +353,17 @@ impl From<Procs> for ProcsText {
     }
 }
 
-/// How a Python function is called.
+/// How a function is called.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// A new process per invocation: input on stdin, output on stdout.
     #[default]
     Script,
-    /// Warm worker processes keep the module loaded; each invocation calls
-    /// its `handle(data: bytes)`, whose return value (bytes or str) is the output.
+    /// Warm worker processes keep the function loaded; each invocation is
+    /// one framed call to its handler (Python's `handle(data: bytes)`, or a
+    /// C, Rust or Java handler through the runtime's helper), whose return
+    /// value is the output.
     Handler,
 }
 
@@ -700,11 +702,14 @@ impl Manifest {
                 ),
             );
         }
-        if self.mode == Mode::Handler && self.runtime != Runtime::Python {
+        if self.mode == Mode::Handler && self.runtime.is_mpi() {
+            // An MPI job is many ranks started together by `mpirun`: there
+            // is no one process to keep warm.
             return invalid(
                 "mode",
                 format!(
-                    "handler mode is for runtime `python`, not `{}`",
+                    "handler mode is not for MPI runtime `{}`: an MPI job is one `mpirun` per \
+                     invocation (handler mode is for python, c, java and exec)",
                     self.runtime
                 ),
             );
@@ -881,6 +886,21 @@ entry = "main.py"
         check("placement = \"node:edge-1\"", "ok");
         check("requirements = [\"numpy==1.26\"]", "ok");
         check("mode = \"handler\"\nworkers = 4", "ok");
+        for (runtime, expect) in [
+            ("c", "ok"),
+            ("java", "ok"),
+            ("exec", "ok"),
+            ("c-mpi", "not for MPI runtime `c-mpi`"),
+            ("python-mpi", "one `mpirun` per invocation"),
+            ("rust-mpi", "not for MPI runtime `rust-mpi`"),
+        ] {
+            let text = HELLO.replace("runtime = \"python\"", &format!("runtime = \"{runtime}\""));
+            let outcome = match Manifest::from_toml(&format!("{text}mode = \"handler\"")) {
+                Ok(_) => "ok".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            assert!(outcome.contains(expect), "{runtime}: {outcome}");
+        }
         check("mode = \"daemon\"", "unknown variant `daemon`");
         check("workers = 2", "only handler mode has workers");
         check("mode = \"handler\"\nworkers = 0", "field `workers`");

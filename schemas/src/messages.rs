@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cached::CachedInputs;
 use crate::error::{ErrorCode, InvalidValue};
 use crate::manifest::Manifest;
 
@@ -101,6 +102,34 @@ pub struct Invocation {
     /// while, and attaches a redelivery to it instead of running it again.
     #[serde(default)]
     pub event: bool,
+    /// Where the node sends the notice of a run whose outcome went to
+    /// `reply_to`, gathered with others in a [`NoticeBatch`] (an inbox of
+    /// the dispatcher). When absent, the notice is a headers-only reply to
+    /// the work request, one per run.
+    #[serde(default)]
+    pub notices_to: Option<String>,
+}
+
+/// Notices of runs a node answered straight to their requesters, several
+/// in one message: sent by an executor to the `notices_to` subject the
+/// invocations named, instead of one headers-only reply per run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeBatch {
+    /// Schema version of the sender.
+    #[serde(default = "schema_version")]
+    pub schema: u32,
+    /// One per run, in the order the runs ended.
+    pub notices: Vec<WorkNotice>,
+}
+
+/// The notice of one run: what its headers-only reply would have been.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkNotice {
+    /// The work request's reply subject (which run this is).
+    pub reply: String,
+    /// The reply headers, `Comfaas-Replied: true` among them, as name and
+    /// value pairs.
+    pub headers: Vec<(String, String)>,
 }
 
 /// An input kept in the object store `comfaas_inputs`.
@@ -144,6 +173,38 @@ pub struct FunctionState {
     /// `version` while a new one installs or after a failed upgrade.
     #[serde(default)]
     pub serving: Option<String>,
+    /// How long this deployment's install took here, step by step, once it
+    /// ended (ready or failed); absent while installing and from older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<InstallTimes>,
+}
+
+/// Where one install's time went, in milliseconds: what a cold deploy
+/// costs on a node, before the heartbeat and the first run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallTimes {
+    /// When the node saw the deployment in the registry (Unix ms); less the
+    /// deployment's `deployed_unix_ms`, the registry watch's delay.
+    pub seen_unix_ms: u64,
+    /// Reading the bundle from the package store.
+    pub fetch_ms: u64,
+    /// Checking its digest and unpacking it.
+    pub unpack_ms: u64,
+    /// The runtime's own steps, in order (environment, packages, build).
+    #[serde(default)]
+    pub steps: Vec<InstallStep>,
+    /// From seen to ready (or failed): the above, plus secrets, sandbox and
+    /// warm workers.
+    pub total_ms: u64,
+}
+
+/// One step of a runtime's install and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallStep {
+    /// What ran (`venv`, `uv pip install`, `cc`, ...).
+    pub name: String,
+    /// Milliseconds.
+    pub ms: u64,
 }
 
 /// A node's heartbeat, on `<prefix>.node.<node>.load` every second.
@@ -231,6 +292,10 @@ pub struct NodeLoad {
     /// node from before sandboxes sends.
     #[serde(default)]
     pub sandbox: SandboxReport,
+    /// The inputs in the node's cache: a dispatcher costs no transfer for
+    /// an input the node holds.
+    #[serde(default)]
+    pub cached_inputs: CachedInputs,
 }
 
 /// How a node confines its runs, as its load report tells.
@@ -300,6 +365,7 @@ impl Default for NodeLoad {
             input_fetch_failures: 0,
             signatures: SignaturePolicy::Off,
             sandbox: SandboxReport::default(),
+            cached_inputs: CachedInputs::default(),
         }
     }
 }
@@ -657,6 +723,17 @@ mod tests_support {
                 digest: "SHA-256=q83v".into(),
             }),
             event: false,
+            notices_to: Some("_INBOX.disp.n".into()),
+        }
+    }
+
+    pub fn notice_batch() -> NoticeBatch {
+        NoticeBatch {
+            schema: SCHEMA_VERSION,
+            notices: vec![WorkNotice {
+                reply: "_INBOX.disp.7".into(),
+                headers: vec![("Comfaas-Replied".into(), "true".into())],
+            }],
         }
     }
 
@@ -684,6 +761,16 @@ mod tests_support {
                 state: InstallState::Installing,
                 reason: None,
                 serving: Some("1".into()),
+                install: Some(InstallTimes {
+                    seen_unix_ms: 1_700_000_000_000,
+                    fetch_ms: 3,
+                    unpack_ms: 1,
+                    steps: vec![InstallStep {
+                        name: "venv".into(),
+                        ms: 2,
+                    }],
+                    total_ms: 40,
+                }),
             }],
             heartbeat_ms: 1000,
             sent_unix_ms: 1_700_000_000_000,
@@ -698,6 +785,7 @@ mod tests_support {
                 cgroups: "v1".into(),
                 function_users: true,
             },
+            cached_inputs: CachedInputs::of(&["SHA-256=q83v"]),
         }
     }
 
@@ -969,9 +1057,27 @@ mod readme {
         let deployment = deployment();
         let messages: Vec<(&str, Vec<String>)> = vec![
             ("Invocation", fields(&invocation())),
+            ("NoticeBatch", fields(&notice_batch())),
+            ("WorkNotice", fields(&notice_batch().notices[0])),
             ("InputObject", fields(&invocation().input_object.unwrap())),
             ("NodeLoad", fields(&load)),
             ("FunctionState", fields(&load.functions[0])),
+            (
+                "CachedInputs",
+                fields(&crate::CachedInputs {
+                    filter: Some(crate::DigestFilter::of(&["SHA-256=q83v"])),
+                    ..load.cached_inputs.clone()
+                }),
+            ),
+            ("DigestFilter", fields(&crate::DigestFilter::of(&["x"]))),
+            (
+                "InstallTimes",
+                fields(load.functions[0].install.as_ref().unwrap()),
+            ),
+            (
+                "InstallStep",
+                fields(&load.functions[0].install.as_ref().unwrap().steps[0]),
+            ),
             ("Deployment", fields(&deployment)),
             ("BundleRef", fields(&deployment.bundle)),
             (

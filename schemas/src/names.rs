@@ -34,6 +34,13 @@ pub fn object_chunks_subject(bucket: &str, nuid: &str) -> String {
     format!("$O.{bucket}.C.{nuid}")
 }
 
+/// The subject the info of the object `encoded_name` (its name in
+/// base64url, with padding) of `bucket` is kept under:
+/// `$O.<bucket>.M.<encoded_name>`, one message per name.
+pub fn object_info_subject(bucket: &str, encoded_name: &str) -> String {
+    format!("$O.{bucket}.M.{encoded_name}")
+}
+
 /// Stream of function logs (`<prefix>.log.<fn>.<node>`): what each run
 /// wrote to stderr, bounded per run, kept within size and age limits
 /// (limits retention, the oldest dropped first).

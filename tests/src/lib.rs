@@ -27,6 +27,10 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub mod instant;
+pub mod measure;
+pub mod paper;
+
 /// The repository root (where `functions/` lives).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -102,6 +106,7 @@ pub fn invocation(id: &str, function: &str) -> comfaas_schemas::Invocation {
         reply_to: None,
         input_object: None,
         event: false,
+        notices_to: None,
     }
 }
 
@@ -188,6 +193,38 @@ pub struct TestNats {
     pub auth: Option<TestAuth>,
 }
 
+/// How long [`Platform::wait_state`] waits for a node's next report after
+/// the one that said ready (nodes report at least once a heartbeat, a
+/// second in tests).
+pub const READY_HEARD_WAIT: Duration = Duration::from_secs(2);
+
+/// The JetStream limits of a test server. Unset, nats-server lets
+/// JetStream reserve 75 % of the disk free when it starts, which differs
+/// from machine to machine and shrinks as the tests running beside each
+/// other write: the 16 GiB stores were then made smaller
+/// ([`comfaas_platform::resources`] shrinks them to fit), too small on a
+/// CI machine for the tests that keep a gigabyte of inputs. A fixed limit
+/// makes every store its full size wherever the suite runs: a store is
+/// made in full while the server could reserve four times its size, so
+/// the limit is well over four times the sum of them all (36 GiB). The
+/// server takes a limit larger than the disk; a write the disk cannot hold
+/// still fails. The tests of shrinking start their own servers with a
+/// small limit.
+pub const TEST_JETSTREAM: &str = "jetstream {\n  max_file_store: 256GB\n}\n";
+
+/// Options for a test that starts its own server: `config` (more of the
+/// server's configuration, without a `jetstream` block) with the suite's
+/// JetStream limit [`TEST_JETSTREAM`]. A test server started without it
+/// gets nats-server's default limit, and its stores a share of whatever
+/// disk the machine has free: on CI's disk the inputs store of such a
+/// server came out under 500 MB and a 500 MB input was refused.
+pub fn server_options(config: &str) -> ServerOptions {
+    ServerOptions {
+        config_text: Some(format!("{config}{TEST_JETSTREAM}")),
+        ..ServerOptions::default()
+    }
+}
+
 impl TestNats {
     /// Starts a server on a free loopback port with a temporary store.
     pub async fn start() -> Self {
@@ -242,7 +279,7 @@ impl TestNats {
                     .and_then(|a| a.snapshot().server_tls())
                     .map(|t| (PathBuf::from(t.cert_file), PathBuf::from(t.key_file))),
             }),
-            ..ServerOptions::default()
+            ..server_options("")
         })
         .await
         .expect("start nats-server (run scripts/setup.sh to install it)");
@@ -503,6 +540,8 @@ pub struct NodeSpec {
     pub metrics_addr: String,
     /// What it does with runs' stderr (`[logs]`; published by default).
     pub logs: comfaas_exec::LogsConfig,
+    /// Publish successful answers to requests on the result subject too.
+    pub publish_request_results: bool,
 }
 
 impl NodeSpec {
@@ -524,6 +563,7 @@ impl NodeSpec {
             sandbox: comfaas_runtime::SandboxConfig::default(),
             metrics_addr: String::new(),
             logs: comfaas_exec::LogsConfig::default(),
+            publish_request_results: false,
         }
     }
 
@@ -540,6 +580,18 @@ impl NodeSpec {
         Self {
             tier: Tier::Cloud,
             ..Self::edge(node)
+        }
+    }
+
+    /// A cloud node on a cloud site's own server (`url`), reaching the
+    /// edge's JetStream domain (registry, inputs) across the leaf link.
+    pub fn cloud_at(node: &str, url: &str) -> Self {
+        Self {
+            site: Some((
+                url.to_owned(),
+                Some(comfaas_testbed::sites::EDGE_SITE.to_owned()),
+            )),
+            ..Self::cloud(node)
         }
     }
 
@@ -575,12 +627,36 @@ impl NodeSpec {
             sandbox: self.sandbox,
             metrics_addr: self.metrics_addr,
             logs: self.logs,
+            publish_request_results: self.publish_request_results,
             ..ExecConfig::default()
         }
     }
 }
 
 impl Platform {
+    /// `comfaas-dispatch` as a process of its own on this platform's
+    /// server (open mode), returned once it serves: it has created the
+    /// streams and stores an executor uses.
+    pub async fn dispatch_process(&self) -> Process {
+        let process = Process::spawn("comfaas-dispatch", &["--nats-url", self.nats.url()]);
+        self.nats.wait_for_dispatcher().await;
+        process
+    }
+
+    /// `comfaas-exec` as a process of its own on this platform's server
+    /// (open mode): node `node`, its data in the scratch folder, with the
+    /// `extra` flags (`--slots`, `--queue`, ...).
+    pub fn exec_process(&self, node: &str, extra: &[&str]) -> Process {
+        let data_dir = self.scratch.path().join(node);
+        let data_dir = data_dir.to_string_lossy();
+        let args: Vec<&str> = ["--nats-url", self.nats.url(), "--node", node, "--data-dir"]
+            .into_iter()
+            .chain([data_dir.as_ref()])
+            .chain(extra.iter().copied())
+            .collect();
+        Process::spawn("comfaas-exec", &args)
+    }
+
     /// A fresh server, no services yet.
     pub async fn start() -> Self {
         Self::start_with(Security::Open).await
@@ -787,7 +863,10 @@ impl Platform {
     }
 
     /// Waits until every node in `nodes` reports `state` for `deployment`
-    /// (and, for `Ready`, until dispatchers have heard it too).
+    /// (and, for `Ready`, until dispatchers have heard it too: until each
+    /// node's next report, which the dispatchers hear after the one that
+    /// said ready, on the same subject, in order; at most
+    /// [`READY_HEARD_WAIT`] for a node that reports seldom).
     pub async fn wait_state(&self, deployment: &Deployment, nodes: &[&str], state: InstallState) {
         let mut loads = self
             .client
@@ -795,18 +874,28 @@ impl Platform {
             .await
             .expect("subscribe");
         let mut pending: Vec<&str> = nodes.to_vec();
+        // Reached `Ready`, but the dispatchers may not have heard it yet.
+        let mut unheard: Vec<&str> = Vec::new();
+        let mut heard_by = None;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while !pending.is_empty() {
-            let message = tokio::time::timeout_at(deadline.into(), loads.next())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "nodes {pending:?} did not reach {state:?} for {}",
-                        deployment.manifest.name
-                    )
-                })
-                .expect("load stream");
+        loop {
+            if pending.is_empty() {
+                if unheard.is_empty() {
+                    break;
+                }
+                heard_by.get_or_insert(Instant::now() + READY_HEARD_WAIT);
+            }
+            let until = heard_by.map_or(deadline, |by: Instant| by.min(deadline));
+            let message = match tokio::time::timeout_at(until.into(), loads.next()).await {
+                Ok(message) => message.expect("load stream"),
+                Err(_) if pending.is_empty() => break,
+                Err(_) => panic!(
+                    "nodes {pending:?} did not reach {state:?} for {}",
+                    deployment.manifest.name
+                ),
+            };
             let load: NodeLoad = decode(&message.payload).expect("node load");
+            unheard.retain(|n| *n != load.node);
             if let Some(failed) = load.functions.iter().find(|f| {
                 f.name == deployment.manifest.name
                     && f.digest == deployment.bundle.digest
@@ -823,8 +912,11 @@ impl Platform {
                     && f.digest == deployment.bundle.digest
                     && f.state == state
             });
-            if reached {
+            if reached && pending.contains(&load.node.as_str()) {
                 pending.retain(|n| *n != load.node);
+                if state == InstallState::Ready {
+                    unheard.extend(nodes.iter().find(|n| **n == load.node));
+                }
             }
         }
     }
@@ -886,13 +978,17 @@ impl Platform {
             .join(format!("input-{}", uuid::Uuid::new_v4().simple()));
         std::fs::write(&file, bytes).expect("write input");
         let js = async_nats::jetstream::new(self.device.clone());
-        let store = comfaas_platform::resources::inputs_store(&js)
+        comfaas_platform::resources::inputs_store(&js)
             .await
             .expect("inputs store");
-        let name = comfaas_platform::objects::upload_file(&store, &file)
-            .await
-            .expect("upload input")
-            .name;
+        let name = comfaas_platform::objects::upload_file(
+            &js,
+            comfaas_schemas::names::INPUTS_BUCKET,
+            &file,
+        )
+        .await
+        .expect("upload input")
+        .name;
         let _ = std::fs::remove_file(&file);
         name
     }

@@ -16,6 +16,17 @@
 //!    moving average it reports before and after the invocation.
 //!    `--only-fetch` skips sections 1 to 3.
 //!
+//! 5. Issue 14: `comfaas invoke --input-file` of 100 and 500 MB (the CLI
+//!    as a process: hash, upload with a window of acks, invoke the `sink`
+//!    function through the dispatcher, whose executor fetches the input)
+//!    against a plain TCP copy of the same file on loopback (a listener
+//!    writing what it receives to a file, a client sending it: the
+//!    original ComFaaS's way), alternating, each with fresh content;
+//!    ratio = comfaas ÷ copy (goal ≤ 1.0). Also the same invocation once
+//!    more (the input already stored: nothing uploaded) and, in section 1,
+//!    the windowed put against async-nats' `put`. `--issue14` runs
+//!    sections 1, 2 and 5 only; `--reps N` (default 3) repeats section 5.
+//!
 //! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench-objects`
 //! (`-- --only-fetch --baseline-exec /path/to/main/comfaas-exec`)
 
@@ -24,9 +35,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::object_store::ObjectMetadata;
 use async_nats::HeaderMap;
-use comfaas_schemas::names::headers as h;
+use comfaas_schemas::names::{headers as h, INPUTS_BUCKET};
 use comfaas_schemas::{decode, NodeLoad};
-use comfaas_tests::{header, Platform, Process};
+use comfaas_tests::{header, Platform};
 use futures::StreamExt;
 
 const MB: u64 = 1 << 20;
@@ -61,51 +72,40 @@ async fn load_of(p: &Platform, node: &str) -> NodeLoad {
     decode(&loads.next().await.expect("load").payload).expect("decode")
 }
 
-/// The command line: `--baseline-exec PATH`, `--chunks 128K,1M,8M`,
-/// `--sizes 100,500` (MB), `--only-fetch`.
+/// Large inputs: upload, fetch and `comfaas invoke --input-file` against
+/// their references.
+#[derive(clap::Parser)]
 struct Args {
+    /// Another build's `comfaas-exec`, whose fetch is measured beside this one's
+    #[arg(long)]
     baseline_exec: Option<std::path::PathBuf>,
+    /// Chunk sizes of the fetch comparison (`128K`, `1M`, ...)
+    #[arg(long, value_delimiter = ',', value_parser = chunk_size, default_value = "128K,1M,8M")]
     chunks: Vec<usize>,
+    /// Input sizes of the fetch comparison, MB
+    #[arg(long, value_delimiter = ',', default_value = "100,500")]
     sizes: Vec<u64>,
+    /// Leave out sections 1 to 3
+    #[arg(long)]
     only_fetch: bool,
+    /// Sections 1, 2 and 5 only (issue 14's targets)
+    #[arg(long)]
+    issue14: bool,
+    /// Repeats of section 5
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
 }
 
-fn args() -> Args {
-    let mut args = Args {
-        baseline_exec: None,
-        chunks: vec![128 << 10, 1 << 20, 8 << 20],
-        sizes: vec![100, 500],
-        only_fetch: false,
+/// A chunk size: `<n>K` (KiB) or `<n>M` / `<n>` (MiB).
+fn chunk_size(text: &str) -> Result<usize, String> {
+    let (number, shift) = match text.strip_suffix('K') {
+        Some(k) => (k, 10),
+        None => (text.trim_end_matches('M'), 20),
     };
-    let mut given = std::env::args().skip(1);
-    while let Some(arg) = given.next() {
-        let mut value = || {
-            given
-                .next()
-                .unwrap_or_else(|| panic!("{arg} needs a value"))
-        };
-        match arg.as_str() {
-            "--baseline-exec" => args.baseline_exec = Some(value().into()),
-            "--chunks" => {
-                args.chunks = value()
-                    .split(',')
-                    .map(|c| match c.strip_suffix('K') {
-                        Some(k) => k.parse::<usize>().expect("chunk") << 10,
-                        None => c.trim_end_matches('M').parse::<usize>().expect("chunk") << 20,
-                    })
-                    .collect()
-            }
-            "--sizes" => {
-                args.sizes = value()
-                    .split(',')
-                    .map(|mb| mb.parse().expect("size in MB"))
-                    .collect()
-            }
-            "--only-fetch" => args.only_fetch = true,
-            other => panic!("unknown argument {other}"),
-        }
-    }
-    args
+    number
+        .parse::<usize>()
+        .map(|n| n << shift)
+        .map_err(|e| format!("chunk size `{text}`: {e}"))
 }
 
 /// One executor of the fetch comparison: its node id, binary and process.
@@ -143,6 +143,42 @@ impl Node {
             let _ = std::fs::remove_file(file.path());
         }
     }
+}
+
+/// The machine's CPU time so far, all cores (`/proc/stat`): busy and in
+/// all, in clock ticks. (Not sysinfo's global CPU usage: between two
+/// refreshes less than its 200 ms minimum apart, as around a 100 MB get,
+/// it gave 46 % in every run where these counters gave 86–94 %.)
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is in user).
+    let all: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (all - idle, all)
+}
+
+/// The share of the machine's CPU (all cores) busy since `then`.
+fn busy_since(then: (u64, u64)) -> f64 {
+    let now = cpu_jiffies();
+    let all = now.1.saturating_sub(then.1);
+    if all == 0 {
+        return 0.0;
+    }
+    now.0.saturating_sub(then.0) as f64 / all as f64
+}
+
+/// Writes the page cache's dirty pages out (`sync`), so that a timed
+/// transfer does not pay for the writeback of the one before it.
+fn settle() {
+    let _ = std::process::Command::new("sync").status();
 }
 
 /// Invokes `sink` on `object` at `node`: seconds, or the error.
@@ -233,6 +269,7 @@ async fn fetch_by_chunk_size(p: &Platform, args: &Args, sink: &Path) {
                     }
                 });
                 let old_rate = load_of(p, &node.id).await.input_fetch_bytes_per_s;
+                settle();
                 let first = timed_invoke(p, &name, &node.id).await;
                 // The node's own measure of this fetch, from the moving
                 // average it reports (weight 0.3 for the newest).
@@ -287,7 +324,7 @@ async fn fetch_by_chunk_size(p: &Platform, args: &Args, sink: &Path) {
 
 #[tokio::main]
 async fn main() {
-    let args = args();
+    let args = <Args as clap::Parser>::parse();
     // Max payload raised to 16 MB so chunks above the default 1 MB can be
     // measured too.
     let config = tempfile::NamedTempFile::new().expect("tempfile");
@@ -300,25 +337,8 @@ async fn main() {
         .await
         .expect("nats-server");
     let p = Platform::on(server).await;
-    let url = p.nats.url().to_owned();
-    let data_dir = p
-        .scratch
-        .path()
-        .join("exec-1")
-        .to_string_lossy()
-        .into_owned();
-    let _dispatcher = Process::spawn("comfaas-dispatch", &["--nats-url", &url]);
-    let executor = Process::spawn(
-        "comfaas-exec",
-        &[
-            "--nats-url",
-            &url,
-            "--node",
-            "exec-1",
-            "--data-dir",
-            &data_dir,
-        ],
-    );
+    let _dispatcher = p.dispatch_process().await;
+    let executor = p.exec_process("exec-1", &[]);
     let pid = executor.child.id().expect("pid");
     let dir = p.function(
         "sink",
@@ -340,15 +360,39 @@ async fn main() {
         .await
         .expect("store");
 
-    println!("\n### Upload of 50 MB by chunk size (async-nats `put`, loopback)\n");
-    println!("| chunk | seconds | MB/s |");
-    println!("|---:|---:|---:|");
+    println!("\n### Upload of 100 MB by chunk size: async-nats `put` (one ack at a time) and the windowed put (loopback)\n");
+    println!("| put | chunk | seconds | MB/s |");
+    println!("|---|---:|---:|---:|");
     let fifty = p.scratch.path().join("fifty.bin");
-    write_file(&fifty, 50 * MB);
-    for (i, chunk) in [128usize << 10, 512 << 10, 1 << 20, 4 << 20, 8 << 20]
+    write_file(&fifty, 100 * MB);
+    for (i, chunk) in [128usize << 10, 1 << 20, 4 << 20, 8 << 20]
         .into_iter()
         .enumerate()
     {
+        let started = Instant::now();
+        comfaas_platform::objects::put_windowed(
+            &js,
+            &comfaas_platform::objects::PutSpec {
+                bucket: INPUTS_BUCKET,
+                name: &format!("windowed-test-{i}"),
+                chunk_size: chunk,
+                expect_sha256: None,
+            },
+            std::fs::File::open(&fifty).expect("open"),
+            &|_| {},
+        )
+        .await
+        .expect("windowed put");
+        let s = started.elapsed().as_secs_f64();
+        println!(
+            "| windowed | {} KiB | {s:.3} | {:.0} |",
+            chunk >> 10,
+            100.0 / s
+        );
+        store
+            .delete(format!("windowed-test-{i}"))
+            .await
+            .expect("delete");
         let mut file = tokio::fs::File::open(&fifty).await.expect("open");
         let started = Instant::now();
         store
@@ -363,7 +407,11 @@ async fn main() {
             .await
             .expect("put");
         let s = started.elapsed().as_secs_f64();
-        println!("| {} KiB | {s:.3} | {:.0} |", chunk >> 10, 50.0 / s);
+        println!(
+            "| async-nats | {} KiB | {s:.3} | {:.0} |",
+            chunk >> 10,
+            100.0 / s
+        );
         store
             .delete(format!("chunk-test-{i}"))
             .await
@@ -371,16 +419,18 @@ async fn main() {
     }
 
     println!("\n### Plain get against the invocation's input fetch\n");
-    println!("| input | plain get MB/s | fetch in invocation MB/s | fetch ÷ get | invocation s | executor RSS before MiB | peak during MiB | growth MiB |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for size in [MB, 50 * MB, 500 * MB] {
+    println!("| input | plain get MB/s | machine CPU busy during it | plain get to a file MB/s | fetch in invocation MB/s | fetch ÷ get | fetch ÷ get to a file | invocation s | executor RSS before MiB | peak during MiB | growth MiB |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for size in [MB, 100 * MB, 500 * MB] {
         let file = p.scratch.path().join(format!("in-{size}.bin"));
         write_file(&file, size);
-        let uploaded = comfaas_platform::objects::upload_file(&store, &file)
+        let uploaded = comfaas_platform::objects::upload_file(&js, INPUTS_BUCKET, &file)
             .await
             .expect("upload");
         let _ = std::fs::remove_file(&file);
         // Plain get, to nowhere.
+        settle();
+        let cpu = cpu_jiffies();
         let started = Instant::now();
         let object = store.get(&uploaded.name).await.expect("get");
         // Whole chunks per read, as the executor reads them.
@@ -390,6 +440,27 @@ async fn main() {
             .expect("read");
         assert_eq!(got, size);
         let plain = size as f64 / MB as f64 / started.elapsed().as_secs_f64();
+        let busy = busy_since(cpu);
+        // Plain get into a file: the fetch writes one too.
+        settle();
+        let started = Instant::now();
+        let object = store.get(&uploaded.name).await.expect("get");
+        let mut object = tokio::io::BufReader::with_capacity(1 << 20, object);
+        let into = p.scratch.path().join("plain-get.bin");
+        let mut out = tokio::io::BufWriter::with_capacity(
+            1 << 20,
+            tokio::fs::File::create(&into).await.expect("create"),
+        );
+        let got = tokio::io::copy_buf(&mut object, &mut out)
+            .await
+            .expect("read");
+        tokio::io::AsyncWriteExt::flush(&mut out)
+            .await
+            .expect("flush");
+        drop(out);
+        let _ = std::fs::remove_file(&into);
+        assert_eq!(got, size);
+        let plain_file = size as f64 / MB as f64 / started.elapsed().as_secs_f64();
         // The invocation, with the executor's memory sampled meanwhile.
         let before = rss_kib(pid);
         PEAK.store(before, std::sync::atomic::Ordering::Relaxed);
@@ -402,6 +473,7 @@ async fn main() {
         let mut headers = HeaderMap::new();
         headers.insert(h::INPUT_OBJECT, uploaded.name.as_str());
         headers.insert(h::TIMEOUT, "600s");
+        settle();
         let started = Instant::now();
         let reply = p.invoke_bytes("sink", Vec::new(), headers).await;
         let invocation_s = started.elapsed().as_secs_f64();
@@ -409,18 +481,139 @@ async fn main() {
         sampling.abort();
         PEAK.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
         let peak = PEAK.load(std::sync::atomic::Ordering::Relaxed);
-        let load = load_of(&p, "exec-1").await;
-        let fetch = load.input_fetch_bytes_per_s / MB as f64;
+        // This fetch's own time, from its reply (the node's reported rate
+        // is a moving average over its fetches), from the object's info to
+        // its last byte in the cache: what the plain get's time covers.
+        let fetch_ms: f64 = header(&reply, h::FETCH_MS).parse().expect("fetch ms");
+        let fetch = size as f64 / MB as f64 / (fetch_ms.max(1.0) / 1000.0);
         println!(
-            "| {} MB | {plain:.0} | {fetch:.0} | {:.2} | {invocation_s:.2} | {:.1} | {:.1} | {:.1} |",
+            "| {} MB | {plain:.0} | {:.0} % | {plain_file:.0} | {fetch:.0} | {:.2} | {:.2} | {invocation_s:.2} | {:.1} | {:.1} | {:.1} |",
             size / MB,
+            busy * 100.0,
             fetch / plain,
+            fetch / plain_file,
             before as f64 / 1024.0,
             peak as f64 / 1024.0,
             peak.saturating_sub(before) as f64 / 1024.0
         );
     }
-    fetch_by_chunk_size(&p, &args, &dir).await;
+    invoke_against_tcp_copy(&p, &args).await;
+    if !args.issue14 {
+        fetch_by_chunk_size(&p, &args, &dir).await;
+    }
+}
+
+/// Writes a file of `size` bytes whose content no other run had (its
+/// first bytes a fresh id), so nothing of it is in the store already.
+fn write_fresh_file(path: &Path, size: u64) {
+    use std::io::{Seek, Write};
+    write_file(path, size);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open");
+    file.seek(std::io::SeekFrom::Start(0)).expect("seek");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    file.write_all(&now.to_le_bytes()).expect("write id");
+}
+
+/// The reference: `path` copied over a TCP connection on loopback by a
+/// client to a listener that writes it to a file in `into`, as the
+/// original ComFaaS moved inputs; seconds from connect to the last byte
+/// written.
+async fn tcp_copy(path: &Path, into: &Path) -> f64 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let target = into.join("tcp-copy.bin");
+    let source = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let receiver = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut out = std::io::BufWriter::with_capacity(
+                1 << 20,
+                std::fs::File::create(&target).expect("create"),
+            );
+            let copied = std::io::copy(&mut stream, &mut out).expect("receive");
+            std::io::Write::flush(&mut out).expect("flush");
+            drop(out);
+            let _ = std::fs::remove_file(&target);
+            copied
+        });
+        let started = Instant::now();
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        let mut file = std::fs::File::open(&source).expect("open");
+        let sent = std::io::copy(&mut file, &mut stream).expect("send");
+        drop(stream);
+        let copied = receiver.join().expect("receiver");
+        let seconds = started.elapsed().as_secs_f64();
+        assert_eq!(sent, copied);
+        seconds
+    })
+    .await
+    .expect("copy")
+}
+
+/// `comfaas invoke sink --input-file <path>` as a process: seconds.
+async fn cli_invoke(p: &Platform, path: &Path) -> f64 {
+    let started = Instant::now();
+    let out = tokio::process::Command::new(comfaas_tests::binary("comfaas"))
+        .args(p.cli_args("operator"))
+        .args(["invoke", "sink", "--timeout", "600s", "--input-file"])
+        .arg(path)
+        .output()
+        .await
+        .expect("comfaas invoke");
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(out.status.success(), "comfaas invoke: {out:?}");
+    seconds
+}
+
+/// Section 5 (issue 14): upload + invocation against a TCP copy.
+async fn invoke_against_tcp_copy(p: &Platform, args: &Args) {
+    println!("\n### Issue 14: `comfaas invoke --input-file` against a TCP copy (median of {} each, alternating)\n", args.reps);
+    println!(
+        "| input | TCP copy s | comfaas invoke s | ratio | again (already stored) s | ratio |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let js = async_nats::jetstream::new(p.client.clone());
+    let store = comfaas_platform::resources::inputs_store(&js)
+        .await
+        .expect("store");
+    for size_mb in [100u64, 500] {
+        let file = p.scratch.path().join(format!("issue14-{size_mb}.bin"));
+        let (mut copies, mut invokes, mut agains) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..args.reps.max(1) {
+            write_fresh_file(&file, size_mb * MB);
+            copies.push(tcp_copy(&file, p.scratch.path()).await);
+            invokes.push(cli_invoke(p, &file).await);
+            agains.push(cli_invoke(p, &file).await);
+            // The store is sized to the disk: each repetition's input goes.
+            let (hex, _) = comfaas_platform::objects::sha256_of(&file)
+                .await
+                .expect("hash");
+            let _ = store
+                .delete(format!(
+                    "{}{hex}",
+                    comfaas_platform::objects::CONTENT_NAME_PREFIX
+                ))
+                .await;
+        }
+        let _ = std::fs::remove_file(&file);
+        let (copy, invoke, again) = (median(copies), median(invokes), median(agains));
+        println!(
+            "| {size_mb} MB | {copy:.3} | {invoke:.3} | {:.2} | {again:.3} | {:.2} |",
+            invoke / copy,
+            again / copy
+        );
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Peak resident memory of the executor seen by the sampler, KiB.

@@ -20,16 +20,13 @@
 //!
 //! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench-observe`
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
 use comfaas_dispatch::DispatchConfig;
 use comfaas_schemas::encode;
-use comfaas_schemas::names::headers as h;
-use comfaas_tests::{header, NodeSpec, Platform};
+use comfaas_tests::{NodeSpec, Platform};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -193,7 +190,7 @@ struct Figures {
 impl Figures {
     fn new() -> Self {
         Self {
-            hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+            hist: comfaas_tests::measure::histogram(),
             requests: 0,
             wall: Duration::ZERO,
         }
@@ -207,40 +204,11 @@ impl Figures {
 /// Sends `total` requests of `path` to `p`, `in_flight` at a time, into `figures`.
 async fn measure(p: &Platform, path: Path, in_flight: usize, total: usize, figures: &mut Figures) {
     let (subject, payload) = path.request(p);
-    let hist = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
-    ));
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..in_flight {
-        let (client, subject, payload) = (p.client.clone(), subject.clone(), payload.clone());
-        let (hist, next) = (hist.clone(), next.clone());
-        workers.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                let t = Instant::now();
-                let reply = client
-                    .request(subject.clone(), payload.clone())
-                    .await
-                    .expect("request");
-                let us = t.elapsed().as_micros() as u64;
-                assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
-                hist.lock()
-                    .expect("lock")
-                    .record(us.max(1))
-                    .expect("record");
-            }
-        }));
-    }
-    for worker in workers {
-        worker.await.expect("worker");
-    }
-    figures.wall += started.elapsed();
+    let (hist, wall) =
+        comfaas_tests::measure::round_trips(&p.client, &subject, payload, in_flight, total).await;
+    figures.wall += wall;
     figures.requests += total;
-    figures
-        .hist
-        .add(&*hist.lock().expect("lock"))
-        .expect("merge");
+    figures.hist.add(&hist).expect("merge");
 }
 
 /// One scrape of `addr`, as Prometheus would every so often: its size.

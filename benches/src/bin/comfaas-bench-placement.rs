@@ -22,10 +22,18 @@
 //! 3. A mixed workload: jobs of several kinds arriving every 300 ms, run
 //!    always at the edge, always in the cloud, and placed automatically;
 //!    the total time (first request to last answer) of each.
+//! 4. Repeated inputs (issue 14): a few inputs, each sent several times,
+//!    interleaved, one job a second, placed automatically by the
+//!    dispatcher, which knows what each node's input cache holds; then the
+//!    same workload (fresh inputs of the same sizes, so both start cold)
+//!    with a dispatcher that ignores it (`ignore_cached_inputs`, after the
+//!    same learning runs). The total time, the fetches (distinct node and
+//!    input pairs) and where the jobs went, side by side.
 //!
 //! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench-placement`
 //! (`-- --quick` for a smaller matrix, `-- --repeat N` for N runs of each,
-//! `-- --mixed-only` for learning and the mixed workload alone).
+//! `-- --mixed-only` for learning and the mixed workload alone,
+//! `-- --repeats-only` for learning and the repeated inputs alone).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -96,6 +104,26 @@ impl Bench {
         }
     }
 
+    /// Every node runs the job once at 1, 4 and its most processes, with
+    /// a fresh 16 MB input, and the edge runs the background load once:
+    /// what a dispatcher learns run times and fetch throughputs from.
+    async fn learn(&mut self, nodes: &[String]) {
+        let started = Instant::now();
+        for node in nodes {
+            let max = if node == EDGE { 4 } else { 16 };
+            for procs in [1, 4, max] {
+                self.run(&format!("node:{node}"), &procs.to_string(), 16 * MB)
+                    .await;
+            }
+        }
+        drop(self.load_edge().await.await);
+        println!(
+            "\nlearning: {} runs in {:.0} s",
+            nodes.len() * 3 + 1,
+            started.elapsed().as_secs_f64()
+        );
+    }
+
     /// Starts the background load on the edge; await the handle to join it.
     async fn load_edge(&self) -> tokio::task::JoinHandle<()> {
         let client = self.p.client.clone();
@@ -141,6 +169,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let mixed_only = args.iter().any(|a| a == "--mixed-only");
+    let repeats_only = args.iter().any(|a| a == "--repeats-only");
     let repeat: usize = args
         .iter()
         .position(|a| a == "--repeat")
@@ -193,8 +222,7 @@ async fn main() {
                 slots: 1,
                 queue: 64,
                 max_procs: 16,
-                site: Some((site.server.url().to_owned(), Some("edge".to_owned()))),
-                ..NodeSpec::cloud(&format!("{}-1", site.name))
+                ..NodeSpec::cloud_at(&format!("{}-1", site.name), site.server.url())
             })
             .await,
         );
@@ -220,24 +248,10 @@ async fn main() {
     }
 
     // 1. Learning.
-    let started = Instant::now();
-    for node in &nodes {
-        let max = if node == EDGE { 4 } else { 16 };
-        for procs in [1, 4, max] {
-            bench
-                .run(&format!("node:{node}"), &procs.to_string(), 16 * MB)
-                .await;
-        }
-    }
-    drop(bench.load_edge().await.await);
-    println!(
-        "\nlearning: {} runs in {:.0} s",
-        nodes.len() * 3 + 1,
-        started.elapsed().as_secs_f64()
-    );
+    bench.learn(&nodes).await;
 
     // 2. The matrix.
-    if !mixed_only {
+    if !mixed_only && !repeats_only {
         let sizes: &[u64] = if quick { &[0, 16] } else { &[0, 2, 16] };
         let procs_list: &[&str] = if quick {
             &["4", "1-16"]
@@ -343,6 +357,138 @@ async fn main() {
     }
 
     // 3. The mixed workload.
+    if !repeats_only {
+        mixed(&mut bench, quick).await;
+    }
+
+    // 4. Repeated inputs: with the nodes' cache reports, then without.
+    let distinct = if quick { 3 } else { 4 };
+    let sends = 3;
+    let with_cache = repeated(&mut bench, distinct, sends).await;
+    services.remove(0).stop().await;
+    services.push(
+        bench
+            .p
+            .dispatcher_with(comfaas_dispatch::DispatchConfig {
+                queue_wait_ms: 600_000,
+                ignore_cached_inputs: true,
+                ..Default::default()
+            })
+            .await,
+    );
+    // Its first heartbeats, before the first forced run.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    bench.learn(&nodes).await;
+    let without = repeated(&mut bench, distinct, sends).await;
+    println!(
+        "\n## Repeated inputs: {distinct} inputs of {} MB, each sent {sends} times, interleaved, one job a second, procs 1-16, placed automatically\n",
+        REPEATED_BYTES / MB
+    );
+    println!("| dispatcher | total s | mean job s | median job s | fetches (node, input) | cache hits | jobs per node |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, r) in [
+        ("sees the nodes' input caches", &with_cache),
+        ("ignores them (`ignore_cached_inputs`)", &without),
+    ] {
+        println!(
+            "| {name} | {:.1} | {:.2} | {:.2} | {} | {} | {} |",
+            r.total_s,
+            r.mean_s,
+            r.median_s,
+            r.fetches,
+            r.jobs - r.fetches,
+            r.per_node
+                .iter()
+                .map(|(n, c)| format!("{n} {c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!(
+        "\nwith the cache signal ÷ without: mean job time {:.2}, median {:.2}, total time {:.2}, fetches {:.2}",
+        with_cache.mean_s / without.mean_s,
+        with_cache.median_s / without.median_s,
+        with_cache.total_s / without.total_s,
+        with_cache.fetches as f64 / without.fetches.max(1) as f64
+    );
+    for s in services {
+        s.stop().await;
+    }
+    drop(cloud_sites);
+}
+
+/// Input size of the repeated-inputs workload.
+const REPEATED_BYTES: u64 = 8 * MB;
+
+/// What one run of the repeated-inputs workload did.
+struct Repeated {
+    /// First request to last answer (at least the arrivals' span).
+    total_s: f64,
+    /// Request to answer, per job.
+    mean_s: f64,
+    median_s: f64,
+    jobs: usize,
+    /// Distinct (node, input) pairs: each a fetch into that node's cache.
+    fetches: usize,
+    per_node: BTreeMap<String, u32>,
+}
+
+/// `distinct` fresh inputs, each sent `sends` times, interleaved, one job
+/// a second, placed automatically; uploaded before the clock starts.
+async fn repeated(bench: &mut Bench, distinct: usize, sends: usize) -> Repeated {
+    let mut inputs = Vec::new();
+    for _ in 0..distinct {
+        inputs.push(bench.input(REPEATED_BYTES).await);
+    }
+    let started = Instant::now();
+    let mut running = Vec::new();
+    for _ in 0..sends {
+        for object in &inputs {
+            let client = bench.p.client.clone();
+            let subject = bench.p.subjects.invoke("emulated-work");
+            let mut headers = HeaderMap::new();
+            headers.insert(h::PLACEMENT, "auto");
+            headers.insert(h::PROCS, "1-16");
+            headers.insert(h::INPUT_OBJECT, object.as_str());
+            let object = object.clone();
+            running.push(tokio::spawn(async move {
+                let sent = Instant::now();
+                let reply =
+                    comfaas_tests::request(&client, &subject, headers, Vec::new().into()).await;
+                assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+                (
+                    header(&reply, h::NODE),
+                    object,
+                    sent.elapsed().as_secs_f64(),
+                )
+            }));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    let mut per_node: BTreeMap<String, u32> = BTreeMap::new();
+    let mut pairs = std::collections::BTreeSet::new();
+    let jobs = running.len();
+    let mut times = Vec::new();
+    for job in running {
+        let (node, object, took_s) = job.await.expect("job");
+        *per_node.entry(node.clone()).or_default() += 1;
+        pairs.insert((node, object));
+        times.push(took_s);
+    }
+    times.sort_by(f64::total_cmp);
+    Repeated {
+        mean_s: times.iter().sum::<f64>() / times.len().max(1) as f64,
+        median_s: times.get(times.len() / 2).copied().unwrap_or_default(),
+        total_s: started.elapsed().as_secs_f64(),
+        jobs,
+        fetches: pairs.len(),
+        per_node,
+    }
+}
+
+/// The mixed workload: jobs of several kinds, always at the edge, always
+/// in the cloud, then placed automatically.
+async fn mixed(bench: &mut Bench, quick: bool) {
     let kinds: [(u64, &str); 4] = [(16 * MB, "1-16"), (0, "1-16"), (2 * MB, "4"), (0, "1")];
     let jobs: usize = if quick { 12 } else { 24 };
     println!(
@@ -408,8 +554,4 @@ async fn main() {
         totals["auto"] / better,
         100.0 * (1.0 - totals["auto"] / better)
     );
-    for s in services {
-        s.stop().await;
-    }
-    drop(cloud_sites);
 }

@@ -12,8 +12,16 @@
 //!    "bwrap"` and on one with `"none"`, in the same run; and p50 of a bare
 //!    process run (`/bin/true`, no NATS) with and without it.
 //!
+//! 5. Warm handlers of every runtime (issue 14): echo handlers in C (the
+//!    runtime's header), Rust (an `exec` bundle of `comfaas-echo-handler`,
+//!    built on `comfaas-handler`) and Python, through the full path with the
+//!    dispatcher and the executor as separate processes, at 64 in flight,
+//!    with one warm worker and with two.
+//!
 //! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench-runtimes`
-//! (`--only-sandbox` for part 4 alone).
+//! (`--only-sandbox` for part 4 alone, `--only-warm` for part 5 alone,
+//! `--only-cold` for part 1 alone, which also prints where each cold
+//! deploy's time went).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,40 +48,155 @@ struct Args {
     /// Measure only what the sandbox adds (part 4)
     #[arg(long)]
     only_sandbox: bool,
+    /// Measure only the warm handlers of every runtime (part 5)
+    #[arg(long)]
+    only_warm: bool,
+    /// Invocations per warm handler measurement (part 5)
+    #[arg(long, default_value_t = 20_000)]
+    warm_invocations: usize,
+    /// Measure only the cold deploys (part 1)
+    #[arg(long)]
+    only_cold: bool,
+}
+
+/// One cold deploy, split (ms): the `deploy_dir` call, the registry watch
+/// (deployment written until the node saw it), the node's install steps as
+/// it reports them in its `FunctionState.install`, the report reaching us
+/// (install ended until its heartbeat arrived), and from there to the first
+/// ok answer (placement and the first run).
+struct ColdSplit {
+    total: u64,
+    deploy: u64,
+    watch: u64,
+    fetch: u64,
+    unpack: u64,
+    steps: Vec<(String, u64)>,
+    other: u64,
+    report: u64,
+    first_run: u64,
+}
+
+async fn cold_deploy(p: &Platform, name: &str, node: &str, body: &str) -> ColdSplit {
+    use comfaas_schemas::{decode, now_unix_ms, InstallState, NodeLoad};
+    use futures::StreamExt;
+    let extra = format!("requirements = [\"comfaas-probe==1.0\"]\nplacement = \"node:{node}\"");
+    let dir = p.function(name, &extra, &[("main.py", body)]);
+    let mut loads = p
+        .client
+        .subscribe(p.subjects.node_load(node))
+        .await
+        .expect("subscribe");
+    p.client.flush().await.expect("flush");
+    let (started, started_unix) = (Instant::now(), now_unix_ms());
+    let deployment = comfaas::deploy::deploy_dir(&p.registry, &dir)
+        .await
+        .expect("deploy");
+    let deployed = started.elapsed().as_millis() as u64;
+    // The node's first report of the ended install, read beside the invocations.
+    let function = name.to_owned();
+    let report = tokio::spawn(async move {
+        while let Some(message) = loads.next().await {
+            let Ok(load) = decode::<NodeLoad>(&message.payload) else {
+                continue;
+            };
+            let state = load.functions.into_iter().find(|f| {
+                f.name == function && f.state != InstallState::Installing && f.install.is_some()
+            });
+            if let Some(state) = state {
+                return (now_unix_ms(), state);
+            }
+        }
+        panic!("no report");
+    });
+    // Until the first invocation answers: install + placement + run.
+    loop {
+        let reply = p.invoke(name, "").await;
+        if header(&reply, h::STATUS) == "ok" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let total = started.elapsed().as_millis() as u64;
+    let (heard_unix, state) = report.await.expect("report");
+    let times = state.install.expect("install times");
+    let steps: Vec<(String, u64)> = times.steps.iter().map(|s| (s.name.clone(), s.ms)).collect();
+    let ended_unix = times.seen_unix_ms + times.total_ms;
+    ColdSplit {
+        total,
+        deploy: deployed,
+        watch: times
+            .seen_unix_ms
+            .saturating_sub(deployment.deployed_unix_ms),
+        fetch: times.fetch_ms,
+        unpack: times.unpack_ms,
+        other: times.total_ms.saturating_sub(
+            times.fetch_ms + times.unpack_ms + steps.iter().map(|s| s.1).sum::<u64>(),
+        ),
+        steps,
+        report: heard_unix.saturating_sub(ended_unix),
+        first_run: (started_unix + total).saturating_sub(heard_unix),
+    }
+}
+
+fn median(values: impl Iterator<Item = u64>) -> u64 {
+    let mut values: Vec<u64> = values.collect();
+    values.sort_unstable();
+    values.get(values.len() / 2).copied().unwrap_or(0)
 }
 
 async fn cold_deploys(p: &Platform, rounds: usize) {
     println!("\n### Cold deploy to first result (one dependency, from a local wheel)\n");
-    println!("| tool | deploys | median ms | min ms | max ms |");
-    println!("|---|---:|---:|---:|---:|");
     let body = "import comfaas_probe\nprint(comfaas_probe.VERSION)\n";
+    let mut summary = Vec::new();
     for (tool, node) in [("uv", "uv-1"), ("python3 -m venv + pip", "pip-1")] {
-        let mut times = Vec::new();
+        let mut splits = Vec::new();
         for round in 0..rounds {
             let name = format!("cold-{}-{round}", node.trim_end_matches("-1"));
-            let extra =
-                format!("requirements = [\"comfaas-probe==1.0\"]\nplacement = \"node:{node}\"");
-            let dir = p.function(&name, &extra, &[("main.py", body)]);
-            let started = Instant::now();
-            comfaas::deploy::deploy_dir(&p.registry, &dir)
-                .await
-                .expect("deploy");
-            // Until the first invocation answers: install + placement + run.
-            loop {
-                let reply = p.invoke(&name, "").await;
-                if header(&reply, h::STATUS) == "ok" {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            times.push(started.elapsed().as_millis() as u64);
+            splits.push(cold_deploy(p, &name, node, body).await);
         }
+        summary.push((tool, splits));
+    }
+    println!("| tool | deploys | median ms | min ms | max ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for (tool, splits) in &summary {
+        let mut times: Vec<u64> = splits.iter().map(|s| s.total).collect();
         times.sort_unstable();
         println!(
-            "| {tool} | {rounds} | {} | {} | {} |",
+            "| {tool} | {} | {} | {} | {} |",
+            times.len(),
             times[times.len() / 2],
             times[0],
             times[times.len() - 1]
+        );
+    }
+    println!("\n### Cold deploy, split (ms; each column's median over the deploys)\n");
+    println!("| tool | total | deploy call | watch | fetch | unpack | runtime steps | other | report | placement + first run |");
+    println!("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+    for (tool, splits) in &summary {
+        let m = |f: fn(&ColdSplit) -> u64| median(splits.iter().map(f));
+        let names: Vec<String> = splits
+            .first()
+            .map(|s| s.steps.iter().map(|(n, _)| n.clone()).collect())
+            .unwrap_or_default();
+        let steps: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let ms = median(splits.iter().filter_map(|s| s.steps.get(i).map(|x| x.1)));
+                format!("{n} {ms}")
+            })
+            .collect();
+        println!(
+            "| {tool} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            m(|s| s.total),
+            m(|s| s.deploy),
+            m(|s| s.watch),
+            m(|s| s.fetch),
+            m(|s| s.unpack),
+            steps.join(", "),
+            m(|s| s.other),
+            m(|s| s.report),
+            m(|s| s.first_run),
         );
     }
 }
@@ -301,9 +424,67 @@ async fn bare_process_cost(p: &Platform, total: usize) {
     );
 }
 
+/// The C echo handler of part 5: the runtime's header, nothing else.
+const C_ECHO: &str = r#"#include <comfaas_handler.h>
+static int handle(const uint8_t *in, size_t n, comfaas_out *out) { return comfaas_write(out, in, n); }
+int main(void) { return comfaas_serve(handle); }
+"#;
+
+/// Part 5: warm echo handlers of each runtime at 64 in flight, through a
+/// dispatcher and an executor that are processes of their own (the
+/// deployed shape), on a platform of its own.
+async fn warm_every_runtime(total: usize) {
+    use comfaas_tests::binary;
+    println!("\n### Warm handlers of every runtime, full path, separate processes\n");
+    let p = Platform::start().await;
+    p.nats.identity_for("warm-1").await;
+    let _dispatcher = p.dispatch_process().await;
+    let _executor = p.exec_process("warm-1", &["--slots", "4", "--queue", "128"]);
+    let mut functions = Vec::new();
+    for workers in [1u32, 2] {
+        let extra = format!(
+            "placement = \"node:warm-1\"\nmode = \"handler\"\nworkers = {workers}\ntimeout = \"10s\"\n"
+        );
+        let manifest = |name: &str, runtime: &str, entry: &str| {
+            format!("name = \"{name}\"\nversion = \"1\"\nruntime = \"{runtime}\"\nentry = \"{entry}\"\n{extra}")
+        };
+        let c = format!("warm-c-{workers}");
+        let dir = p.function(&c, "", &[("main.c", C_ECHO)]);
+        std::fs::write(dir.join("comfaas.toml"), manifest(&c, "c", "main.c")).expect("write");
+        functions.push(("C (comfaas_handler.h)", workers, c, dir));
+        let rs = format!("warm-rs-{workers}");
+        let dir = p.function(&rs, "", &[]);
+        std::fs::copy(binary("comfaas-echo-handler"), dir.join("handler")).expect("copy");
+        std::fs::write(dir.join("comfaas.toml"), manifest(&rs, "exec", "handler")).expect("write");
+        functions.push(("Rust (exec, comfaas-handler)", workers, rs, dir));
+        let py = format!("warm-py-{workers}");
+        let dir = p.function(
+            &py,
+            &extra,
+            &[("main.py", "def handle(data):\n    return data\n")],
+        );
+        functions.push(("Python", workers, py, dir));
+    }
+    for (_, _, _, dir) in &functions {
+        p.deploy(dir, &["warm-1"]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await; // heartbeats reach the dispatcher
+    println!("| handler | workers | in flight | invocations | p50 µs | p99 µs | inv/s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (label, workers, name, _) in &functions {
+        let _ = measure(&p, name, 64, 2_000).await;
+        let (p50, p99, rate) = measure(&p, name, 64, total).await;
+        println!("| {label} | {workers} | 64 | {total} | {p50} | {p99} | {rate:.0} |");
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if args.only_warm {
+        warm_every_runtime(args.warm_invocations).await;
+        return;
+    }
     // A server that takes 8 MB inputs for the Pi runs.
     let config = tempfile::NamedTempFile::new().expect("tempfile");
     std::fs::write(config.path(), "max_payload: 16MB\n").expect("write config");
@@ -350,7 +531,11 @@ async fn main() {
         return;
     }
     cold_deploys(&p, args.deploys).await;
+    if args.only_cold {
+        return;
+    }
     warm_against_script(&p, args.invocations).await;
     pi_rates(&p, args.pi_runs).await;
     sandbox_cost(&p, args.invocations).await;
+    warm_every_runtime(args.warm_invocations).await;
 }

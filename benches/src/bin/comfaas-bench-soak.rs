@@ -37,7 +37,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use clap::Parser;
 use comfaas_platform::dlq::Dlq;
-use comfaas_schemas::names::{headers as h, Subjects, RESULTS_STREAM};
+use comfaas_schemas::names::{headers as h, Subjects, INPUTS_BUCKET, RESULTS_STREAM};
 use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
 use comfaas_tests::{header, Platform, Process};
 use futures::StreamExt;
@@ -565,7 +565,7 @@ async fn large_once(
     let path = file.clone();
     tokio::task::spawn_blocking(move || write_input(&path, size, n)).await??;
     let store = comfaas_platform::resources::inputs_store(js).await?;
-    let uploaded = comfaas_platform::objects::upload_file(&store, &file).await;
+    let uploaded = comfaas_platform::objects::upload_file(js, INPUTS_BUCKET, &file).await;
     let _ = std::fs::remove_file(&file);
     let uploaded = uploaded?;
     let mut headers = HeaderMap::new();

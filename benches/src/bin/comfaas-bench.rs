@@ -11,20 +11,20 @@
 //!
 //! Run: `cargo run --release -p comfaas-bench --bin comfaas-bench`
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use clap::Parser;
 use comfaas_platform::auth::Role;
-use comfaas_platform::reply::{self, ReplyMeta};
-use comfaas_schemas::names::headers as h;
-use comfaas_schemas::{
-    decode, encode, now_unix_ms, FunctionState, InstallState, Invocation, NodeLoad, Tier,
-};
-use comfaas_tests::{header, Platform, Process, Security};
+use comfaas_schemas::{encode, now_unix_ms, FunctionState, InstallState, NodeLoad, Tier};
+use comfaas_tests::measure::cpu_seconds;
+use comfaas_tests::{Platform, Process, Security};
 use futures::StreamExt;
-use hdrhistogram::Histogram;
+
+/// The allocator the services use (`comfaas-dispatch`, `comfaas-exec`),
+/// for every path measured here alike: the instant node stands for an
+/// executor, and the reference paths run in this process too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 struct Args {
@@ -40,7 +40,16 @@ struct Args {
     /// open, secure (NKeys per role + TLS), or both in one run
     #[arg(long, default_value = "open", value_parser = ["open", "secure", "both"])]
     security: String,
+    /// Leave out (c), the Python executor path (its calls are slow)
+    #[arg(long)]
+    no_exec: bool,
+    /// Leave out the second table (the dispatcher in this process)
+    #[arg(long)]
+    no_in_process: bool,
 }
+
+/// The processes whose CPU time each run accounts for, by name.
+type Watched = Vec<(&'static str, u32)>;
 
 const PAYLOAD: &[u8] = br#"{"name":"bench","readings":[21.0,21.2,20.9,21.1]}"#;
 
@@ -48,6 +57,8 @@ struct Figures {
     p50_us: u64,
     p99_us: u64,
     per_s: f64,
+    /// CPU µs per request of each watched process over the run.
+    cpu_us: Vec<f64>,
 }
 
 /// Sends `total` requests on `subject`, `in_flight` at a time.
@@ -57,47 +68,12 @@ async fn measure(
     in_flight: usize,
     total: usize,
 ) -> Figures {
-    let hist = Arc::new(std::sync::Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
-    ));
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..in_flight {
-        let client = client.clone();
-        let subject = subject.to_owned();
-        let hist = hist.clone();
-        let next = next.clone();
-        workers.push(tokio::spawn(async move {
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
-                let t = Instant::now();
-                let reply = client
-                    .request(subject.clone(), Bytes::from_static(PAYLOAD))
-                    .await
-                    .expect("request");
-                let us = t.elapsed().as_micros() as u64;
-                let status = header(&reply, comfaas_schemas::names::headers::STATUS);
-                assert!(
-                    status.is_empty() || status == "ok",
-                    "error reply: {:?}",
-                    reply.headers
-                );
-                hist.lock()
-                    .expect("lock")
-                    .record(us.max(1))
-                    .expect("record");
-            }
-        }));
-    }
-    for w in workers {
-        w.await.expect("worker");
-    }
-    let wall = started.elapsed();
-    let hist = hist.lock().expect("lock");
+    let l = comfaas_tests::measure::requests(client, subject, PAYLOAD, in_flight, total).await;
     Figures {
-        p50_us: hist.value_at_quantile(0.50),
-        p99_us: hist.value_at_quantile(0.99),
-        per_s: total as f64 / wall.as_secs_f64(),
+        p50_us: l.p50_us,
+        p99_us: l.p99_us,
+        per_s: l.per_s,
+        cpu_us: Vec::new(),
     }
 }
 
@@ -142,49 +118,7 @@ async fn instant_node(
     function: &str,
     digest: &str,
 ) {
-    let mut work = client
-        .subscribe(p.subjects.work(node))
-        .await
-        .expect("subscribe");
-    let answer = client.clone();
-    let node_id = node.to_owned();
-    let result_subject = p.subjects.result(function);
-    tokio::spawn(async move {
-        while let Some(m) = work.next().await {
-            let Some(reply_to) = m.reply else { continue };
-            let Ok(inv) = decode::<Invocation>(&m.payload) else {
-                continue;
-            };
-            let meta = ReplyMeta {
-                invocation_id: inv.id,
-                node: Some(node_id.clone()),
-                tier: Some(Tier::Edge),
-                duration_ms: Some(0),
-                ..ReplyMeta::default()
-            };
-            // As an executor does: the outcome straight to the requester,
-            // then the result subject, then a notice to the dispatcher.
-            let headers = reply::ok(&meta);
-            let input = Bytes::from(inv.input);
-            if let Some(requester) = inv.reply_to {
-                let _ = answer
-                    .publish_with_headers(requester, headers.clone(), input.clone())
-                    .await;
-                let mut result = headers.clone();
-                result.insert(h::FUNCTION, inv.function.as_str());
-                let _ = answer
-                    .publish_with_headers(result_subject.clone(), result, input)
-                    .await;
-                let mut notice = headers;
-                notice.insert(h::REPLIED, "true");
-                let _ = answer
-                    .publish_with_headers(reply_to, notice, Bytes::new())
-                    .await;
-            } else {
-                let _ = answer.publish_with_headers(reply_to, headers, input).await;
-            }
-        }
-    });
+    comfaas_tests::instant::answer_work(client.clone(), p.subjects.work(node), node).await;
     let load = NodeLoad {
         node: node.to_owned(),
         tier: Tier::Edge,
@@ -201,6 +135,7 @@ async fn instant_node(
             state: InstallState::Ready,
             reason: None,
             serving: Some("1".to_owned()),
+            install: None,
         }],
         heartbeat_ms: 1000,
         sent_unix_ms: now_unix_ms(),
@@ -240,13 +175,23 @@ async fn table(
     runs: &[Run],
     warmup: usize,
     base: &[(usize, Figures)],
+    watched: &Watched,
 ) -> Vec<(usize, Figures)> {
     for run in runs {
         let _ = measure(client, &run.subject, 4, warmup).await;
     }
     let mut results = Vec::new();
     for run in runs {
-        let f = measure(client, &run.subject, run.in_flight, run.total).await;
+        let before: Vec<Option<f64>> = watched.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+        let mut f = measure(client, &run.subject, run.in_flight, run.total).await;
+        f.cpu_us = watched
+            .iter()
+            .zip(before)
+            .map(|((_, pid), before)| match (before, cpu_seconds(*pid)) {
+                (Some(b), Some(a)) => (a - b) * 1e6 / run.total as f64,
+                _ => f64::NAN,
+            })
+            .collect();
         eprintln!(
             "{:<40} in flight {:>2}: p50 {:>7} µs p99 {:>7} µs {:>9.0} req/s",
             run.name, run.in_flight, f.p50_us, f.p99_us, f.per_s
@@ -281,6 +226,28 @@ async fn table(
             f.p99_us as f64 / base.p99_us as f64,
             f.per_s / base.per_s,
             f.p50_us as i64 - base.p50_us as i64
+        );
+    }
+    // Where the CPU went, per request, and each path against the bare hop
+    // (the measure issue 14 sets a dispatcher).
+    let names: Vec<&str> = watched.iter().map(|(n, _)| *n).collect();
+    println!(
+        "\n| path | in flight | req/s ÷ (a+hop) | CPU µs per request: {} |",
+        names.join(" | ")
+    );
+    println!("|---|---:|---:|{}", "---:|".repeat(names.len()));
+    for (run, f) in &results {
+        let hop = results
+            .iter()
+            .find(|(r, _)| r.name.starts_with("(a+hop)") && r.in_flight == run.in_flight)
+            .map(|(_, h)| f.per_s / h.per_s);
+        let cpu: Vec<String> = f.cpu_us.iter().map(|c| format!("{c:.1}")).collect();
+        println!(
+            "| {} | {} | {} | {} |",
+            run.name,
+            run.in_flight,
+            hop.map_or("–".to_owned(), |r| format!("{r:.3}")),
+            cpu.join(" | ")
         );
     }
     results
@@ -362,7 +329,7 @@ async fn run(args: &Args, security: Security, base: &[(usize, Figures)]) -> Vec<
             &data_dir,
         ])
         .collect();
-    let _executor = Process::spawn("comfaas-exec", &exec_args);
+    let executor = Process::spawn("comfaas-exec", &exec_args);
     let echo_script = [(
         "main.py",
         "import sys\nsys.stdout.write(sys.stdin.read())\n",
@@ -448,14 +415,27 @@ async fn run(args: &Args, security: Security, base: &[(usize, Figures)]) -> Vec<
             .collect()
     };
     let warmup = 50.min(args.requests_exec);
+    let server = p.nats.server.pid().unwrap_or(0);
+    let bench = std::process::id();
+    let watched: Watched = vec![
+        ("nats-server", server),
+        ("comfaas-dispatch", dispatcher.child.id().unwrap_or(0)),
+        ("comfaas-exec", executor.child.id().unwrap_or(0)),
+        ("bench (client, responders)", bench),
+    ];
+    let take = if args.no_exec { bare + 1 } else { bare + 2 };
     let measured = table(
         &client,
         &format!("Dispatcher and executor as separate processes (`comfaas-dispatch`, `comfaas-exec`){label}:"),
-        &runs(bare + 2),
+        &runs(take),
         warmup,
         base,
+        &watched,
     )
     .await;
+    if args.no_in_process {
+        return measured;
+    }
 
     // The embedded shape of `comfaas dev`: the dispatcher in this process.
     dispatcher.kill().await;
@@ -467,6 +447,10 @@ async fn run(args: &Args, security: Security, base: &[(usize, Figures)]) -> Vec<
         &runs(bare + 1),
         warmup,
         base,
+        &vec![
+            ("nats-server", server),
+            ("bench (client, responders, dispatcher)", bench),
+        ],
     )
     .await;
     measured

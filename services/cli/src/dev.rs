@@ -27,7 +27,7 @@ use comfaas_platform::nats::NatsOptions;
 use comfaas_platform::registry::Registry;
 use comfaas_platform::signing::Signer;
 use comfaas_runtime::SandboxConfig;
-use comfaas_schemas::{Tier, MANIFEST_FILE};
+use comfaas_schemas::{ByteSize, InvalidValue, Tier, MANIFEST_FILE};
 use comfaas_testbed::cluster::{Cluster, ClusterOptions};
 use comfaas_testbed::link::LinkSpec;
 use comfaas_testbed::server::{EmbeddedServer, MqttListener, ServerOptions};
@@ -109,6 +109,21 @@ pub struct DevOptions {
     /// dispatcher's, then one per executor in order (0: off)
     #[arg(long, default_value_t = 9464)]
     pub metrics_port: u16,
+    /// Most disk the server's JetStream may reserve, e.g. 2GB or 1536MiB
+    /// (its `max_file_store`; a size as a manifest writes one: units of
+    /// 1024, as nats-server reads them); the streams and stores shrink to
+    /// fit [default: nats-server's, 75% of the disk free when it starts]
+    #[arg(long, value_parser = parse_store_limit, conflicts_with_all = ["sites", "cluster"])]
+    pub store_limit: Option<u64>,
+}
+
+/// Parses `--store-limit`: a [`ByteSize`] of at least 1 MiB.
+fn parse_store_limit(text: &str) -> Result<u64, String> {
+    let ByteSize(bytes) = text.parse().map_err(|e: InvalidValue| e.to_string())?;
+    if bytes < 1 << 20 {
+        return Err(format!("`{text}` is under 1MiB, the least a store needs"));
+    }
+    Ok(bytes)
 }
 
 /// The Prometheus address of the `index`th service `comfaas dev` starts
@@ -464,6 +479,9 @@ async fn start_servers(
         }
         let server = EmbeddedServer::start(ServerOptions {
             port,
+            config_text: options
+                .store_limit
+                .map(|bytes| format!("jetstream {{\n  max_file_store: {bytes}\n}}\n")),
             include: auth.map(AuthDir::server_conf),
             mqtt: mqtt_listener(options, auth),
             ..ServerOptions::default()
@@ -605,8 +623,11 @@ pub async fn run(
         .map(|v| v.to_string())
         .unwrap_or_else(|e| e.to_string());
     drop(probe);
+    let limit = options.store_limit.map_or(String::new(), |bytes| {
+        format!("; at most {} MiB of disk", bytes >> 20)
+    });
     stages.done(&format!(
-        "nats-server {version} with JetStream at {url} (store {}; streams, buckets and stores at R{replicas})",
+        "nats-server {version} with JetStream at {url} (store {}; streams, buckets and stores at R{replicas}{limit})",
         servers.edge_store()
     ));
     let mqtt_port = servers.mqtt_port();
@@ -632,7 +653,11 @@ pub async fn run(
         ..DispatchConfig::default()
     })
     .await?;
-    services.spawn(dispatcher.run(shutdown.clone()));
+    services.spawn(service(
+        "the dispatcher dispatch-dev".to_owned(),
+        dispatcher.run(shutdown.clone()),
+        shutdown.clone(),
+    ));
     stages.done("dispatcher dispatch-dev up");
     print_metrics_url("dispatcher", &dispatch_metrics);
     // Wheels fetched by scripts/setup.sh spare the index a trip; one cargo
@@ -644,6 +669,7 @@ pub async fn run(
         .map(|a| Signer::from_file(&a.role_file("operator")))
         .transpose()?;
     let trusted_operators: Vec<String> = operator.iter().map(Signer::public_key).collect();
+    let node_names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     for (index, node) in (0u32..).zip(nodes) {
         let node_nats = match auth {
             Some(a) => NatsOptions {
@@ -680,17 +706,35 @@ pub async fn run(
         );
         let (node_name, node_metrics) = (config.node.clone(), config.metrics_addr.clone());
         let executor = Executor::connect(config).await?;
-        services.spawn(executor.run(shutdown.clone()));
+        services.spawn(service(
+            format!("the executor {node_name}"),
+            executor.run(shutdown.clone()),
+            shutdown.clone(),
+        ));
         stages.done(&what);
         print_metrics_url(&node_name, &node_metrics);
     }
 
     let client = nats.connect("comfaas dev").await?;
+    // Deploying before the executors serve would call a function installed
+    // that no node has.
+    nodes_heard(
+        &client,
+        &nats.subjects(),
+        &node_names,
+        &mut services,
+        &stages,
+    )
+    .await?;
     // Failed runs (function, id, code, the start of their traceback) are printed as they happen.
-    services.spawn(crate::logs::print_failed_runs(
-        client.clone(),
-        nats.jetstream(client.clone()),
-        nats.subjects(),
+    services.spawn(service(
+        "the printer of failed runs".to_owned(),
+        crate::logs::print_failed_runs(
+            client.clone(),
+            nats.jetstream(client.clone()),
+            nats.subjects(),
+            shutdown.clone(),
+        ),
         shutdown.clone(),
     ));
     let mut registry = Registry::open(&nats.jetstream(client.clone())).await?;
@@ -712,7 +756,11 @@ pub async fn run(
         match crate::dashboard::Dashboard::bind(source, options.dashboard_addr).await {
             Ok(dashboard) => {
                 stages.done(&format!("dashboard at {}", dashboard.url()?));
-                services.spawn(dashboard.run(shutdown.clone()));
+                services.spawn(service(
+                    "the dashboard".to_owned(),
+                    dashboard.run(shutdown.clone()),
+                    shutdown.clone(),
+                ));
             }
             Err(e) => eprintln!(
                 "comfaas: warning: {e:#}; choose another with --dashboard-addr, or --no-dashboard"
@@ -793,7 +841,17 @@ pub async fn run(
     }
     println!("Ctrl-C stops everything.");
 
-    shutdown.cancelled().await;
+    // A service that stops on its own stops everything: a platform
+    // without its dispatcher or a node is not the one shown above.
+    let failed = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => None,
+        Some(ended) = services.join_next() => service_ended(ended),
+    };
+    if let Some(e) = &failed {
+        eprintln!("comfaas dev: {e:#}; stopping everything");
+        shutdown.cancel();
+    }
     println!("stopping…");
     let drained = tokio::time::timeout(STOP_GRACE, async {
         while let Some(result) = services.join_next().await {
@@ -811,6 +869,81 @@ pub async fn run(
         services.shutdown().await;
     }
     servers.stop().await;
+    failed.map_or(Ok(()), Err)
+}
+
+/// A service `comfaas dev` runs, named `what`: its error says which it was,
+/// and it ending on its own before `shutdown` is an error too.
+async fn service(
+    what: String,
+    run: impl std::future::Future<Output = anyhow::Result<()>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run.await.with_context(|| format!("{what} stopped"))?;
+    if !shutdown.is_cancelled() {
+        anyhow::bail!("{what} stopped on its own");
+    }
+    Ok(())
+}
+
+/// The error of a service task that ended; none when it ended without
+/// one, which [`service`] does only once stopped.
+fn service_ended(
+    ended: Result<anyhow::Result<()>, tokio::task::JoinError>,
+) -> Option<anyhow::Error> {
+    match ended {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(e) => Some(anyhow::anyhow!("a service failed: {e}")),
+    }
+}
+
+/// How long `comfaas dev` waits for its executors to serve: a node waits
+/// for the stores it uses, which on a disk without room are never made.
+const NODES_UP_WITHIN: Duration = Duration::from_secs(60);
+
+/// Waits until each executor in `names` has reported its load (it serves
+/// then: a node subscribes to its work before its first report), saying
+/// every few seconds which are still silent. An error when one stays
+/// silent past [`NODES_UP_WITHIN`], or when a service stops meanwhile.
+async fn nodes_heard(
+    client: &async_nats::Client,
+    subjects: &comfaas_schemas::names::Subjects,
+    names: &[String],
+    services: &mut JoinSet<anyhow::Result<()>>,
+    stages: &Stages,
+) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let mut loads = client.subscribe(subjects.node_load_all()).await?;
+    let mut silent: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    let since = Instant::now();
+    let mut tick = tokio::time::interval(STILL_WAITING_EVERY);
+    tick.tick().await;
+    while !silent.is_empty() {
+        let list = || silent.iter().copied().collect::<Vec<_>>().join(", ");
+        tokio::select! {
+            message = loads.next() => {
+                let message = message.context("the connection to nats-server closed")?;
+                if let Ok(load) = comfaas_schemas::decode::<comfaas_schemas::NodeLoad>(&message.payload) {
+                    silent.remove(load.node.as_str());
+                }
+            }
+            Some(ended) = services.join_next() => {
+                return Err(service_ended(ended)
+                    .unwrap_or_else(|| anyhow::anyhow!("stopped before the executors served")));
+            }
+            _ = tick.tick() => {
+                let waited = since.elapsed().as_secs();
+                if since.elapsed() >= NODES_UP_WITHIN {
+                    anyhow::bail!(
+                        "executor {} not serving after {waited}s (the warnings above say what it waits for)",
+                        list()
+                    );
+                }
+                stages.done(&format!("waiting for executor {} to serve ({waited}s so far)…", list()));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -868,7 +1001,7 @@ pub async fn deploy_all(
         let waiting = deploy::wait_installed(client, &subjects, &d, Duration::from_secs(300));
         tokio::pin!(waiting);
         let since = Instant::now();
-        let mut tick = tokio::time::interval(STILL_INSTALLING_EVERY);
+        let mut tick = tokio::time::interval(STILL_WAITING_EVERY);
         tick.tick().await;
         let installed = loop {
             tokio::select! {
@@ -884,10 +1017,17 @@ pub async fn deploy_all(
         };
         match installed {
             Ok(installs) => {
-                say(&format!(
-                    "{} {} installed",
-                    d.manifest.name, d.manifest.version
-                ));
+                let ready = installs
+                    .values()
+                    .filter(|(state, _)| *state == comfaas_schemas::InstallState::Ready)
+                    .count();
+                let (name, version) = (&d.manifest.name, &d.manifest.version);
+                say(&match (ready, installs.len()) {
+                    (_, 0) => format!("{name} {version} deployed; no executor has it yet"),
+                    (0, _) => format!("{name} {version} not installed"),
+                    (ready, all) if ready == all => format!("{name} {version} installed"),
+                    (ready, all) => format!("{name} {version} installed on {ready} of {all} nodes"),
+                });
                 deploy::report(&d, &installs);
             }
             Err(e) => eprintln!("{}: {e:#}", d.manifest.name),
@@ -895,8 +1035,9 @@ pub async fn deploy_all(
     }
 }
 
-/// How often `comfaas dev` says a function is still being installed.
-const STILL_INSTALLING_EVERY: Duration = Duration::from_secs(5);
+/// How often `comfaas dev` says what it still waits for: executors to
+/// serve, a function to be installed.
+const STILL_WAITING_EVERY: Duration = Duration::from_secs(5);
 
 /// What the start-up line of an executor allowing `max_procs` processes per
 /// job adds when that is more than the host's cores.
@@ -939,6 +1080,27 @@ mod tests {
             expect,
             "{args:?} {asked:?}"
         );
+    }
+
+    #[test]
+    fn a_store_limit_is_a_size_of_at_least_a_mebibyte() {
+        assert_eq!(parse_store_limit("2GB"), Ok(2 << 30));
+        assert_eq!(parse_store_limit("1536MiB"), Ok(1536 << 20));
+        assert_eq!(parse_store_limit("1tib"), Ok(1 << 40));
+        assert_eq!(parse_store_limit("1048576"), Ok(1 << 20));
+        for bad in [
+            "",
+            "2",
+            "GB",
+            "2 PB",
+            "-1GB",
+            "1.5GB",
+            "1KB",
+            "99999999999TB",
+        ] {
+            let error = parse_store_limit(bad).unwrap_err();
+            assert!(error.contains(&format!("`{bad}`")), "{bad}: {error}");
+        }
     }
 
     #[test]

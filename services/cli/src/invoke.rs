@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use comfaas_platform::objects;
 use comfaas_platform::reply::{self, Outcome};
 use comfaas_schemas::names::{headers as h, Subjects};
 use serde::Serialize;
@@ -90,6 +91,42 @@ pub struct Input {
     pub body: Bytes,
     /// The object holding the input instead, if uploaded.
     pub object: Option<String>,
+    /// Where the input came from, when the object was already stored and
+    /// not sent again: [`send_again`] sends it if a node refuses that object.
+    pub reused: Option<transfer::Source>,
+}
+
+/// Whether `reply` is a node refusing the input object (422): its chunks
+/// do not hold what its name and info say, or are damaged.
+pub fn input_refused(reply: &async_nats::Message) -> bool {
+    matches!(
+        reply::outcome(reply.headers.as_ref()),
+        Outcome::Error {
+            code: Some(comfaas_schemas::ErrorCode::InputInvalid),
+            ..
+        }
+    )
+}
+
+/// Sends `input`'s content again, whole, replacing the stored object a
+/// node refused although its info named this content (anyone who may put
+/// inputs can write such an info over other bytes). Returns whether it
+/// did: only an input that was reused is sent again, once.
+pub async fn send_again(
+    js: &async_nats::jetstream::Context,
+    input: &mut Input,
+    max_payload: usize,
+) -> anyhow::Result<bool> {
+    let Some(source) = input.reused.take() else {
+        return Ok(false);
+    };
+    let uploaded = transfer::upload(js, &source, max_payload, objects::Reuse::Never).await?;
+    eprintln!(
+        "the stored input {} did not hold this content; sent it again ({} bytes)",
+        uploaded.name, uploaded.size
+    );
+    input.object = Some(uploaded.name);
+    Ok(true)
 }
 
 /// Reads `--data` and `--input-file` into an [`Input`]. `--input-file`
@@ -119,13 +156,17 @@ pub async fn input(
         None => {
             let body = read_data(data)?;
             if !transfer::needs_object(body.len(), max_payload) {
-                return Ok(Input { body, object: None });
+                return Ok(Input {
+                    body,
+                    object: None,
+                    reused: None,
+                });
             }
             (Bytes::new(), transfer::Source::Bytes(body))
         }
     };
-    let store = comfaas_platform::resources::inputs_store(js).await?;
-    let uploaded = transfer::upload(&store, &source, max_payload).await?;
+    comfaas_platform::resources::inputs_store(js).await?;
+    let uploaded = transfer::upload(js, &source, max_payload, objects::Reuse::IfSame).await?;
     if verbose {
         eprintln!(
             "input {} ({} bytes, {})",
@@ -141,6 +182,7 @@ pub async fn input(
     Ok(Input {
         body,
         object: Some(uploaded.name),
+        reused: uploaded.reused.then_some(source),
     })
 }
 

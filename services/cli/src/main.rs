@@ -138,6 +138,9 @@ enum Command {
         /// The folder to create it in
         #[arg(long, default_value = ".", value_name = "DIR")]
         dir: PathBuf,
+        /// A warm handler (`mode = "handler"`: python, c, java, exec)
+        #[arg(long)]
+        handler: bool,
     },
     /// Print a shell completion script: `source <(comfaas completions bash)`
     Completions {
@@ -298,8 +301,13 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
     }
     // Commands that need no server.
     match cli.command {
-        Command::New { name, runtime, dir } => {
-            let folder = scaffold::create(&dir, &name, runtime)?;
+        Command::New {
+            name,
+            runtime,
+            dir,
+            handler,
+        } => {
+            let folder = scaffold::create(&dir, &name, runtime, handler)?;
             output::line(format!(
                 "created {runtime} function {name} in {}: deploy it with `comfaas deploy {}`",
                 folder.display(),
@@ -404,22 +412,31 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let js = nats.jetstream(client.clone());
-            let input = invoke::input(
+            let max_payload = client.server_info().max_payload;
+            let mut input = invoke::input(
                 &js,
                 data.as_deref(),
                 input_file.as_deref(),
-                client.server_info().max_payload,
+                max_payload,
                 verbose,
             )
             .await?;
-            let options = invoke::InvokeOptions {
+            let mut options = invoke::InvokeOptions {
                 timeout,
                 placement,
                 procs,
-                input_object: input.object,
+                input_object: input.object.clone(),
                 wait: Duration::from_secs(wait),
             };
-            let reply = invoke::invoke(&client, &subjects, &function, input.body, &options).await?;
+            let body = input.body.clone();
+            let mut reply = invoke::invoke(&client, &subjects, &function, body, &options).await?;
+            if invoke::input_refused(&reply)
+                && invoke::send_again(&js, &mut input, max_payload).await?
+            {
+                options.input_object = input.object.clone();
+                let body = input.body.clone();
+                reply = invoke::invoke(&client, &subjects, &function, body, &options).await?;
+            }
             let print = invoke::PrintOptions {
                 verbose,
                 output_file: output_file.as_deref(),

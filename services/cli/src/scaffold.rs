@@ -3,8 +3,10 @@
 //! examples under `functions/`.
 //!
 //! Every template answers `{"function": NAME, "bytes": <input length>}`
-//! (MPI ones add `"procs"`, the processes of the job), so a user sees at
-//! once that input reached the code and output came back.
+//! (MPI ones add `"procs"`, the processes of the job; handler-mode ones,
+//! made with `--handler`, add `"calls"`, the calls their warm worker has
+//! served), so a user sees at once that input reached the code and output
+//! came back.
 
 use std::path::{Path, PathBuf};
 
@@ -21,10 +23,23 @@ const RUST_MPI_LOCK_ROOT: &str = "[[package]]\nname = \"pi-mpi-rs\"\nversion = \
 
 /// Creates the folder `parent/name` holding a function `name` of
 /// `runtime`: its `comfaas.toml` and entry (and `Cargo.toml`/`Cargo.lock`
-/// for `rust-mpi`). Refuses a name that is not a function name and a
-/// folder that already exists. Returns the folder.
-pub fn create(parent: &Path, name: &str, runtime: Runtime) -> anyhow::Result<PathBuf> {
+/// for `rust-mpi`); with `handler`, a warm handler (runtimes python, c,
+/// java and exec). Refuses a name that is not a function name, handler
+/// mode for an MPI runtime and a folder that already exists. Returns the
+/// folder.
+pub fn create(
+    parent: &Path,
+    name: &str,
+    runtime: Runtime,
+    handler: bool,
+) -> anyhow::Result<PathBuf> {
     comfaas_schemas::validate_function_name(name)?;
+    if handler && runtime.is_mpi() {
+        anyhow::bail!(
+            "--handler is not for MPI runtime `{runtime}`: an MPI job is one `mpirun` per \
+             invocation (handler mode is for python, c, java and exec)"
+        );
+    }
     let dir = parent.join(name);
     if dir.symlink_metadata().is_ok() {
         anyhow::bail!(
@@ -32,7 +47,11 @@ pub fn create(parent: &Path, name: &str, runtime: Runtime) -> anyhow::Result<Pat
             dir.display()
         );
     }
-    let files = files(name, runtime)?;
+    let files = if handler {
+        handler_files(name, runtime)
+    } else {
+        files(name, runtime)?
+    };
     // Checked before anything is written: a template must pass what
     // `deploy` checks.
     let manifest = files
@@ -109,6 +128,139 @@ fn files(name: &str, runtime: Runtime) -> anyhow::Result<Vec<(&'static str, Stri
         files.push(("Cargo.lock", cargo_lock(name)?, false));
     }
     Ok(files)
+}
+
+/// The files of a new handler-mode function (`runtime` is not MPI).
+fn handler_files(name: &str, runtime: Runtime) -> Vec<(&'static str, String, bool)> {
+    let (entry, code) = match runtime {
+        Runtime::C => ("main.c", c_handler(name)),
+        Runtime::Java => ("Main.java", java_handler(name)),
+        Runtime::Exec => ("handler", exec_handler(name)),
+        _ => ("main.py", python_handler(name)),
+    };
+    let manifest = format!(
+        "# The manifest of a comfaas function; deploy it with `comfaas deploy {name}`.\n\
+         name = \"{name}\"\n\
+         version = \"0.1.0\"\n\
+         runtime = \"{runtime}\"\n\
+         entry = \"{entry}\"\n\
+         description = \"A new {runtime} handler\"\n\
+         timeout = \"10s\"\n\
+         # Warm workers: one process per worker serves call after call.\n\
+         mode = \"handler\"\n\
+         workers = 1\n"
+    );
+    vec![
+        (MANIFEST_FILE, manifest, false),
+        (entry, code, runtime == Runtime::Exec),
+    ]
+}
+
+fn python_handler(name: &str) -> String {
+    format!(
+        r#""""{name}: a warm handler. The module is loaded once per worker; each
+invocation calls handle(data) with the input bytes. print() goes to the log."""
+import json
+
+CALLS = 0
+
+
+def handle(data: bytes):
+    global CALLS
+    CALLS += 1
+    return json.dumps({{"function": "{name}", "bytes": len(data), "calls": CALLS}})
+"#
+    )
+}
+
+fn c_handler(name: &str) -> String {
+    format!(
+        r#"/* {name}: a warm handler. One process serves many calls, so globals
+ * keep their values; printf goes to the log. Return non-zero to fail a
+ * call, with the message in `out`. */
+#include <comfaas_handler.h>
+
+static int calls;
+
+static int handle(const uint8_t *in, size_t n, comfaas_out *out) {{
+    (void)in;
+    calls++;
+    return comfaas_printf(out, "{{\"function\": \"{name}\", \"bytes\": %zu, \"calls\": %d}}", n,
+                          calls);
+}}
+
+int main(void) {{ return comfaas_serve(handle); }}
+"#
+    )
+}
+
+fn java_handler(name: &str) -> String {
+    format!(
+        r#"// {name}: a warm handler. One JVM serves many calls, so fields keep
+// their values; System.out goes to the log. Throw to fail a call.
+public class Main implements comfaas.Handler {{
+    private int calls;
+
+    public byte[] handle(byte[] input) throws Exception {{
+        calls++;
+        String out = "{{\"function\": \"{name}\", \"bytes\": " + input.length + ", \"calls\": " + calls + "}}";
+        return out.getBytes("UTF-8");
+    }}
+}}
+"#
+    )
+}
+
+fn exec_handler(name: &str) -> String {
+    format!(
+        r#"#!/usr/bin/python3
+"""{name}: a warm handler in any language, speaking handler mode's protocol
+itself (see the README). A compiled one is the same loop: the runtime's C
+header and the Rust crate comfaas-handler do it for you."""
+import json
+import os
+import struct
+import sys
+
+CALL_END = b"\x00comfaas-call-end\x00"
+
+
+def read_exact(stream, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = stream.read(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def main():
+    proto_in = os.fdopen(0, "rb", buffering=0)
+    proto_out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # prints go to the log: stdout carries the protocol
+    sys.stdout = sys.stderr
+    proto_out.write(struct.pack(">BI", 2, 5) + b"ready")
+    calls = 0
+    while True:
+        header = read_exact(proto_in, 4)
+        if header is None:
+            return 0
+        (n,) = struct.unpack(">I", header)
+        data = read_exact(proto_in, n) if n else b""
+        if data is None:
+            return 0
+        calls += 1
+        out = json.dumps({{"function": "{name}", "bytes": len(data), "calls": calls}}).encode()
+        sys.stderr.flush()
+        os.write(2, CALL_END)
+        proto_out.write(struct.pack(">BI", 0, len(out)) + out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+"#
+    )
 }
 
 fn python(name: &str) -> String {
@@ -350,11 +502,11 @@ mod tests {
     fn a_bad_name_or_an_existing_folder_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         for bad in ["Bad", "a.b", "", "-x", "x/y"] {
-            let e = create(dir.path(), bad, Runtime::Python).unwrap_err();
+            let e = create(dir.path(), bad, Runtime::Python, false).unwrap_err();
             assert!(e.to_string().contains("not a function name"), "{bad}: {e}");
         }
-        create(dir.path(), "taken", Runtime::C).unwrap();
-        let e = create(dir.path(), "taken", Runtime::Python).unwrap_err();
+        create(dir.path(), "taken", Runtime::C, false).unwrap();
+        let e = create(dir.path(), "taken", Runtime::Python, false).unwrap_err();
         assert!(e.to_string().contains("already exists"), "{e}");
         // What was there is untouched.
         assert!(dir.path().join("taken/main.c").is_file());
@@ -366,10 +518,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for runtime in Runtime::ALL {
             let name = format!("t-{runtime}");
-            let folder = create(dir.path(), &name, runtime).unwrap();
+            let folder = create(dir.path(), &name, runtime, false).unwrap();
             let manifest = crate::deploy::read_manifest(&folder).unwrap();
             assert_eq!(manifest.name, name);
             assert_eq!(manifest.runtime, runtime);
+            assert!(folder.join(&manifest.entry).is_file(), "{runtime}");
+        }
+    }
+
+    #[test]
+    fn handler_templates_are_warm_and_mpi_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for runtime in Runtime::ALL {
+            let name = format!("h-{runtime}");
+            let made = create(dir.path(), &name, runtime, true);
+            if runtime.is_mpi() {
+                let e = made.unwrap_err().to_string();
+                assert!(e.contains("not for MPI runtime"), "{runtime}: {e}");
+                assert!(!dir.path().join(&name).exists());
+                continue;
+            }
+            let folder = made.unwrap();
+            let manifest = crate::deploy::read_manifest(&folder).unwrap();
+            assert_eq!(manifest.mode, comfaas_schemas::Mode::Handler, "{runtime}");
             assert!(folder.join(&manifest.entry).is_file(), "{runtime}");
         }
     }

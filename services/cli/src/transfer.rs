@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use async_nats::jetstream::object_store::{ObjectMetadata, ObjectStore};
+use async_nats::jetstream::object_store::ObjectStore;
 use bytes::Bytes;
-use comfaas_platform::objects::{self, Uploaded, CONTENT_NAME_PREFIX, UPLOAD_CHUNK};
-use sha2::{Digest, Sha256};
+use comfaas_platform::objects::{self, Uploaded};
+use comfaas_schemas::names::INPUTS_BUCKET;
 use tokio::io::AsyncWrite;
 
 use crate::output;
@@ -46,66 +46,45 @@ fn usable(max_payload: usize) -> usize {
 }
 
 /// The chunk size of an upload to a server whose max payload is
-/// `max_payload`: [`UPLOAD_CHUNK`], or less where a server takes smaller
+/// `max_payload`: [`objects::UPLOAD_CHUNK`], or less where a server takes smaller
 /// messages (each chunk is one message, with headers).
 pub fn chunk_size(max_payload: usize) -> usize {
-    UPLOAD_CHUNK.min(usable(max_payload).max(1024))
+    objects::chunk_for(max_payload, MESSAGE_HEADROOM)
 }
 
-/// Uploads `source` into `store` under its content's name
-/// (`sha256-<hex>`), unless an object of that name already holds that
-/// content; a bar shows bytes and rate while it goes.
+/// Uploads `source` into the inputs store under its content's name
+/// (`sha256-<hex>`), unless `reuse` keeps an object of that name that
+/// already holds that content; chunks go with a window of acks in flight
+/// ([`objects::put_windowed`]), and a bar shows bytes and rate while they go.
 pub async fn upload(
-    store: &ObjectStore,
+    js: &async_nats::jetstream::Context,
     source: &Source,
     max_payload: usize,
+    reuse: objects::Reuse,
 ) -> anyhow::Result<Uploaded> {
-    let (hex, size) = match source {
-        Source::File(path) => objects::sha256_of(path)
-            .await
-            .with_context(|| format!("read {}", path.display()))?,
-        Source::Bytes(bytes) => (hex::encode(Sha256::digest(bytes)), bytes.len() as u64),
+    let content = match source {
+        Source::File(path) => objects::Content::File(path.clone()),
+        Source::Bytes(bytes) => objects::Content::Bytes(bytes.clone()),
     };
-    let name = format!("{CONTENT_NAME_PREFIX}{hex}");
-    if let Ok(info) = store.info(&name).await {
-        // Reused only when it holds this very content: anyone who may put
-        // inputs could have put other bytes under this name first.
-        let same = info
-            .digest
-            .as_deref()
-            .and_then(objects::digest_hex)
-            .as_deref()
-            == Some(hex.as_str());
-        if same && info.size as u64 == size {
-            return Ok(Uploaded {
-                name,
-                size,
-                reused: true,
-            });
-        }
-    }
-    let meta = ObjectMetadata {
-        name: name.clone(),
-        chunk_size: Some(chunk_size(max_payload)),
-        ..Default::default()
+    let size = match source {
+        Source::File(path) => std::fs::metadata(path)
+            .with_context(|| format!("read {}", path.display()))?
+            .len(),
+        Source::Bytes(bytes) => bytes.len() as u64,
     };
     let bar = output::bytes_bar("upload", size);
-    let put = match source {
-        Source::File(path) => {
-            let file = tokio::fs::File::open(path)
-                .await
-                .with_context(|| format!("read {}", path.display()))?;
-            store.put(meta, &mut bar.wrap_async_read(file)).await
-        }
-        Source::Bytes(bytes) => store.put(meta, &mut bar.wrap_async_read(&bytes[..])).await,
-    };
+    let progress = bar.clone();
+    let uploaded = objects::upload(
+        js,
+        INPUTS_BUCKET,
+        &content,
+        chunk_size(max_payload),
+        reuse,
+        &move |bytes| progress.inc(bytes),
+    )
+    .await;
     bar.finish_and_clear();
-    put.with_context(|| format!("store the input as {name}"))?;
-    Ok(Uploaded {
-        name,
-        size,
-        reused: false,
-    })
+    Ok(uploaded?)
 }
 
 /// Copies the object `name` of `store` into `out`, with a bar of bytes and
@@ -144,7 +123,7 @@ mod tests {
         assert!(needs_object(mib - MESSAGE_HEADROOM + 1, mib));
         assert!(needs_object(mib + 1, 0), "an unknown limit is the default");
         assert!(!needs_object(1000, 0));
-        assert_eq!(chunk_size(8 * mib), UPLOAD_CHUNK);
+        assert_eq!(chunk_size(8 * mib), objects::UPLOAD_CHUNK);
         assert_eq!(chunk_size(256 * 1024), 256 * 1024 - MESSAGE_HEADROOM);
     }
 }

@@ -42,6 +42,10 @@ pub struct DispatchConfig {
     /// Size and age limits of the function logs stream `COMFAAS_LOGS`,
     /// which the dispatcher creates (`[logs]`: `max_bytes`, `max_age_s`).
     pub logs: comfaas_platform::resources::LogsLimits,
+    /// Place as if no node held any input in its cache (the nodes' reports
+    /// of what they hold are ignored): the ablation the placement
+    /// benchmark compares against; off in any real deployment.
+    pub ignore_cached_inputs: bool,
 }
 
 impl Default for DispatchConfig {
@@ -60,6 +64,7 @@ impl Default for DispatchConfig {
             max_event_age_s: 6 * 3600,
             metrics_addr: String::new(),
             logs: comfaas_platform::resources::LogsLimits::default(),
+            ignore_cached_inputs: false,
         }
     }
 }

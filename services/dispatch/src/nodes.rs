@@ -10,10 +10,11 @@
 //! finish and answer.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use comfaas_placement::{NodeView, RunFit};
-use comfaas_schemas::{NodeLoad, NodeMetrics, Tier};
+use comfaas_placement::{placement_allows, NodeView, RunFit};
+use comfaas_schemas::{CachedInputs, NodeLoad, NodeMetrics, Placement, Tier};
 use tokio_util::sync::CancellationToken;
 
 struct Node {
@@ -38,6 +39,12 @@ struct Node {
     death: CancellationToken,
     /// Its input fetches failed lately: inputs go elsewhere until then.
     fetch_failing_until: Option<Instant>,
+    /// The inputs in its cache, as last reported: taken out of the report
+    /// once, so each decision shares it instead of copying a filter.
+    cached_inputs: Arc<CachedInputs>,
+    /// Counts the changes to what a view of it shows, but for time passing:
+    /// a kept view of it is made again when this moved.
+    changes: u64,
 }
 
 /// How long inputs keep away from a node after one of its fetches failed.
@@ -72,10 +79,30 @@ fn ewma(old: Option<f64>, sample: f64) -> f64 {
 pub struct NodeTable {
     nodes: HashMap<String, Node>,
     dead_after: u32,
-    /// (function, node) → processes → run time fitted to the input size.
-    runs: HashMap<(String, String), BTreeMap<u32, RunFit>>,
+    /// function → node → processes → run time fitted to the input size
+    /// (nested, so a decision looks a node up by `&str`, without making
+    /// a key of two strings per node).
+    runs: HashMap<String, HashMap<String, BTreeMap<u32, RunFit>>>,
     next_token: u64,
+    /// Counts nodes added and removed: the order of `nodes` changed.
+    members: u64,
+    /// Per function, the views its last decision was made on
+    /// ([`NodeTable::current_views`]).
+    kept: HashMap<String, Kept>,
 }
+
+/// The views of every node for one function, kept between decisions, in
+/// the order of `NodeTable::nodes`.
+struct Kept {
+    /// `NodeTable::members` when they were made.
+    members: u64,
+    /// Each node's `changes` when its view was made.
+    changes: Vec<u64>,
+    views: Vec<NodeView>,
+}
+
+/// Functions whose views are kept at most; past it they are all made anew.
+const KEPT_FUNCTIONS: usize = 256;
 
 impl NodeTable {
     /// A table where a node missing `dead_after` heartbeats is dead.
@@ -85,15 +112,20 @@ impl NodeTable {
             dead_after,
             runs: HashMap::new(),
             next_token: 0,
+            members: 0,
+            kept: HashMap::new(),
         }
     }
 
     /// Records a heartbeat.
-    pub fn heard(&mut self, load: NodeLoad, now: Instant) {
+    pub fn heard(&mut self, mut load: NodeLoad, now: Instant) {
         if load.leaving {
-            self.nodes.remove(&load.node);
+            if self.nodes.remove(&load.node).is_some() {
+                self.members += 1;
+            }
             return;
         }
+        let cached_inputs = Arc::new(std::mem::take(&mut load.cached_inputs));
         match self.nodes.get_mut(&load.node) {
             Some(node) => {
                 // Restarted (faster than the dead-node bound): what was in
@@ -107,14 +139,17 @@ impl NodeTable {
                     node.fetch_failing_until = Some(now + FETCH_FAILURE_AVOID);
                 }
                 node.load = load;
+                node.cached_inputs = cached_inputs;
                 node.last_seen = now;
                 node.unreachable = false;
                 node.answers_since_report = 0;
+                node.changes += 1;
                 if node.death.is_cancelled() {
                     node.death = CancellationToken::new();
                 }
             }
             None => {
+                self.members += 1;
                 self.nodes.insert(
                     load.node.clone(),
                     Node {
@@ -128,6 +163,8 @@ impl NodeTable {
                         answers_since_report: 0,
                         death: CancellationToken::new(),
                         fetch_failing_until: None,
+                        cached_inputs,
+                        changes: 0,
                     },
                 );
             }
@@ -168,14 +205,19 @@ impl NodeTable {
 
     /// What one answered invocation on `node` taught.
     pub fn observe(&mut self, node: &str, seen: &Observed<'_>) {
-        if let Some(n) = self.nodes.get_mut(node).filter(|n| !n.pinged) {
-            let overhead = (seen.took_ms - seen.run_ms.unwrap_or(0.0)).max(0.05);
-            n.rtt_ms = Some(ewma(n.rtt_ms, overhead));
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.changes += 1;
+            if !n.pinged {
+                let overhead = (seen.took_ms - seen.run_ms.unwrap_or(0.0)).max(0.05);
+                n.rtt_ms = Some(ewma(n.rtt_ms, overhead));
+            }
         }
         if let Some(run_ms) = seen.run_ms {
             let runs = self
                 .runs
-                .entry((seen.function.to_owned(), node.to_owned()))
+                .entry(seen.function.to_owned())
+                .or_default()
+                .entry(node.to_owned())
                 .or_default();
             runs.entry(seen.procs)
                 .and_modify(|fit| fit.update(seen.input_bytes, run_ms))
@@ -190,6 +232,7 @@ impl NodeTable {
             let old = n.rtt_ms.filter(|_| n.pinged);
             n.rtt_ms = Some(ewma(old, rtt_ms));
             n.pinged = true;
+            n.changes += 1;
         }
     }
 
@@ -202,55 +245,133 @@ impl NodeTable {
             .collect()
     }
 
-    /// The snapshot the placement model decides on, for `function`.
+    /// The snapshot the placement model decides on, for `function`, made
+    /// anew.
     pub fn views(&self, function: &str, now: Instant) -> Vec<NodeView> {
+        let histories = self.runs.get(function);
         self.nodes
             .values()
-            .map(|n| {
-                let history = self.runs.get(&(function.to_owned(), n.load.node.clone()));
-                // A report is up to a heartbeat old: runs answered since are
-                // over, queued ones first.
-                let over = n.answers_since_report;
-                let queued = n.load.queued.saturating_sub(over);
-                let running = n
-                    .load
-                    .running
-                    .saturating_sub(over.saturating_sub(n.load.queued));
-                NodeView {
-                    node: n.load.node.clone(),
-                    tier: n.load.tier,
-                    alive: self.alive(n, now),
-                    serves: n.load.serves(function),
-                    install: install_state(&n.load, function),
-                    slots: n.load.slots,
-                    running,
-                    queued,
-                    queue_capacity: n.load.queue_capacity,
-                    in_flight: n.in_flight.len() as u32,
-                    ahead_ms: n
-                        .in_flight
-                        .values()
-                        .map(|done| done.saturating_duration_since(now).as_secs_f64() * 1000.0)
-                        .collect(),
-                    max_procs: n.load.max_procs,
-                    rtt_ms: n.rtt_ms,
-                    fetch_bytes_per_s: Some(n.load.input_fetch_bytes_per_s).filter(|b| *b > 0.0),
-                    fetch_failing: n.fetch_failing_until.is_some_and(|until| now < until),
-                    runs: history.map_or(Vec::new(), |h| {
-                        h.iter().map(|(p, fit)| (*p, *fit)).collect()
-                    }),
-                }
-            })
+            .map(|n| self.view(n, function, histories, now))
             .collect()
     }
 
+    /// The same snapshot as [`NodeTable::views`], kept between decisions:
+    /// only the views of nodes that changed since are made again, and what
+    /// time alone changes (alive, avoided for failed fetches, the time left
+    /// of the work in flight) is brought up to `now`. At a few hundred
+    /// nodes, making every view for every decision was most of the
+    /// dispatcher's work.
+    pub fn current_views(&mut self, function: &str, now: Instant) -> &[NodeView] {
+        let mut kept = std::mem::take(&mut self.kept);
+        // The function's name is copied only the first time it is placed.
+        if !kept.contains_key(function) {
+            if kept.len() >= KEPT_FUNCTIONS {
+                kept.clear();
+            }
+            let unmade = Kept {
+                members: self.members.wrapping_sub(1),
+                changes: Vec::new(),
+                views: Vec::new(),
+            };
+            kept.insert(function.to_owned(), unmade);
+        }
+        let Some(entry) = kept.get_mut(function) else {
+            self.kept = kept;
+            return &[];
+        };
+        let histories = self.runs.get(function);
+        if entry.members != self.members || entry.views.len() != self.nodes.len() {
+            entry.views = self.views(function, now);
+            entry.changes = self.nodes.values().map(|n| n.changes).collect();
+            entry.members = self.members;
+        } else {
+            let each = self
+                .nodes
+                .values()
+                .zip(entry.views.iter_mut())
+                .zip(entry.changes.iter_mut());
+            for ((n, view), changes) in each {
+                if n.changes != *changes {
+                    *view = self.view(n, function, histories, now);
+                    *changes = n.changes;
+                    continue;
+                }
+                view.alive = self.alive(n, now);
+                view.fetch_failing = fetch_failing(n, now);
+                if !n.in_flight.is_empty() {
+                    view.ahead_ms.clear();
+                    view.ahead_ms.extend(ahead_ms(n, now));
+                }
+            }
+        }
+        self.kept = kept;
+        self.kept
+            .get(function)
+            .map_or(&[][..], |kept| kept.views.as_slice())
+    }
+
+    /// What the placement model knows of node `n` for `function`, whose
+    /// run histories per node are `histories`.
+    fn view(
+        &self,
+        n: &Node,
+        function: &str,
+        histories: Option<&HashMap<String, BTreeMap<u32, RunFit>>>,
+        now: Instant,
+    ) -> NodeView {
+        let history = histories.and_then(|h| h.get(&n.load.node));
+        // A report is up to a heartbeat old: runs answered since are
+        // over, queued ones first.
+        let over = n.answers_since_report;
+        let queued = n.load.queued.saturating_sub(over);
+        let running = n
+            .load
+            .running
+            .saturating_sub(over.saturating_sub(n.load.queued));
+        NodeView {
+            node: n.load.node.clone(),
+            tier: n.load.tier,
+            alive: self.alive(n, now),
+            serves: n.load.serves(function),
+            install: install_state(&n.load, function),
+            slots: n.load.slots,
+            running,
+            queued,
+            queue_capacity: n.load.queue_capacity,
+            in_flight: n.in_flight.len() as u32,
+            ahead_ms: ahead_ms(n, now).collect(),
+            max_procs: n.load.max_procs,
+            rtt_ms: n.rtt_ms,
+            fetch_bytes_per_s: Some(n.load.input_fetch_bytes_per_s).filter(|b| *b > 0.0),
+            fetch_failing: fetch_failing(n, now),
+            runs: history.map_or(Vec::new(), |h| {
+                h.iter().map(|(p, fit)| (*p, *fit)).collect()
+            }),
+            cached_inputs: Arc::clone(&n.cached_inputs),
+        }
+    }
+
     /// Whether `function` (bundle `digest`) is on its way to some live node
-    /// and none serves it yet: a node is installing it, or, when `fresh`
-    /// (deployed moments ago), no live node has reported that bundle yet
-    /// (nor, perhaps, been heard from at all: a node's reports may reach
-    /// this dispatcher a moment after the deployer saw it ready).
-    pub fn coming(&self, function: &str, digest: &str, fresh: bool, now: Instant) -> bool {
-        let live = || self.nodes.values().filter(|n| self.alive(n, now));
+    /// `placement` allows and none of those serves it yet: one is
+    /// installing it, or, when `fresh` (deployed moments ago), none has
+    /// reported that bundle yet (nor, perhaps, been heard from at all: a
+    /// node's reports may reach this dispatcher a moment after the deployer
+    /// saw it ready). A node the placement excludes serving it changes
+    /// nothing: a request for `node:b` waits for b's install even while a
+    /// serves it.
+    pub fn coming(
+        &self,
+        function: &str,
+        digest: &str,
+        fresh: bool,
+        placement: &Placement,
+        now: Instant,
+    ) -> bool {
+        let live = || {
+            self.nodes.values().filter(|n| {
+                self.alive(n, now) && placement_allows(placement, &n.load.node, n.load.tier)
+            })
+        };
         if live().any(|n| n.load.serves(function)) {
             return false;
         }
@@ -267,6 +388,7 @@ impl NodeTable {
         let death = match self.nodes.get_mut(node) {
             Some(n) => {
                 n.placed += 1;
+                n.changes += 1;
                 n.in_flight.insert(self.next_token, done);
                 n.death.clone()
             }
@@ -280,6 +402,7 @@ impl NodeTable {
         if let Some(n) = self.nodes.get_mut(node) {
             if n.in_flight.remove(&token).is_some() {
                 n.answers_since_report += 1;
+                n.changes += 1;
             }
         }
     }
@@ -289,15 +412,20 @@ impl NodeTable {
     pub fn unreachable(&mut self, node: &str) {
         if let Some(n) = self.nodes.get_mut(node) {
             n.unreachable = true;
+            n.changes += 1;
         }
     }
 
     /// Forgets nodes silent for a long time (a hundred heartbeats).
     pub fn prune(&mut self, now: Instant) {
+        let before = self.nodes.len();
         self.nodes.retain(|_, n| {
             now.duration_since(n.last_seen)
                 < Duration::from_millis(n.load.heartbeat_ms.max(1)) * 100
         });
+        if self.nodes.len() != before {
+            self.members += 1;
+        }
     }
 
     /// Each node known: id, tier, runs and queue as it last reported.
@@ -334,6 +462,19 @@ impl NodeTable {
         out.sort_by(|a, b| a.node.cmp(&b.node));
         out
     }
+}
+
+/// For each invocation in flight on `n`, the time left until it is
+/// expected to finish, ms (0 when overdue).
+fn ahead_ms(n: &Node, now: Instant) -> impl Iterator<Item = f64> + '_ {
+    n.in_flight
+        .values()
+        .map(move |done| done.saturating_duration_since(now).as_secs_f64() * 1000.0)
+}
+
+/// Whether inputs keep away from `n` now, after one of its fetches failed.
+fn fetch_failing(n: &Node, now: Instant) -> bool {
+    n.fetch_failing_until.is_some_and(|until| now < until)
 }
 
 /// Why `function` is not served on a node that knows it: `installing`,
@@ -379,6 +520,50 @@ mod tests {
             took_ms,
             run_ms,
         }
+    }
+
+    /// A load of `node` (tier `tier`) with `function` ready (served) or
+    /// still installing.
+    fn with_function(node: &str, tier: Tier, function: &str, ready: bool) -> NodeLoad {
+        use comfaas_schemas::{FunctionState, InstallState};
+        NodeLoad {
+            tier,
+            functions: vec![FunctionState {
+                name: function.into(),
+                version: "1".into(),
+                digest: "d1".into(),
+                state: if ready {
+                    InstallState::Ready
+                } else {
+                    InstallState::Installing
+                },
+                reason: None,
+                serving: ready.then(|| "1".to_owned()),
+                install: None,
+            }],
+            ..load(node)
+        }
+    }
+
+    /// A request placed on a node still installing waits for it, though
+    /// another node serves the function; unplaced, it goes to the one
+    /// serving (nothing is coming).
+    #[test]
+    fn an_install_is_awaited_by_the_requests_its_placement_allows() {
+        let mut table = NodeTable::new(3);
+        let t0 = Instant::now();
+        table.heard(with_function("a", Tier::Cloud, "f", true), t0);
+        table.heard(with_function("b", Tier::Edge, "f", false), t0);
+        let coming = |placement: &Placement| table.coming("f", "d1", false, placement, t0);
+        assert!(coming(&Placement::Node("b".into())));
+        assert!(coming(&Placement::Edge));
+        assert!(!coming(&Placement::Auto));
+        assert!(!coming(&Placement::Cloud));
+        assert!(!coming(&Placement::Node("a".into())));
+        // A node the placement names that was never heard of: not coming,
+        // unless the deploy is fresh.
+        assert!(!coming(&Placement::Node("c".into())));
+        assert!(table.coming("f", "d1", true, &Placement::Node("c".into()), t0));
     }
 
     #[test]
@@ -491,6 +676,25 @@ mod tests {
         );
     }
 
+    /// The inputs a node reports in its cache reach the views, and the
+    /// next report replaces them.
+    #[test]
+    fn the_inputs_a_node_holds_are_as_last_reported() {
+        let mut table = NodeTable::new(3);
+        let t0 = Instant::now();
+        let holding = |digests: &[&str]| NodeLoad {
+            cached_inputs: CachedInputs::of(digests),
+            ..load("a")
+        };
+        table.heard(holding(&["SHA-256=one"]), t0);
+        let view = &table.views("f", t0)[0];
+        assert!(view.cached_inputs.holds("SHA-256=one"));
+        table.heard(holding(&["SHA-256=two"]), t0);
+        let view = &table.views("f", t0)[0];
+        assert!(!view.cached_inputs.holds("SHA-256=one"), "evicted since");
+        assert!(view.cached_inputs.holds("SHA-256=two"));
+    }
+
     #[test]
     fn unreachable_until_heard_again_and_leaving_removes() {
         let mut table = NodeTable::new(3);
@@ -590,5 +794,83 @@ mod tests {
             "silence is"
         );
         assert!(!on_a.is_cancelled(), "a leaving node's runs go on");
+    }
+
+    /// The views kept between decisions are, after any sequence of what
+    /// happens to the table (reports, sends, answers, pings, nodes coming,
+    /// leaving, going silent, pruned, time passing), the views made anew.
+    #[test]
+    fn kept_views_are_always_the_views_made_anew() {
+        use comfaas_schemas::{FunctionState, InstallState};
+        use rand::{Rng, SeedableRng};
+
+        let names = ["a", "b", "c", "d", "e"];
+        let functions = ["f", "g"];
+        let report = |node: &str, rng: &mut rand::rngs::StdRng| NodeLoad {
+            running: rng.random_range(0..3),
+            queued: rng.random_range(0..3),
+            slots: rng.random_range(1..4),
+            input_fetch_failures: rng.random_range(0..2),
+            leaving: rng.random_bool(0.05),
+            functions: vec![FunctionState {
+                name: "f".into(),
+                version: "1".into(),
+                digest: "d".into(),
+                state: if rng.random_bool(0.8) {
+                    InstallState::Ready
+                } else {
+                    InstallState::Installing
+                },
+                reason: None,
+                serving: rng.random_bool(0.8).then(|| "1".to_owned()),
+                install: None,
+            }],
+            ..load(node)
+        };
+        for seed in 0..20 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut table = NodeTable::new(3);
+            let mut now = Instant::now();
+            let mut tokens: Vec<(String, u64)> = Vec::new();
+            for step in 0..400 {
+                let node = names[rng.random_range(0..names.len())];
+                match rng.random_range(0..9) {
+                    0 | 1 => table.heard(report(node, &mut rng), now),
+                    2 => {
+                        let done = now + Duration::from_millis(rng.random_range(0..3000));
+                        let (token, _) = table.sent(node, done);
+                        tokens.push((node.to_owned(), token));
+                    }
+                    3 if !tokens.is_empty() => {
+                        let (node, token) = tokens.swap_remove(rng.random_range(0..tokens.len()));
+                        table.answered(&node, token);
+                    }
+                    4 => table.observe(
+                        node,
+                        &seen(
+                            functions[rng.random_range(0..2)],
+                            rng.random_range(1..3),
+                            rng.random_range(0..1000),
+                            rng.random_range(1.0..50.0),
+                            Some(rng.random_range(0.5..40.0)),
+                        ),
+                    ),
+                    5 => table.pinged(node, rng.random_range(0.1..5.0)),
+                    6 => table.unreachable(node),
+                    7 => now += Duration::from_millis(rng.random_range(0..1500)),
+                    _ => {
+                        let _ = table.bury_dead(now);
+                        if rng.random_bool(0.1) {
+                            now += Duration::from_secs(120);
+                            table.prune(now);
+                        }
+                    }
+                }
+                let function = functions[rng.random_range(0..2)];
+                let fresh = table.views(function, now);
+                let kept = table.current_views(function, now).to_vec();
+                assert_eq!(kept, fresh, "seed {seed}, step {step}, {function}");
+            }
+        }
     }
 }

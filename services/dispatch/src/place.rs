@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::client::RequestErrorKind;
+use async_nats::client::PublishErrorKind;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use comfaas_placement::{Decision, Request};
@@ -18,6 +18,7 @@ use comfaas_schemas::{
     InvocationError, SCHEMA_VERSION,
 };
 
+use crate::replies::Back;
 use crate::shared::Shared;
 use crate::state::{Choice, Ended, Wanted};
 
@@ -26,7 +27,9 @@ use crate::state::{Choice, Ended, Wanted};
 const ANSWER_GRACE: Duration = Duration::from_secs(2);
 /// A deploy younger than this may not have reached the nodes yet.
 const FRESH_DEPLOY_MS: u64 = 10_000;
-/// How often a request for a function still installing looks again.
+/// How often a request for a function still installing looks again, at
+/// the latest: a node's report wakes it sooner (an install's end is
+/// reported at once).
 const INSTALL_POLL: Duration = Duration::from_millis(50);
 
 /// What goes back to the requester and onto the result subject.
@@ -193,8 +196,17 @@ async fn invoke(
         event,
     } = *call;
     let options = RequestOptions::from_headers(headers)?;
-    let deployment = deployment(shared, function).await?;
-    let input_object = input_object(shared, &options, &input).await?;
+    // The registry read and the object lookup are the rare paths: boxed,
+    // their futures do not swell every invocation's task (copied and
+    // allocated at each spawn).
+    let deployment = match shared.state.deployment(function) {
+        Some(deployment) => deployment,
+        None => Box::pin(read_deployment(shared, function)).await?,
+    };
+    let input_object = match &options.input_object {
+        None => None,
+        Some(name) => Some(Box::pin(input_object(shared, name, &input)).await?),
+    };
     let manifest = &deployment.manifest;
     let timeout = shared
         .config
@@ -221,6 +233,9 @@ async fn invoke(
             .map(str::to_owned),
         input_object,
         event: event.is_some(),
+        // Requests answered straight to their requester: the node's notice
+        // comes in a batch to this dispatcher's inbox.
+        notices_to: Some(shared.replies.notices_subject().to_owned()),
     };
     let request = Request {
         function,
@@ -228,6 +243,11 @@ async fn invoke(
         procs: job_procs(options.procs, manifest.procs),
         input_bytes: invocation.input_object.as_ref().map_or(0, |o| o.size),
         inline_bytes: invocation.input.len() as u64,
+        input_digest: invocation
+            .input_object
+            .as_ref()
+            .map(|o| o.digest.as_str())
+            .filter(|_| !shared.config.ignore_cached_inputs),
     };
     // A redelivered event goes first to the node that holds its run.
     let held = event
@@ -264,7 +284,7 @@ async fn invoke(
             }
             // Deployed a moment ago: wait for the install rather than fail.
             Choice::Installing => {
-                tokio::time::sleep(INSTALL_POLL).await;
+                let _ = tokio::time::timeout(INSTALL_POLL, shared.state.reported()).await;
                 continue;
             }
             Choice::Nowhere(error) => return last_refusal.ok_or(Unplaced::Error(error)),
@@ -288,6 +308,16 @@ async fn invoke(
             Sent::Unreachable => {}
         }
     }
+}
+
+/// Why nothing came back from a node.
+enum Silence {
+    /// Nobody listens on the node's work subject.
+    NoResponders,
+    /// Nothing within the invocation's wait.
+    TimedOut,
+    /// The dispatcher's inbox stopped (shutting down).
+    Stopped,
 }
 
 /// What became of one try.
@@ -318,27 +348,53 @@ async fn send(
     let pending = shared
         .state
         .begin(&invocation.id, function, decision, input_bytes);
-    let request = shared.client.send_request(
-        shared.subjects.work(node),
-        async_nats::Request::new()
-            .payload(payload)
-            .timeout(Some(wait + ANSWER_GRACE)),
-    );
+    let mut waiting = shared.replies.expect();
+    let published = shared
+        .client
+        .publish_with_reply(shared.subjects.work(node), waiting.subject(), payload)
+        .await;
+    if let Err(e) = published {
+        shared.state.end(pending, 0, Ended::Failed);
+        return Err(match e.kind() {
+            PublishErrorKind::MaxPayloadExceeded => InvocationError::too_large(format!(
+                "input of {} bytes does not fit in a message: {e}",
+                invocation.input.len()
+            )),
+            _ => InvocationError::unavailable(format!("cannot reach node {node}: {e}")),
+        });
+    }
     // A node declared dead (missed heartbeats) will not answer: its
     // requester hears so now, not at its deadline. Whether the run had
     // started there is unknown, so it is not tried elsewhere: the error
     // is transient, and an event is retried as such.
-    let result = tokio::select! {
-        result = request => Some(result),
+    let answer_within = wait + ANSWER_GRACE;
+    let back = tokio::select! {
+        back = tokio::time::timeout(answer_within, waiting.back()) => Some(back),
         () = pending.node_died() => None,
     };
+    drop(waiting);
     let took = sent.elapsed();
+    // What came back: headers and body, or why nothing did.
+    let result = match back {
+        None => None,
+        Some(Ok(Some(Back::Notice(headers)))) => Some(Ok((headers, Bytes::new()))),
+        Some(Ok(Some(Back::Message(message))))
+            if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) =>
+        {
+            Some(Err(Silence::NoResponders))
+        }
+        Some(Ok(Some(Back::Message(message)))) => {
+            Some(Ok((message.headers.unwrap_or_default(), message.payload)))
+        }
+        Some(Ok(None)) => Some(Err(Silence::Stopped)),
+        Some(Err(_)) => Some(Err(Silence::TimedOut)),
+    };
     let ended = match &result {
-        Some(Ok(message)) => Ended::Answered {
+        Some(Ok((headers, _))) => Ended::Answered {
             took_ms: took.as_secs_f64() * 1000.0,
-            run_ms: message.headers.as_ref().and_then(reply::run_ms),
+            run_ms: reply::run_ms(headers),
         },
-        Some(Err(e)) if e.kind() == RequestErrorKind::NoResponders => Ended::Unreachable,
+        Some(Err(Silence::NoResponders)) => Ended::Unreachable,
         Some(Err(_)) | None => Ended::Failed,
     };
     shared.state.end(pending, took.as_millis() as u64, ended);
@@ -349,29 +405,24 @@ async fn send(
             invocation.id
         )));
     };
-    let message = match result {
-        Ok(message) => message,
-        Err(e) => {
-            return match e.kind() {
-                RequestErrorKind::NoResponders => {
-                    tracing::info!(node = %node, "no executor listens on the work subject; marking unreachable");
-                    Ok(Sent::Unreachable)
-                }
-                RequestErrorKind::TimedOut => Err(InvocationError::node_timeout(format!(
-                    "node {node} did not answer within {}s",
-                    (wait + ANSWER_GRACE).as_secs()
-                ))),
-                RequestErrorKind::MaxPayloadExceeded => Err(InvocationError::too_large(format!(
-                    "input of {} bytes does not fit in a message: {e}",
-                    invocation.input.len()
-                ))),
-                _ => Err(InvocationError::unavailable(format!(
-                    "cannot reach node {node}: {e}"
-                ))),
-            };
+    let (headers, payload) = match result {
+        Ok(answer) => answer,
+        Err(Silence::NoResponders) => {
+            tracing::info!(node = %node, "no executor listens on the work subject; marking unreachable");
+            return Ok(Sent::Unreachable);
+        }
+        Err(Silence::TimedOut) => {
+            return Err(InvocationError::node_timeout(format!(
+                "node {node} did not answer within {}s",
+                answer_within.as_secs()
+            )))
+        }
+        Err(Silence::Stopped) => {
+            return Err(InvocationError::unavailable(format!(
+                "cannot hear node {node}: the dispatcher's inbox stopped"
+            )))
         }
     };
-    let headers = message.headers.unwrap_or_default();
     let delivered = reply::delivered(&headers);
     let error = match reply::outcome(Some(&headers)) {
         Outcome::Ok => None,
@@ -385,7 +436,7 @@ async fn send(
     let answer = Answer {
         function: Some(function.to_owned()),
         headers,
-        body: message.payload,
+        body: payload,
         error,
         delivered,
         for_good: false,
@@ -404,12 +455,12 @@ async fn send(
     })
 }
 
-/// The function's deployment: from the watched registry, or read on demand
-/// when the watch has not caught up with a fresh deploy.
-async fn deployment(shared: &Shared, function: &str) -> Result<Arc<Deployment>, InvocationError> {
-    if let Some(deployment) = shared.state.deployment(function) {
-        return Ok(deployment);
-    }
+/// The function's deployment read on demand, when the watched registry
+/// has not caught up with a fresh deploy.
+async fn read_deployment(
+    shared: &Shared,
+    function: &str,
+) -> Result<Arc<Deployment>, InvocationError> {
     match shared.registry.get(function).await {
         Ok(Some(found)) => Ok(Arc::new(found)),
         Ok(None) => Err(InvocationError::not_found(format!(
@@ -421,15 +472,12 @@ async fn deployment(shared: &Shared, function: &str) -> Result<Arc<Deployment>, 
     }
 }
 
-/// The input object the request names, as the node will fetch it.
+/// The input object `name` the request names, as the node will fetch it.
 async fn input_object(
     shared: &Shared,
-    options: &RequestOptions,
+    name: &str,
     input: &[u8],
-) -> Result<Option<InputObject>, InvocationError> {
-    let Some(name) = &options.input_object else {
-        return Ok(None);
-    };
+) -> Result<InputObject, InvocationError> {
     if !input.is_empty() {
         return Err(InvocationError::bad_request(format!(
             "send the input in the body or as {}, not both",
@@ -444,11 +492,11 @@ async fn input_object(
     })?;
     comfaas_platform::objects::check_content_name(name, info.digest.as_deref())
         .map_err(InvocationError::input_invalid)?;
-    Ok(Some(InputObject {
-        name: name.clone(),
+    Ok(InputObject {
+        name: name.to_owned(),
         size: info.size as u64,
         digest: info.digest.unwrap_or_default(),
-    }))
+    })
 }
 
 /// How long a result is offered to `COMFAAS_RESULTS` until the stream

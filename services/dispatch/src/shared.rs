@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::DispatchConfig;
 use crate::observe::Observe;
+use crate::replies::Replies;
 use crate::state::State;
 
 /// The dispatcher's context, one per process, behind an `Arc`.
@@ -32,4 +33,6 @@ pub struct Shared {
     pub permits: Arc<Semaphore>,
     /// Counters for discovery and metrics.
     pub observe: Observe,
+    /// Its inbox for work requests' replies and nodes' notices.
+    pub replies: Replies,
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use comfaas_placement::{Decision, Request};
+use comfaas_placement::{Decision, NodeView, Request};
 use comfaas_schemas::{
     now_unix_ms, Deployment, DispatchMetrics, ErrorCode, ErrorCount, InvocationError, NodeLoad,
     PlacementRecord, Tier, SCHEMA_VERSION,
@@ -27,6 +27,9 @@ const WARM_UP: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct State {
     inner: Mutex<Inner>,
     started: Instant,
+    /// Signalled at every node report: requests waiting for an install
+    /// look again at once instead of at their next poll.
+    reported: tokio::sync::Notify,
 }
 
 struct Inner {
@@ -128,6 +131,7 @@ impl State {
                 stats: Stats::default(),
             }),
             started: Instant::now(),
+            reported: tokio::sync::Notify::new(),
         }
     }
 
@@ -140,6 +144,13 @@ impl State {
     /// A node's heartbeat arrived.
     pub fn heard(&self, load: NodeLoad) {
         self.lock().nodes.heard(load, Instant::now());
+        self.reported.notify_waiters();
+    }
+
+    /// Resolves at the next node report (a node reports at once when an
+    /// install ends).
+    pub async fn reported(&self) {
+        self.reported.notified().await;
     }
 
     /// A request was dropped: its reply subject is not an inbox.
@@ -222,26 +233,44 @@ impl State {
     }
 
     /// Chooses a node for `wanted`, skipping the nodes already `tried`.
-    /// Placement runs on a snapshot, outside the lock.
+    /// Placement runs on the views kept between decisions
+    /// ([`NodeTable::current_views`]), under the lock: a decision copies
+    /// nothing but what changed. A refusal is weighed (never, installing)
+    /// under the same lock, on the same reports: a report heard in between
+    /// (say, the install's end) could otherwise make a refusal written
+    /// from the reports before it final.
     pub fn choose(&self, wanted: &Wanted<'_>, tried: &[String]) -> Choice {
         let now = Instant::now();
         let function = wanted.request.function;
-        let mut views = self.lock().nodes.views(function, now);
-        views.retain(|v| !tried.contains(&v.node));
-        let error = match comfaas_placement::choose(&views, wanted.request, &mut rand::rng()) {
-            Ok(decision) => {
+        let mut inner = self.lock();
+        let chosen = {
+            let views = inner.nodes.current_views(function, now);
+            let untried: Vec<NodeView>;
+            let views = if tried.is_empty() {
+                views
+            } else {
+                untried = views
+                    .iter()
+                    .filter(|v| !tried.contains(&v.node))
+                    .cloned()
+                    .collect();
+                &untried
+            };
+            comfaas_placement::choose(views, wanted.request, &mut rand::rng()).map(|decision| {
                 let tier = views
                     .iter()
                     .find(|v| v.node == decision.node)
                     .map_or(Tier::Edge, |v| v.tier);
-                return Choice::Node(decision, tier);
-            }
+                (decision, tier)
+            })
+        };
+        let error = match chosen {
+            Ok((decision, tier)) => return Choice::Node(decision, tier),
             Err(error) => error,
         };
         if !wanted.explain {
             return Choice::Nowhere(error);
         }
-        let inner = self.lock();
         // Only once every live node has had time to be heard (a dispatcher
         // that just started knows no node yet), and not while no node at
         // all is known (a site whose executors are all away may get them
@@ -264,9 +293,13 @@ impl State {
         }
         if error.code == ErrorCode::Unavailable
             && wanted.may_wait
-            && inner
-                .nodes
-                .coming(function, wanted.digest, wanted.fresh, now)
+            && inner.nodes.coming(
+                function,
+                wanted.digest,
+                wanted.fresh,
+                wanted.request.placement,
+                now,
+            )
         {
             return Choice::Installing;
         }

@@ -80,6 +80,11 @@ pub struct ExecConfig {
     pub metrics_addr: String,
     /// Function logs (`[logs]`: `enabled`, `max_bytes_per_run`, `queue`).
     pub logs: LogsConfig,
+    /// Publish the successful outcome of a request this node answered
+    /// directly on `<prefix>.result.<fn>` too (kept in `COMFAAS_RESULTS`),
+    /// as events' and failures' are. Off by default: the requester has the
+    /// answer, and a stored message per call halved what the server carries.
+    pub publish_request_results: bool,
 }
 
 /// What the executor does with what runs write to stderr (`[logs]`).
@@ -143,6 +148,7 @@ impl Default for ExecConfig {
             limits: default_limits(),
             metrics_addr: String::new(),
             logs: LogsConfig::default(),
+            publish_request_results: false,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use comfaas_runtime::{HandlerPool, Installation, Sandbox};
-use comfaas_schemas::{Deployment, FunctionState, InstallState, Procs};
+use comfaas_schemas::{Deployment, FunctionState, InstallState, InstallTimes, Procs};
 
 /// An installed version, shared by the runs using it. Its files are removed
 /// when the last holder lets go (it was replaced or removed, and the last
@@ -57,6 +57,8 @@ struct Entry {
     state: InstallState,
     reason: Option<String>,
     serving: Option<Arc<Served>>,
+    /// Where the last ended install's time went.
+    install: Option<InstallTimes>,
 }
 
 impl Drop for Served {
@@ -114,6 +116,7 @@ impl FunctionTable {
                 state: e.state,
                 reason: e.reason.clone(),
                 serving: e.serving.as_ref().map(|s| s.version.clone()),
+                install: e.install.clone(),
             })
             .collect();
         states.sort_by(|a, b| a.name.cmp(&b.name));
@@ -138,6 +141,7 @@ impl FunctionTable {
                 e.wanted = deployment.clone();
                 e.state = InstallState::Installing;
                 e.reason = None;
+                e.install = None;
                 self.changed.notify_one();
                 true
             }
@@ -150,6 +154,7 @@ impl FunctionTable {
                         state: InstallState::Installing,
                         reason: None,
                         serving: None,
+                        install: None,
                     },
                 );
                 true
@@ -170,6 +175,17 @@ impl FunctionTable {
     /// otherwise `result` drops (and its files with it). Of a failure only
     /// the text is kept: it travels in every heartbeat.
     pub fn finish(&self, deployment: &Deployment, result: Result<Served, impl std::fmt::Display>) {
+        self.finish_timed(deployment, result, None);
+    }
+
+    /// [`FunctionTable::finish`], keeping where the install's time went for
+    /// the heartbeat's `FunctionState`.
+    pub fn finish_timed(
+        &self,
+        deployment: &Deployment,
+        result: Result<Served, impl std::fmt::Display>,
+        times: Option<InstallTimes>,
+    ) {
         let mut entries = self.lock();
         let Some(entry) = entries.get_mut(&deployment.manifest.name) else {
             return; // removed meanwhile
@@ -177,6 +193,7 @@ impl FunctionTable {
         if entry.wanted.bundle.digest != deployment.bundle.digest {
             return; // superseded by a newer deploy
         }
+        entry.install = times;
         match result {
             Ok(served) => {
                 entry.state = InstallState::Ready;

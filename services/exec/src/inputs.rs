@@ -38,7 +38,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsum
 use async_nats::jetstream::object_store::{InfoErrorKind, ObjectInfo, ObjectStore};
 use async_nats::jetstream::Context;
 use bytes::Bytes;
-use comfaas_schemas::{names, InputObject, InvocationError};
+use comfaas_schemas::{names, CachedInputs, InputObject, InvocationError};
 use futures::StreamExt;
 use sha2::Digest as _;
 use tokio_util::sync::CancellationToken;
@@ -678,6 +678,43 @@ impl<'a> ChunkPull<'a> {
     }
 }
 
+impl InputCache {
+    /// The inputs in the cache, for the load report: read from the cache
+    /// folder (what a previous run of the node left counts, what was
+    /// evicted does not), most recently used first when they are more than
+    /// a report lists ([`comfaas_schemas::LISTED_INPUTS`]).
+    pub async fn cached_inputs(&self) -> CachedInputs {
+        let dir = self.dir.clone();
+        let digests = tokio::task::spawn_blocking(move || {
+            let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with(PART_PREFIX))
+                .collect();
+            let mut files: Vec<(Option<SystemTime>, String)> = entries
+                .iter()
+                .filter_map(|e| Some((None, e.file_name().into_string().ok()?)))
+                .collect();
+            // Only a long list is cut, so only then is each file's last use
+            // read (its modification time, see `get_locked`): newest first.
+            if files.len() > comfaas_schemas::LISTED_INPUTS {
+                for ((used, _), e) in files.iter_mut().zip(&entries) {
+                    *used = e.metadata().and_then(|m| m.modified()).ok();
+                }
+                files.sort_by_key(|f| std::cmp::Reverse(f.0));
+            }
+            files
+                .into_iter()
+                .map(|(_, key)| format!("SHA-256={key}"))
+                .collect::<Vec<String>>()
+        })
+        .await
+        .unwrap_or_default();
+        CachedInputs::of(&digests)
+    }
+}
+
 /// Removes the partial files a previous run of this node left in the
 /// cache folder `dir` (killed mid-fetch); how many it removed.
 pub async fn remove_partial_files(dir: &Path) -> usize {
@@ -962,6 +999,38 @@ mod tests {
         let mut expect: Vec<String> = [&d, &e].map(key).to_vec();
         expect.sort();
         assert_eq!(s.cached(), expect);
+        // The load report says what is held, and no longer what was evicted.
+        let held = cache.cached_inputs().await;
+        assert!(held.holds(&d.digest) && held.holds(&e.digest), "{held:?}");
+        assert!(!held.holds(&objects[0].digest) && !held.holds(&objects[1].digest));
+    }
+
+    /// A cache of thousands of inputs reports a bounded filter of the
+    /// most recently used; a fetch under way (a `.part-` file) is not held.
+    #[tokio::test]
+    async fn a_large_cache_reports_its_most_recent_inputs_in_a_bounded_filter() {
+        let s = Setup::start().await;
+        let cache = s.cache(1 << 30);
+        let count = comfaas_schemas::FILTERED_INPUTS + 8;
+        let start = SystemTime::now() - Duration::from_secs(100_000);
+        let digest = |i: usize| format!("SHA-256=input{i:05}");
+        for i in 0..count {
+            let path = s.dir.path().join(format!("input{i:05}"));
+            let file = std::fs::File::create(&path).unwrap();
+            file.set_modified(start + Duration::from_secs(i as u64))
+                .unwrap();
+        }
+        std::fs::write(s.dir.path().join(format!("{PART_PREFIX}x")), b"").unwrap();
+        let held = cache.cached_inputs().await;
+        let filter = held.filter.as_ref().expect("a filter for many inputs");
+        assert_eq!(filter.count as usize, comfaas_schemas::FILTERED_INPUTS);
+        assert!(comfaas_schemas::encode(&held).unwrap().len() < 6000);
+        assert!((8..count).all(|i| held.holds(&digest(i))), "the newest");
+        assert!(
+            !(0..8).any(|i| held.holds(&digest(i))),
+            "the oldest left out"
+        );
+        assert!(!held.holds(&format!("SHA-256={PART_PREFIX}x")));
     }
 
     /// Bytes from a fixed-seed generator, quick to make in bulk.

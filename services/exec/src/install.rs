@@ -15,7 +15,7 @@ use comfaas_platform::registry::{Registry, RegistryChange, RegistryError};
 use comfaas_platform::signals::Tasks;
 use comfaas_platform::signing::TrustedOperators;
 use comfaas_runtime::{HandlerPool, Sandboxes, Toolchain};
-use comfaas_schemas::{Deployment, Mode};
+use comfaas_schemas::{now_unix_ms, Deployment, InstallTimes, Mode};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -127,14 +127,20 @@ impl Installer {
         tracing::info!(function = %manifest.name, version = %manifest.version,
             digest = %deployment.bundle.digest, "installing");
         let started = std::time::Instant::now();
-        let result = self.install_files(&deployment).await;
+        let mut times = InstallTimes {
+            seen_unix_ms: now_unix_ms(),
+            ..InstallTimes::default()
+        };
+        let result = self.install_files(&deployment, &mut times).await;
+        times.total_ms = started.elapsed().as_millis() as u64;
         match &result {
             Ok(_) => tracing::info!(function = %manifest.name, version = %manifest.version,
-                ms = started.elapsed().as_millis() as u64, "ready"),
+                ms = times.total_ms, fetch_ms = times.fetch_ms, unpack_ms = times.unpack_ms,
+                steps = ?times.steps, "ready"),
             Err(reason) => tracing::warn!(function = %manifest.name, version = %manifest.version,
                 "install failed: {reason}"),
         }
-        self.table.finish(&deployment, result);
+        self.table.finish_timed(&deployment, result, Some(times));
     }
 
     async fn fetch_bundle(&self, deployment: &Deployment) -> Result<Vec<u8>, InstallFailure> {
@@ -168,8 +174,15 @@ impl Installer {
         }
     }
 
-    async fn install_files(&self, deployment: &Deployment) -> Result<Served, InstallFailure> {
-        let bytes = self.fetch_bundle(deployment).await?;
+    async fn install_files(
+        &self,
+        deployment: &Deployment,
+        times: &mut InstallTimes,
+    ) -> Result<Served, InstallFailure> {
+        let fetching = std::time::Instant::now();
+        let bytes = self.fetch_bundle(deployment).await;
+        times.fetch_ms = fetching.elapsed().as_millis() as u64;
+        let bytes = bytes?;
         // A fresh folder per install: a version being replaced keeps its files
         // until its last run ends.
         let digest_hex = deployment
@@ -193,7 +206,7 @@ impl Installer {
         tokio::task::spawn_blocking(move || sandboxes.make_version_dir(&root, &name, &made))
             .await
             .map_err(InstallFailure::SandboxTask)??;
-        let result = self.install_into(deployment, bytes, &dir).await;
+        let result = self.install_into(deployment, bytes, &dir, times).await;
         if result.is_err() {
             let _ = tokio::fs::remove_dir_all(&dir).await;
         }
@@ -206,8 +219,10 @@ impl Installer {
         deployment: &Deployment,
         bytes: Vec<u8>,
         dir: &Path,
+        times: &mut InstallTimes,
     ) -> Result<Served, InstallFailure> {
         let manifest = &deployment.manifest;
+        let unpacking = std::time::Instant::now();
         let bundle_dir = dir.join("bundle");
         let digest = deployment.bundle.digest.clone();
         let unpack_to = bundle_dir.clone();
@@ -216,6 +231,7 @@ impl Installer {
         })
         .await
         .map_err(InstallFailure::UnpackTask)?;
+        times.unpack_ms = unpacking.elapsed().as_millis() as u64;
         if let Err(comfaas_runtime::BundleError::DigestMismatch { expected, actual }) = &unpacked {
             return Err(InstallFailure::Refused(format!(
                 "bundle {} has digest {actual}, its deployment says {expected}",
@@ -223,9 +239,15 @@ impl Installer {
             )));
         }
         unpacked?;
-        let installation =
-            comfaas_runtime::install(manifest, &bundle_dir, &dir.join("env"), &self.toolchain)
-                .await?;
+        let (installation, steps) = comfaas_runtime::install_timed(
+            manifest,
+            &bundle_dir,
+            &dir.join("env"),
+            &self.toolchain,
+        )
+        .await;
+        times.steps = steps;
+        let installation = installation?;
         // Read once per installed version: after `comfaas secret set`, a
         // redeploy (or rollback) hands runs the new value.
         let secrets = comfaas_platform::secrets::fetch(&self.secrets, &manifest.secrets)

@@ -227,13 +227,13 @@ impl Executor {
                     (observe.clone(), admission.clone(), inputs.clone());
                 Arc::new(move || observe.render(&admission, &inputs))
             };
-            let addr =
-                comfaas_platform::metrics::serve(&config.metrics_addr, render, shutdown.clone())
-                    .await?;
-            tracing::info!(
-                "metrics at http://{addr}{}",
-                comfaas_platform::metrics::METRICS_PATH
-            );
+            comfaas_platform::metrics::serve_unless_taken(
+                &format!("node {}", config.node),
+                &config.metrics_addr,
+                render,
+                shutdown.clone(),
+            )
+            .await?;
         }
         let recent = RecentRuns::new(
             Duration::from_secs(config.remember_events_s),
@@ -308,6 +308,7 @@ impl Executor {
             queue
         });
         let worker = Worker {
+            notices: comfaas_platform::notices::Notices::start(self.client.clone()),
             client: self.client.clone(),
             config: config.clone(),
             table,

@@ -1,8 +1,10 @@
 //! The heartbeat: this node's `NodeLoad`, every period, at once when an
 //! install starts or ends, and soon after a run is admitted, starts or
 //! ends, so that every dispatcher (not only the one that sent the work)
-//! sees a slot taken or freed without waiting a period. On shutdown, a last
-//! report says the node is leaving.
+//! sees a slot taken or freed without waiting a period. Each report says
+//! which inputs the node's cache holds, so dispatchers send an input where
+//! it need not be fetched. On shutdown, a last report says the node is
+//! leaving.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,7 +66,11 @@ impl Heartbeat {
             }
             last = tokio::time::Instant::now();
             system.refresh_memory();
-            match encode(&self.load(&system)) {
+            let load = NodeLoad {
+                cached_inputs: self.inputs.cached_inputs().await,
+                ..self.load(&system)
+            };
+            match encode(&load) {
                 Ok(bytes) => {
                     if let Err(e) = self.client.publish(subject.clone(), bytes.into()).await {
                         tracing::warn!("cannot publish load: {e}");

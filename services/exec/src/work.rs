@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use comfaas_platform::notices;
 use comfaas_platform::reply::{self, ReplyMeta};
 use comfaas_platform::request::is_reply_subject;
 use comfaas_platform::signals::Tasks;
@@ -55,6 +56,9 @@ pub struct Worker {
     pub observe: Arc<Observe>,
     /// Where runs' logs go, when they are published.
     pub logs: Option<LogQueue>,
+    /// Notices of runs answered straight to their requesters, batched per
+    /// dispatcher.
+    pub notices: comfaas_platform::notices::Notices,
 }
 
 /// What a work message gets back.
@@ -74,6 +78,21 @@ struct Reply {
 struct Delivery {
     function: String,
     reply_to: Option<String>,
+    /// Where the dispatcher wants its notice, batched (an inbox).
+    notices_to: Option<String>,
+}
+
+impl Delivery {
+    fn of(invocation: &Invocation) -> Self {
+        Self {
+            function: invocation.function.clone(),
+            reply_to: invocation.reply_to.clone(),
+            notices_to: invocation
+                .notices_to
+                .clone()
+                .filter(|to| is_reply_subject(to)),
+        }
+    }
 }
 
 impl Worker {
@@ -138,24 +157,39 @@ impl Worker {
         let Some(Delivery {
             function,
             reply_to: Some(reply_to),
+            notices_to,
         }) = reply.delivery
         else {
             publish(client, work_reply, reply.headers, reply.body).await;
             return;
         };
         // The outcome of a run goes straight to the requester, saving the
-        // dispatcher a relay; then to the result subject; then a headers-only
-        // notice tells the dispatcher it is done.
-        let result_headers = reply::for_result(&reply.headers, &function);
-        let notice = reply::notice(&reply.headers);
+        // dispatcher a relay; a failure (or, when configured, every outcome)
+        // to the result subject; then a headers-only notice tells the
+        // dispatcher it is done. A successful answer is not published: its
+        // requester has it, and writing every call into `COMFAAS_RESULTS`
+        // cost the server a stored message per call that nothing read.
         // On the result subject an error says its code and why, not the
         // run's stderr: that subject is read by observers and MQTT devices.
         let error_body = reply::result_error_body(&reply.headers);
+        let published = error_body.is_some() || self.config.publish_request_results;
+        // What goes out besides the reply is made from its headers before
+        // they leave with it (no copy of them for what is not sent).
+        let result_headers = published.then(|| reply::for_result(&reply.headers, &function));
+        let notice = match notices_to {
+            Some(to) => Ok((to, notices::replied(work_reply.to_string(), &reply.headers))),
+            None => Err(reply::notice(&reply.headers)),
+        };
         publish(client, reply_to.into(), reply.headers, reply.body.clone()).await;
-        let result = self.config.nats.subjects().result(&function);
-        let result_body = error_body.unwrap_or(reply.body);
-        publish(client, result.into(), result_headers, result_body).await;
-        publish(client, work_reply, notice, Bytes::new()).await;
+        if let Some(result_headers) = result_headers {
+            let result = self.config.nats.subjects().result(&function);
+            let result_body = error_body.unwrap_or(reply.body);
+            publish(client, result.into(), result_headers, result_body).await;
+        }
+        match notice {
+            Ok((to, notice)) => self.notices.send(to, notice).await,
+            Err(notice) => publish(client, work_reply, notice, Bytes::new()).await,
+        }
     }
 
     /// The reply to one work message, with the function it named (empty
@@ -213,10 +247,7 @@ impl Worker {
             return Reply {
                 headers: outcome.headers,
                 body: outcome.body,
-                delivery: Some(Delivery {
-                    function: invocation.function.clone(),
-                    reply_to: invocation.reply_to.clone(),
-                }),
+                delivery: Some(Delivery::of(invocation)),
                 ticket: None,
                 log: None,
             };
@@ -306,10 +337,7 @@ impl Worker {
         Ok(Reply {
             headers,
             body,
-            delivery: Some(Delivery {
-                function: function.to_owned(),
-                reply_to: invocation.reply_to.clone(),
-            }),
+            delivery: Some(Delivery::of(invocation)),
             ticket: Some(ticket),
             log,
         })

@@ -29,9 +29,11 @@ const CONTENTION: f64 = 0.1;
 
 /// Completion-time estimates of one job on the nodes eligible for it.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Estimator {
+pub(crate) struct Estimator<'a> {
     /// Bytes of input the node must fetch.
     fetch_bytes: u64,
+    /// That input's digest: a node holding it fetches nothing.
+    fetch_digest: Option<&'a str>,
     /// Bytes of input however it travels: what run time depends on.
     run_bytes: u64,
     /// The least run time × processes any eligible node has a history
@@ -43,17 +45,18 @@ pub(crate) struct Estimator {
     cloud_fetch_bytes_per_s: f64,
 }
 
-impl Estimator {
-    /// Estimates for a job with `fetch_bytes` of input to fetch and
-    /// `run_bytes` of input in all, on `eligible` nodes with the process
-    /// count each would run it with; `nodes` are all the nodes known,
-    /// whose measured fetch throughputs stand in for those of their tier
-    /// that have none.
+impl<'a> Estimator<'a> {
+    /// Estimates for a job with `fetch_bytes` of input to fetch (of
+    /// digest `fetch_digest`, when known) and `run_bytes` of input in all,
+    /// on `eligible` nodes with the process count each would run it with;
+    /// `nodes` are all the nodes known, whose measured fetch throughputs
+    /// stand in for those of their tier that have none.
     pub(crate) fn new(
         nodes: &[NodeView],
         eligible: &[(&NodeView, u32)],
         fetch_bytes: u64,
         run_bytes: u64,
+        fetch_digest: Option<&'a str>,
     ) -> Self {
         // A node without history of the function is assumed as fast as the
         // fastest that has one (at its own process count), else a first guess.
@@ -63,6 +66,7 @@ impl Estimator {
             .min_by(f64::total_cmp);
         Self {
             fetch_bytes,
+            fetch_digest,
             run_bytes,
             fastest_work,
             edge_fetch_bytes_per_s: tier_fetch_bytes_per_s(nodes, Tier::Edge),
@@ -92,8 +96,9 @@ impl Estimator {
         // The jobs at the node share its cores a little.
         let contention = run * CONTENTION * f64::from(view.backlog()) / slots;
         let rtt = view.rtt_ms.unwrap_or(DEFAULT_RTT_MS);
-        // A fetch takes a few round trips before data flows, then the bytes.
-        let transfer = if self.fetch_bytes == 0 {
+        // A fetch takes a few round trips before data flows, then the
+        // bytes; a node holding the input in its cache fetches nothing.
+        let transfer = if self.fetch_bytes == 0 || view.holds(self.fetch_digest) {
             0.0
         } else {
             FETCH_ROUND_TRIPS * rtt
@@ -129,17 +134,17 @@ fn run_ms(view: &NodeView, procs: u32, input_bytes: u64) -> Option<f64> {
 /// average of those of its tier among `nodes` that did, else a default
 /// for the tier.
 fn tier_fetch_bytes_per_s(nodes: &[NodeView], tier: Tier) -> f64 {
-    let known: Vec<f64> = nodes
+    let (sum, known) = nodes
         .iter()
         .filter(|n| n.tier == tier)
         .filter_map(|n| n.fetch_bytes_per_s.filter(|b| *b > 0.0))
-        .collect();
-    if known.is_empty() {
+        .fold((0.0, 0u32), |(sum, known), b| (sum + b, known + 1));
+    if known == 0 {
         match tier {
             Tier::Edge => EDGE_FETCH_BYTES_PER_S,
             Tier::Cloud => CLOUD_FETCH_BYTES_PER_S,
         }
     } else {
-        known.iter().sum::<f64>() / known.len() as f64
+        sum / f64::from(known)
     }
 }

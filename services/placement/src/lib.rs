@@ -13,7 +13,8 @@
 //! queue wait (when the jobs ahead free a slot) + contention (each job at
 //! the node, running or waiting, slows the run by a tenth of its run time
 //! shared among the slots: run × 0.1 × backlog ÷ slots) + input transfer
-//! (two round trips, then bytes ÷ the node's fetch throughput) + round
+//! (two round trips, then bytes ÷ the node's fetch throughput; none at a
+//! node whose report says it holds the input in its cache) + round
 //! trip (measured) + run time (per function, node and process count, a
 //! line in the input's size fitted to recent runs, see [`RunFit`]; from
 //! the nearest count, scaled, when this one was never run there)
@@ -45,6 +46,8 @@ mod cost;
 mod fit;
 mod view;
 
-pub use choose::{choose, could_ever_take, Decision, Request};
+pub use choose::{
+    choose, could_ever_take, placement_allows, Decision, Request, REPORTED_CANDIDATES,
+};
 pub use fit::RunFit;
 pub use view::NodeView;

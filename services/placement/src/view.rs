@@ -3,7 +3,9 @@
 //! node, whether its queue has room, and how long a new job waits for a
 //! slot.
 
-use comfaas_schemas::Tier;
+use std::sync::Arc;
+
+use comfaas_schemas::{CachedInputs, Tier};
 
 use crate::fit::RunFit;
 
@@ -50,6 +52,9 @@ pub struct NodeView {
     /// This function's run time here, per process count it ran with:
     /// `(procs, fit)`.
     pub runs: Vec<(u32, RunFit)>,
+    /// The inputs in the node's cache, as last reported (shared, not
+    /// copied, by every decision until the next report).
+    pub cached_inputs: Arc<CachedInputs>,
 }
 
 impl NodeView {
@@ -57,6 +62,12 @@ impl NodeView {
     /// (a report is up to a heartbeat old; our count is current but only ours).
     pub(crate) fn backlog(&self) -> u32 {
         self.running.saturating_add(self.queued).max(self.in_flight)
+    }
+
+    /// Whether the node holds the input of digest `digest` in its cache
+    /// (surely, or per its filter; never for a job without one).
+    pub(crate) fn holds(&self, digest: Option<&str>) -> bool {
+        digest.is_some_and(|d| self.cached_inputs.holds(d))
     }
 
     /// Whether one more job fits in the slots and the queue.
@@ -74,11 +85,11 @@ impl NodeView {
         }
         // Ours: we know when each should finish. A slot frees when all but
         // `slots - 1` of the jobs ahead are done (first in, first out).
-        let mut ours = self.ahead_ms.clone();
-        ours.sort_by(f64::total_cmp);
-        let others = backlog.saturating_sub(ours.len());
-        let ours_wait = if ours.len() >= slots {
-            ours[ours.len() - slots]
+        let others = backlog.saturating_sub(self.ahead_ms.len());
+        let ours_wait = if self.ahead_ms.len() >= slots {
+            let mut ours = self.ahead_ms.clone();
+            let at = ours.len() - slots;
+            *ours.select_nth_unstable_by(at, f64::total_cmp).1
         } else {
             0.0
         };

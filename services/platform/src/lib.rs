@@ -14,6 +14,7 @@ pub mod logs;
 pub mod metrics;
 pub mod micro;
 pub mod nats;
+pub mod notices;
 pub mod objects;
 pub mod registry;
 pub mod reply;

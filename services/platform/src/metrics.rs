@@ -149,6 +149,29 @@ pub async fn serve(
     Ok(bound)
 }
 
+/// [`serve`] for a service (`who`, in the log lines): an address that is
+/// not `host:port` is its error, but one it cannot listen on (another
+/// program has the port) is a warning, and `None`: metrics are for
+/// watching, and a port taken must not cost the service its work.
+pub async fn serve_unless_taken(
+    who: &str,
+    addr: &str,
+    render: Render,
+    shutdown: CancellationToken,
+) -> Result<Option<SocketAddr>, MetricsError> {
+    match serve(addr, render, shutdown).await {
+        Ok(bound) => {
+            tracing::info!("{who} metrics at http://{bound}{METRICS_PATH}");
+            Ok(Some(bound))
+        }
+        Err(e @ MetricsError::Bind { .. }) => {
+            tracing::warn!("{e}: {who} serves without metrics");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Answers one connection: the metrics for `GET /metrics`, 404 for any
 /// other path, 405 for any other method.
 async fn answer(mut stream: TcpStream, render: Render) {
@@ -239,12 +262,19 @@ mod tests {
         let addr = serve("127.0.0.1:0", render.clone(), shutdown.clone())
             .await
             .unwrap();
-        let busy = serve(&addr.to_string(), render, shutdown.clone()).await;
+        let busy = serve(&addr.to_string(), render.clone(), shutdown.clone()).await;
         let message = busy.unwrap_err().to_string();
         assert!(
             message.starts_with(&format!("cannot listen for metrics on {addr}")),
             "{message}"
         );
+        // For a service, a port taken is no error, an address that is
+        // not one still is.
+        let taken =
+            serve_unless_taken("test", &addr.to_string(), render.clone(), shutdown.clone()).await;
+        assert!(matches!(taken, Ok(None)), "{taken:?}");
+        let bad = serve_unless_taken("test", "nonsense", render, shutdown.clone()).await;
+        assert!(matches!(bad, Err(MetricsError::BadAddress(_))), "{bad:?}");
         shutdown.cancel();
     }
 }

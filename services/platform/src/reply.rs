@@ -1,6 +1,7 @@
 //! Reply headers of the device-facing format, written and read in one
 //! place: every [`InvocationError`] becomes headers here and nowhere else.
 
+use async_nats::header::{HeaderName, HeaderValue};
 use async_nats::HeaderMap;
 use comfaas_schemas::{names::headers as h, ErrorCode, InvocationError, Tier};
 
@@ -27,7 +28,7 @@ pub struct ReplyMeta {
 /// Headers of a successful reply.
 pub fn ok(meta: &ReplyMeta) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(h::STATUS, h::STATUS_OK);
+    headers.insert(HeaderName::from_static(h::STATUS), h::STATUS_OK);
     add_meta(&mut headers, meta);
     headers
 }
@@ -78,15 +79,21 @@ pub fn set_msg_id(headers: &mut HeaderMap, msg_id: &str) {
     headers.insert(h::MSG_ID, header_text(msg_id).as_str());
 }
 
+// Written on every reply: names made from the constants as they are (no
+// check, no copy), values copied once.
 fn add_meta(headers: &mut HeaderMap, meta: &ReplyMeta) {
     if !meta.invocation_id.is_empty() {
-        headers.insert(h::INVOCATION_ID, header_text(&meta.invocation_id).as_str());
+        let id = header_value(&meta.invocation_id);
+        headers.insert(HeaderName::from_static(h::INVOCATION_ID), id.as_ref());
     }
     if let Some(node) = &meta.node {
-        headers.insert(h::NODE, header_text(node).as_str());
+        headers.insert(
+            HeaderName::from_static(h::NODE),
+            header_value(node).as_ref(),
+        );
     }
     if let Some(tier) = meta.tier {
-        headers.insert(h::TIER, tier.as_str());
+        headers.insert(HeaderName::from_static(h::TIER), tier.as_str());
     }
     for (name, ms) in [
         (h::DURATION_MS, meta.duration_ms),
@@ -94,8 +101,20 @@ fn add_meta(headers: &mut HeaderMap, meta: &ReplyMeta) {
         (h::FETCH_MS, meta.fetch_ms),
     ] {
         if let Some(ms) = ms {
-            headers.insert(name, ms.to_string().as_str());
+            headers.insert(HeaderName::from_static(name), HeaderValue::from(ms));
         }
+    }
+}
+
+/// `text` as [`header_text`] makes it, not copied when it already is so.
+fn header_value(text: &str) -> std::borrow::Cow<'_, str> {
+    let safe = text.len() <= MAX_ERROR_TEXT
+        && !text.chars().any(char::is_control)
+        && text.trim().len() == text.len();
+    if safe {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        std::borrow::Cow::Owned(header_text(text))
     }
 }
 

@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use async_nats::jetstream::context::CreateStreamError;
 use async_nats::jetstream::{self, kv, object_store, stream};
 use comfaas_schemas::names::{self, Subjects};
 
@@ -186,10 +187,12 @@ pub async fn dlq_stream(
 }
 
 /// Opens the stream `config` names, creating it when missing. When the
-/// server cannot reserve its `max_bytes` of disk, it gets a quarter of the
-/// most the server can reserve (at least 64 MiB), with a warning, like the
-/// object stores. At [`replicas`] copies, like everything created here.
-/// Returns the stream and the configuration it was made with.
+/// server could not reserve four times its `max_bytes` of disk, it gets a
+/// quarter of the room left, with a warning, like the object stores (see
+/// [`made_in_room`]). At [`replicas`] copies, like everything created here.
+/// Returns the stream and the configuration it was made with, or, when it
+/// was there already or another service made it meanwhile, the one asked
+/// for: what [`current_stream`] brings an older stream up to.
 async fn sized_stream(
     js: &jetstream::Context,
     config: stream::Config,
@@ -198,40 +201,138 @@ async fn sized_stream(
         num_replicas: replicas(),
         ..config
     };
-    let what = || format!("create stream {}", config.name);
-    let error = match js.get_or_create_stream(config.clone()).await {
-        Ok(stream) => return Ok((stream, config)),
-        Err(e) => e,
-    };
-    if !no_room(&error) {
-        return Err(NatsError::new(what(), error));
-    }
-    let room = reservable_bytes(js, config.max_bytes / 2).await;
-    let smaller = stream::Config {
-        max_bytes: (room / 4).max(MIN_OBJECT_STORE_BYTES),
-        ..config.clone()
-    };
-    tracing::warn!(
-        stream = %config.name,
-        "the server cannot reserve {} MiB of disk for it; using {} MiB",
-        config.max_bytes >> 20,
-        smaller.max_bytes >> 20
-    );
-    match js.get_or_create_stream(smaller.clone()).await {
-        Ok(stream) => Ok((stream, smaller)),
-        // Another service created it meanwhile (at the size it could get).
-        Err(e) => match js.get_stream(&config.name).await {
-            Ok(mut stream) => {
-                let made = stream
-                    .info()
-                    .await
-                    .map(|i| i.config.clone())
-                    .unwrap_or(smaller);
-                Ok((stream, made))
+    let name = config.name.clone();
+    made_in_room(
+        js,
+        &format!("stream {name}"),
+        config.max_bytes,
+        |max_bytes| {
+            let config = stream::Config {
+                max_bytes,
+                ..config.clone()
+            };
+            async move {
+                let stream = js.get_or_create_stream(config.clone()).await;
+                stream.map(|stream| (stream, config))
             }
-            Err(_) => Err(NatsError::new(what(), e)),
         },
+        || async {
+            let stream = js.get_stream(&name).await.ok()?;
+            Some((stream, config.clone()))
+        },
+    )
+    .await
+}
+
+/// Tries a service makes at a stream or store before it gives up: services
+/// started side by side make the same ones at once, and another's probe or
+/// new store can take the room found for one between the probe and the
+/// create (or, on nats-server 2.9, another's create of the same stream
+/// refuses this one as overlapping).
+const MAKE_TRIES: u32 = 8;
+
+/// Makes a stream or store with `make(size)`, unless `find` finds it made
+/// already. JetStream reserves a store's whole `max_bytes` against the disk
+/// the server may use, so the first stores made in full could leave none
+/// for the rest: a store takes all of `max_bytes` only while the server can
+/// still reserve four times that, and otherwise a quarter of the room left
+/// (see [`fitted`]), with a warning. After each refusal `find` looks for
+/// one another service made meanwhile; a refusal for want of room or for a
+/// racing create is tried again, at the room then left, after a short
+/// random pause, up to [`MAKE_TRIES`] times. `what` names it in the warning
+/// and the error.
+async fn made_in_room<T, E, Made, Found>(
+    js: &jetstream::Context,
+    what: &str,
+    max_bytes: i64,
+    make: impl Fn(i64) -> Made,
+    find: impl Fn() -> Found,
+) -> Result<T, NatsError>
+where
+    Made: std::future::Future<Output = Result<T, E>>,
+    Found: std::future::Future<Output = Option<T>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    if let Some(found) = find().await {
+        return Ok(found);
     }
+    let mut size = fitted(js, what, max_bytes).await?;
+    let mut tries = 1;
+    loop {
+        let error = match make(size).await {
+            Ok(made) => return Ok(made),
+            Err(e) => e,
+        };
+        if let Some(found) = find().await {
+            return Ok(found);
+        }
+        let retry = no_room(&error) || racing(&error);
+        if !retry || tries == MAKE_TRIES {
+            return Err(NatsError::new(format!("create {what}"), error));
+        }
+        if tries > 1 {
+            pause(tries).await;
+        }
+        tries += 1;
+        if no_room(&error) {
+            size = fitted(js, what, max_bytes).await?.min(size);
+        }
+    }
+}
+
+/// The size to make a stream or store of at most `max_bytes` at, from the
+/// room the server has left now: all of it when the room is four times
+/// that or more; else a quarter of the room, so that every store made after
+/// it finds room too (the eighth store of a full platform still gets a
+/// tenth of what the first found); under [`MIN_OBJECT_STORE_BYTES`], that
+/// minimum or half the room, whichever is less. An error when the server
+/// has no room at all. A `max_bytes` of zero or less (no limit) reserves
+/// nothing and is kept.
+async fn fitted(js: &jetstream::Context, what: &str, max_bytes: i64) -> Result<i64, NatsError> {
+    if max_bytes <= 0 {
+        return Ok(max_bytes);
+    }
+    // A service that may not make the probe may not make the store either:
+    // its error, at once (a node on a secure site waits for its stores).
+    let room = reservable_bytes(js, max_bytes.saturating_mul(4))
+        .await
+        .map_err(|e| NatsError::new(format!("create {what}"), e))?;
+    let size = if room / 4 >= max_bytes {
+        max_bytes
+    } else if room / 4 >= MIN_OBJECT_STORE_BYTES {
+        room / 4
+    } else {
+        (room / 2).min(MIN_OBJECT_STORE_BYTES)
+    };
+    if size < PROBE_FLOOR_BYTES {
+        return Err(NatsError::new(
+            format!("create {what}"),
+            format!(
+                "the server has no disk left to reserve for it (under {} MiB): \
+                 raise its JetStream max_file_store (by default 75% of the disk free \
+                 when it started) or free disk",
+                PROBE_FLOOR_BYTES >> 20
+            ),
+        ));
+    }
+    if size < max_bytes {
+        tracing::warn!(
+            "the server can reserve {} MiB more of disk; the {what} gets {} MiB, not {} MiB, \
+             leaving room for the rest",
+            room >> 20,
+            size >> 20,
+            max_bytes >> 20
+        );
+    }
+    Ok(size)
+}
+
+/// Waits a random 10 to 60 ms times `tries`, so that services retrying
+/// together do not collide again.
+async fn pause(tries: u32) {
+    use std::hash::{BuildHasher, RandomState};
+    let jitter = RandomState::new().hash_one(tries) % 50;
+    tokio::time::sleep(Duration::from_millis((10 + jitter) * u64::from(tries))).await;
 }
 
 /// A limit of a stream's configuration that cannot work.
@@ -428,22 +529,31 @@ async fn kv_bucket(
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }
-    js.get_or_create_stream(stream::Config {
-        name: names::kv_stream(bucket),
-        description: Some(description.to_owned()),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: history,
-        storage: stream::StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        deny_purge: false,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        num_replicas: replicas(),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| NatsError::new(format!("create bucket {bucket}"), e))?;
+    let made = js
+        .get_or_create_stream(stream::Config {
+            name: names::kv_stream(bucket),
+            description: Some(description.to_owned()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: history,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            deny_purge: false,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: replicas(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| NatsError::new(format!("create bucket {bucket}"), e));
+    // Another service may have made it meanwhile (nats-server 2.9 refuses
+    // the second of two creates racing as overlapping).
+    if let Err(e) = made {
+        if let Ok(store) = js.get_key_value(bucket).await {
+            return Ok(store);
+        }
+        return Err(e);
+    }
     js.get_key_value(bucket)
         .await
         .map_err(|e| NatsError::new(format!("open bucket {bucket}"), e))
@@ -494,15 +604,16 @@ pub async fn outputs_store(
     .await
 }
 
-/// Smallest size an object store is shrunk to when the server cannot
-/// reserve the size asked for.
+/// Smallest size a stream or store is shrunk to while the server has room
+/// for twice that (with less, it gets half the room left).
 pub const MIN_OBJECT_STORE_BYTES: i64 = 64 << 20;
 
 /// Opens the object store `bucket`, creating it when missing with at most
 /// `max_bytes`. JetStream reserves a store's full size against the disk it
-/// may use (by default a share of the free space). When the server cannot
-/// reserve `max_bytes`, the store gets a quarter of the most it can reserve
-/// (leaving room for the other stores), with a warning.
+/// may use (by default a share of the free space). When the server could
+/// not reserve four times `max_bytes`, the store gets a quarter of the room
+/// left (leaving room for the other stores), with a warning (see
+/// [`made_in_room`]).
 async fn object_store(
     js: &jetstream::Context,
     bucket: &str,
@@ -510,59 +621,77 @@ async fn object_store(
     max_age: Duration,
     max_bytes: i64,
 ) -> Result<object_store::ObjectStore, NatsError> {
-    if let Ok(store) = js.get_object_store(bucket).await {
-        return Ok(store);
-    }
-    let create = |size: i64| {
-        js.create_object_store(object_store::Config {
-            bucket: bucket.to_owned(),
-            description: Some(description.to_owned()),
-            max_age,
-            max_bytes: size,
-            storage: stream::StorageType::File,
-            num_replicas: replicas(),
-            ..Default::default()
-        })
-    };
-    let error = match create(max_bytes).await {
-        Ok(store) => return Ok(store),
-        Err(e) => e,
-    };
-    // Another service created it meanwhile.
-    if let Ok(store) = js.get_object_store(bucket).await {
-        return Ok(store);
-    }
-    if !no_room(&error) {
-        return Err(NatsError::new(
-            format!("create object store {bucket}"),
-            error,
-        ));
-    }
-    let room = reservable_bytes(js, max_bytes / 2).await;
-    let size = (room / 4).max(MIN_OBJECT_STORE_BYTES);
-    tracing::warn!(
-        bucket,
-        "the server cannot reserve {} MiB of disk for it; using {} MiB",
-        max_bytes >> 20,
-        size >> 20
-    );
-    match create(size).await {
-        Ok(store) => Ok(store),
-        // Another service created it meanwhile (at the size it could get).
-        Err(e) => js
-            .get_object_store(bucket)
-            .await
-            .map_err(|_| NatsError::new(format!("create object store {bucket}"), e)),
-    }
+    made_in_room(
+        js,
+        &format!("object store {bucket}"),
+        max_bytes,
+        |size| {
+            js.create_object_store(object_store::Config {
+                bucket: bucket.to_owned(),
+                description: Some(description.to_owned()),
+                max_age,
+                max_bytes: size,
+                storage: stream::StorageType::File,
+                num_replicas: replicas(),
+                ..Default::default()
+            })
+        },
+        || async { js.get_object_store(bucket).await.ok() },
+    )
+    .await
 }
 
-/// The largest size, halving from `from`, that the server can reserve for a
-/// stream now, found with a throw-away probe stream.
-async fn reservable_bytes(js: &jetstream::Context, from: i64) -> i64 {
+/// Times a probe waits for another service's probe to go (each at most
+/// 240 ms) before it counts as refused.
+const PROBE_WAITS: u32 = 40;
+/// The least room a probe looks for: below it the server has none.
+const PROBE_FLOOR_BYTES: i64 = 1 << 20;
+/// Steps of bisection after halving found the room within a factor of two:
+/// within an eighth of it.
+const PROBE_BISECTIONS: u32 = 3;
+
+/// About the largest size, at most `ceiling`, that the server can reserve
+/// for a stream now (within an eighth below it), found with a throw-away
+/// probe stream: halving from `ceiling`, then bisecting. 0 when not even
+/// [`PROBE_FLOOR_BYTES`] fits; an error when the probe fails for another
+/// reason than room (not allowed to make streams, say).
+async fn reservable_bytes(js: &jetstream::Context, ceiling: i64) -> Result<i64, CreateStreamError> {
+    let mut size = ceiling;
+    let mut refused = None;
+    loop {
+        if size < PROBE_FLOOR_BYTES {
+            return Ok(0);
+        }
+        if reservable(js, size).await? {
+            break;
+        }
+        refused = Some(size);
+        size /= 2;
+    }
+    // `size` fits and `refused`, twice as much, did not.
+    let Some(mut above) = refused else {
+        return Ok(size);
+    };
+    for _ in 0..PROBE_BISECTIONS {
+        let middle = size + (above - size) / 2;
+        if reservable(js, middle).await? {
+            size = middle;
+        } else {
+            above = middle;
+        }
+    }
+    Ok(size)
+}
+
+/// Whether the server can reserve `size` bytes for a stream now: a probe
+/// stream of that size made and deleted at once. An error when the probe
+/// fails for another reason than room or another service's probe.
+async fn reservable(js: &jetstream::Context, size: i64) -> Result<bool, CreateStreamError> {
     // One fixed name, so that a permission can name it (see `auth`).
     let name = names::STORAGE_PROBE_STREAM.to_owned();
-    let mut size = from;
-    while size > MIN_OBJECT_STORE_BYTES {
+    let mut busy = 0;
+    let mut asked_again = false;
+    loop {
         let probe = js
             .create_stream(stream::Config {
                 name: name.clone(),
@@ -573,13 +702,52 @@ async fn reservable_bytes(js: &jetstream::Context, from: i64) -> i64 {
                 ..Default::default()
             })
             .await;
-        if probe.is_ok() {
-            let _ = js.delete_stream(&name).await;
-            return size;
+        match probe {
+            Ok(_) => {
+                // Another service that made the same probe may have
+                // deleted it already.
+                let _ = js.delete_stream(&name).await;
+                return Ok(true);
+            }
+            Err(e) => {
+                // Another service's probe has the name, or holds room (the
+                // server weighs the room before the name), or is being made
+                // (10049): it goes in a moment.
+                let busy_now = racing(&e)
+                    || jetstream_code(&e) == Some(jetstream::ErrorCode::STREAM_CREATE)
+                    || (no_room(&e) && js.get_stream(&name).await.is_ok());
+                match (busy_now, no_room(&e)) {
+                    // Not a matter of room (not allowed to make streams, say).
+                    (false, false) => return Err(e),
+                    // A refusal for room with no probe left may have met one
+                    // that went meanwhile: asked again at once, it is the room's.
+                    (false, true) if !asked_again => asked_again = true,
+                    (false, true) => return Ok(false),
+                    // Services starting together probe a few times each, so
+                    // this waits longer than a create's tries (a wait given
+                    // up counts as no room, and shrinks the store for nothing).
+                    (true, _) if busy == PROBE_WAITS => return Ok(false),
+                    (true, _) => {
+                        busy += 1;
+                        pause(busy.min(MAKE_TRIES / 2)).await;
+                    }
+                }
+            }
         }
-        size /= 2;
     }
-    MIN_OBJECT_STORE_BYTES
+}
+
+/// Whether `error` is JetStream refusing to create a stream because
+/// another service is creating one of that name at the same time: its name
+/// taken with another configuration (code 10058), or, on nats-server 2.9,
+/// its subjects taken by the same stream (code 10065).
+fn racing(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        jetstream_code(error),
+        Some(
+            jetstream::ErrorCode::STREAM_NAME_EXIST | jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP
+        )
+    )
 }
 
 /// Whether `error`, or what caused it, is JetStream refusing a stream for

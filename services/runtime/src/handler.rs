@@ -1,13 +1,18 @@
-//! Handler mode: warm Python workers that keep the function's module loaded
-//! and serve many invocations over a framed pipe, instead of a new process
-//! per call.
+//! Handler mode: warm workers that keep the function loaded and serve many
+//! invocations over a framed pipe, instead of a new process per call. A
+//! Python worker is [`WORKER_SOURCE`] importing the entry; a C, Java or
+//! `exec` worker is the function's own program, speaking the protocol
+//! through the runtime's helper ([`crate::sdk`]) or by itself.
 //!
 //! Frames, both ways on the worker's stdin/stdout: a request is a 4-byte
 //! big-endian length and the input; an answer is one status byte (0 ok,
-//! 1 the handler raised, 2 ready), a 4-byte big-endian length and the
-//! output (or the traceback). Whatever the function prints goes to stderr;
+//! 1 the handler failed, 2 ready), a 4-byte big-endian length and the
+//! output (or the error). Whatever the function prints goes to stderr;
 //! after each call the worker writes [`CALL_END`] there, so the executor
-//! knows which bytes of the shared stderr pipe belong to which call.
+//! knows which bytes of the shared stderr pipe belong to which call. A
+//! worker that breaks these rules (another status byte, a ready in answer
+//! to a call, an output over the limit) is killed, its call answered with
+//! the reason, and the next call gets a new worker.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -16,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use comfaas_schemas::Runtime;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -120,8 +126,16 @@ if __name__ == "__main__":
     sys.exit(main())
 "#;
 
-/// How long a worker may take to import its module.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a worker may take at deploy to load its function and say it
+/// is ready (a worker started for a call is bounded by the call's timeout).
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Bytes an error frame (a traceback, a handler's message) may hold,
+/// whatever the output limit.
+const ERROR_FRAME_BYTES: usize = 64 * 1024;
+
+/// Bytes a ready frame may hold.
+const READY_FRAME_BYTES: usize = 1024;
 
 /// Why a warm worker could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -145,20 +159,25 @@ pub enum WorkerError {
     NoPipes,
     /// It exited or answered something else than ready (usually an
     /// import error, in its stderr).
-    #[error("worker did not start: {stderr}")]
+    #[error("worker did not start ({why}): {stderr}")]
     NotReady {
+        /// What it did instead of saying ready.
+        why: String,
         /// The end of its stderr.
         stderr: String,
     },
-    /// It did not load the module within this time.
-    #[error("worker did not load the module within {}s", .0.as_secs())]
+    /// It did not say ready within this time.
+    #[error("worker did not say ready within {}s", .0.as_secs_f64())]
     SlowStart(Duration),
 }
 
 /// How to start one worker.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
-    /// The venv's python.
+    /// The function's runtime: a Python handler raises, others return an
+    /// error.
+    pub runtime: Runtime,
+    /// The venv's python, or the function's program.
     pub program: PathBuf,
     /// Its arguments (flags, the worker script, the entry).
     pub args: Vec<OsString>,
@@ -168,6 +187,24 @@ pub struct WorkerSpec {
     pub work_root: PathBuf,
     /// What confines each worker (its directory is added writable).
     pub jail: Jail,
+    /// How long a worker started at deploy may take to say ready
+    /// ([`START_TIMEOUT`] unless a test needs less).
+    pub start_timeout: Duration,
+}
+
+/// One frame a worker wrote.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    /// Status 0: the output.
+    Output(Vec<u8>),
+    /// Status 1: the handler failed; the traceback or message.
+    Failed(Vec<u8>),
+    /// Status 2: loaded and waiting for calls.
+    Ready,
+    /// An output frame longer than the limit (not read).
+    TooLarge,
+    /// Not a frame of the protocol: why.
+    Bad(String),
 }
 
 struct Worker {
@@ -192,8 +229,16 @@ impl Worker {
     }
 
     async fn send(&mut self, input: &[u8]) -> std::io::Result<()> {
-        self.stdin.write_u32(input.len() as u32).await?;
-        self.stdin.write_all(input).await?;
+        // One write for a small input: one wake-up of the worker, not two.
+        if input.len() <= 64 * 1024 {
+            let mut frame = Vec::with_capacity(4 + input.len());
+            frame.extend_from_slice(&(input.len() as u32).to_be_bytes());
+            frame.extend_from_slice(input);
+            self.stdin.write_all(&frame).await?;
+        } else {
+            self.stdin.write_u32(input.len() as u32).await?;
+            self.stdin.write_all(input).await?;
+        }
         self.stdin.flush().await
     }
 
@@ -208,7 +253,7 @@ impl Worker {
         max: usize,
         capture: &mut StderrCapture,
         settle: Duration,
-    ) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+    ) -> std::io::Result<Frame> {
         let read = read_frame(&mut self.stdout, max);
         let drain = drain_stderr(&mut self.stderr, &mut self.pending, capture);
         tokio::pin!(read, drain);
@@ -233,18 +278,43 @@ impl Worker {
     }
 }
 
-async fn read_frame(
-    stdout: &mut BufReader<ChildStdout>,
-    max: usize,
-) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+async fn read_frame(stdout: &mut BufReader<ChildStdout>, max: usize) -> std::io::Result<Frame> {
     let status = stdout.read_u8().await?;
+    if status > 2 {
+        // Most likely the function printed to stdout: say what it began with.
+        let mut start = vec![status];
+        let mut more = [0u8; 15];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(100), stdout.read(&mut more)).await
+        {
+            start.extend_from_slice(&more[..n]);
+        }
+        return Ok(Frame::Bad(format!(
+            "status byte {status} is none of 0 (ok), 1 (error), 2 (ready); its stdout began {:?} \
+             (a handler must not print to stdout)",
+            String::from_utf8_lossy(&start)
+        )));
+    }
     let len = stdout.read_u32().await? as usize;
-    if len > max {
-        return Ok(None);
+    let limit = match status {
+        0 => max,
+        1 => ERROR_FRAME_BYTES.max(max),
+        _ => READY_FRAME_BYTES,
+    };
+    if len > limit {
+        return Ok(match status {
+            0 => Frame::TooLarge,
+            1 => Frame::Bad(format!("an error frame of {len} bytes (at most {limit})")),
+            _ => Frame::Bad(format!("a ready frame of {len} bytes (at most {limit})")),
+        });
     }
     let mut data = vec![0u8; len];
     stdout.read_exact(&mut data).await?;
-    Ok(Some((status, data)))
+    Ok(match status {
+        0 => Frame::Output(data),
+        1 => Frame::Failed(data),
+        _ => Frame::Ready,
+    })
 }
 
 /// Reads `stderr` into `capture` until a [`CALL_END`] (what follows it
@@ -255,7 +325,6 @@ async fn drain_stderr(
     pending: &mut Vec<u8>,
     capture: &mut StderrCapture,
 ) {
-    let mut buf = vec![0u8; 8 * 1024];
     loop {
         if let Some(at) = find(pending, CALL_END) {
             capture.push(&pending[..at]);
@@ -266,13 +335,15 @@ async fn drain_stderr(
         let flush = pending.len() - marker_prefix_len(pending);
         capture.push(&pending[..flush]);
         pending.drain(..flush);
-        match stderr.read(&mut buf).await {
+        // Read straight into `pending`'s spare room: no buffer per call.
+        pending.reserve(8 * 1024);
+        match stderr.read_buf(pending).await {
             Ok(0) | Err(_) => {
                 capture.push(pending);
                 pending.clear();
                 return;
             }
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Ok(_) => {}
         }
     }
 }
@@ -305,8 +376,9 @@ impl std::fmt::Debug for HandlerPool {
 }
 
 impl HandlerPool {
-    /// Starts `size` workers and waits until each has loaded the module;
-    /// an import error is returned with the worker's stderr.
+    /// Starts `size` workers and waits until each has loaded the function
+    /// (within the spec's `start_timeout`); an import error is returned
+    /// with the worker's stderr.
     pub async fn start(spec: WorkerSpec, size: u32) -> Result<Arc<Self>, WorkerError> {
         let pool = Arc::new(Self {
             spec,
@@ -314,13 +386,14 @@ impl HandlerPool {
             permits: Semaphore::new(size.max(1) as usize),
         });
         for _ in 0..size.max(1) {
-            let worker = pool.spawn().await?;
+            let worker = pool.spawn(pool.spec.start_timeout).await?;
             pool.release(worker);
         }
         Ok(pool)
     }
 
-    async fn spawn(&self) -> Result<Worker, WorkerError> {
+    /// A new worker, once it said ready within `start_timeout`.
+    async fn spawn(&self, start_timeout: Duration) -> Result<Worker, WorkerError> {
         let dir = self.spec.work_root.join(format!("worker-{}", uuid_like()));
         let jail = self.spec.jail.for_worker(&dir);
         if let Err(source) = jail.make_private_dir(&dir).await {
@@ -363,23 +436,31 @@ impl HandlerPool {
         // What it prints while importing is read (so a chatty import
         // cannot fill the pipe) and kept for the error if it fails.
         let mut capture = StderrCapture::new(0);
-        let ready = worker.read_frame_capturing(1024, &mut capture, Duration::ZERO);
-        match tokio::time::timeout(START_TIMEOUT, ready).await {
-            Ok(Ok(Some((2, _)))) => Ok(worker),
-            Ok(_) => {
-                // Give stderr a moment to arrive: it holds the reason.
-                let _ = tokio::time::timeout(Duration::from_secs(2), worker.child.wait()).await;
-                worker.drain_rest(&mut capture, CALL_END_WAIT).await;
-                Err(WorkerError::NotReady {
-                    stderr: capture
-                        .finish()
-                        .tail_text(START_ERROR_BYTES)
-                        .trim()
-                        .to_owned(),
-                })
+        let ready = worker.read_frame_capturing(READY_FRAME_BYTES, &mut capture, Duration::ZERO);
+        let why = match tokio::time::timeout(start_timeout, ready).await {
+            Ok(Ok(Frame::Ready)) => return Ok(worker),
+            Ok(Err(_)) => "it exited before saying ready".to_owned(),
+            Ok(Ok(Frame::Bad(why))) => format!("its first frame is not ready: {why}"),
+            Ok(Ok(_)) => "its first frame is an answer, not ready".to_owned(),
+            Err(_) => return Err(WorkerError::SlowStart(start_timeout)),
+        };
+        // Give stderr a moment to arrive: it holds the reason.
+        let _ = tokio::time::timeout(Duration::from_secs(2), worker.child.wait()).await;
+        worker.drain_rest(&mut capture, CALL_END_WAIT).await;
+        let why = match worker.child.try_wait().ok().flatten() {
+            Some(status) if why.starts_with("it exited") => {
+                format!("it exited before saying ready, {status}")
             }
-            Err(_) => Err(WorkerError::SlowStart(START_TIMEOUT)),
-        }
+            _ => why,
+        };
+        Err(WorkerError::NotReady {
+            why,
+            stderr: capture
+                .finish()
+                .tail_text(START_ERROR_BYTES)
+                .trim()
+                .to_owned(),
+        })
     }
 
     fn release(&self, worker: Worker) {
@@ -436,7 +517,8 @@ impl HandlerPool {
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut worker = match idle {
             Some(worker) => worker,
-            None => match self.spawn().await {
+            // Also bounded by the call's timeout, around this exchange.
+            None => match self.spawn(self.spec.start_timeout).await {
                 Ok(worker) => worker,
                 Err(e) => {
                     return (
@@ -451,7 +533,7 @@ impl HandlerPool {
         if worker.send(&input).await.is_err() {
             // It died while idle; nothing was consumed: one fresh worker.
             drop(worker);
-            worker = match self.spawn().await {
+            worker = match self.spawn(self.spec.start_timeout).await {
                 Ok(worker) => worker,
                 Err(e) => {
                     return (
@@ -495,13 +577,25 @@ impl HandlerPool {
                     limit,
                 )
             }
-            Ok(None) => (
+            Ok(Frame::TooLarge) => (
                 Exit::OutputTooLarge,
                 Vec::new(),
                 std::mem::take(capture).finish(),
                 None,
             ),
-            Ok(Some((0, output))) => {
+            Ok(Frame::Bad(why)) => (
+                Exit::BadFrame(why),
+                Vec::new(),
+                std::mem::take(capture).finish(),
+                None,
+            ),
+            Ok(Frame::Ready) => (
+                Exit::BadFrame("it answered a call with a ready frame".to_owned()),
+                Vec::new(),
+                std::mem::take(capture).finish(),
+                None,
+            ),
+            Ok(Frame::Output(output)) => {
                 self.release(worker);
                 (
                     Exit::Success,
@@ -510,12 +604,20 @@ impl HandlerPool {
                     None,
                 )
             }
-            Ok(Some((_, traceback))) => {
+            Ok(Frame::Failed(traceback)) => {
                 // The traceback comes in the frame, after what the call
                 // printed: the log and the error read as Python prints them.
                 self.release(worker);
+                let mut traceback = traceback;
+                if !traceback.ends_with(b"\n") {
+                    traceback.push(b'\n');
+                }
                 let stderr = with_traceback(std::mem::take(capture).finish(), &traceback);
-                (Exit::Raised, Vec::new(), stderr, None)
+                let exit = match self.spec.runtime {
+                    Runtime::Python => Exit::Raised,
+                    _ => Exit::HandlerFailed,
+                };
+                (exit, Vec::new(), stderr, None)
             }
         }
         // A worker not released above is dropped: its group is killed.
@@ -584,6 +686,83 @@ mod tests {
         assert_eq!(big.tail.len(), TAIL_BYTES);
         assert_eq!(big.skipped, 10);
         assert!(big.tail.ends_with(b"Traceback\n"));
+    }
+
+    /// A worker of `script` (Python, unconfined: the tests share a flag
+    /// file with it) that must say ready within `start`.
+    fn spec(script: &str, work_root: &std::path::Path, start: Duration) -> WorkerSpec {
+        WorkerSpec {
+            runtime: Runtime::Exec,
+            program: "/usr/bin/python3".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            work_root: work_root.to_owned(),
+            jail: Jail::none(),
+            start_timeout: start,
+        }
+    }
+
+    /// Ready unless the flag file exists; input `die` creates it and exits.
+    const FLAGGED: &str = r#"
+import os, struct, sys, time
+flag = os.environ.get("FLAG") or sys.argv[1]
+if os.path.exists(flag):
+    time.sleep(60)
+out = os.fdopen(1, "wb", buffering=0)
+out.write(struct.pack(">BI", 2, 5) + b"ready")
+while True:
+    n = struct.unpack(">I", sys.stdin.buffer.read(4))[0]
+    data = sys.stdin.buffer.read(n)
+    if data == b"die":
+        open(flag, "w").close()
+        os._exit(1)
+    os.write(2, b"\x00comfaas-call-end\x00")
+    out.write(struct.pack(">BI", 0, len(data)) + data)
+"#;
+
+    #[tokio::test]
+    async fn a_worker_that_never_says_ready_is_an_error_and_the_pool_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let never = spec(
+            "import time; time.sleep(60)",
+            dir.path(),
+            Duration::from_millis(500),
+        );
+        let err = HandlerPool::start(never, 1).await.unwrap_err();
+        assert_eq!(err.to_string(), "worker did not say ready within 0.5s");
+
+        let flag = dir.path().join("flag");
+        let mut flagged = spec(FLAGGED, dir.path(), Duration::from_millis(500));
+        flagged.args.push(flag.clone().into());
+        let pool = HandlerPool::start(flagged, 1).await.unwrap();
+        let call = |input: &'static [u8]| {
+            pool.call(
+                Bytes::from_static(input),
+                Duration::from_secs(10),
+                1024,
+                1024,
+            )
+        };
+        assert_eq!(call(b"a").await.stdout, b"a");
+        let died = call(b"die").await;
+        assert_eq!(
+            died.exit,
+            Exit::Failed {
+                code: Some(1),
+                signal: None
+            }
+        );
+        // Its replacement never says ready: that call says so.
+        let stuck = call(b"b").await;
+        assert_eq!(
+            stuck.exit,
+            Exit::SpawnFailed("worker did not say ready within 0.5s".to_owned())
+        );
+        // Once it can start again, the pool serves.
+        std::fs::remove_file(&flag).unwrap();
+        let served = call(b"c").await;
+        assert_eq!(served.exit, Exit::Success);
+        assert_eq!(served.stdout, b"c");
     }
 
     #[test]

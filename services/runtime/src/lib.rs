@@ -15,13 +15,14 @@ pub mod install;
 pub mod jail;
 pub mod process;
 pub mod sandbox;
+pub mod sdk;
 
 pub use bundle::{check_entry, pack, unpack, Bundle, BundleError, MAX_UNPACKED_BYTES};
 pub use capture::{Captured, StderrCapture};
 pub use handler::{HandlerPool, WorkerError, WorkerSpec};
 pub use install::{
-    available_runtimes, default_wheelhouse, install, InstallError, Installation, MpiFlavor,
-    MpiLauncher, Toolchain,
+    available_runtimes, default_wheelhouse, install, install_timed, InstallError, Installation,
+    MpiFlavor, MpiLauncher, Toolchain, VenvPython,
 };
 pub use process::{run, RunInput, RunOutcome, RunSpec};
 pub use sandbox::{

@@ -16,6 +16,8 @@ use crate::jail::{Jail, LimitHit};
 
 /// Longest line of stderr quoted in a one-line failure description.
 const SUMMARY_LINE_BYTES: usize = 300;
+/// Bytes read at a time from an input file fed to a run's stdin.
+const INPUT_READ: usize = 1 << 20;
 
 /// What to run and within which bounds.
 #[derive(Debug, Clone)]
@@ -73,6 +75,12 @@ pub enum Exit {
     SpawnFailed(String),
     /// A handler-mode function raised; the traceback ends its stderr.
     Raised,
+    /// A compiled (C, Java, `exec`) handler answered with an error; its
+    /// message ends its stderr.
+    HandlerFailed,
+    /// A handler-mode worker wrote something that is not a frame of the
+    /// protocol (why); it was killed and is replaced on the next call.
+    BadFrame(String),
 }
 
 /// The result of [`run`].
@@ -128,6 +136,10 @@ impl RunOutcome {
             Exit::OutputTooLarge => "function output exceeds the size limit".to_owned(),
             Exit::SpawnFailed(e) => format!("function could not be started: {e}"),
             Exit::Raised => "handler raised an exception".to_owned(),
+            Exit::HandlerFailed => "handler returned an error".to_owned(),
+            Exit::BadFrame(why) => {
+                format!("handler worker broke the protocol and was replaced: {why}")
+            }
         };
         let tail = self.stderr.tail_text(TAIL_BYTES);
         match summary_line(&tail) {
@@ -238,8 +250,11 @@ pub async fn run(spec: RunSpec) -> RunOutcome {
                 let _ = stdin.write_all(&bytes).await;
             }
             RunInput::File(path) => {
-                if let Ok(mut file) = tokio::fs::File::open(&path).await {
-                    let _ = tokio::io::copy(&mut file, &mut stdin).await;
+                if let Ok(file) = tokio::fs::File::open(&path).await {
+                    // Large reads: each read of a tokio file is a trip to
+                    // a blocking thread, and `copy`'s own are 8 KiB.
+                    let mut file = tokio::io::BufReader::with_capacity(INPUT_READ, file);
+                    let _ = tokio::io::copy_buf(&mut file, &mut stdin).await;
                 }
             }
         }

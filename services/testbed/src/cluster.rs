@@ -257,8 +257,10 @@ impl Cluster {
     }
 }
 
-/// How long a cluster may take to elect its JetStream meta leader.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a cluster may take to elect its JetStream meta leader. An
+/// election on two busy cores can take several rounds of its 4–9 s timer;
+/// CI once saw 30 s pass without a leader while other tests ran.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Creates and deletes a memory stream at `replicas` through `urls`.
 async fn probe_stream(urls: &[String], replicas: usize) -> Result<(), String> {

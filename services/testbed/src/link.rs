@@ -321,9 +321,33 @@ async fn direction(
             }
         }
     };
+    // Tokio's timers tick in whole milliseconds and fire late by up to
+    // one (a round trip came out 2-3 ms over its profile), so the delivery
+    // times are kept by a thread of this direction's own, whose sleep is
+    // precise to tens of microseconds; it hands each chunk on, on time, to
+    // the task that writes it.
+    let (due_tx, mut due_rx) = mpsc::channel::<Bytes>(spec.buffer_bytes() / CHUNK);
+    let timer = std::thread::Builder::new()
+        .name("comfaas-link".to_owned())
+        .spawn(move || {
+            while let Some((at, chunk)) = rx.blocking_recv() {
+                let wait = at
+                    .into_std()
+                    .saturating_duration_since(std::time::Instant::now());
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
+                }
+                if due_tx.blocking_send(chunk).is_err() {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = timer {
+        tracing::warn!("emulated link: cannot start its timer thread: {e}");
+        return;
+    }
     let writer = async move {
-        while let Some((at, chunk)) = rx.recv().await {
-            tokio::time::sleep_until(at).await;
+        while let Some(chunk) = due_rx.recv().await {
             if to.write_all(&chunk).await.is_err() {
                 return;
             }

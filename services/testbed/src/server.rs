@@ -297,6 +297,12 @@ pub struct EmbeddedServer {
 }
 
 impl EmbeddedServer {
+    /// The server's process id, while it runs (benchmarks read its CPU
+    /// time from `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Starts a server with JetStream on loopback and waits until it is ready.
     pub async fn start(options: ServerOptions) -> Result<Self, ServerError> {
         let (temp, store_dir) = match &options.store_dir {

@@ -7,7 +7,7 @@
 
 use std::process::{Command, Output, Stdio};
 
-use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
+use comfaas_testbed::server::EmbeddedServer;
 use comfaas_tests::{binary, repo_root, NodeSpec, Platform, TestNats};
 use serde_json::Value;
 
@@ -363,6 +363,64 @@ async fn comfaas_new_makes_a_function_of_every_runtime_that_deploys_and_answers(
     }
 }
 
+/// `comfaas new --handler` makes a warm handler of each runtime that has
+/// handler mode: deployed, it answers with the calls its worker served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comfaas_new_handler_makes_warm_handlers_that_deploy_and_answer() {
+    let p = one_node().await;
+    let url = p.nats.url().to_owned();
+    let parent = p.scratch.path().join("new");
+    std::fs::create_dir_all(&parent).unwrap();
+    let parent_arg = parent.to_str().unwrap();
+    for runtime in ["python", "c", "java", "exec"] {
+        let name = format!("warm-{runtime}");
+        let args = [
+            "new",
+            &name,
+            "--runtime",
+            runtime,
+            "--dir",
+            parent_arg,
+            "--handler",
+        ];
+        ok(&url, &args);
+        let dir = parent.join(&name);
+        let deployed = json(&ok(
+            &url,
+            &["deploy", dir.to_str().unwrap(), "--json", "--wait", "300"],
+        ));
+        assert_eq!(
+            deployed["nodes"][0]["state"], "ready",
+            "{runtime}: {deployed}"
+        );
+        for calls in [1, 2] {
+            let reply = json(&ok(&url, &["invoke", &name, "--data", "12345", "--json"]));
+            let output = json(reply["output"].as_str().unwrap());
+            assert_eq!(output["function"], name.as_str(), "{runtime}: {reply}");
+            assert_eq!(output["bytes"], 5, "{runtime}: {reply}");
+            assert_eq!(
+                output["calls"], calls,
+                "{runtime}: one warm worker: {reply}"
+            );
+        }
+    }
+    let out = comfaas(
+        &url,
+        &[
+            "new",
+            "x",
+            "--runtime",
+            "c-mpi",
+            "--handler",
+            "--dir",
+            parent_arg,
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not for MPI runtime `c-mpi`"), "{stderr}");
+}
+
 /// A server that takes messages of at most 256 KiB: `--data` larger than
 /// that (or too large once the dispatcher wraps it) is uploaded and passed
 /// as `Comfaas-Input-Object`, whether it comes from a file or stdin; a
@@ -370,10 +428,9 @@ async fn comfaas_new_makes_a_function_of_every_runtime_that_deploys_and_answers(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_over_the_servers_max_payload_goes_through_the_object_store() {
     let max_payload = 256 * 1024;
-    let server = EmbeddedServer::start(ServerOptions {
-        config_text: Some(format!("max_payload: {max_payload}\n")),
-        ..ServerOptions::default()
-    })
+    let server = EmbeddedServer::start(comfaas_tests::server_options(&format!(
+        "max_payload: {max_payload}\n"
+    )))
     .await
     .unwrap();
     let p = Platform::on(server).await;

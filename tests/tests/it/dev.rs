@@ -3,7 +3,8 @@
 //! stage and a hint with the URL it really listens on; its nats-server dies
 //! with it and its store is removed when it stops; a port in use is one
 //! clear line; `--max-procs` lets a small machine run a job of more
-//! processes than it has cores; `--mqtt-port` takes MQTT devices.
+//! processes than it has cores; `--mqtt-port` takes MQTT devices; on a
+//! small disk (`--store-limit`) every store is made smaller and it serves.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -20,6 +21,9 @@ use crate::mqtt::{device_at, Login, Publish};
 struct Dev {
     child: tokio::process::Child,
     lines: Vec<String>,
+    /// What it writes on stderr (its services' warnings), read as it comes
+    /// so that it never blocks on a full pipe.
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _cwd: tempfile::TempDir,
 }
 
@@ -39,6 +43,14 @@ impl Dev {
             .spawn()
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut errors = BufReader::new(child.stderr.take().unwrap()).lines();
+        let kept = stderr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = errors.next_line().await {
+                kept.lock().unwrap().push(line);
+            }
+        });
         let mut lines = Vec::new();
         let up = tokio::time::timeout(Duration::from_secs(300), async {
             while let Ok(Some(line)) = stdout.next_line().await {
@@ -54,11 +66,12 @@ impl Dev {
         .unwrap_or(false);
         if !up {
             let _ = child.start_kill();
-            let output = child.wait_with_output().await.unwrap();
+            let _ = child.wait().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
             panic!(
                 "comfaas dev {args:?} did not come up:\n{}\n{}",
                 lines.join("\n"),
-                String::from_utf8_lossy(&output.stderr)
+                stderr.lock().unwrap().join("\n")
             );
         }
         // Keep draining what it prints so it never blocks on a full pipe.
@@ -66,6 +79,7 @@ impl Dev {
         Self {
             child,
             lines,
+            stderr,
             _cwd: cwd,
         }
     }
@@ -73,6 +87,16 @@ impl Dev {
     /// The text it printed until it was up.
     fn output(&self) -> String {
         self.lines.join("\n")
+    }
+
+    /// What it printed until it was up, and on stderr until now: for a
+    /// failing test to show.
+    fn log(&self) -> String {
+        format!(
+            "comfaas dev's stdout until up:\n{}\ncomfaas dev's stderr:\n{}",
+            self.output(),
+            self.stderr.lock().unwrap().join("\n")
+        )
     }
 
     /// The URL of its nats-server, from the line saying it is up.
@@ -355,7 +379,7 @@ async fn a_port_in_use_is_one_clear_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_refuses_flags_it_would_ignore() {
     let cwd = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["--port", "0", "--clouds", "2", "--sites", "edge,chicago"],
             "--clouds",
@@ -369,6 +393,11 @@ async fn dev_refuses_flags_it_would_ignore() {
             "--nats-configs is for --sites and --cluster",
         ),
         (&["--port", "0", "--max-procs", "0"], "--max-procs"),
+        (&["--port", "0", "--store-limit", "2"], "`2` is under 1MiB"),
+        (
+            &["--port", "0", "--store-limit", "2GB", "--cluster", "3"],
+            "--store-limit",
+        ),
         (
             &["--port", "0", "--nats-url", "nats://10.0.0.1:4222"],
             "--nats-url do(es) not apply",
@@ -450,10 +479,11 @@ async fn max_procs_runs_jobs_bigger_than_the_host() {
     );
     let out = pi(&dev.url(), procs, &input);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    assert!(!out.status.success(), "{stderr}\n{}", dev.log());
     assert!(
         stderr.contains(&format!("allows {procs} processes")),
-        "{stderr}"
+        "{stderr}\n{}",
+        dev.log()
     );
     drop(dev);
 
@@ -473,13 +503,78 @@ async fn max_procs_runs_jobs_bigger_than_the_host() {
     let out = pi(&dev.url(), procs, &input);
     assert!(
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        dev.log()
     );
     let nodes = comfaas(&["--nats-url", &dev.url(), "nodes"]);
     let table = String::from_utf8_lossy(&nodes.stdout);
     assert!(
         table.contains(&format!("{procs}(>{}cores)", cores())),
         "{table}"
+    );
+}
+
+/// On a small disk (JetStream may reserve 1.5 GiB: the first stores, made
+/// in full, once took it all and the node waited for the last one for
+/// ever, while dev said the function was installed) every store is made
+/// smaller, the node serves and a function runs. With no room at all dev
+/// stops with one clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_disk_gets_smaller_stores_and_no_disk_a_clear_error() {
+    let functions = functions_with("pi-mpi-c");
+    let folder = functions.path().to_str().unwrap();
+    let input = functions.path().join("points.bin");
+    std::fs::write(&input, comfaas_tests::points(1_000, 3)).unwrap();
+    let quiet = ["--no-dashboard", "--metrics-port", "0"];
+    let args = |limit: &'static str| {
+        let mut args = vec!["--port", "0", "--clouds", "0", "--functions", folder];
+        args.extend(quiet);
+        args.extend(["--store-limit", limit]);
+        args
+    };
+
+    let dev = Dev::start(&args("1536MiB")).await;
+    assert!(
+        dev.output().contains("at most 1536 MiB of disk")
+            && dev.output().contains("pi-mpi-c 1.0.0 installed"),
+        "{}",
+        dev.log()
+    );
+    let out = pi(&dev.url(), 2, &input);
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && answer.contains("\"pi\""),
+        "{answer}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        dev.log()
+    );
+    // Each shrunk store says so.
+    let log = dev.log();
+    assert!(
+        log.contains("the object store comfaas_outputs gets")
+            && log.contains("leaving room for the rest"),
+        "{log}"
+    );
+    drop(dev);
+
+    let cwd = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(binary("comfaas"))
+            .arg("dev")
+            .args(args("1MiB"))
+            .current_dir(cwd.path())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("comfaas dev with no room must stop")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no disk left to reserve") && stderr.contains("max_file_store"),
+        "{stderr}"
     );
 }

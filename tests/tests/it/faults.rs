@@ -68,7 +68,7 @@ impl Rig {
         let store = tempfile::tempdir().unwrap();
         let server = EmbeddedServer::start(ServerOptions {
             store_dir: Some(store.path().to_path_buf()),
-            ..Default::default()
+            ..comfaas_tests::server_options("")
         })
         .await
         .unwrap();
@@ -155,7 +155,7 @@ impl Rig {
             EmbeddedServer::start(ServerOptions {
                 port: Some(self.port),
                 store_dir: Some(self.store.path().to_path_buf()),
-                ..Default::default()
+                ..comfaas_tests::server_options("")
             })
             .await
             .unwrap(),

@@ -298,6 +298,80 @@ async fn stores_shrink_to_the_disk_the_server_allows() {
     server.stop().await;
 }
 
+/// Services started side by side on a server that cannot reserve the
+/// stores' full size all probe the disk and create the same streams and
+/// stores at once (as two dispatchers do in the fault tests): another's
+/// probe or new store taking the room between a probe and a create must
+/// not stop a service from starting. Each of six opens the registry and
+/// every stream and store a dispatcher opens, in its order, at the same
+/// moment. On 1.5 GB the first stores made in full (a gigabyte each) once
+/// left no room for the last ones (the outputs store, which an executor
+/// waits for: `comfaas dev` on a small disk had no node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_starting_together_on_a_small_disk_all_open_their_stores() {
+    for limit in ["6GB", "1536MB"] {
+        services_start_together_on(limit).await;
+    }
+}
+
+async fn services_start_together_on(limit: &str) {
+    use async_nats::jetstream;
+    use comfaas_platform::resources as r;
+    use comfaas_schemas::names::{self, Subjects};
+    use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
+
+    // Each round on an empty server of its own (streams deleted between
+    // rounds give their room back a moment later, more so on a busy
+    // machine: the next round would find none).
+    for round in 0..3 {
+        let server = EmbeddedServer::start(ServerOptions {
+            config_text: Some(format!("jetstream {{\n  max_file_store: {limit}\n}}\n")),
+            ..ServerOptions::default()
+        })
+        .await
+        .unwrap();
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(6));
+        let mut services = Vec::new();
+        for _ in 0..6 {
+            let client = async_nats::connect(server.url()).await.unwrap();
+            let start = start.clone();
+            services.push(tokio::spawn(async move {
+                let js = jetstream::new(client);
+                let subjects = Subjects::new("comfaas");
+                start.wait().await;
+                r::functions_bucket(&js).await?;
+                r::events_stream(&js, &subjects).await?;
+                r::dlq_stream(&js, &subjects).await?;
+                r::results_stream(&js, &subjects).await?;
+                r::logs_stream(&js, &subjects, r::LogsLimits::default()).await?;
+                r::packages_store(&js).await?;
+                r::inputs_store(&js).await?;
+                r::outputs_store(&js).await?;
+                Ok::<_, comfaas_platform::NatsError>(())
+            }));
+        }
+        for service in services {
+            let opened = service.await.unwrap();
+            assert!(opened.is_ok(), "{limit}, round {round}: {:?}", opened.err());
+        }
+        // Every store usable, none left at a probe's size, no probe left.
+        let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+        for bucket in [names::INPUTS_BUCKET, names::OUTPUTS_BUCKET] {
+            let mut stream = js
+                .get_stream(names::object_store_stream(bucket))
+                .await
+                .unwrap();
+            let size = stream.info().await.unwrap().config.max_bytes;
+            assert!(
+                (r::MIN_OBJECT_STORE_BYTES / 2..r::DATA_MAX_BYTES).contains(&size),
+                "{limit}, round {round}: {bucket} {size}"
+            );
+        }
+        assert!(js.get_stream(names::STORAGE_PROBE_STREAM).await.is_err());
+        server.stop().await;
+    }
+}
+
 /// Anyone who may put inputs may put any bytes under any name. An object
 /// named for its content (`sha256-<hex>`, as the CLI names uploads) that
 /// holds other bytes is refused (422) instead of run as if it were the
@@ -354,6 +428,103 @@ async fn an_input_named_for_other_content_is_refused_and_replaced() {
         String::from_utf8_lossy(&answered.payload).trim(),
         genuine.len().to_string()
     );
+}
+
+/// Anyone who may put inputs may also write an object's info: one that
+/// names the genuine content's digest over the forger's chunks makes the
+/// CLI's upload look done (the stored digest and size match). The node
+/// refuses the forged bytes (422), and `comfaas invoke --input-file` then
+/// sends the content again, whole, and gets the genuine answer; it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_info_claiming_the_content_makes_the_cli_send_it_again() {
+    use async_nats::jetstream::object_store::ObjectInfo;
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    let count = p.count_function();
+    p.deploy(&count, &["edge-1"]).await;
+
+    let genuine = b"the owner's genuine input, to be counted".to_vec();
+    let genuine_file = p.scratch.path().join("genuine");
+    std::fs::write(&genuine_file, &genuine).unwrap();
+    let (claimed, digest) = {
+        use sha2::Digest;
+        let sum = sha2::Sha256::digest(&genuine);
+        (
+            format!("sha256-{}", hex::encode(sum)),
+            format!("SHA-256={}", data_encoding::BASE64URL.encode(&sum)),
+        )
+    };
+    // The forger puts other bytes of the same size under that name, then
+    // rewrites the info to claim the genuine digest.
+    let forged = b"THE FORGER'S SWAPPED INPUT, NOT TO BE COUNTED".to_vec();
+    let forged = &forged[..genuine.len()];
+    let file = p.scratch.path().join("forged");
+    std::fs::write(&file, forged).unwrap();
+    let js = async_nats::jetstream::new(p.device.clone());
+    let store = comfaas_platform::resources::inputs_store(&js)
+        .await
+        .unwrap();
+    comfaas_platform::objects::put_file(&store, &claimed, &file)
+        .await
+        .unwrap();
+    let info: ObjectInfo = store.info(&claimed).await.unwrap();
+    let lie = ObjectInfo {
+        digest: Some(digest.clone()),
+        ..info
+    };
+    let mut rollup = HeaderMap::new();
+    rollup.insert(async_nats::header::NATS_ROLLUP, "sub");
+    let subject = comfaas_schemas::names::object_info_subject(
+        comfaas_schemas::names::INPUTS_BUCKET,
+        &data_encoding::BASE64URL.encode(claimed.as_bytes()),
+    );
+    js.publish_with_headers(subject, rollup, serde_json::to_vec(&lie).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(store.info(&claimed).await.unwrap().digest, Some(digest));
+    // The forgery works as far as the store can tell: the node refuses it.
+    let refused = p
+        .invoke_with("count", "", with_object(&claimed, None))
+        .await;
+    assert_eq!(
+        header(&refused, h::ERROR_CODE),
+        "422",
+        "{:?}",
+        refused.headers
+    );
+
+    let out = std::process::Command::new(comfaas_tests::binary("comfaas"))
+        .args(p.cli_args("device"))
+        .args(["invoke", "count", "--verbose", "--input-file"])
+        .arg(&genuine_file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("already stored"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the stored input {claimed} did not hold this content; sent it again"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        genuine.len().to_string()
+    );
+    // Replaced for everyone: the next call by name runs the genuine bytes.
+    let answered = p
+        .invoke_with("count", "", with_object(&claimed, None))
+        .await;
+    assert_eq!(header(&answered, h::STATUS), "ok", "{:?}", answered.headers);
+    assert_eq!(
+        String::from_utf8_lossy(&answered.payload).trim(),
+        genuine.len().to_string()
+    );
+    p.assert_no_violations();
 }
 
 /// nats-py: writes each input from a fast generator (blocks of
@@ -483,14 +654,11 @@ fn partial_files(cache: &std::path::Path) -> Vec<String> {
 /// function whole (its size and SHA-256 as the uploader computed them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inputs_put_by_nats_py_in_any_chunk_size_arrive_whole() {
-    use comfaas_testbed::server::{EmbeddedServer, ServerOptions};
+    use comfaas_testbed::server::EmbeddedServer;
     // 8 MiB chunks need a max payload above the default 1 MB.
-    let server = EmbeddedServer::start(ServerOptions {
-        config_text: Some("max_payload: 16MB\n".to_owned()),
-        ..ServerOptions::default()
-    })
-    .await
-    .unwrap();
+    let server = EmbeddedServer::start(comfaas_tests::server_options("max_payload: 16MB\n"))
+        .await
+        .unwrap();
     let p = Platform::on(server).await;
     drop(p.dispatcher().await);
     drop(p.executor(NodeSpec::edge("edge-1")).await);
@@ -788,4 +956,244 @@ async fn concurrent_large_inputs_in_small_chunks_never_wedge_a_node() {
         "{:?}",
         partial_files(&cache)
     );
+}
+
+/// nats-py: reads the object `name` of `bucket` whole and prints its
+/// size and SHA-256 (hex).
+const NATS_PY_GET: &str = r#"
+import asyncio, hashlib, sys
+import nats
+
+async def main():
+    url, bucket, name = sys.argv[1:4]
+    nc = await nats.connect(url)
+    js = nc.jetstream(timeout=60)
+    store = await js.object_store(bucket)
+    result = await store.get(name)
+    print(len(result.data), hashlib.sha256(result.data).hexdigest(), result.info.chunks, flush=True)
+    await nc.close()
+
+asyncio.run(main())
+"#;
+
+/// `size sha256-hex chunks` of the object `name` as nats-py reads it.
+async fn nats_py_get(url: &str, bucket: &str, name: &str, scratch: &std::path::Path) -> String {
+    let script = scratch.join("nats_py_get.py");
+    std::fs::write(&script, NATS_PY_GET).unwrap();
+    let output = tokio::process::Command::new(comfaas_tests::nats_py())
+        .arg(&script)
+        .args([url, bucket, name])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "nats-py get: {output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// Bytes that differ from block to block (a chunk boundary in the wrong
+/// place would show).
+fn patterned(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[i % 4] ^ seed)
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// An object put with the windowed put (many chunks in flight, the last
+/// one short) is read back whole by async-nats' own reader and by
+/// nats-py's, with the digest and chunk count every client expects; a
+/// second put of the name replaces it, and the first one's chunks go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windowed_put_is_read_back_by_async_nats_and_nats_py() {
+    use comfaas_platform::objects::{put_windowed, PutSpec};
+    let server = comfaas_testbed::server::EmbeddedServer::start(Default::default())
+        .await
+        .unwrap();
+    let (js, store) = server.object_store("windowed", -1).await.unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let chunk = 64 * 1024;
+    let first = patterned(3 * 1024 * 1024 + 12_345, 0);
+    let spec = PutSpec {
+        bucket: "windowed",
+        name: "some/input.bin",
+        chunk_size: chunk,
+        expect_sha256: None,
+    };
+    let acked = std::sync::atomic::AtomicU64::new(0);
+    let count = |n: u64| {
+        acked.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    };
+    let info = put_windowed(&js, &spec, std::io::Cursor::new(first.clone()), &count)
+        .await
+        .unwrap();
+    assert_eq!(info.size, first.len());
+    assert_eq!(info.chunks, first.len().div_ceil(chunk));
+    assert_eq!(
+        acked.load(std::sync::atomic::Ordering::Relaxed),
+        first.len() as u64
+    );
+
+    // async-nats' reader, and the info it reads.
+    let mut object = store.get("some/input.bin").await.unwrap();
+    let mut read = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut read)
+        .await
+        .unwrap();
+    assert!(read == first, "async-nats reads back other bytes");
+    let stored = store.info("some/input.bin").await.unwrap();
+    assert_eq!(
+        comfaas_platform::objects::digest_hex(stored.digest.as_deref().unwrap()).unwrap(),
+        sha256_hex(&first)
+    );
+    // nats-py's reader (it checks the digest too).
+    assert_eq!(
+        nats_py_get(server.url(), "windowed", "some/input.bin", scratch.path()).await,
+        format!("{} {} {}", first.len(), sha256_hex(&first), info.chunks)
+    );
+
+    // The name put again, with other bytes: the new object replaces it
+    // and the old chunks are purged.
+    let second = patterned(200_000, 7);
+    let again = put_windowed(&js, &spec, std::io::Cursor::new(second.clone()), &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        nats_py_get(server.url(), "windowed", "some/input.bin", scratch.path()).await,
+        format!("{} {} {}", second.len(), sha256_hex(&second), again.chunks)
+    );
+    let mut stream = js
+        .get_stream(comfaas_schemas::names::object_store_stream("windowed"))
+        .await
+        .unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    // The new chunks and one info message are all the stream holds.
+    assert_eq!(state.messages, again.chunks as u64 + 1, "{state:?}");
+}
+
+/// A put the bucket refuses midway (its max bytes reached) fails saying
+/// which chunk was refused and that nothing was kept, and leaves no
+/// object and none of its chunks; one whose content is not the content
+/// promised (a file changed while uploaded) keeps nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_refused_midway_or_changed_leaves_no_object() {
+    use comfaas_platform::objects::{put_windowed, PutError, PutSpec};
+    let server = comfaas_testbed::server::EmbeddedServer::start(Default::default())
+        .await
+        .unwrap();
+    let (js, store) = server.object_store("small", 1 << 20).await.unwrap();
+    let big = patterned(3 << 20, 1);
+    let refused = put_windowed(
+        &js,
+        &PutSpec {
+            bucket: "small",
+            name: "too-big",
+            chunk_size: 128 * 1024,
+            expect_sha256: None,
+        },
+        std::io::Cursor::new(big),
+        &|_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(refused, PutError::Refused { .. }), "{refused:?}");
+    let message = refused.to_string();
+    assert!(
+        message.contains("refused chunk") && message.contains("`too-big` was not stored"),
+        "{message}"
+    );
+    assert!(store.info("too-big").await.is_err(), "an object was left");
+    let mut stream = js
+        .get_stream(comfaas_schemas::names::object_store_stream("small"))
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        0,
+        "chunks were left"
+    );
+
+    let promised = [0u8; 32];
+    let changed = put_windowed(
+        &js,
+        &PutSpec {
+            bucket: "small",
+            name: "changed",
+            chunk_size: 64 * 1024,
+            expect_sha256: Some(promised),
+        },
+        std::io::Cursor::new(patterned(300_000, 2)),
+        &|_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(changed, PutError::Changed { .. }), "{changed:?}");
+    assert!(changed
+        .to_string()
+        .contains("changed while it was uploaded"));
+    assert!(store.info("changed").await.is_err(), "an object was left");
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+}
+
+/// An upload is skipped only when the object of its content name holds
+/// that content by the digest the store keeps: a forged object under the
+/// name (other bytes) is replaced, not trusted, and then the same content
+/// again sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_is_skipped_only_when_the_digest_matches() {
+    use comfaas_platform::objects::{put_windowed, upload, Content, PutSpec, Reuse};
+    let server = comfaas_testbed::server::EmbeddedServer::start(Default::default())
+        .await
+        .unwrap();
+    let (js, store) = server.object_store("skip", -1).await.unwrap();
+    let genuine = bytes::Bytes::from(patterned(500_000, 3));
+    let name = format!("sha256-{}", sha256_hex(&genuine));
+    // The forger's bytes, of the same size, under the genuine name.
+    put_windowed(
+        &js,
+        &PutSpec {
+            bucket: "skip",
+            name: &name,
+            chunk_size: 64 * 1024,
+            expect_sha256: None,
+        },
+        std::io::Cursor::new(patterned(500_000, 4)),
+        &|_| {},
+    )
+    .await
+    .unwrap();
+
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    let count = |n: u64| {
+        sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    };
+    let content = Content::Bytes(genuine.clone());
+    let first = upload(&js, "skip", &content, 64 * 1024, Reuse::IfSame, &count)
+        .await
+        .unwrap();
+    assert_eq!(first.name, name);
+    assert!(!first.reused, "a forged object was trusted");
+    assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed), 500_000);
+    let mut object = store.get(&name).await.unwrap();
+    let mut read = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut read)
+        .await
+        .unwrap();
+    assert!(read == genuine, "the forged bytes stayed");
+
+    let second = upload(&js, "skip", &content, 64 * 1024, Reuse::IfSame, &count)
+        .await
+        .unwrap();
+    assert!(second.reused, "the same content was sent again");
+    assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed), 500_000);
+
+    // Asked never to reuse it, it is sent again all the same.
+    let third = upload(&js, "skip", &content, 64 * 1024, Reuse::Never, &count)
+        .await
+        .unwrap();
+    assert!(!third.reused);
+    assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed), 1_000_000);
 }

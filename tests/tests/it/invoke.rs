@@ -509,3 +509,102 @@ async fn a_node_reports_a_run_starting_and_ending_without_waiting_a_heartbeat() 
     assert_eq!(String::from_utf8_lossy(&reply.payload).trim(), "rested");
     while running(&next(&mut reports).await) != (0, 0) {}
 }
+
+/// A node answers each request straight to its requester and sends the
+/// dispatcher's notices, batched, to the invocation's `notices_to`, each
+/// naming its work request; a `notices_to` that is not an inbox is not
+/// used: that notice comes back as the work request's reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_come_in_batches_to_an_inbox_and_nowhere_else() {
+    use comfaas_schemas::{decode, NoticeBatch};
+    use futures::StreamExt;
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    let p = Platform::with_edge_and_cloud().await;
+    p.deploy(&repo_root().join("functions/hello"), &["edge-1", "cloud-1"])
+        .await;
+    let work = p.subjects.work("edge-1");
+    let requester = format!("_INBOX.requester-{}", std::process::id());
+    let work_replies = "_INBOX.dispatcher-work";
+    let notices_to = "_INBOX.dispatcher-notices.n";
+    let mut answers = p.client.subscribe(requester.clone()).await.unwrap();
+    let mut replies = p
+        .client
+        .subscribe(format!("{work_replies}.*"))
+        .await
+        .unwrap();
+    let mut batches = p.client.subscribe(notices_to).await.unwrap();
+    let mut elsewhere = p.client.subscribe("not.an.inbox").await.unwrap();
+    p.client.flush().await.unwrap();
+    let invocation = |id: &str, notices_to: &str| Invocation {
+        input: br#"{"name":"batch"}"#.to_vec(),
+        reply_to: Some(requester.clone()),
+        notices_to: Some(notices_to.to_owned()),
+        ..comfaas_tests::invocation(id, "hello")
+    };
+    let sent: BTreeSet<String> = (0..8).map(|i| format!("{work_replies}.{i}")).collect();
+    for (i, reply) in sent.iter().enumerate() {
+        let payload = encode(&invocation(&format!("inv-{i}"), notices_to)).unwrap();
+        p.client
+            .publish_with_reply(work.clone(), reply.clone(), payload.into())
+            .await
+            .unwrap();
+    }
+    let wait = Duration::from_secs(60);
+    for _ in 0..8 {
+        let answer = tokio::time::timeout(wait, answers.next())
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert_eq!(header(&answer, h::STATUS), "ok", "{:?}", answer.headers);
+    }
+    let mut noticed = BTreeSet::new();
+    while noticed.len() < 8 {
+        let batch = tokio::time::timeout(wait, batches.next())
+            .await
+            .expect("a batch of notices")
+            .unwrap();
+        let batch: NoticeBatch = decode(&batch.payload).unwrap();
+        assert!(!batch.notices.is_empty());
+        for notice in batch.notices {
+            assert!(
+                notice
+                    .headers
+                    .contains(&(h::REPLIED.to_owned(), "true".to_owned())),
+                "{:?}",
+                notice.headers
+            );
+            assert!(noticed.insert(notice.reply), "a notice sent twice");
+        }
+    }
+    assert_eq!(noticed, sent);
+    // Nothing came as a work reply: every notice was batched.
+    let stray = tokio::time::timeout(Duration::from_millis(500), replies.next()).await;
+    assert!(stray.is_err(), "a notice came as a reply: {stray:?}");
+
+    // Not an inbox: not used; the notice is the work request's reply.
+    let reply = format!("{work_replies}.99");
+    let payload = encode(&invocation("inv-99", "not.an.inbox")).unwrap();
+    p.client
+        .publish_with_reply(work.clone(), reply.clone(), payload.into())
+        .await
+        .unwrap();
+    let notice = tokio::time::timeout(wait, replies.next())
+        .await
+        .expect("the notice as a reply")
+        .unwrap();
+    assert_eq!(notice.subject.as_str(), reply);
+    assert_eq!(header(&notice, h::REPLIED), "true");
+    assert!(notice.payload.is_empty());
+    let answer = tokio::time::timeout(wait, answers.next())
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(header(&answer, h::STATUS), "ok");
+    let leaked = tokio::time::timeout(Duration::from_millis(500), elsewhere.next()).await;
+    assert!(
+        leaked.is_err(),
+        "a notice went to a subject that is not an inbox"
+    );
+}

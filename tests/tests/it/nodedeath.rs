@@ -178,6 +178,11 @@ async fn a_killed_node_takes_its_runs_along(kind: Kind, unconfined: bool) {
         if marked == ranks {
             break procs;
         }
+        // Answered before it ran there (say, refused): it never will; say why.
+        if call.is_finished() {
+            let reply = call.await.unwrap();
+            panic!("the run never started: answered first, {:?}", reply.headers);
+        }
         assert!(Instant::now() < until, "the run never started: {procs:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };

@@ -251,26 +251,46 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_counters_move_with_invocations_errors_and_events() {
+/// A platform serving `hello` on edge-1, whose dispatcher and node serve
+/// their metrics at `dispatch_addr` and `edge_addr`.
+async fn serving_hello_with_metrics(dispatch_addr: &str, edge_addr: &str) -> Platform {
     let p = Platform::start().await;
-    let (dispatch_addr, edge_addr) = (free_addr(), free_addr());
     drop(
         p.dispatcher_with(DispatchConfig {
-            metrics_addr: dispatch_addr.clone(),
+            metrics_addr: dispatch_addr.to_owned(),
             ..DispatchConfig::default()
         })
         .await,
     );
     drop(
         p.executor(NodeSpec {
-            metrics_addr: edge_addr.clone(),
+            metrics_addr: edge_addr.to_owned(),
             ..NodeSpec::edge("edge-1")
         })
         .await,
     );
     p.deploy(&repo_root().join("functions/hello"), &["edge-1"])
         .await;
+    p
+}
+
+/// A metrics address some other program listens on costs the metrics,
+/// not the work: the dispatcher and the node both serve without them (a
+/// node once stopped, and `comfaas dev` beside another lost its node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_port_in_use_costs_the_metrics_not_the_work() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let p = serving_hello_with_metrics(&addr, &addr).await;
+    let reply = p.invoke("hello", r#"{"name":"x"}"#).await;
+    assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    drop(taken);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_counters_move_with_invocations_errors_and_events() {
+    let (dispatch_addr, edge_addr) = (free_addr(), free_addr());
+    let p = serving_hello_with_metrics(&dispatch_addr, &edge_addr).await;
     p.deploy(&p.count_function(), &["edge-1"]).await;
     let before = (scrape(&dispatch_addr).await, scrape(&edge_addr).await);
     let hello_ok = [r#"function="hello""#, r#"status="ok""#];

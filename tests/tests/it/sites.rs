@@ -40,8 +40,7 @@ async fn a_cloud_executor_serves_the_edge_through_a_leaf_link() {
     drop(p.dispatcher().await);
     drop(
         p.executor(NodeSpec {
-            site: Some((cloud.url().to_owned(), Some("edge".to_owned()))),
-            ..NodeSpec::cloud("chicago-1")
+            ..NodeSpec::cloud_at("chicago-1", cloud.url())
         })
         .await,
     );
@@ -199,8 +198,7 @@ async fn emulated_links_are_felt_and_each_site_shows_its_round_trip() {
     for site in &clouds {
         drop(
             p.executor(NodeSpec {
-                site: Some((site.server.url().to_owned(), Some("edge".to_owned()))),
-                ..NodeSpec::cloud(&format!("{}-1", site.name))
+                ..NodeSpec::cloud_at(&format!("{}-1", site.name), site.server.url())
             })
             .await,
         );
@@ -340,4 +338,96 @@ async fn a_cloud_site_points_at_the_edge_domain_and_backup_checks_it() {
         );
     }
     drop(cloud);
+}
+
+/// Data where it already is (issue 14): an input that a cloud node behind
+/// a slow link fetched once goes back to that node, whose cache holds it
+/// (no transfer to pay there), although the edge node near the store wins
+/// a fresh input of the same size (which the cloud node would fetch across
+/// the link).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_goes_back_to_the_node_that_holds_it_and_a_fresh_one_to_the_edge() {
+    use comfaas_schemas::{decode, NodeLoad};
+    use comfaas_testbed::sites::{Sites, SitesOptions};
+    use futures::StreamExt as _;
+    let sites = Sites::start(SitesOptions {
+        configs: configs(),
+        clouds: vec!["miami".to_owned()],
+        links: [("miami".to_owned(), "2ms/100mbit".parse().unwrap())].into(),
+        uplink: None,
+        edge_port: None,
+        security: None,
+        edge_mqtt: None,
+    })
+    .await
+    .unwrap();
+    let Sites { edge, clouds, .. } = sites;
+    let p = Platform::on(edge.server).await;
+    drop(p.dispatcher().await);
+    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    drop(
+        p.executor(NodeSpec::cloud_at("miami-1", clouds[0].server.url()))
+            .await,
+    );
+    p.deploy(&p.count_function(), &["edge-1", "miami-1"]).await;
+    let count = |input: Option<&str>, placement: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(h::PLACEMENT, placement);
+        if let Some(object) = input {
+            headers.insert(h::INPUT_OBJECT, object);
+        }
+        p.invoke_bytes("count", Vec::new(), headers)
+    };
+    // Both nodes learn the function's run time, without an input.
+    for node in ["edge-1", "miami-1"] {
+        let reply = count(None, &format!("node:{node}")).await;
+        assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    }
+    // The edge node learns how long a run on an input of that size takes
+    // there, and how fast it fetches one.
+    let size = 48 << 20;
+    let taught = p.upload_input(&vec![3u8; size]).await;
+    let reply = count(Some(&taught), "node:edge-1").await;
+    assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    // The first run of another is forced onto the cloud node, which
+    // fetches it across the link (and learns how slow that is).
+    let held = p.upload_input(&vec![1u8; size]).await;
+    let mut loads = p
+        .client
+        .subscribe(p.subjects.node_load("miami-1"))
+        .await
+        .unwrap();
+    let reply = count(Some(&held), "node:miami-1").await;
+    assert_eq!(header(&reply, h::NODE), "miami-1", "{:?}", reply.headers);
+    assert_eq!(
+        String::from_utf8_lossy(&reply.payload).trim(),
+        size.to_string()
+    );
+    // Its reports now say it holds the input; the dispatcher hears the
+    // same reports (wait for one more, so it surely has).
+    let mut holding = 0;
+    while holding < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(10), loads.next())
+            .await
+            .expect("miami-1 reports")
+            .unwrap();
+        let load: NodeLoad = decode(&message.payload).unwrap();
+        if !load.cached_inputs.is_empty() {
+            holding += 1;
+        }
+    }
+    // Placed automatically, the held input goes back to the cloud node...
+    let reply = count(Some(&held), "auto").await;
+    assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    assert_eq!(header(&reply, h::NODE), "miami-1", "{:?}", reply.headers);
+    // ...and a fresh input of the same size to the edge, near the store.
+    let fresh = p.upload_input(&vec![2u8; size]).await;
+    let reply = count(Some(&fresh), "auto").await;
+    assert_eq!(header(&reply, h::STATUS), "ok", "{:?}", reply.headers);
+    assert_eq!(header(&reply, h::NODE), "edge-1", "{:?}", reply.headers);
+    assert_eq!(
+        String::from_utf8_lossy(&reply.payload).trim(),
+        size.to_string()
+    );
+    drop(clouds);
 }

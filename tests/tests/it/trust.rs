@@ -357,7 +357,15 @@ async fn wait_results(p: &Platform, n: u64) {
 async fn replies_go_only_to_inboxes() {
     let p = Platform::start().await;
     drop(p.dispatcher().await);
-    drop(p.executor(NodeSpec::edge("edge-1")).await);
+    // Every answer is published and kept, so one that went astray shows in
+    // the results stream's count.
+    drop(
+        p.executor(NodeSpec {
+            publish_request_results: true,
+            ..NodeSpec::edge("edge-1")
+        })
+        .await,
+    );
     let dir = p.function(
         "echo",
         "",
@@ -413,15 +421,33 @@ async fn replies_go_only_to_inboxes() {
             "{}",
             header(&refusal, h::ERROR)
         );
+        // ... and as the invocation's notices_to: not used, the notice
+        // comes as the work request's reply.
+        let invocation = Invocation {
+            input: b"notices_to".to_vec(),
+            reply_to: Some(p.client.new_inbox()),
+            notices_to: Some(hostile.to_owned()),
+            ..comfaas_tests::invocation(&format!("notices-to-{i}"), "echo")
+        };
+        let notice = request(
+            &p.client,
+            &work,
+            Default::default(),
+            encode(&invocation).unwrap().into(),
+        )
+        .await;
+        assert_eq!(header(&notice, h::REPLIED), "true", "{hostile}");
         // The node's ping subject.
         p.client
             .publish_with_reply(p.subjects.node_ping("edge-1"), hostile, "".into())
             .await
             .unwrap();
     }
-    // The same call with a proper inbox is answered, and its result kept.
+    // The same call with a proper inbox is answered, and its result kept,
+    // as are the runs whose notices_to was not used.
     assert_eq!(output(&p.invoke("echo", "proper").await), "proper");
-    wait_results(&p, 3).await;
+    let kept = 2 + HOSTILE_REPLIES.len() as u64 + 1;
+    wait_results(&p, kept).await;
     p.client.flush().await.unwrap();
     for (subject, mut watch) in watches {
         let seen = tokio::time::timeout(Duration::from_millis(500), watch.next()).await;
@@ -431,7 +457,11 @@ async fn replies_go_only_to_inboxes() {
             seen.ok().flatten().map(|m| m.payload)
         );
     }
-    assert_eq!(results_count(&p).await, 3, "the results stream was touched");
+    assert_eq!(
+        results_count(&p).await,
+        kept,
+        "the results stream was touched"
+    );
     let metrics = p.next_metrics().await;
     assert_eq!(metrics.bad_reply_subjects, HOSTILE_REPLIES.len() as u64);
     // The node still serves.
@@ -457,6 +487,7 @@ fn roomy_load(node: &str, count: &Deployment, leaving: bool) -> NodeLoad {
             state: InstallState::Ready,
             reason: None,
             serving: Some(count.manifest.version.clone()),
+            install: None,
         }],
         heartbeat_ms: 1000,
         sent_unix_ms: comfaas_schemas::now_unix_ms(),
@@ -515,6 +546,70 @@ async fn forged_load_reports_do_not_steer_placement() {
     );
     let stolen = tokio::time::timeout(Duration::from_millis(200), stolen.next()).await;
     assert!(stolen.is_err(), "a call reached the fake node");
+}
+
+/// A report claiming that a node holds an input in its cache counts only
+/// from that node's own subject: one sent for `edge-2` from another
+/// node's subject is refused, and `edge-2` is still costed with the fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_claims_of_a_cached_input_do_not_steer_placement() {
+    let p = Platform::start().await;
+    drop(p.dispatcher().await);
+    for node in NODES {
+        drop(p.executor(NodeSpec::edge(node)).await);
+    }
+    let count = p.deploy(&p.count_function(), &NODES).await;
+    let object = p.upload_input(&vec![7u8; 2 << 20]).await;
+    let js = jetstream::new(p.client.clone());
+    let store = comfaas_platform::resources::inputs_store(&js)
+        .await
+        .unwrap();
+    let digest = store.info(&object).await.unwrap().digest.unwrap();
+    let forger = {
+        let (client, subjects, count, digest) = (
+            p.client.clone(),
+            p.subjects.clone(),
+            count.clone(),
+            digest.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                // edge-2 "holds" the input, said from edge-1's subject.
+                let claim = NodeLoad {
+                    cached_inputs: comfaas_schemas::CachedInputs::of(&[digest.as_str()]),
+                    ..roomy_load("edge-2", &count, false)
+                };
+                let body = encode(&claim).unwrap();
+                client
+                    .publish(subjects.node_load("edge-1"), body.into())
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(h::INPUT_OBJECT, object.as_str());
+    let reply = p.invoke_bytes("count", Vec::new(), headers).await;
+    assert_eq!(output(&reply), (2 << 20).to_string());
+    let metrics = p.next_metrics().await;
+    forger.abort();
+    assert!(metrics.forged_loads > 0, "{metrics:?}");
+    let decision = metrics
+        .recent
+        .iter()
+        .find(|r| r.function == "count")
+        .unwrap();
+    let edge_2 = decision
+        .candidates
+        .iter()
+        .find(|c| c.node == "edge-2")
+        .unwrap();
+    assert!(
+        edge_2.parts.unwrap().transfer_ms > 0.0,
+        "the forged claim was believed: {decision:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

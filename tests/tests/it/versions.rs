@@ -49,6 +49,26 @@ async fn one_node() -> Platform {
     p
 }
 
+/// A dispatcher and node `edge-1`, whose package index also offers the
+/// wheel `comfaas-probe` at each of `versions` (its module `comfaas_probe`
+/// says its `VERSION`).
+async fn one_node_with_probe(versions: &[&str]) -> Platform {
+    let p = Platform::start().await;
+    let wheels = p.scratch.path().join("wheels");
+    for version in versions {
+        write_wheel(&wheels, "comfaas-probe", "comfaas_probe", version);
+    }
+    drop(p.dispatcher().await);
+    drop(
+        p.executor(NodeSpec {
+            extra_wheels: vec![wheels],
+            ..NodeSpec::edge("edge-1")
+        })
+        .await,
+    );
+    p
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_under_load_loses_no_invocation() {
     let p = one_node().await;
@@ -174,18 +194,7 @@ async fn a_broken_new_version_leaves_the_old_one_serving_and_rollback_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_functions_pin_two_versions_of_one_package_at_once() {
-    let p = Platform::start().await;
-    let wheels = p.scratch.path().join("wheels");
-    write_wheel(&wheels, "comfaas-probe", "comfaas_probe", "1.0");
-    write_wheel(&wheels, "comfaas-probe", "comfaas_probe", "2.0");
-    drop(p.dispatcher().await);
-    drop(
-        p.executor(NodeSpec {
-            extra_wheels: vec![wheels],
-            ..NodeSpec::edge("edge-1")
-        })
-        .await,
-    );
+    let p = one_node_with_probe(&["1.0", "2.0"]).await;
     let body = "import comfaas_probe, time\ntime.sleep(0.2)\nprint(comfaas_probe.VERSION)\n";
     for (name, pin) in [("probe-a", "1.0"), ("probe-b", "2.0")] {
         let extra = format!("requirements = [\"comfaas-probe=={pin}\"]");
@@ -470,4 +479,82 @@ async fn force_makes_a_failed_install_of_the_same_bundle_try_again() {
     let (ok, stdout, stderr) = cli(&p, &["deploy", path(&dir), "--force"]).await;
     assert!(ok && stdout.contains("edge-1: ready"), "{stdout}{stderr}");
     assert_eq!(said(&p.invoke("needs", "").await).0, "v1");
+}
+
+/// A node's heartbeat says where each install's time went
+/// (`FunctionState.install`) once the install ended, ready or failed: the registry
+/// watch's moment, fetch, unpack, the runtime's own steps (a venv and a
+/// package install for a Python function with a requirement, the step a
+/// failed install failed in included) and a total that covers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_say_where_each_install_s_time_went() {
+    let p = one_node_with_probe(&["1.0"]).await;
+    let body = "import comfaas_probe\nprint(comfaas_probe.VERSION)\n";
+    let ready = p
+        .deploy(
+            &p.function(
+                "timed",
+                "requirements = [\"comfaas-probe==1.0\"]",
+                &[("main.py", body)],
+            ),
+            &["edge-1"],
+        )
+        .await;
+    let failed = comfaas::deploy::deploy_dir(
+        &p.registry,
+        &p.function(
+            "untimely",
+            "requirements = [\"no-such-package-anywhere==9.9\"]",
+            &[("main.py", body)],
+        ),
+    )
+    .await
+    .unwrap();
+    p.wait_state(&failed, &["edge-1"], InstallState::Failed)
+        .await;
+
+    let mut loads = p
+        .client
+        .subscribe(p.subjects.node_load("edge-1"))
+        .await
+        .unwrap();
+    let load: NodeLoad = decode(&loads.next().await.unwrap().payload).unwrap();
+    let state = |name: &str| {
+        load.functions
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("{name} not reported: {:?}", load.functions))
+            .clone()
+    };
+    for (name, deployment, want) in [
+        ("timed", &ready, InstallState::Ready),
+        ("untimely", &failed, InstallState::Failed),
+    ] {
+        let f = state(name);
+        assert_eq!(f.state, want, "{name}");
+        let times = f
+            .install
+            .unwrap_or_else(|| panic!("{name}: no install times reported"));
+        assert!(
+            times.seen_unix_ms >= deployment.deployed_unix_ms,
+            "{name}: seen {} before deployed {}",
+            times.seen_unix_ms,
+            deployment.deployed_unix_ms
+        );
+        let steps: u64 = times.steps.iter().map(|s| s.ms).sum();
+        assert!(
+            times.total_ms >= times.fetch_ms + times.unpack_ms + steps,
+            "{name}: the total does not cover its parts: {times:?}"
+        );
+        let names: Vec<&str> = times.steps.iter().map(|s| s.name.as_str()).collect();
+        assert!(
+            names.iter().any(|s| s.contains("venv")),
+            "{name}: {names:?}"
+        );
+        // The failed one failed in that step, and it is reported too.
+        assert!(
+            names.iter().any(|s| s.contains("install")),
+            "{name}: no package install step: {names:?}"
+        );
+    }
 }

@@ -1,9 +1,10 @@
-//! `c` and `c-mpi`: compiled once with `cc` or `mpicc`.
+//! `c` and `c-mpi`: compiled once with `cc` or `mpicc`, with handler
+//! mode's helper header (`comfaas_handler.h`) on the include path.
 
 use comfaas_schemas::Runtime;
 use tokio::process::Command;
 
-use super::installation::{create_dir, step, InstallError, Installation, Job};
+use super::installation::{create_dir, step, write_file, InstallError, Installation, Job};
 
 pub(super) async fn install(job: &Job<'_>) -> Result<Installation, InstallError> {
     let (compiler, name) = match job.manifest.runtime {
@@ -17,12 +18,22 @@ pub(super) async fn install(job: &Job<'_>) -> Result<Installation, InstallError>
     let bin = job.env_dir.join("bin");
     create_dir(&bin).await?;
     let program = bin.join(&job.manifest.name);
+    // Handler mode's helper, on the include path of every C build.
+    let include = job.env_dir.join("include");
+    create_dir(&include).await?;
+    write_file(
+        &include.join(crate::sdk::C_HEADER_FILE),
+        crate::sdk::C_HEADER,
+    )
+    .await?;
     let mut cc = Command::new(compiler);
-    cc.args(["-O2", "-std=c11", "-Wall", "-o"])
+    cc.args(["-O2", "-std=c11", "-Wall", "-I"])
+        .arg(&include)
+        .arg("-o")
         .arg(&program)
         .arg(job.entry)
         .arg("-lm")
         .current_dir(job.bundle_dir);
-    step(name, cc, job.toolchain, job.env_dir).await?;
+    step(name, cc, job).await?;
     Ok(job.installation(program, Vec::new(), Vec::new()))
 }

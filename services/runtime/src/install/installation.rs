@@ -6,9 +6,10 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use comfaas_schemas::{Manifest, Runtime};
+use comfaas_schemas::{InstallStep, Manifest, Runtime};
 use tokio::process::Command;
 
 use super::toolchain::{MpiLauncher, Toolchain};
@@ -33,6 +34,30 @@ pub(super) struct Job<'a> {
     pub env_dir: &'a Path,
     /// The host's tools.
     pub toolchain: &'a Toolchain,
+    /// Where each step's time is written down.
+    pub steps: &'a StepLog,
+}
+
+/// The steps one install ran and how long each took, in order: where a
+/// cold deploy's time goes (reported in the node's `FunctionState`).
+#[derive(Debug, Default)]
+pub(super) struct StepLog(Mutex<Vec<InstallStep>>);
+
+impl StepLog {
+    /// `name` ran from `started` until now.
+    pub fn record(&self, name: &str, started: Instant) {
+        let step = InstallStep {
+            name: name.to_owned(),
+            ms: started.elapsed().as_millis() as u64,
+        };
+        // A panic while holding the lock leaves plain data behind.
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(step);
+    }
+
+    /// The steps written down.
+    pub fn into_steps(self) -> Vec<InstallStep> {
+        self.0.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Job<'_> {
@@ -150,6 +175,16 @@ pub(super) async fn create_dir(dir: &Path) -> Result<(), InstallError> {
         })
 }
 
+/// Writes a file the runtime ships into a function's environment.
+pub(super) async fn write_file(file: &Path, contents: &str) -> Result<(), InstallError> {
+    tokio::fs::write(file, contents)
+        .await
+        .map_err(|e| InstallError::Step {
+            step: format!("write {}", file.display()),
+            detail: e.to_string(),
+        })
+}
+
 /// Runs one install step of the version whose environment is `env_dir`,
 /// turning failure into an error with the output tail. The step gets a
 /// scrubbed environment, nothing of the executor's: `PATH` (the folders of
@@ -159,7 +194,14 @@ pub(super) async fn create_dir(dir: &Path) -> Result<(), InstallError> {
 /// ([`NETWORK_ENV`]: its proxy and the certificates it trusts, no
 /// credentials of the executor's own); pip and uv read no configuration
 /// file.
-pub(super) async fn step(
+pub(super) async fn step(name: &str, command: Command, job: &Job<'_>) -> Result<(), InstallError> {
+    let started = Instant::now();
+    let result = run_step(name, command, job.toolchain, job.env_dir).await;
+    job.steps.record(name, started);
+    result
+}
+
+async fn run_step(
     name: &str,
     mut command: Command,
     toolchain: &Toolchain,

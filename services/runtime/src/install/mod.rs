@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use comfaas_schemas::{Manifest, Runtime};
+use comfaas_schemas::{InstallStep, Manifest, Runtime};
 
 mod c;
 mod exec;
@@ -16,10 +16,11 @@ mod python;
 mod rust;
 mod toolchain;
 
-use installation::Job;
 pub use installation::{InstallError, Installation};
+use installation::{Job, StepLog};
 pub use toolchain::{
     available_runtimes, default_wheelhouse, find_on_path, MpiFlavor, MpiLauncher, Toolchain,
+    VenvPython,
 };
 
 /// Installs `manifest`'s function from `bundle_dir` into `env_dir` (created
@@ -29,6 +30,31 @@ pub async fn install(
     bundle_dir: &Path,
     env_dir: &Path,
     toolchain: &Toolchain,
+) -> Result<Installation, InstallError> {
+    install_timed(manifest, bundle_dir, env_dir, toolchain)
+        .await
+        .0
+}
+
+/// [`install`], and the steps it ran with how long each took (also when it
+/// failed): where a deploy's install time goes.
+pub async fn install_timed(
+    manifest: &Manifest,
+    bundle_dir: &Path,
+    env_dir: &Path,
+    toolchain: &Toolchain,
+) -> (Result<Installation, InstallError>, Vec<InstallStep>) {
+    let steps = StepLog::default();
+    let result = install_logged(manifest, bundle_dir, env_dir, toolchain, &steps).await;
+    (result, steps.into_steps())
+}
+
+async fn install_logged(
+    manifest: &Manifest,
+    bundle_dir: &Path,
+    env_dir: &Path,
+    toolchain: &Toolchain,
+    steps: &StepLog,
 ) -> Result<Installation, InstallError> {
     if let Some(missing) = toolchain.missing(manifest.runtime) {
         return Err(InstallError::UnsupportedRuntime(manifest.runtime, missing));
@@ -43,6 +69,7 @@ pub async fn install(
         entry: &entry,
         env_dir,
         toolchain,
+        steps,
     };
     let result = match manifest.runtime {
         Runtime::Python | Runtime::PythonMpi => python::install(&job).await,

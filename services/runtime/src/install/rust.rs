@@ -47,7 +47,7 @@ pub(super) async fn install(job: &Job<'_>) -> Result<Installation, InstallError>
     if job.bundle_dir.join("Cargo.lock").is_file() {
         build.arg("--locked");
     }
-    step("cargo build", build, job.toolchain, job.env_dir).await?;
+    step("cargo build", build, job).await?;
     let bin = job.env_dir.join("bin");
     create_dir(&bin).await?;
     let program = bin.join(&job.manifest.name);

@@ -13,6 +13,9 @@ use comfaas_schemas::Runtime;
 pub struct Toolchain {
     /// The Python interpreter venvs are made from.
     pub python: PathBuf,
+    /// That interpreter as it describes itself, when it is a CPython: with
+    /// uv, venvs are then written by the executor instead of `uv venv`.
+    pub venv_python: Option<VenvPython>,
     /// `uv`, when installed: much faster venvs and installs.
     pub uv: Option<PathBuf>,
     /// uv's cache, kept beside the venvs so installs can hard-link from it.
@@ -42,6 +45,99 @@ pub struct Toolchain {
     /// and rustup keep their crates and toolchains (`CARGO_HOME`,
     /// `RUSTUP_HOME`, resolved), so offline builds find them.
     pub tool_env: Vec<(OsString, OsString)>,
+}
+
+/// The interpreter venvs are made from, as it described itself at
+/// start-up: enough to write a venv without running a tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VenvPython {
+    /// Its real executable (`sys._base_executable`, never a shim): what a
+    /// venv's `bin/python` links to.
+    pub executable: PathBuf,
+    /// `major.minor.micro`, for the venv's `pyvenv.cfg`.
+    pub version: String,
+    /// `major.minor`: the venv's `lib/python<major.minor>/site-packages`.
+    pub short_version: String,
+}
+
+impl VenvPython {
+    /// Asks `python` what it is; `None` unless it is a CPython that
+    /// answers within 5 s (anything else gets its venv from a tool).
+    pub fn detect(python: &Path) -> Option<Self> {
+        let output = run_briefly(
+            python,
+            &[
+                "-s",
+                "-E",
+                "-c",
+                "import sys; print(sys.implementation.name); \
+                 print(getattr(sys, '_base_executable', None) or sys.executable); \
+                 print('%d.%d.%d' % sys.version_info[:3])",
+            ],
+        )?;
+        if !output.status.success() {
+            return None;
+        }
+        let text = String::from_utf8(output.stdout).ok()?;
+        let mut lines = text.lines();
+        if lines.next()? != "cpython" {
+            return None;
+        }
+        let executable = PathBuf::from(lines.next()?);
+        let version = lines.next()?.trim().to_owned();
+        let parts: Vec<&str> = version.split('.').collect();
+        let numeric = parts.len() == 3 && parts.iter().all(|p| p.parse::<u32>().is_ok());
+        if !numeric || !executable.is_absolute() || !executable.is_file() {
+            return None;
+        }
+        Some(Self {
+            short_version: format!("{}.{}", parts[0], parts[1]),
+            executable,
+            version,
+        })
+    }
+}
+
+/// uv itself, when `found` is a script standing in for it (a pyenv or asdf
+/// shim): every call through a shim starts a shell and the version
+/// manager's own lookups, which on a busy host cost more than the install.
+/// uv tells the programs it runs where it is (`UV`); if it cannot be asked,
+/// the shim is kept.
+fn resolve_uv(found: PathBuf, python: &Path) -> PathBuf {
+    let is_script = std::fs::File::open(&found)
+        .and_then(|mut file| {
+            let mut start = [0u8; 2];
+            std::io::Read::read_exact(&mut file, &mut start)?;
+            Ok(&start == b"#!")
+        })
+        .unwrap_or(false);
+    if !is_script {
+        return found;
+    }
+    let python = python.to_string_lossy();
+    let asked = run_briefly(
+        &found,
+        &[
+            "run",
+            "--no-project",
+            "--no-config",
+            "--offline",
+            "--python",
+            &python,
+            "--",
+            &python,
+            "-s",
+            "-E",
+            "-c",
+            "import os; print(os.environ.get('UV', ''))",
+        ],
+    );
+    let real = asked
+        .filter(|output| output.status.success())
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .map(|text| PathBuf::from(text.trim()))
+        .filter(|path| path.is_absolute() && path.is_file());
+    real.unwrap_or(found)
 }
 
 /// Which MPI implementation `mpirun` belongs to: their flags differ.
@@ -102,8 +198,18 @@ impl MpiLauncher {
 /// What `program --version` prints, or `None` if it fails or takes over 5 s
 /// (a broken MPI install can hang).
 fn version_text(program: &Path) -> Option<String> {
+    let output = run_briefly(program, &["--version"])?;
+    Some(
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+/// Runs `program` with `args` and what it printed, or `None` if it cannot
+/// start or takes over 5 s.
+fn run_briefly(program: &Path, args: &[&str]) -> Option<std::process::Output> {
     let mut child = std::process::Command::new(program)
-        .arg("--version")
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -123,11 +229,7 @@ fn version_text(program: &Path) -> Option<String> {
             }
         }
     }
-    let output = child.wait_with_output().ok()?;
-    Some(
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr),
-    )
+    child.wait_with_output().ok()
 }
 
 impl Toolchain {
@@ -136,7 +238,13 @@ impl Toolchain {
     pub fn detect(data_dir: &Path) -> Self {
         let java = find_on_path("javac").zip(find_on_path("java"));
         let cargo = find_on_path("cargo");
-        let uv = find_on_path("uv");
+        // The distribution's interpreter first: runs see /usr, and an
+        // interpreter under a home folder (pyenv) is out of their reach.
+        let python = Some(PathBuf::from("/usr/bin/python3"))
+            .filter(|p| p.is_file())
+            .or_else(|| find_on_path("python3"))
+            .unwrap_or_else(|| PathBuf::from("python3"));
+        let uv = find_on_path("uv").map(|found| resolve_uv(found, &python));
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let mut tool_env = Vec::new();
         for (key, default) in [("CARGO_HOME", ".cargo"), ("RUSTUP_HOME", ".rustup")] {
@@ -159,12 +267,8 @@ impl Toolchain {
         let tool_path =
             std::env::join_paths(path).unwrap_or_else(|_| crate::jail::SYSTEM_PATH.into());
         Self {
-            // The distribution's interpreter first: runs see /usr, and an
-            // interpreter under a home folder (pyenv) is out of their reach.
-            python: Some(PathBuf::from("/usr/bin/python3"))
-                .filter(|p| p.is_file())
-                .or_else(|| find_on_path("python3"))
-                .unwrap_or_else(|| PathBuf::from("python3")),
+            venv_python: VenvPython::detect(&python),
+            python,
             uv,
             uv_cache: Some(data_dir.join("uv-cache")),
             find_links: Vec::new(),
@@ -228,4 +332,47 @@ pub fn available_runtimes(toolchain: &Toolchain) -> Vec<Runtime> {
         .into_iter()
         .filter(|r| toolchain.missing(*r).is_none())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interpreter_says_what_it_is() {
+        let python = VenvPython::detect(Path::new("/usr/bin/python3")).unwrap();
+        assert!(python.executable.is_absolute() && python.executable.is_file());
+        assert!(python
+            .version
+            .starts_with(&format!("{}.", python.short_version)));
+        assert_eq!(python.short_version.split('.').count(), 2);
+        // Not a Python at all: no venv is written by hand for it.
+        assert_eq!(VenvPython::detect(Path::new("/bin/true")), None);
+        assert_eq!(VenvPython::detect(Path::new("/no/such/python")), None);
+    }
+
+    #[test]
+    fn a_shim_standing_in_for_uv_is_resolved_to_uv_itself() {
+        // A stand-in like pyenv's: a shell script that execs the real uv.
+        let real = resolve_uv(find_on_path("uv").unwrap(), Path::new("/usr/bin/python3"));
+        let dir = tempfile::tempdir().unwrap();
+        let shim = dir.path().join("uv");
+        std::fs::write(
+            &shim,
+            format!("#!/bin/sh\nexec {} \"$@\"\n", real.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let python = Path::new("/usr/bin/python3");
+        assert_eq!(resolve_uv(shim.clone(), python), real);
+        assert!(!std::fs::read(&real).unwrap().starts_with(b"#!"));
+        // A binary is kept as it is; a script that is not uv too.
+        assert_eq!(resolve_uv(real.clone(), python), real);
+        let other = dir.path().join("not-uv");
+        std::fs::write(&other, "#!/bin/sh\nexit 3\n").unwrap();
+        std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        assert_eq!(resolve_uv(other.clone(), python), other);
+    }
 }

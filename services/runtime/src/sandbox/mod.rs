@@ -350,11 +350,13 @@ impl Sandbox {
     /// sandbox, each in a private directory under `work_root`.
     pub fn worker_spec(&self, installation: &Installation, work_root: PathBuf) -> WorkerSpec {
         WorkerSpec {
+            runtime: installation.runtime,
             program: installation.program.clone(),
             args: installation.args.clone(),
             env: self.env.clone(),
             work_root,
             jail: self.jail.clone(),
+            start_timeout: crate::handler::START_TIMEOUT,
         }
     }
 
