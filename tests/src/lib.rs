@@ -198,31 +198,40 @@ pub struct TestNats {
 /// second in tests).
 pub const READY_HEARD_WAIT: Duration = Duration::from_secs(2);
 
-/// The JetStream limits of a test server. Unset, nats-server lets
-/// JetStream reserve 75 % of the disk free when it starts, which differs
-/// from machine to machine and shrinks as the tests running beside each
-/// other write: the 16 GiB stores were then made smaller
+/// The JetStream disk limit of a test server, in bytes. Unset, nats-server
+/// lets JetStream reserve 75 % of the disk free when it starts, which
+/// differs from machine to machine and shrinks as the tests running beside
+/// each other write: the 16 GiB stores were then made smaller
 /// ([`comfaas_platform::resources`] shrinks them to fit), too small on a
-/// CI machine for the tests that keep a gigabyte of inputs. A fixed limit
-/// makes every store its full size wherever the suite runs: a store is
-/// made in full while the server could reserve four times its size, so
-/// the limit is well over four times the sum of them all (36 GiB). The
-/// server takes a limit larger than the disk; a write the disk cannot hold
-/// still fails. The tests of shrinking start their own servers with a
-/// small limit.
-pub const TEST_JETSTREAM: &str = "jetstream {\n  max_file_store: 256GB\n}\n";
+/// CI machine for the tests that keep a gigabyte of inputs, and on a
+/// cluster the last store found no room at all. A fixed limit makes every
+/// store its full size wherever the suite runs: a store is made in full
+/// while the server could reserve four times its size, so the limit is
+/// well over four times the sum of them all (36 GiB). The server takes a
+/// limit larger than the disk; a write the disk cannot hold still fails.
+/// The tests of shrinking start their own servers with a small limit.
+pub const TEST_MAX_FILE_STORE: u64 = 256 << 30;
+
+/// `options` with the suite's JetStream limit [`TEST_MAX_FILE_STORE`]:
+/// every server a test starts has it, but those of the tests of small
+/// limits (a server started without it gets nats-server's default, and
+/// its stores a share of whatever disk the machine has free: on CI's disk
+/// the inputs store of such a server came out under 500 MB and a 500 MB
+/// input was refused).
+pub fn limited(options: ServerOptions) -> ServerOptions {
+    ServerOptions {
+        max_file_store: Some(TEST_MAX_FILE_STORE),
+        ..options
+    }
+}
 
 /// Options for a test that starts its own server: `config` (more of the
-/// server's configuration, without a `jetstream` block) with the suite's
-/// JetStream limit [`TEST_JETSTREAM`]. A test server started without it
-/// gets nats-server's default limit, and its stores a share of whatever
-/// disk the machine has free: on CI's disk the inputs store of such a
-/// server came out under 500 MB and a 500 MB input was refused.
+/// server's configuration) with the suite's JetStream limit.
 pub fn server_options(config: &str) -> ServerOptions {
-    ServerOptions {
-        config_text: Some(format!("{config}{TEST_JETSTREAM}")),
+    limited(ServerOptions {
+        config_text: Some(config.to_owned()),
         ..ServerOptions::default()
-    }
+    })
 }
 
 impl TestNats {
@@ -1113,6 +1122,7 @@ impl ClusterPlatform {
                 size,
                 first_port: None,
                 store_root: None,
+                max_file_store: Some(TEST_MAX_FILE_STORE),
             })
             .await
             .expect("start the cluster (run scripts/setup.sh to install nats-server)");

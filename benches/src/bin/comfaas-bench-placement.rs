@@ -189,6 +189,7 @@ async fn main() {
         edge_port: None,
         security: None,
         edge_mqtt: None,
+        max_file_store: None,
     })
     .await
     .expect("start sites");

@@ -109,11 +109,11 @@ pub struct DevOptions {
     /// dispatcher's, then one per executor in order (0: off)
     #[arg(long, default_value_t = 9464)]
     pub metrics_port: u16,
-    /// Most disk the server's JetStream may reserve, e.g. 2GB or 1536MiB
+    /// Most disk each server's JetStream may reserve, e.g. 2GB or 1536MiB
     /// (its `max_file_store`; a size as a manifest writes one: units of
     /// 1024, as nats-server reads them); the streams and stores shrink to
     /// fit [default: nats-server's, 75% of the disk free when it starts]
-    #[arg(long, value_parser = parse_store_limit, conflicts_with_all = ["sites", "cluster"])]
+    #[arg(long, value_parser = parse_store_limit)]
     pub store_limit: Option<u64>,
 }
 
@@ -461,6 +461,7 @@ async fn start_servers(
                 size,
                 first_port: port,
                 store_root: None,
+                max_file_store: options.store_limit,
             })
             .await?;
             for i in 0..cluster.size() {
@@ -479,9 +480,7 @@ async fn start_servers(
         }
         let server = EmbeddedServer::start(ServerOptions {
             port,
-            config_text: options
-                .store_limit
-                .map(|bytes| format!("jetstream {{\n  max_file_store: {bytes}\n}}\n")),
+            max_file_store: options.store_limit,
             include: auth.map(AuthDir::server_conf),
             mqtt: mqtt_listener(options, auth),
             ..ServerOptions::default()
@@ -510,6 +509,7 @@ async fn start_servers(
         uplink,
         edge_port: port,
         edge_mqtt: mqtt_listener(options, auth),
+        max_file_store: options.store_limit,
         security: auth.map(|auth| sites::SiteSecurity {
             include: auth.server_conf(),
             leaf_port: auth.leaf_port_block(),

@@ -37,6 +37,9 @@ pub struct ClusterOptions {
     /// Where the stores go (`<dir>/<server name>`); `None`: a temporary
     /// folder, removed with the cluster.
     pub store_root: Option<PathBuf>,
+    /// Most disk each server's JetStream may reserve, in bytes (see
+    /// [`ServerOptions::max_file_store`]); `None`: nats-server's default.
+    pub max_file_store: Option<u64>,
 }
 
 /// One member: where it listens and keeps its store, and its process
@@ -54,6 +57,7 @@ pub struct Cluster {
     site: String,
     config: PathBuf,
     routes: Vec<String>,
+    max_file_store: Option<u64>,
     members: Vec<Member>,
     _stores: Option<tempfile::TempDir>,
 }
@@ -118,6 +122,7 @@ impl Cluster {
             site: options.site,
             config: options.configs.join(CLUSTER_CONF),
             routes,
+            max_file_store: options.max_file_store,
             members,
             _stores: stores,
         };
@@ -158,6 +163,7 @@ impl Cluster {
                 "--cluster".to_owned(),
                 format!("nats://127.0.0.1:{}", member.cluster_port),
             ],
+            max_file_store: self.max_file_store,
             ..ServerOptions::default()
         }
     }
@@ -339,6 +345,7 @@ mod tests {
             size: 3,
             first_port: None,
             store_root: None,
+            max_file_store: None,
         })
         .await
         .unwrap();
@@ -401,6 +408,40 @@ mod tests {
         panic!("the R3 stream took no write of {payload} within 20 s");
     }
 
+    /// With a disk limit, every member may reserve that much and no more,
+    /// and the configuration's JetStream domain is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_disk_limit_holds_on_every_member_and_keeps_the_domain() {
+        let cluster = Cluster::start(ClusterOptions {
+            configs: configs(),
+            site: "edge".to_owned(),
+            size: 3,
+            first_port: None,
+            store_root: None,
+            max_file_store: Some(64 << 20),
+        })
+        .await
+        .unwrap();
+        let urls: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
+        // Through the domain's API prefix: the streams are made only
+        // while the configuration's domain is kept.
+        let client = async_nats::connect(urls.as_slice()).await.unwrap();
+        let js = jetstream::with_domain(client, "edge");
+        let r3 = |name: &str, max_bytes: i64| stream::Config {
+            name: name.to_owned(),
+            subjects: vec![format!("{name}.>")],
+            max_bytes,
+            num_replicas: 3,
+            ..Default::default()
+        };
+        js.create_stream(r3("A", 40 << 20)).await.unwrap();
+        // 40 + 40 MiB is more than any member may reserve; 40 + 16 is not.
+        let refused = js.create_stream(r3("B", 40 << 20)).await;
+        assert!(refused.is_err(), "{refused:?}");
+        js.create_stream(r3("C", 16 << 20)).await.unwrap();
+        cluster.stop().await;
+    }
+
     #[tokio::test]
     async fn a_cluster_of_more_servers_than_routes_is_refused() {
         let refused = Cluster::start(ClusterOptions {
@@ -409,6 +450,7 @@ mod tests {
             size: MAX_CLUSTER_SIZE + 1,
             first_port: None,
             store_root: None,
+            max_file_store: None,
         })
         .await;
         assert!(refused.is_err());

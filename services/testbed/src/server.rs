@@ -65,22 +65,26 @@ fn write_config(text: &str, dir: Option<&Path>) -> Result<tempfile::NamedTempFil
     Ok(file)
 }
 
-/// `config` with JetStream on in `store_dir`: its `jetstream {` block
-/// gains the store, or one is added.
-fn with_jetstream_store(config: &str, store_dir: &Path) -> String {
-    let store = format!(
-        "jetstream {{\n  store_dir: \"{}\"",
-        store_dir
-            .display()
-            .to_string()
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-    );
+/// `config` with `setting` (one line, e.g. `max_file_store: 1073741824`)
+/// in its `jetstream {` block, or in one added. A second `jetstream`
+/// block would replace the first whole (its domain with it), so a setting
+/// goes into the one there is.
+fn with_jetstream_setting(config: &str, setting: &str) -> String {
     if config.contains("jetstream {") {
-        config.replacen("jetstream {", &store, 1)
+        config.replacen("jetstream {", &format!("jetstream {{\n  {setting}"), 1)
     } else {
-        format!("{config}{store}\n}}\n")
+        format!("{config}jetstream {{\n  {setting}\n}}\n")
     }
+}
+
+/// `config` with JetStream on in `store_dir`.
+fn with_jetstream_store(config: &str, store_dir: &Path) -> String {
+    let dir = store_dir
+        .display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+    with_jetstream_setting(config, &format!("store_dir: \"{dir}\""))
 }
 
 /// How long a starting server may take before we give up.
@@ -114,6 +118,14 @@ pub struct ServerOptions {
     /// An MQTT listener on loopback (needs a configuration written here:
     /// not with `config_file`).
     pub mqtt: Option<MqttListener>,
+    /// Most disk JetStream may reserve, in bytes (nats-server's
+    /// `max_file_store`); `None`: the configuration's, or nats-server's
+    /// default, 75 % of the disk free when it starts. Tests give their
+    /// servers a fixed one so that every store is made at the same size on
+    /// any disk. With `config_file`, the file's text is used as
+    /// `config_text` (it must then include nothing: nats-server resolves an
+    /// include beside the file that includes it).
+    pub max_file_store: Option<u64>,
 }
 
 /// The MQTT listener of a server: nats-server maps a publish on topic
@@ -330,16 +342,30 @@ impl EmbeddedServer {
         };
         // A site's configuration names its server already (its leaf and
         // JetStream domain need one): MQTT uses that name.
-        let has_name = options.config_text.as_deref().is_some_and(|text| {
+        let (config_file, config_text) = match (&options.config_file, options.max_file_store) {
+            (Some(file), Some(_)) => (
+                None,
+                Some(std::fs::read_to_string(file).map_err(ServerError::StoreDir)?),
+            ),
+            (file, _) => (file.clone(), options.config_text.clone()),
+        };
+        let config_text = match options.max_file_store {
+            Some(bytes) => Some(with_jetstream_setting(
+                config_text.as_deref().unwrap_or(""),
+                &format!("max_file_store: {bytes}"),
+            )),
+            None => config_text,
+        };
+        let has_name = config_text.as_deref().is_some_and(|text| {
             text.lines()
                 .any(|l| l.trim_start().starts_with("server_name"))
         });
         let mqtt = options.mqtt.as_ref().map(|m| m.config(!has_name));
-        let text = match (&options.config_text, &mqtt) {
+        let text = match (&config_text, &mqtt) {
             (Some(text), Some(mqtt)) => Some(format!("{mqtt}{text}")),
             (text, mqtt) => text.clone().or(mqtt.clone()),
         };
-        let written = match (&options.config_file, &text, &options.include) {
+        let written = match (&config_file, &text, &options.include) {
             (Some(_), _, _) if mqtt.is_some() => return Err(ServerError::NotReady(
                 "an MQTT listener needs a configuration written by the testbed, not a config file"
                     .to_owned(),
@@ -357,8 +383,7 @@ impl EmbeddedServer {
             (None, Some(text), None) => Some(write_config(text, None)?),
             _ => None,
         };
-        if let Some(config) = options
-            .config_file
+        if let Some(config) = config_file
             .as_deref()
             .or(written.as_ref().map(|f| f.path()))
         {
@@ -368,7 +393,7 @@ impl EmbeddedServer {
         // JetStream is in the written configuration instead: a reload
         // re-reads the file, and nats-server 2.9 shuts JetStream down on
         // a reload when only the `-js` flag enabled it.
-        if options.include.is_none() || options.config_file.is_some() {
+        if options.include.is_none() || config_file.is_some() {
             command.arg("-js").arg("-sd").arg(&store_dir);
         }
         command
@@ -553,5 +578,41 @@ mod tests {
         .err()
         .expect("refused");
         assert!(error.to_string().contains("MQTT listener needs"), "{error}");
+    }
+
+    /// A disk limit holds on a server of a configuration file (its
+    /// JetStream domain kept) and on one of no configuration: JetStream
+    /// reserves that much and no more, whatever the disk has free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_disk_limit_holds_with_or_without_a_configuration_file() {
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nats");
+        for (options, domain) in [
+            (ServerOptions::hub(&configs, "chicago", 0), Some("chicago")),
+            (ServerOptions::default(), None),
+        ] {
+            let server = EmbeddedServer::start(ServerOptions {
+                max_file_store: Some(64 << 20),
+                ..options
+            })
+            .await
+            .unwrap();
+            // Through the domain's API prefix, when it has one: the
+            // streams are made only while the configuration's is kept.
+            let client = async_nats::connect(server.url()).await.unwrap();
+            let js = match domain {
+                Some(domain) => jetstream::with_domain(client, domain),
+                None => jetstream::new(client),
+            };
+            let config = |name: &str, max_bytes: i64| jetstream::stream::Config {
+                name: name.to_owned(),
+                subjects: vec![format!("{name}.>")],
+                max_bytes,
+                ..Default::default()
+            };
+            js.create_stream(config("A", 40 << 20)).await.unwrap();
+            let refused = js.create_stream(config("B", 40 << 20)).await;
+            assert!(refused.is_err(), "{refused:?}");
+            js.create_stream(config("C", 16 << 20)).await.unwrap();
+        }
     }
 }

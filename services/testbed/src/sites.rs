@@ -74,6 +74,9 @@ pub struct SitesOptions {
     pub security: Option<SiteSecurity>,
     /// An MQTT listener on the edge, where devices are.
     pub edge_mqtt: Option<crate::server::MqttListener>,
+    /// Most disk each server's JetStream may reserve, in bytes (see
+    /// [`ServerOptions::max_file_store`]); `None`: nats-server's default.
+    pub max_file_store: Option<u64>,
 }
 
 /// What makes a set of sites secure: every server takes only the
@@ -203,7 +206,11 @@ impl Sites {
                     ..ServerOptions::default()
                 },
             };
-            let server = EmbeddedServer::start(hub).await?;
+            let server = EmbeddedServer::start(ServerOptions {
+                max_file_store: options.max_file_store,
+                ..hub
+            })
+            .await?;
             // Behind an uplink, a site without a link of its own gets an
             // instant one, so that its traffic crosses the uplink too.
             let spec = options
@@ -246,6 +253,7 @@ impl Sites {
             )),
             include: security.as_ref().map(|s| s.include.clone()),
             mqtt: options.edge_mqtt.clone(),
+            max_file_store: options.max_file_store,
             ..ServerOptions::default()
         })
         .await?;

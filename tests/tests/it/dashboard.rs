@@ -523,11 +523,16 @@ fn lines_of(pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Unbound
     rx
 }
 
-/// `comfaas dev` with these flags, its stdout and stderr line by line.
+/// `comfaas dev` with these flags (and the suite's JetStream limit), its
+/// stdout and stderr line by line.
 fn dev(args: &[&str]) -> (Dev, UnboundedReceiver<String>, UnboundedReceiver<String>) {
     let mut child = tokio::process::Command::new(binary("comfaas"))
         .arg("dev")
         .args(args)
+        .args([
+            "--store-limit",
+            &comfaas_tests::TEST_MAX_FILE_STORE.to_string(),
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -17,6 +17,18 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::mqtt::{device_at, Login, Publish};
 
+/// `--store-limit` at the suite's JetStream limit
+/// ([`comfaas_tests::TEST_MAX_FILE_STORE`]), unless `args` give one.
+fn test_store_limit(args: &[&str]) -> Vec<String> {
+    if args.contains(&"--store-limit") {
+        return Vec::new();
+    }
+    vec![
+        "--store-limit".to_owned(),
+        comfaas_tests::TEST_MAX_FILE_STORE.to_string(),
+    ]
+}
+
 /// A running `comfaas dev` and what it printed until it was up.
 struct Dev {
     child: tokio::process::Child,
@@ -29,12 +41,14 @@ struct Dev {
 
 impl Dev {
     /// Starts `comfaas dev ARGS` in a new empty folder and waits (at most
-    /// 5 minutes: functions may compile) until it says it is up.
+    /// 5 minutes: functions may compile) until it says it is up. Its
+    /// servers get the suite's JetStream limit unless ARGS give one.
     async fn start(args: &[&str]) -> Self {
         let cwd = tempfile::tempdir().unwrap();
         let mut child = tokio::process::Command::new(binary("comfaas"))
             .arg("dev")
             .args(args)
+            .args(test_store_limit(args))
             .current_dir(cwd.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -300,7 +314,7 @@ async fn a_secure_dev_takes_its_mqtt_device() {
 }
 
 /// With `--sites`, the edge's server takes the MQTT devices, and their
-/// events run there.
+/// events run there; `--store-limit` sets the sites' JetStream limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_sites_take_mqtt_devices_at_the_edge() {
     let dev = Dev::start(&[
@@ -311,8 +325,23 @@ async fn dev_sites_take_mqtt_devices_at_the_edge() {
         "--no-wan",
         "--mqtt-port",
         "0",
+        "--store-limit",
+        "1TiB",
     ])
     .await;
+    // A limit over the disk: a stream of half a tebibyte is reserved,
+    // where nats-server's default (75 % of the disk free) would refuse it.
+    let js = async_nats::jetstream::new(async_nats::connect(dev.url()).await.unwrap());
+    let roomy = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "ROOMY".to_owned(),
+            subjects: vec!["roomy.>".to_owned()],
+            max_bytes: 512 << 30,
+            ..Default::default()
+        })
+        .await;
+    assert!(roomy.is_ok(), "{roomy:?}\n{}", dev.log());
+    js.delete_stream("ROOMY").await.unwrap();
     let report = device_at(
         dev.mqtt_port(),
         None,
@@ -379,7 +408,7 @@ async fn a_port_in_use_is_one_clear_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_refuses_flags_it_would_ignore() {
     let cwd = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--port", "0", "--clouds", "2", "--sites", "edge,chicago"],
             "--clouds",
@@ -394,10 +423,6 @@ async fn dev_refuses_flags_it_would_ignore() {
         ),
         (&["--port", "0", "--max-procs", "0"], "--max-procs"),
         (&["--port", "0", "--store-limit", "2"], "`2` is under 1MiB"),
-        (
-            &["--port", "0", "--store-limit", "2GB", "--cluster", "3"],
-            "--store-limit",
-        ),
         (
             &["--port", "0", "--nats-url", "nats://10.0.0.1:4222"],
             "--nats-url do(es) not apply",

@@ -362,14 +362,14 @@ async fn a_leaf_without_the_link_credentials_cannot_join_the_hub() {
         .local_addr()
         .unwrap()
         .port();
-    let hub = EmbeddedServer::start(ServerOptions {
+    let hub = EmbeddedServer::start(comfaas_tests::limited(ServerOptions {
         include: Some(auth.server_conf()),
         config_text: Some(format!(
             "server_name: hub\njetstream {{\n  domain: hub\n}}\nleafnodes {{\n  port: {leaf_port}\n{}}}\n",
             auth.leaf_port_block()
         )),
         ..ServerOptions::default()
-    })
+    }))
     .await
     .unwrap();
     let hub_client = auth
@@ -383,12 +383,9 @@ async fn a_leaf_without_the_link_credentials_cannot_join_the_hub() {
         async move {
             let text =
                 comfaas_testbed::server::multi_leaf_config_with("leaf", &[remote], link.as_ref());
-            EmbeddedServer::start(ServerOptions {
-                config_text: Some(text),
-                ..ServerOptions::default()
-            })
-            .await
-            .unwrap()
+            EmbeddedServer::start(comfaas_tests::server_options(&text))
+                .await
+                .unwrap()
         }
     };
     let ca = auth.tls_ca();

@@ -27,12 +27,20 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloud_executor_serves_the_edge_through_a_leaf_link() {
     let leaf_port = free_port();
-    let cloud = EmbeddedServer::start(ServerOptions::hub(&configs(), "cloud", leaf_port))
-        .await
-        .unwrap();
-    let edge = EmbeddedServer::start(ServerOptions::leaf(&configs(), "edge", leaf_port))
-        .await
-        .unwrap();
+    let cloud = EmbeddedServer::start(comfaas_tests::limited(ServerOptions::hub(
+        &configs(),
+        "cloud",
+        leaf_port,
+    )))
+    .await
+    .unwrap();
+    let edge = EmbeddedServer::start(comfaas_tests::limited(ServerOptions::leaf(
+        &configs(),
+        "edge",
+        leaf_port,
+    )))
+    .await
+    .unwrap();
     let hub = async_nats::connect(cloud.url()).await.unwrap();
     let p = Platform::on(edge).await;
     link_up(&p.client, &hub).await;
@@ -107,16 +115,22 @@ async fn mirrored(hub: &async_nats::Client, want: u64) {
 async fn edge_events_are_backed_up_in_the_cloud_across_a_cut_link() {
     let leaf_port = free_port();
     let cloud_store = tempfile::tempdir().unwrap();
-    let cloud_options = |port: Option<u16>| ServerOptions {
-        port,
-        store_dir: Some(cloud_store.path().to_path_buf()),
-        ..ServerOptions::hub(&configs(), "cloud", leaf_port)
+    let cloud_options = |port: Option<u16>| {
+        comfaas_tests::limited(ServerOptions {
+            port,
+            store_dir: Some(cloud_store.path().to_path_buf()),
+            ..ServerOptions::hub(&configs(), "cloud", leaf_port)
+        })
     };
     let cloud = EmbeddedServer::start(cloud_options(None)).await.unwrap();
     let cloud_port = cloud.port();
-    let edge = EmbeddedServer::start(ServerOptions::leaf(&configs(), "edge", leaf_port))
-        .await
-        .unwrap();
+    let edge = EmbeddedServer::start(comfaas_tests::limited(ServerOptions::leaf(
+        &configs(),
+        "edge",
+        leaf_port,
+    )))
+    .await
+    .unwrap();
     let edge_client = async_nats::connect(edge.url()).await.unwrap();
     let hub = async_nats::connect(cloud.url()).await.unwrap();
     link_up(&edge_client, &hub).await;
@@ -186,6 +200,7 @@ async fn emulated_links_are_felt_and_each_site_shows_its_round_trip() {
         edge_port: None,
         security: None,
         edge_mqtt: None,
+        max_file_store: Some(comfaas_tests::TEST_MAX_FILE_STORE),
     })
     .await
     .unwrap();
@@ -274,12 +289,20 @@ async fn has_stream(client: &async_nats::Client, name: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloud_site_points_at_the_edge_domain_and_backup_checks_it() {
     let leaf_port = free_port();
-    let cloud = EmbeddedServer::start(ServerOptions::hub(&configs(), "cloud", leaf_port))
-        .await
-        .unwrap();
-    let edge = EmbeddedServer::start(ServerOptions::leaf(&configs(), "edge", leaf_port))
-        .await
-        .unwrap();
+    let cloud = EmbeddedServer::start(comfaas_tests::limited(ServerOptions::hub(
+        &configs(),
+        "cloud",
+        leaf_port,
+    )))
+    .await
+    .unwrap();
+    let edge = EmbeddedServer::start(comfaas_tests::limited(ServerOptions::leaf(
+        &configs(),
+        "edge",
+        leaf_port,
+    )))
+    .await
+    .unwrap();
     let hub = async_nats::connect(cloud.url()).await.unwrap();
     let p = Platform::on(edge).await;
     link_up(&p.client, &hub).await;
@@ -358,6 +381,7 @@ async fn an_input_goes_back_to_the_node_that_holds_it_and_a_fresh_one_to_the_edg
         edge_port: None,
         security: None,
         edge_mqtt: None,
+        max_file_store: Some(comfaas_tests::TEST_MAX_FILE_STORE),
     })
     .await
     .unwrap();

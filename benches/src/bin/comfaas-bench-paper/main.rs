@@ -438,6 +438,7 @@ impl Env {
             edge_port: None,
             security: None,
             edge_mqtt: None,
+            max_file_store: None,
         })
         .await
         .context("start the sites")?;
