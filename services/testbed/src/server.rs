@@ -66,15 +66,31 @@ fn write_config(text: &str, dir: Option<&Path>) -> Result<tempfile::NamedTempFil
 }
 
 /// `config` with `setting` (one line, e.g. `max_file_store: 1073741824`)
-/// in its `jetstream {` block, or in one added. A second `jetstream`
+/// in its `jetstream` block (the first line opening one: `jetstream {` or
+/// `jetstream: {`, not a comment), or in one added. A second `jetstream`
 /// block would replace the first whole (its domain with it), so a setting
 /// goes into the one there is.
 fn with_jetstream_setting(config: &str, setting: &str) -> String {
-    if config.contains("jetstream {") {
-        config.replacen("jetstream {", &format!("jetstream {{\n  {setting}"), 1)
-    } else {
-        format!("{config}jetstream {{\n  {setting}\n}}\n")
+    let mut out = String::with_capacity(config.len() + setting.len() + 16);
+    let mut placed = false;
+    for line in config.split_inclusive('\n') {
+        out.push_str(line);
+        let code = line.trim();
+        if !placed && code.starts_with("jetstream") && code.ends_with('{') {
+            if !line.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&format!("  {setting}\n"));
+            placed = true;
+        }
     }
+    if !placed {
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&format!("jetstream {{\n  {setting}\n}}\n"));
+    }
+    out
 }
 
 /// `config` with JetStream on in `store_dir`.
@@ -291,6 +307,14 @@ pub enum ServerError {
     /// It exited or stayed silent; its last log lines are included.
     #[error("nats-server did not become ready: {0}")]
     NotReady(String),
+    /// A configuration file could not be read.
+    #[error("cannot read the configuration {path}: {source}")]
+    Config {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The temporary store directory or configuration could not be made.
     #[error("cannot create a JetStream directory or configuration: {0}")]
     StoreDir(std::io::Error),
@@ -340,13 +364,15 @@ impl EmbeddedServer {
         } else {
             Command::new(&binary)
         };
-        // A site's configuration names its server already (its leaf and
-        // JetStream domain need one): MQTT uses that name.
+        // A disk limit goes into the configuration's text, a file's too.
         let (config_file, config_text) = match (&options.config_file, options.max_file_store) {
-            (Some(file), Some(_)) => (
-                None,
-                Some(std::fs::read_to_string(file).map_err(ServerError::StoreDir)?),
-            ),
+            (Some(file), Some(_)) => {
+                let text = std::fs::read_to_string(file).map_err(|source| ServerError::Config {
+                    path: file.display().to_string(),
+                    source,
+                })?;
+                (None, Some(text))
+            }
             (file, _) => (file.clone(), options.config_text.clone()),
         };
         let config_text = match options.max_file_store {
@@ -356,6 +382,8 @@ impl EmbeddedServer {
             )),
             None => config_text,
         };
+        // A site's configuration names its server already (its leaf and
+        // JetStream domain need one): MQTT uses that name.
         let has_name = config_text.as_deref().is_some_and(|text| {
             text.lines()
                 .any(|l| l.trim_start().starts_with("server_name"))
@@ -578,6 +606,27 @@ mod tests {
         .err()
         .expect("refused");
         assert!(error.to_string().contains("MQTT listener needs"), "{error}");
+    }
+
+    /// A setting goes into the first block that opens `jetstream`, not
+    /// into a comment naming one, nor into a second block that would
+    /// replace the first; a configuration without one gets one.
+    #[test]
+    fn a_jetstream_setting_joins_the_block_there_is() {
+        let set = |config: &str| with_jetstream_setting(config, "max_file_store: 64");
+        assert_eq!(
+            set("# jetstream { domain: edge }\njetstream {\n  domain: edge\n}\n"),
+            "# jetstream { domain: edge }\njetstream {\n  max_file_store: 64\n  domain: edge\n}\n"
+        );
+        assert_eq!(
+            set("jetstream: {\n  domain: hub\n}"),
+            "jetstream: {\n  max_file_store: 64\n  domain: hub\n}"
+        );
+        assert_eq!(
+            set("server_name: a"),
+            "server_name: a\njetstream {\n  max_file_store: 64\n}\n"
+        );
+        assert_eq!(set(""), "jetstream {\n  max_file_store: 64\n}\n");
     }
 
     /// A disk limit holds on a server of a configuration file (its
