@@ -294,9 +294,22 @@ async fn fitted(js: &jetstream::Context, what: &str, max_bytes: i64) -> Result<i
     }
     // A service that may not make the probe may not make the store either:
     // its error, at once (a node on a secure site waits for its stores).
-    let room = reservable_bytes(js, max_bytes.saturating_mul(4))
+    let mut room = reservable_bytes(js, max_bytes.saturating_mul(4))
         .await
         .map_err(|e| NatsError::new(format!("create {what}"), e))?;
+    // No room at all may be room held a moment longer: a server gives a
+    // deleted stream's (another service's probe's) back a little later,
+    // later still on a busy machine (seen on nats-server 2.9 with six
+    // services starting together). Measured again before it is an error.
+    for wait in 1..=EMPTY_RECHECKS {
+        if room >= PROBE_FLOOR_BYTES * 2 {
+            break;
+        }
+        tokio::time::sleep(EMPTY_RECHECK_PAUSE * wait).await;
+        room = reservable_bytes(js, max_bytes.saturating_mul(4))
+            .await
+            .map_err(|e| NatsError::new(format!("create {what}"), e))?;
+    }
     let size = if room / 4 >= max_bytes {
         max_bytes
     } else if room / 4 >= MIN_OBJECT_STORE_BYTES {
@@ -326,6 +339,12 @@ async fn fitted(js: &jetstream::Context, what: &str, max_bytes: i64) -> Result<i
     }
     Ok(size)
 }
+
+/// Times the room is measured again when none was found, after
+/// [`EMPTY_RECHECK_PAUSE`] times the count (1.5 s in all).
+const EMPTY_RECHECKS: u32 = 3;
+/// See [`EMPTY_RECHECKS`].
+const EMPTY_RECHECK_PAUSE: Duration = Duration::from_millis(250);
 
 /// Waits a random 10 to 60 ms times `tries`, so that services retrying
 /// together do not collide again.
