@@ -225,6 +225,15 @@ pub fn limited(options: ServerOptions) -> ServerOptions {
     }
 }
 
+/// `comfaas dev`'s `--store-limit` at the suite's JetStream limit, unless
+/// `args` give one.
+pub fn store_limit_args(args: &[&str]) -> Vec<String> {
+    if args.contains(&"--store-limit") {
+        return Vec::new();
+    }
+    vec!["--store-limit".to_owned(), TEST_MAX_FILE_STORE.to_string()]
+}
+
 /// Options for a test that starts its own server: `config` (more of the
 /// server's configuration) with the suite's JetStream limit.
 pub fn server_options(config: &str) -> ServerOptions {

@@ -294,9 +294,12 @@ async fn fitted(js: &jetstream::Context, what: &str, max_bytes: i64) -> Result<i
     }
     // A service that may not make the probe may not make the store either:
     // its error, at once (a node on a secure site waits for its stores).
-    let mut room = reservable_bytes(js, max_bytes.saturating_mul(4))
-        .await
-        .map_err(|e| NatsError::new(format!("create {what}"), e))?;
+    let measure = || async {
+        reservable_bytes(js, max_bytes.saturating_mul(4))
+            .await
+            .map_err(|e| NatsError::new(format!("create {what}"), e))
+    };
+    let mut room = measure().await?;
     // No room at all may be room held a moment longer: a server gives a
     // deleted stream's (another service's probe's) back a little later,
     // later still on a busy machine (seen on nats-server 2.9 with six
@@ -306,9 +309,7 @@ async fn fitted(js: &jetstream::Context, what: &str, max_bytes: i64) -> Result<i
             break;
         }
         tokio::time::sleep(EMPTY_RECHECK_PAUSE * wait).await;
-        room = reservable_bytes(js, max_bytes.saturating_mul(4))
-            .await
-            .map_err(|e| NatsError::new(format!("create {what}"), e))?;
+        room = measure().await?;
     }
     let size = if room / 4 >= max_bytes {
         max_bytes

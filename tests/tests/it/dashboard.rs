@@ -529,10 +529,7 @@ fn dev(args: &[&str]) -> (Dev, UnboundedReceiver<String>, UnboundedReceiver<Stri
     let mut child = tokio::process::Command::new(binary("comfaas"))
         .arg("dev")
         .args(args)
-        .args([
-            "--store-limit",
-            &comfaas_tests::TEST_MAX_FILE_STORE.to_string(),
-        ])
+        .args(comfaas_tests::store_limit_args(args))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

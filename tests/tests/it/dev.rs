@@ -17,18 +17,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::mqtt::{device_at, Login, Publish};
 
-/// `--store-limit` at the suite's JetStream limit
-/// ([`comfaas_tests::TEST_MAX_FILE_STORE`]), unless `args` give one.
-fn test_store_limit(args: &[&str]) -> Vec<String> {
-    if args.contains(&"--store-limit") {
-        return Vec::new();
-    }
-    vec![
-        "--store-limit".to_owned(),
-        comfaas_tests::TEST_MAX_FILE_STORE.to_string(),
-    ]
-}
-
 /// A running `comfaas dev` and what it printed until it was up.
 struct Dev {
     child: tokio::process::Child,
@@ -48,7 +36,7 @@ impl Dev {
         let mut child = tokio::process::Command::new(binary("comfaas"))
             .arg("dev")
             .args(args)
-            .args(test_store_limit(args))
+            .args(comfaas_tests::store_limit_args(args))
             .current_dir(cwd.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

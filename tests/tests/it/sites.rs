@@ -24,23 +24,27 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The cloud site of `nats/hub.conf`, taking leaf links on `leaf_port`.
+async fn cloud_hub(leaf_port: u16) -> EmbeddedServer {
+    let options = ServerOptions::hub(&configs(), "cloud", leaf_port);
+    EmbeddedServer::start(comfaas_tests::limited(options))
+        .await
+        .unwrap()
+}
+
+/// The edge site of `nats/leaf.conf`, joining the hub at `leaf_port`.
+async fn edge_leaf(leaf_port: u16) -> EmbeddedServer {
+    let options = ServerOptions::leaf(&configs(), "edge", leaf_port);
+    EmbeddedServer::start(comfaas_tests::limited(options))
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloud_executor_serves_the_edge_through_a_leaf_link() {
     let leaf_port = free_port();
-    let cloud = EmbeddedServer::start(comfaas_tests::limited(ServerOptions::hub(
-        &configs(),
-        "cloud",
-        leaf_port,
-    )))
-    .await
-    .unwrap();
-    let edge = EmbeddedServer::start(comfaas_tests::limited(ServerOptions::leaf(
-        &configs(),
-        "edge",
-        leaf_port,
-    )))
-    .await
-    .unwrap();
+    let cloud = cloud_hub(leaf_port).await;
+    let edge = edge_leaf(leaf_port).await;
     let hub = async_nats::connect(cloud.url()).await.unwrap();
     let p = Platform::on(edge).await;
     link_up(&p.client, &hub).await;
@@ -124,13 +128,7 @@ async fn edge_events_are_backed_up_in_the_cloud_across_a_cut_link() {
     };
     let cloud = EmbeddedServer::start(cloud_options(None)).await.unwrap();
     let cloud_port = cloud.port();
-    let edge = EmbeddedServer::start(comfaas_tests::limited(ServerOptions::leaf(
-        &configs(),
-        "edge",
-        leaf_port,
-    )))
-    .await
-    .unwrap();
+    let edge = edge_leaf(leaf_port).await;
     let edge_client = async_nats::connect(edge.url()).await.unwrap();
     let hub = async_nats::connect(cloud.url()).await.unwrap();
     link_up(&edge_client, &hub).await;
@@ -289,20 +287,8 @@ async fn has_stream(client: &async_nats::Client, name: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloud_site_points_at_the_edge_domain_and_backup_checks_it() {
     let leaf_port = free_port();
-    let cloud = EmbeddedServer::start(comfaas_tests::limited(ServerOptions::hub(
-        &configs(),
-        "cloud",
-        leaf_port,
-    )))
-    .await
-    .unwrap();
-    let edge = EmbeddedServer::start(comfaas_tests::limited(ServerOptions::leaf(
-        &configs(),
-        "edge",
-        leaf_port,
-    )))
-    .await
-    .unwrap();
+    let cloud = cloud_hub(leaf_port).await;
+    let edge = edge_leaf(leaf_port).await;
     let hub = async_nats::connect(cloud.url()).await.unwrap();
     let p = Platform::on(edge).await;
     link_up(&p.client, &hub).await;
